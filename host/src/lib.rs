@@ -1,0 +1,19 @@
+//! knas: training-free neural architecture search with the gradient kernel.
+//!
+//! The pieces, in the order data flows through them:
+//!
+//! - [`space`]: the NAS-Bench-201 cell space (architectures, supernets, string form, index);
+//! - [`data`]: datasets (embedded MNIST subset, CIFAR, IDX) and their seeded splits;
+//! - [`model`]: NB201 networks built with tch;
+//! - [`kernel`]: the KNAS gradient-kernel score (MGM), fast path and reference;
+//! - [`train`]: short training of finalists;
+//! - [`engine`]: one experiment on one device, tying the above together;
+//! - [`stats`]: rank correlations.
+
+pub mod data;
+pub mod engine;
+pub mod kernel;
+pub mod model;
+pub mod space;
+pub mod stats;
+pub mod train;

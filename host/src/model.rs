@@ -1,0 +1,509 @@
+//! NAS-Bench-201 networks in tch.
+//!
+//! The macro skeleton follows NB201's `TinyNetwork` (Dong & Yang, ICLR 2020):
+//!
+//! ```text
+//! stem: 3×3 conv (C) → BN
+//! stage 1: N cells at C          ─┐
+//! reduction: ResNet block C→2C    │ each reduction halves the resolution
+//! stage 2: N cells at 2C          │
+//! reduction: ResNet block 2C→4C   │
+//! stage 3: N cells at 4C         ─┘
+//! BN → ReLU → global average pool → linear
+//! ```
+//!
+//! Weights are drawn from our own seeded generator with PyTorch's default initialisation
+//! (uniform ±1/√fan_in for convolutions and the linear layer, BN weight 1 and bias 0), so a
+//! network is a pure function of (candidate, spec, seed): the same on CPU and CUDA, and
+//! independent of libtorch's global RNG state and of anything else running in the process.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tch::{Device, Kind, Tensor, nn};
+
+use crate::space::{Candidate, EDGES, NUM_EDGES, Op};
+
+/// BN momentum and epsilon: PyTorch's defaults, as NB201 uses.
+const BN_MOMENTUM: f64 = 0.1;
+const BN_EPS: f64 = 1e-5;
+
+/// Shape of a network: the searched cell aside, everything else is fixed by these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NetworkSpec {
+    /// Channels of the first stage (C); the later stages have 2C and 4C.
+    pub channels: i64,
+    /// Cells per stage (N).
+    pub cells: i64,
+    /// Image channels of the input.
+    pub in_channels: i64,
+    /// Input height and width.
+    pub image_size: (i64, i64),
+    /// Number of classes of the linear head.
+    pub num_classes: i64,
+}
+
+impl NetworkSpec {
+    /// NB201's defaults (C=16, N=5) for images of the given shape.
+    pub fn nb201(in_channels: i64, image_size: (i64, i64), num_classes: i64) -> NetworkSpec {
+        NetworkSpec { channels: 16, cells: 5, in_channels, image_size, num_classes }
+    }
+}
+
+/// How batch normalisation computes its statistics in a forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormMode {
+    /// Training: statistics of the batch, running averages updated.
+    Train,
+    /// Evaluation: the running averages.
+    Eval,
+    /// Statistics of the batch, running averages left alone (kernel scoring, `batch` mode).
+    Batch,
+    /// Statistics of each sample on its own, i.e. what BN computes on a batch of one
+    /// (kernel scoring, `per-sample` mode). Samples stay independent inside a batch.
+    Instance,
+}
+
+/// Size figures of a built network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct NetworkInfo {
+    /// Trainable parameters (BN affine parameters included, running statistics not).
+    pub params: i64,
+    /// Multiply–accumulates of one forward pass on one image: convolutions, the linear head,
+    /// and one per pooled input element for average pooling (NB201's counting convention).
+    pub flops: i64,
+}
+
+/// Deterministic weight initialisation (see the module documentation).
+struct Init {
+    rng: ChaCha8Rng,
+}
+
+impl Init {
+    fn uniform(&mut self, shape: &[i64], bound: f64) -> Tensor {
+        let count: i64 = shape.iter().product();
+        let bound = bound as f32;
+        let values: Vec<f32> = (0..count).map(|_| self.rng.random_range(-bound..=bound)).collect();
+        Tensor::from_slice(&values).view(shape)
+    }
+}
+
+/// Running totals while a network is built.
+struct Builder<'a> {
+    init: Init,
+    path: &'a nn::Path<'a>,
+    info: NetworkInfo,
+}
+
+impl Builder<'_> {
+    /// A trainable variable holding `value` (moved to the store's device and kind).
+    fn var(&mut self, path: &nn::Path, name: &str, value: &Tensor) -> Tensor {
+        self.info.params += value.numel() as i64;
+        path.var_copy(name, value)
+    }
+
+    fn conv(&mut self, path: &nn::Path, c_in: i64, c_out: i64, k: i64, out_hw: (i64, i64)) -> Tensor {
+        let fan_in = (c_in * k * k) as f64;
+        let weight = self.init.uniform(&[c_out, c_in, k, k], 1.0 / fan_in.sqrt());
+        self.info.flops += c_out * c_in * k * k * out_hw.0 * out_hw.1;
+        self.var(path, "weight", &weight)
+    }
+
+    fn norm(&mut self, path: &nn::Path, channels: i64) -> Norm {
+        Norm {
+            weight: self.var(path, "weight", &Tensor::ones([channels], (Kind::Float, Device::Cpu))),
+            bias: self.var(path, "bias", &Tensor::zeros([channels], (Kind::Float, Device::Cpu))),
+            running_mean: path.zeros_no_train("running_mean", &[channels]),
+            running_var: path.ones_no_train("running_var", &[channels]),
+        }
+    }
+}
+
+/// Batch normalisation with the statistics chosen per call ([`NormMode`]).
+#[derive(Debug)]
+struct Norm {
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+}
+
+impl Norm {
+    fn forward(&self, x: &Tensor, mode: NormMode) -> Tensor {
+        let (w, b) = (Some(&self.weight), Some(&self.bias));
+        let cudnn = x.device().is_cuda();
+        match mode {
+            NormMode::Train => x.batch_norm(
+                w,
+                b,
+                Some(&self.running_mean),
+                Some(&self.running_var),
+                true,
+                BN_MOMENTUM,
+                BN_EPS,
+                cudnn,
+            ),
+            NormMode::Eval => x.batch_norm(
+                w,
+                b,
+                Some(&self.running_mean),
+                Some(&self.running_var),
+                false,
+                BN_MOMENTUM,
+                BN_EPS,
+                cudnn,
+            ),
+            NormMode::Batch => x.batch_norm(w, b, None, None, true, BN_MOMENTUM, BN_EPS, cudnn),
+            NormMode::Instance => x.instance_norm(w, b, None, None, true, BN_MOMENTUM, BN_EPS, cudnn),
+        }
+    }
+}
+
+/// ReLU → convolution (no bias) → BN: NB201's `ReLUConvBN`.
+#[derive(Debug)]
+struct ReluConvBn {
+    weight: Tensor,
+    norm: Norm,
+    stride: i64,
+    padding: i64,
+}
+
+impl ReluConvBn {
+    fn new(b: &mut Builder, path: &nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64, in_hw: (i64, i64)) -> Self {
+        // Padding k/2 keeps the size at stride 1 and halves it (rounding up) at stride 2.
+        let out_hw = ((in_hw.0 + stride - 1) / stride, (in_hw.1 + stride - 1) / stride);
+        ReluConvBn {
+            weight: b.conv(&(path / "conv"), c_in, c_out, k, out_hw),
+            norm: b.norm(&(path / "bn"), c_out),
+            stride,
+            padding: k / 2,
+        }
+    }
+
+    fn forward(&self, x: &Tensor, mode: NormMode) -> Tensor {
+        let y = x.relu().conv2d(&self.weight, None::<&Tensor>, [self.stride], [self.padding], [1], 1);
+        self.norm.forward(&y, mode)
+    }
+}
+
+/// One operation instance on a cell edge (`none` has no instance: it adds nothing).
+#[derive(Debug)]
+enum EdgeOp {
+    Skip,
+    Conv(ReluConvBn),
+    Pool,
+}
+
+impl EdgeOp {
+    /// Applies the op; `None` input stands for an exact zero tensor and stays `None` through
+    /// ops that map zero to zero with no parameters (skip, pool).
+    fn forward(&self, x: Option<&Tensor>, zeros: &dyn Fn() -> Tensor, mode: NormMode) -> Option<Tensor> {
+        match self {
+            EdgeOp::Skip => x.map(Tensor::shallow_clone),
+            EdgeOp::Pool => x.map(|x| x.avg_pool2d([3, 3], [1, 1], [1, 1], false, false, None)),
+            // A conv on zeros still yields BN's bias, which has a gradient: compute it.
+            EdgeOp::Conv(conv) => Some(match x {
+                Some(x) => conv.forward(x, mode),
+                None => conv.forward(&zeros(), mode),
+            }),
+        }
+    }
+}
+
+/// A searched cell: node `j` is the sum over edges `i→j` of each op on the edge applied to
+/// node `i`.
+#[derive(Debug)]
+struct Cell {
+    /// The op instances of each edge (empty for an edge holding only `none`).
+    edges: Vec<Vec<EdgeOp>>,
+    /// Whether node j can reach the output through some op other than `none`. Dead nodes
+    /// are skipped: their parameters get zero gradient either way, so skipping is exact.
+    live: [bool; 4],
+    /// When set, every node is computed and `none` is applied as `x·0`, like NB201's own
+    /// implementation: the slow path the reference scorer uses to check the fast one.
+    exhaustive: bool,
+}
+
+impl Cell {
+    fn new(b: &mut Builder, path: &nn::Path, candidate: &Candidate, channels: i64, hw: (i64, i64)) -> Cell {
+        let mut edges = Vec::with_capacity(NUM_EDGES);
+        for (e, set) in candidate.edges().iter().enumerate() {
+            let edge_path = path / format!("edge{e}");
+            let ops: Vec<EdgeOp> = set
+                .ops()
+                .filter_map(|op| match op {
+                    Op::None => None,
+                    Op::SkipConnect => Some(EdgeOp::Skip),
+                    Op::AvgPool3x3 => {
+                        b.info.flops += channels * hw.0 * hw.1 * 9;
+                        Some(EdgeOp::Pool)
+                    }
+                    Op::Conv1x1 | Op::Conv3x3 => {
+                        let k = if op == Op::Conv1x1 { 1 } else { 3 };
+                        Some(EdgeOp::Conv(ReluConvBn::new(b, &(&edge_path / op.name()), channels, channels, k, 1, hw)))
+                    }
+                })
+                .collect();
+            edges.push(ops);
+        }
+        let mut live = [false, false, false, true];
+        for node in (0..3).rev() {
+            live[node] = EDGES
+                .iter()
+                .enumerate()
+                .any(|(e, &(from, to))| from == node && live[to] && !edges[e].is_empty());
+        }
+        Cell { edges, live, exhaustive: false }
+    }
+
+    fn forward(&self, x: &Tensor, mode: NormMode) -> Tensor {
+        let zeros = || x.zeros_like();
+        let mut nodes: [Option<Tensor>; 4] = [Some(x.shallow_clone()), None, None, None];
+        for to in 1..4 {
+            if !self.live[to] && !self.exhaustive {
+                continue;
+            }
+            let mut sum: Option<Tensor> = None;
+            for (e, &(from, edge_to)) in EDGES.iter().enumerate() {
+                if edge_to != to || (!self.live[from] && !self.exhaustive) {
+                    continue;
+                }
+                let input = nodes[from].as_ref();
+                let mut outputs: Vec<Tensor> = self.edges[e]
+                    .iter()
+                    .filter_map(|op| op.forward(input, &zeros, mode))
+                    .collect();
+                if self.exhaustive {
+                    // `none` as NB201 writes it: the input times zero.
+                    outputs.push(input.map_or_else(zeros, |x| x * 0.0));
+                }
+                for y in outputs {
+                    sum = Some(match sum {
+                        Some(acc) => acc + y,
+                        None => y,
+                    });
+                }
+            }
+            nodes[to] = sum;
+        }
+        let [_, _, _, out] = nodes;
+        out.unwrap_or_else(zeros)
+    }
+}
+
+/// NB201's `ResNetBasicblock` with stride 2: the fixed reduction between stages.
+#[derive(Debug)]
+struct Reduction {
+    conv_a: ReluConvBn,
+    conv_b: ReluConvBn,
+    /// 1×1 convolution after a 2×2 average pool, on the shortcut.
+    shortcut: Tensor,
+}
+
+impl Reduction {
+    fn new(b: &mut Builder, path: &nn::Path, c_in: i64, c_out: i64, hw: (i64, i64)) -> Reduction {
+        let out_hw = (hw.0 / 2, hw.1 / 2);
+        let conv_a = ReluConvBn::new(b, &(path / "conv_a"), c_in, c_out, 3, 2, hw);
+        let conv_b = ReluConvBn::new(b, &(path / "conv_b"), c_out, c_out, 3, 1, out_hw);
+        b.info.flops += c_in * out_hw.0 * out_hw.1 * 4;
+        let shortcut = b.conv(&(path / "shortcut"), c_in, c_out, 1, out_hw);
+        Reduction { conv_a, conv_b, shortcut }
+    }
+
+    fn forward(&self, x: &Tensor, mode: NormMode) -> Tensor {
+        let residual = self.conv_b.forward(&self.conv_a.forward(x, mode), mode);
+        let shortcut = x
+            .avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None)
+            .conv2d(&self.shortcut, None::<&Tensor>, [1], [0], [1], 1);
+        shortcut + residual
+    }
+}
+
+#[derive(Debug)]
+enum Block {
+    Cell(Cell),
+    Reduction(Reduction),
+}
+
+/// A complete NB201 network for one candidate cell, repeated throughout.
+#[derive(Debug)]
+pub struct Network {
+    stem_conv: Tensor,
+    stem_norm: Norm,
+    blocks: Vec<Block>,
+    last_norm: Norm,
+    head_weight: Tensor,
+    head_bias: Tensor,
+    info: NetworkInfo,
+}
+
+impl Network {
+    /// Builds the network's variables under `path`, initialised from `seed`.
+    pub fn new(path: &nn::Path, spec: &NetworkSpec, candidate: &Candidate, seed: u64) -> Network {
+        let mut b = Builder {
+            init: Init { rng: ChaCha8Rng::seed_from_u64(seed) },
+            path,
+            info: NetworkInfo { params: 0, flops: 0 },
+        };
+        let root = b.path;
+        let mut hw = spec.image_size;
+        let c = spec.channels;
+        let stem_conv = b.conv(&(root / "stem" / "conv"), spec.in_channels, c, 3, hw);
+        let stem_norm = b.norm(&(root / "stem" / "bn"), c);
+        let mut blocks = Vec::new();
+        let mut channels = c;
+        for stage in 0..3 {
+            if stage > 0 {
+                let path = root / format!("reduce{stage}");
+                blocks.push(Block::Reduction(Reduction::new(&mut b, &path, channels, channels * 2, hw)));
+                channels *= 2;
+                hw = (hw.0 / 2, hw.1 / 2);
+            }
+            for index in 0..spec.cells {
+                let path = root / format!("stage{stage}") / format!("cell{index}");
+                blocks.push(Block::Cell(Cell::new(&mut b, &path, candidate, channels, hw)));
+            }
+        }
+        let last_norm = b.norm(&(root / "last_bn"), channels);
+        let bound = 1.0 / (channels as f64).sqrt();
+        let head = root / "head";
+        let weight = b.init.uniform(&[spec.num_classes, channels], bound);
+        let bias = b.init.uniform(&[spec.num_classes], bound);
+        let head_weight = b.var(&head, "weight", &weight);
+        let head_bias = b.var(&head, "bias", &bias);
+        b.info.flops += channels * spec.num_classes;
+        Network { stem_conv, stem_norm, blocks, last_norm, head_weight, head_bias, info: b.info }
+    }
+
+    /// Parameter count and FLOPs.
+    pub fn info(&self) -> NetworkInfo {
+        self.info
+    }
+
+    /// Computes every node and applies `none` as `x·0`, as NB201's own code does, instead
+    /// of skipping work whose result is exactly zero. Slow; for checking the fast path.
+    pub fn set_exhaustive(&mut self, exhaustive: bool) {
+        for block in &mut self.blocks {
+            if let Block::Cell(cell) = block {
+                cell.exhaustive = exhaustive;
+            }
+        }
+    }
+
+    /// Logits for a batch of images `[batch, channels, height, width]`.
+    pub fn forward(&self, x: &Tensor, mode: NormMode) -> Tensor {
+        let stem = x.conv2d(&self.stem_conv, None::<&Tensor>, [1], [1], [1], 1);
+        let mut h = self.stem_norm.forward(&stem, mode);
+        for block in &self.blocks {
+            h = match block {
+                Block::Cell(cell) => cell.forward(&h, mode),
+                Block::Reduction(reduction) => reduction.forward(&h, mode),
+            };
+        }
+        let h = self.last_norm.forward(&h, mode).relu();
+        h.adaptive_avg_pool2d([1, 1]).flatten(1, -1).linear(&self.head_weight, Some(&self.head_bias))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::space::Arch;
+
+    fn cifar_spec() -> NetworkSpec {
+        NetworkSpec::nb201(3, (32, 32), 10)
+    }
+
+    fn build(arch: &str, spec: &NetworkSpec) -> (nn::VarStore, Network) {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let arch: Arch = arch.parse().unwrap();
+        let net = Network::new(&vs.root(), spec, &arch.into(), 0);
+        (vs, net)
+    }
+
+    /// Parameters counted by hand from the NB201 skeleton, independently of the builder.
+    fn expected_params(spec: &NetworkSpec, arch: &Arch) -> i64 {
+        let conv_bn = |c_in: i64, c_out: i64, k: i64| c_in * c_out * k * k + 2 * c_out;
+        let c = spec.channels;
+        let mut total = conv_bn(spec.in_channels, c, 3);
+        for (stage, ch) in [c, 2 * c, 4 * c].into_iter().enumerate() {
+            if stage > 0 {
+                let c_in = ch / 2;
+                total += conv_bn(c_in, ch, 3) + conv_bn(ch, ch, 3) + c_in * ch;
+            }
+            let per_cell: i64 = arch
+                .ops()
+                .iter()
+                .map(|op| match op {
+                    Op::Conv1x1 => conv_bn(ch, ch, 1),
+                    Op::Conv3x3 => conv_bn(ch, ch, 3),
+                    _ => 0,
+                })
+                .sum();
+            total += per_cell * spec.cells;
+        }
+        total + 2 * 4 * c + 4 * c * spec.num_classes + spec.num_classes
+    }
+
+    #[test]
+    fn parameter_counts_match_the_nb201_skeleton() {
+        let spec = cifar_spec();
+        for text in [
+            "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|",
+            "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|",
+            "|avg_pool_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|none~0|nor_conv_1x1~1|none~2|",
+            "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|",
+        ] {
+            let (vs, net) = build(text, &spec);
+            let arch: Arch = text.parse().unwrap();
+            let counted: i64 = vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
+            assert_eq!(net.info().params, counted, "{text}");
+            assert_eq!(net.info().params, expected_params(&spec, &arch), "{text}");
+        }
+        // NB201's CIFAR-10 networks range from 0.0733 M parameters (no convolution in the
+        // cell) to 1.5315 M (all 3×3 convolutions).
+        let (_, all_conv) = build(
+            "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|",
+            &spec,
+        );
+        assert_eq!(all_conv.info().params, 1_531_546);
+        let (_, empty) = build("|skip_connect~0|+|none~0|avg_pool_3x3~1|+|none~0|none~1|skip_connect~2|", &spec);
+        assert_eq!(empty.info().params, 73_306);
+    }
+
+    #[test]
+    fn output_shapes_follow_the_dataset() {
+        let spec = NetworkSpec { channels: 4, cells: 1, in_channels: 1, image_size: (28, 28), num_classes: 7 };
+        let (_, net) = build("|nor_conv_3x3~0|+|avg_pool_3x3~0|skip_connect~1|+|none~0|nor_conv_1x1~1|skip_connect~2|", &spec);
+        let x = Tensor::zeros([5, 1, 28, 28], (Kind::Float, Device::Cpu));
+        for mode in [NormMode::Train, NormMode::Eval, NormMode::Batch, NormMode::Instance] {
+            assert_eq!(net.forward(&x, mode).size(), vec![5, 7]);
+        }
+    }
+
+    #[test]
+    fn construction_is_deterministic_per_seed() {
+        let spec = NetworkSpec { channels: 4, cells: 1, in_channels: 3, image_size: (8, 8), num_classes: 3 };
+        let candidate: Candidate = Candidate::full();
+        let weights = |seed| {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let _ = Network::new(&vs.root(), &spec, &candidate, seed);
+            let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+            vars.sort_by(|a, b| a.0.cmp(&b.0));
+            Tensor::cat(&vars.iter().map(|(_, t)| t.flatten(0, -1)).collect::<Vec<_>>(), 0)
+        };
+        assert!(weights(1).equal(&weights(1)));
+        assert!(!weights(1).equal(&weights(2)));
+    }
+
+    #[test]
+    fn flops_grow_with_convolutions() {
+        let spec = cifar_spec();
+        let (_, none) = build("|none~0|+|none~0|none~1|+|none~0|none~1|none~2|", &spec);
+        let (_, conv1) = build("|nor_conv_1x1~0|+|none~0|none~1|+|none~0|none~1|none~2|", &spec);
+        let (_, conv3) = build("|nor_conv_3x3~0|+|none~0|none~1|+|none~0|none~1|none~2|", &spec);
+        assert!(none.info().flops < conv1.info().flops);
+        assert!(conv1.info().flops < conv3.info().flops);
+        // One 3×3 conv at C=16 over 32×32, five cells: 16·16·9·1024·5 MACs in stage 1 alone.
+        assert!(conv3.info().flops - none.info().flops > 16 * 16 * 9 * 1024 * 5);
+    }
+}

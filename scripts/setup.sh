@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs whatever knas needs that a fresh Debian/Ubuntu machine with rustup and python3
+# lacks, into project-local, git-ignored places. Idempotent: a second run does nothing.
+#
+#   - libtorch: the `torch` wheel from PyPI, pinned to the version the `tch` crate needs,
+#     in .venv/ (linked as .libtorch for the build; binaries carry an rpath to it);
+#   - the wasm32-unknown-unknown Rust target, for building policies.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# tch 0.26 is built against exactly this libtorch release.
+TORCH_VERSION=2.13.0
+
+say() { printf '\033[1;34m[setup]\033[0m %s\n' "$*" >&2; }
+die() { printf '\033[1;31m[setup]\033[0m %s\n' "$*" >&2; exit 1; }
+
+command -v cargo >/dev/null || die "cargo not found: install Rust with rustup (https://rustup.rs), then rerun."
+command -v python3 >/dev/null || die "python3 not found: install it (apt-get install python3 python3-venv), then rerun."
+
+installed_torch() {
+  [ -x .venv/bin/python ] && .venv/bin/python -c 'import torch; print(torch.__version__.split("+")[0])' 2>/dev/null
+}
+
+if [ "$(installed_torch || true)" != "$TORCH_VERSION" ]; then
+  say "installing libtorch: torch==$TORCH_VERSION from PyPI into .venv (a few GB, about a minute)"
+  if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv || die "python3 -m venv failed: install the venv module (apt-get install python3-venv), then rerun."
+  fi
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --progress-bar off "torch==$TORCH_VERSION" \
+    || die "pip could not install torch==$TORCH_VERSION (needs access to PyPI)."
+fi
+
+torch_dir=$(.venv/bin/python -W ignore -c 'import torch, pathlib; print(pathlib.Path(torch.__file__).parent)' 2>/dev/null)
+if [ "$(readlink .libtorch 2>/dev/null)" != "$torch_dir" ]; then
+  ln -sfn "$torch_dir" .libtorch
+  say "linked .libtorch -> $torch_dir"
+fi
+
+if command -v rustup >/dev/null; then
+  if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+    say "adding the wasm32-unknown-unknown Rust target (for policies)"
+    rustup target add wasm32-unknown-unknown
+  fi
+else
+  rustc --print target-libdir --target wasm32-unknown-unknown >/dev/null 2>&1 \
+    || die "the wasm32-unknown-unknown target is missing and rustup is not available to add it."
+fi
