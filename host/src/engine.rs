@@ -235,6 +235,11 @@ impl Engine {
         self.scorer.score(candidate)
     }
 
+    /// A scorer on this engine's scoring batch in another mode (for comparing modes).
+    pub fn scorer(&self, mode: ScoreMode) -> KernelScorer {
+        self.scorer.with_mode(mode)
+    }
+
     /// Trains `arch` from the same initial weights it was scored with; `train_seed` drives
     /// shuffling and augmentation.
     pub fn train(&self, arch: &Arch, train_seed: u64, on_step: &mut dyn FnMut(usize, usize)) -> Result<TrainResult, TrainError> {

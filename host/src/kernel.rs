@@ -56,6 +56,8 @@ pub struct Score {
     pub info: NetworkInfo,
     /// Wall time of construction and scoring.
     pub seconds: f64,
+    /// Wall time of the forward/backward pass and the reduction alone.
+    pub compute_seconds: f64,
 }
 
 /// Why a candidate could not be scored.
@@ -86,6 +88,11 @@ impl KernelScorer {
         KernelScorer { spec, mode, seed, images, labels }
     }
 
+    /// The same scorer (batch, seed, spec) in another mode.
+    pub fn with_mode(&self, mode: ScoreMode) -> KernelScorer {
+        KernelScorer { mode, images: self.images.shallow_clone(), labels: self.labels.shallow_clone(), ..*self }
+    }
+
     /// The scoring mode.
     pub fn mode(&self) -> ScoreMode {
         self.mode
@@ -111,6 +118,7 @@ impl KernelScorer {
         let start = Instant::now();
         let (vs, net) = self.network(candidate);
         let vars = vs.trainable_variables();
+        let compute_start = Instant::now();
         let logits = net.forward(&self.images, self.mode.norm());
         let loss = cross_entropy(&logits, &self.labels)?;
         let grads = Tensor::f_run_backward(&[&loss], &vars, false, false)?;
@@ -123,7 +131,8 @@ impl KernelScorer {
             .collect::<Result<_, _>>()?;
         let mgm = if squares.is_empty() { 0.0 } else { Tensor::f_stack(&squares, 0)?.f_sum(Kind::Double)?.f_double_value(&[])? };
         finite(mgm)?;
-        Ok(Score { mgm, info: net.info(), seconds: start.elapsed().as_secs_f64() })
+        let seconds = start.elapsed().as_secs_f64();
+        Ok(Score { mgm, info: net.info(), seconds, compute_seconds: compute_start.elapsed().as_secs_f64() })
     }
 
     /// MGM by its definition, for `per-sample` mode: one forward/backward per sample (BN
@@ -135,6 +144,7 @@ impl KernelScorer {
         let (vs, mut net) = self.network(candidate);
         net.set_exhaustive(true);
         let vars = vs.trainable_variables();
+        let compute_start = Instant::now();
         let mut rows = Vec::new();
         for i in 0..self.batch_size() {
             let x = self.images.f_narrow(0, i, 1)?;
@@ -152,7 +162,8 @@ impl KernelScorer {
         let gram = g.f_mm(&g.f_transpose(0, 1)?)?;
         let mgm = gram.f_mean(Kind::Double)?.f_double_value(&[])?;
         finite(mgm)?;
-        Ok(Score { mgm, info: net.info(), seconds: start.elapsed().as_secs_f64() })
+        let seconds = start.elapsed().as_secs_f64();
+        Ok(Score { mgm, info: net.info(), seconds, compute_seconds: compute_start.elapsed().as_secs_f64() })
     }
 }
 

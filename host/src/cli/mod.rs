@@ -1,0 +1,252 @@
+//! The `knas` command line.
+
+mod correlate;
+mod output;
+mod score;
+mod select;
+mod train;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use knas::data::{DatasetSpec, Holdout};
+use knas::engine::{DeviceChoice, Engine, Experiment};
+use knas::kernel::ScoreMode;
+use knas::space::{Arch, NUM_ARCHS};
+use knas::train::TrainConfig;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tracing_subscriber::EnvFilter;
+
+/// Training-free neural architecture search with the gradient kernel (KNAS).
+///
+/// knas judges a randomly initialised network by the mean of the Gram matrix of its
+/// per-sample gradients (MGM): networks with a large MGM train well. Scoring takes a
+/// fraction of a second per architecture, so knas ranks many candidates by MGM and trains
+/// only the best few briefly to pick the winner.
+///
+/// Architectures are NAS-Bench-201 cells, written in NB201's string form
+/// (`|nor_conv_3x3~0|+|none~0|skip_connect~1|+|…~0|…~1|…~2|`) or as an index in 0..15624.
+/// Every command runs on the embedded MNIST subset unless `--dataset` says otherwise.
+#[derive(Debug, Parser)]
+#[command(name = "knas", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+
+    /// Log filter (error, warn, info, debug, trace, or a tracing directive). Also KNAS_LOG.
+    #[arg(long, global = true, env = "KNAS_LOG", default_value = "warn")]
+    log: String,
+
+    /// Log records as JSON lines on stderr instead of text.
+    #[arg(long, global = true)]
+    log_json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Score architectures with the gradient kernel (MGM) at initialisation.
+    ///
+    /// Example: knas score --sample 20 --format jsonl
+    Score(score::ScoreArgs),
+    /// Train architectures briefly and report held-out accuracy and loss.
+    ///
+    /// Example: knas train '|nor_conv_3x3~0|+|nor_conv_3x3~0|skip_connect~1|+|nor_conv_3x3~0|nor_conv_1x1~1|skip_connect~2|'
+    Train(train::TrainArgs),
+    /// Measure how well MGM ranks architectures: score a sample, train it under several
+    /// seeds, report Spearman and Kendall correlations.
+    ///
+    /// Example: knas correlate --sample 30 --train-seeds 2 --mode both --plot corr.svg
+    Correlate(correlate::CorrelateArgs),
+    /// Run a complete KNAS selection: sample candidates, rank them by MGM (coarse), train
+    /// the top k (fine) and report the winner.
+    ///
+    /// Example: knas select --candidates 100 --top-k 3
+    Select(select::SelectArgs),
+}
+
+/// Settings that decide an experiment's numbers.
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Experiment")]
+pub struct ExperimentArgs {
+    /// Dataset: mnist5k (embedded, 5,000 real MNIST digits), mnist:DIR, fashion-mnist:DIR
+    /// (IDX files, gzipped or not), cifar10:DIR, cifar100:DIR (binary versions).
+    #[arg(long, default_value = "mnist5k", value_parser = parse_dataset)]
+    dataset: DatasetSpec,
+    /// Held-out images: a fraction of the training part (seeded), or `test` for the
+    /// dataset's official test part.
+    #[arg(long, default_value = "0.2")]
+    holdout: Holdout,
+    /// Use at most this many training images (a seeded sample).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Channels of the first stage, C (the later stages have 2C and 4C).
+    #[arg(long, default_value_t = 16)]
+    channels: i64,
+    /// Cells per stage, N.
+    #[arg(long, default_value_t = 5)]
+    cells: i64,
+    /// Images in the kernel-scoring batch.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// How batch norm treats the scoring batch: per-sample (each image normalised on its
+    /// own, the KNAS protocol) or batch (batch statistics, as in training).
+    #[arg(long, value_enum, default_value_t = ScoreMode::PerSample)]
+    mode: ScoreMode,
+    /// Seed for the data split, the scoring batch and network initialisation.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Training epochs for finalists.
+    #[arg(long, default_value_t = 1)]
+    epochs: usize,
+    /// Training mini-batch size.
+    #[arg(long, default_value_t = 64)]
+    train_batch_size: usize,
+    /// Initial learning rate (cosine-decayed to zero).
+    #[arg(long, default_value_t = 0.1)]
+    lr: f64,
+}
+
+fn parse_dataset(text: &str) -> Result<DatasetSpec, String> {
+    text.parse().map_err(|e: knas::data::DataError| e.to_string())
+}
+
+impl ExperimentArgs {
+    fn experiment(&self) -> Experiment {
+        Experiment {
+            dataset: self.dataset.clone(),
+            holdout: self.holdout,
+            limit: self.limit,
+            channels: self.channels,
+            cells: self.cells,
+            score_batch: self.batch_size,
+            score_mode: self.mode,
+            train: TrainConfig {
+                epochs: self.epochs,
+                batch_size: self.train_batch_size,
+                learning_rate: self.lr,
+                ..TrainConfig::default()
+            },
+            seed: self.seed,
+        }
+    }
+}
+
+/// Where and how compute runs.
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Compute")]
+pub struct ComputeArgs {
+    /// Device: auto (CUDA when present), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
+    /// CPU threads for libtorch (0: libtorch's default, one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: i32,
+}
+
+impl ComputeArgs {
+    /// Applies the thread setting and loads `experiment` onto the chosen device.
+    fn engine(&self, experiment: &Experiment) -> Result<Engine> {
+        if self.threads > 0 {
+            tch::set_num_threads(self.threads);
+        }
+        let device = self.device.resolve()?;
+        let spinner = output::spinner(format!("loading {} onto {device:?}", experiment.dataset));
+        let engine = Engine::new(experiment, device).with_context(|| format!("cannot start on {}", experiment.dataset))?;
+        spinner.finish_and_clear();
+        let (train, heldout) = engine.sizes();
+        tracing::info!(dataset = %experiment.dataset, train, heldout, device = ?device, "engine ready");
+        Ok(engine)
+    }
+}
+
+/// Where architectures come from.
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Architectures")]
+pub struct ArchSource {
+    /// Architectures in NB201 string form or as indices.
+    #[arg(value_name = "ARCH")]
+    archs: Vec<String>,
+    /// Read architectures from a file, one per line (blank lines and # comments skipped).
+    #[arg(long = "archs", value_name = "FILE")]
+    archs_file: Option<PathBuf>,
+    /// Draw this many distinct architectures at random (seeded by --seed).
+    #[arg(long, value_name = "N")]
+    sample: Option<usize>,
+}
+
+impl ArchSource {
+    fn resolve(&self, seed: u64) -> Result<Vec<Arch>> {
+        let mut archs = Vec::new();
+        for (i, text) in self.archs.iter().enumerate() {
+            archs.push(text.parse().with_context(|| format!("architecture argument {}", i + 1))?);
+        }
+        if let Some(path) = &self.archs_file {
+            archs.extend(read_arch_file(path)?);
+        }
+        if let Some(n) = self.sample {
+            archs.extend(sample_archs(n, seed)?);
+        }
+        anyhow::ensure!(!archs.is_empty(), "no architectures given: pass ARCH arguments, --archs FILE or --sample N");
+        Ok(archs)
+    }
+}
+
+/// Reads one architecture per line; errors name the file and line.
+pub fn read_arch_file(path: &std::path::Path) -> Result<Vec<Arch>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut archs = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or_default().trim();
+        if line.is_empty() {
+            continue;
+        }
+        let arch = line.parse().with_context(|| format!("{}:{}", path.display(), number + 1))?;
+        archs.push(arch);
+    }
+    Ok(archs)
+}
+
+/// `n` distinct architectures drawn uniformly, reproducibly from `seed`. A smaller sample
+/// is a prefix of a larger one with the same seed (a forward Fisher–Yates shuffle).
+pub fn sample_archs(n: usize, seed: u64) -> Result<Vec<Arch>> {
+    anyhow::ensure!(n <= NUM_ARCHS, "cannot sample {n} distinct architectures: the space has {NUM_ARCHS}");
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xa5c4);
+    let mut indices: Vec<usize> = (0..NUM_ARCHS).collect();
+    for i in 0..n {
+        let j = rng.random_range(i..NUM_ARCHS);
+        indices.swap(i, j);
+    }
+    Ok(indices[..n].iter().map(|&i| Arch::from_index(i).expect("index in range")).collect())
+}
+
+fn init_logging(cli: &Cli) {
+    let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if cli.log_json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Runs the command line; errors are printed with their whole cause chain.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    let result = match &cli.command {
+        Command::Score(args) => score::run(args),
+        Command::Train(args) => train::run(args),
+        Command::Correlate(args) => correlate::run(args),
+        Command::Select(args) => select::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
