@@ -8,12 +8,21 @@
 //! - [`kernel`]: the KNAS gradient-kernel score (MGM), fast path and reference;
 //! - [`train`]: short training of finalists;
 //! - [`engine`]: one experiment on one device, tying the above together;
-//! - [`stats`]: rank correlations.
+//! - [`stats`]: rank correlations;
+//! - [`policy`]: search policies as sandboxed WebAssembly components (contract, runtime,
+//!   validation, building);
+//! - [`store`]: the SQLite run store;
+//! - [`search`]: the search loop that drives a policy against the engine and the store;
+//! - [`config`]: YAML configuration files.
 
+pub mod config;
 pub mod data;
 pub mod engine;
 pub mod kernel;
 pub mod model;
+pub mod policy;
+pub mod search;
 pub mod space;
 pub mod stats;
+pub mod store;
 pub mod train;

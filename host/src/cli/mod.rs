@@ -2,7 +2,10 @@
 
 mod correlate;
 mod output;
+mod policy;
+mod runs;
 mod score;
+mod search;
 mod select;
 mod train;
 
@@ -65,48 +68,78 @@ enum Command {
     ///
     /// Example: knas select --candidates 100 --top-k 3
     Select(select::SelectArgs),
+    /// Run a search policy (a WebAssembly component) end to end. Results go to the run
+    /// store as they are measured; rerunning a run resumes it where it stopped.
+    ///
+    /// Example: knas search --policy policies/evolution.wasm --budget 200 --top-k 5
+    Search(search::SearchArgs),
+    /// List the runs in the store, or show one run's leaderboard and events.
+    ///
+    /// Example: knas runs evolution --format json
+    Runs(runs::RunsArgs),
+    /// Build policy crates into components, or inspect policy files.
+    Policy(policy::PolicyArgs),
 }
 
-/// Settings that decide an experiment's numbers.
+/// Where runs are stored.
 #[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Run store")]
+pub struct StoreArgs {
+    /// The run store (an SQLite file, created if missing).
+    #[arg(long = "store", env = "KNAS_STORE", default_value = "knas-runs.db", value_name = "FILE")]
+    path: PathBuf,
+}
+
+impl StoreArgs {
+    fn open(&self) -> Result<knas::store::RunStore> {
+        Ok(knas::store::RunStore::open(&self.path)?)
+    }
+}
+
+/// Settings that decide an experiment's numbers. Each flag overrides the default (or the
+/// config file, for commands that read one).
+#[derive(Debug, Args, Clone, Default)]
 #[command(next_help_heading = "Experiment")]
 pub struct ExperimentArgs {
     /// Dataset: mnist5k (embedded, 5,000 real MNIST digits), mnist:DIR, fashion-mnist:DIR
-    /// (IDX files, gzipped or not), cifar10:DIR, cifar100:DIR (binary versions).
-    #[arg(long, default_value = "mnist5k", value_parser = parse_dataset)]
-    dataset: DatasetSpec,
+    /// (IDX files, gzipped or not), cifar10:DIR, cifar100:DIR (binary versions)
+    /// [default: mnist5k]
+    #[arg(long, value_parser = parse_dataset)]
+    dataset: Option<DatasetSpec>,
     /// Held-out images: a fraction of the training part (seeded), or `test` for the
-    /// dataset's official test part.
-    #[arg(long, default_value = "0.2")]
-    holdout: Holdout,
-    /// Use at most this many training images (a seeded sample).
+    /// dataset's official test part [default: 0.2]
+    #[arg(long)]
+    holdout: Option<Holdout>,
+    /// Use at most this many training images (a seeded sample)
     #[arg(long)]
     limit: Option<usize>,
-    /// Channels of the first stage, C (the later stages have 2C and 4C).
-    #[arg(long, default_value_t = 16)]
-    channels: i64,
-    /// Cells per stage, N.
-    #[arg(long, default_value_t = 5)]
-    cells: i64,
-    /// Images in the kernel-scoring batch.
-    #[arg(long, default_value_t = 64)]
-    batch_size: usize,
+    /// Channels of the first stage, C; the later stages have 2C and 4C [default: 16]
+    #[arg(long)]
+    channels: Option<i64>,
+    /// Cells per stage, N [default: 5]
+    #[arg(long)]
+    cells: Option<i64>,
+    /// Images in the kernel-scoring batch [default: 64]
+    #[arg(long)]
+    batch_size: Option<usize>,
     /// How batch norm treats the scoring batch: per-sample (each image normalised on its
-    /// own, the KNAS protocol) or batch (batch statistics, as in training).
-    #[arg(long, value_enum, default_value_t = ScoreMode::PerSample)]
-    mode: ScoreMode,
-    /// Seed for the data split, the scoring batch and network initialisation.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Training epochs for finalists.
-    #[arg(long, default_value_t = 1)]
-    epochs: usize,
-    /// Training mini-batch size.
-    #[arg(long, default_value_t = 64)]
-    train_batch_size: usize,
-    /// Initial learning rate (cosine-decayed to zero).
-    #[arg(long, default_value_t = 0.1)]
-    lr: f64,
+    /// own, the KNAS protocol) or batch (batch statistics, as in training)
+    /// [default: per-sample]
+    #[arg(long, value_enum)]
+    mode: Option<ScoreMode>,
+    /// Seed for the data split, the scoring batch, network initialisation and policies
+    /// [default: 0]
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Training epochs for finalists [default: 1]
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Training mini-batch size [default: 64]
+    #[arg(long)]
+    train_batch_size: Option<usize>,
+    /// Initial learning rate, cosine-decayed to zero [default: 0.1]
+    #[arg(long)]
+    lr: Option<f64>,
 }
 
 fn parse_dataset(text: &str) -> Result<DatasetSpec, String> {
@@ -114,22 +147,29 @@ fn parse_dataset(text: &str) -> Result<DatasetSpec, String> {
 }
 
 impl ExperimentArgs {
+    /// The default experiment with these flags applied.
     fn experiment(&self) -> Experiment {
+        self.apply(Experiment::default())
+    }
+
+    /// `base` with every given flag applied.
+    fn apply(&self, base: Experiment) -> Experiment {
+        let train = base.train;
         Experiment {
-            dataset: self.dataset.clone(),
-            holdout: self.holdout,
-            limit: self.limit,
-            channels: self.channels,
-            cells: self.cells,
-            score_batch: self.batch_size,
-            score_mode: self.mode,
+            dataset: self.dataset.clone().unwrap_or(base.dataset),
+            holdout: self.holdout.unwrap_or(base.holdout),
+            limit: self.limit.or(base.limit),
+            channels: self.channels.unwrap_or(base.channels),
+            cells: self.cells.unwrap_or(base.cells),
+            score_batch: self.batch_size.unwrap_or(base.score_batch),
+            score_mode: self.mode.unwrap_or(base.score_mode),
             train: TrainConfig {
-                epochs: self.epochs,
-                batch_size: self.train_batch_size,
-                learning_rate: self.lr,
-                ..TrainConfig::default()
+                epochs: self.epochs.unwrap_or(train.epochs),
+                batch_size: self.train_batch_size.unwrap_or(train.batch_size),
+                learning_rate: self.lr.unwrap_or(train.learning_rate),
+                ..train
             },
-            seed: self.seed,
+            seed: self.seed.unwrap_or(base.seed),
         }
     }
 }
@@ -241,6 +281,9 @@ pub fn main() -> ExitCode {
         Command::Train(args) => train::run(args),
         Command::Correlate(args) => correlate::run(args),
         Command::Select(args) => select::run(args),
+        Command::Search(args) => search::run(args),
+        Command::Runs(args) => runs::run(args),
+        Command::Policy(args) => policy::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

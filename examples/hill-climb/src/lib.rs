@@ -1,0 +1,132 @@
+//! A worked example of a knas policy: steepest-ascent hill climbing on the kernel score.
+//!
+//! Start from a random architecture; score all 24 neighbours (each of the 6 edges set to
+//! each of the 4 other ops); move to the best neighbour if it beats the current one,
+//! otherwise restart from a new random architecture. When the score budget is spent,
+//! train the best architecture found.
+//!
+//! Build it and run it:
+//!
+//! ```text
+//! knas policy build examples/hill-climb --out-dir policies
+//! knas search --policy policies/hill-climb.wasm --budget 100 --top-k 1
+//! ```
+//!
+//! Parameters: `restarts_log` (bool, default true) logs each restart.
+
+use std::collections::HashMap;
+
+use knas_policy_sdk::nb201::{self, Arch, NUM_EDGES, NUM_OPS};
+use knas_policy_sdk::{Budget, Evaluation, Fidelity, Policy, Proposal, Settings, info};
+
+#[derive(serde::Deserialize)]
+#[serde(default)]
+struct Params {
+    restarts_log: bool,
+}
+
+impl Default for Params {
+    fn default() -> Params {
+        Params { restarts_log: true }
+    }
+}
+
+struct HillClimb {
+    params: Params,
+    max_batch: usize,
+    /// Where the climb stands; `None` until the first start is scored.
+    current: Option<Arch>,
+    /// Every score seen in the run (including a replayed history).
+    scores: HashMap<Arch, f64>,
+    trained: bool,
+}
+
+impl HillClimb {
+    fn neighbours(arch: Arch) -> Vec<Arch> {
+        (0..NUM_EDGES)
+            .flat_map(|edge| (0..NUM_OPS).filter(move |&op| op != arch.ops()[edge]).map(move |op| arch.with_op(edge, op)))
+            .collect()
+    }
+
+    fn best(&self) -> Option<(Arch, f64)> {
+        self.scores.iter().map(|(a, s)| (*a, *s)).max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)))
+    }
+
+    /// A fresh random start that has not been scored yet.
+    fn restart(&mut self) -> Arch {
+        let start = loop {
+            let arch = Arch::random();
+            if !self.scores.contains_key(&arch) {
+                break arch;
+            }
+        };
+        if self.params.restarts_log {
+            info(&format!("restarting from {start}"));
+        }
+        self.current = Some(start);
+        start
+    }
+}
+
+impl Policy for HillClimb {
+    fn new(settings: Settings) -> Result<Self, String> {
+        nb201::check_space(&settings.space)?;
+        Ok(HillClimb {
+            params: settings.parse_params()?,
+            max_batch: settings.max_batch.max(1) as usize,
+            current: None,
+            scores: HashMap::new(),
+            trained: false,
+        })
+    }
+
+    fn observe(&mut self, results: Vec<Evaluation>) -> Result<(), String> {
+        for result in results {
+            let Some(arch) = Arch::from_candidate(&result.candidate) else { continue };
+            match result.candidate.fidelity {
+                Fidelity::Score => {
+                    self.scores.insert(arch, result.score.unwrap_or(f64::NEG_INFINITY));
+                }
+                Fidelity::Train => self.trained = true,
+            }
+        }
+        Ok(())
+    }
+
+    fn propose(&mut self, remaining: Budget) -> Result<Proposal, String> {
+        if remaining.scores > 0 {
+            let current = match self.current {
+                Some(arch) if self.scores.contains_key(&arch) => arch,
+                Some(arch) => return Ok(Proposal::Evaluate(vec![arch.candidate(Fidelity::Score)])),
+                None => {
+                    let start = self.restart();
+                    return Ok(Proposal::Evaluate(vec![start.candidate(Fidelity::Score)]));
+                }
+            };
+            let unscored: Vec<Arch> =
+                Self::neighbours(current).into_iter().filter(|n| !self.scores.contains_key(n)).collect();
+            if !unscored.is_empty() {
+                let take = unscored.len().min(self.max_batch).min(remaining.scores as usize);
+                return Ok(Proposal::Evaluate(unscored[..take].iter().map(|a| a.candidate(Fidelity::Score)).collect()));
+            }
+            // Every neighbour is known: climb, or restart at a local optimum.
+            let here = self.scores[&current];
+            let (best, best_score) = Self::neighbours(current)
+                .into_iter()
+                .map(|n| (n, self.scores[&n]))
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+                .expect("24 neighbours");
+            let next = if best_score > here { best } else { self.restart() };
+            self.current = Some(next);
+            return self.propose(remaining);
+        }
+        match self.best() {
+            Some((arch, _)) if !self.trained && remaining.trainings > 0 => {
+                Ok(Proposal::Evaluate(vec![arch.candidate(Fidelity::Train)]))
+            }
+            _ => Ok(Proposal::Done),
+        }
+    }
+}
+
+knas_policy_sdk::register_policy!(HillClimb);

@@ -1,0 +1,117 @@
+//! `knas runs`: what the run store holds.
+
+use anyhow::{Context, Result};
+use clap::Args;
+use knas::policy::Fidelity;
+use knas::search::Leaderboard;
+use knas::store::{Event, RunRecord};
+
+use super::StoreArgs;
+use super::output::{self, Report};
+
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    /// Show this run in detail (leaderboard, events) instead of listing all runs.
+    name: Option<String>,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Output: tables, or one JSON document.
+    #[arg(long, value_enum, default_value_t = Report::Table)]
+    format: Report,
+}
+
+/// A run with its standings, as listed.
+#[derive(Debug, serde::Serialize)]
+struct RunSummary {
+    #[serde(flatten)]
+    run: RunRecord,
+    scores: usize,
+    trainings: usize,
+    best_score: Option<f64>,
+    best_accuracy: Option<f64>,
+    leaderboard: Leaderboard,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    events: Option<Vec<Event>>,
+}
+
+pub fn run(args: &RunsArgs) -> Result<()> {
+    let store = args.store.open()?;
+    let runs = match &args.name {
+        Some(name) => vec![store.run(name)?.with_context(|| format!("no run named {name:?} in {}", store.path().display()))?],
+        None => store.runs()?,
+    };
+    let mut summaries = Vec::with_capacity(runs.len());
+    for run in runs {
+        let evaluations = store.evaluations(run.id)?;
+        let count = |f: Fidelity| evaluations.iter().filter(|e| e.fidelity == f).count();
+        let best = |pick: fn(&knas::store::EvaluationRecord) -> Option<f64>| {
+            evaluations.iter().filter_map(pick).max_by(f64::total_cmp)
+        };
+        summaries.push(RunSummary {
+            scores: count(Fidelity::Score),
+            trainings: count(Fidelity::Train),
+            best_score: best(|e| e.score),
+            best_accuracy: best(|e| e.accuracy),
+            leaderboard: Leaderboard::of(&evaluations),
+            events: if args.name.is_some() { Some(store.events(run.id)?) } else { None },
+            run,
+        });
+    }
+    match (args.format, &args.name) {
+        (Report::Json, Some(_)) => output::json(&summaries[0])?,
+        (Report::Json, None) => output::json(&summaries)?,
+        (Report::Table, _) => print_tables(&summaries, args.name.is_some()),
+    }
+    Ok(())
+}
+
+fn print_tables(summaries: &[RunSummary], detailed: bool) {
+    let mut table = output::table(&["run", "policy", "status", "scores", "trainings", "best MGM", "best accuracy", "updated"]);
+    for s in summaries {
+        table.add_row(vec![
+            s.run.name.clone(),
+            s.run.policy.clone(),
+            format!("{:?}", s.run.status).to_lowercase(),
+            format!("{}/{}", s.scores, s.run.search.budget.scores),
+            format!("{}/{}", s.trainings, s.run.search.budget.trainings),
+            s.best_score.map_or("–".into(), output::sci),
+            s.best_accuracy.map_or("–".into(), output::percent),
+            s.run.updated_at.clone(),
+        ]);
+    }
+    println!("{table}");
+    if detailed {
+        for s in summaries {
+            print_leaderboard(&s.leaderboard);
+            if let Some(error) = &s.run.error {
+                println!("Error: {error}");
+            }
+            for event in s.events.iter().flatten() {
+                println!("{}  {:<7} {}", event.at, event.kind, event.message);
+            }
+        }
+    }
+}
+
+/// Prints the trained finalists (or, without any, the best scores).
+pub fn print_leaderboard(board: &Leaderboard) {
+    if board.trained.is_empty() {
+        let mut table = output::table(&["#", "architecture", "MGM"]);
+        for (i, s) in board.top_scores.iter().enumerate() {
+            table.add_row(vec![(i + 1).to_string(), s.candidate.to_string(), s.score.map_or("–".into(), output::sci)]);
+        }
+        println!("Best scores (nothing trained):\n{table}");
+        return;
+    }
+    let mut table = output::table(&["#", "architecture", "accuracy", "held-out loss", "MGM"]);
+    for (i, s) in board.trained.iter().enumerate() {
+        table.add_row(vec![
+            (i + 1).to_string(),
+            s.candidate.to_string(),
+            s.accuracy.map_or("–".into(), output::percent),
+            s.loss.map_or("–".into(), |l| format!("{l:.4}")),
+            s.score.map_or("–".into(), output::sci),
+        ]);
+    }
+    println!("Leaderboard (trained candidates):\n{table}");
+}

@@ -1,0 +1,236 @@
+//! `knas search`: run a policy end to end, resumably.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use indicatif::ProgressBar;
+use knas::config::{RunConfig, SearchSettings, load_yaml};
+use knas::policy::{Budget, PolicyLimits, PolicyRuntime};
+use knas::search::{Finish, Leaderboard, Search, SearchObserver, Step};
+use knas::store::EvaluationRecord;
+
+use super::output::{self, Report};
+use super::{ComputeArgs, ExperimentArgs, StoreArgs};
+
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    /// The policy: a WebAssembly component (build one with `knas policy build`).
+    #[arg(long, value_name = "FILE.wasm")]
+    policy: PathBuf,
+    /// Run name in the store (default: the policy's file name). Rerunning a name resumes
+    /// that run where it stopped.
+    #[arg(long)]
+    name: Option<String>,
+    /// A YAML run description (experiment, search, params, limits); flags override it.
+    #[arg(long, value_name = "FILE.yaml")]
+    config: Option<PathBuf>,
+    /// Kernel scores the run may compute [default: 100]
+    #[arg(long)]
+    budget: Option<u32>,
+    /// Architectures the run may train (KNAS's k) [default: 3]
+    #[arg(long)]
+    top_k: Option<u32>,
+    /// Candidates one proposal may hold [default: 16]
+    #[arg(long)]
+    max_batch: Option<u32>,
+    /// The policy's parameters, as a JSON object (e.g. '{"population": 20}').
+    #[arg(long, value_name = "JSON")]
+    params: Option<String>,
+    #[command(flatten)]
+    limits: LimitArgs,
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    experiment: ExperimentArgs,
+    #[command(flatten)]
+    compute: ComputeArgs,
+    /// Output: tables, or one JSON document.
+    #[arg(long, value_enum, default_value_t = Report::Table)]
+    format: Report,
+}
+
+/// Sandbox limits for policies.
+#[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Policy sandbox")]
+pub struct LimitArgs {
+    /// Wall-clock deadline of one policy call, in ms [default: 2000]
+    #[arg(long)]
+    policy_timeout_ms: Option<u64>,
+    /// Instructions one policy call may execute [default: 2000000000]
+    #[arg(long)]
+    policy_fuel: Option<u64>,
+    /// Memory one policy instance may use, in MiB [default: 64]
+    #[arg(long)]
+    policy_memory_mib: Option<usize>,
+}
+
+impl LimitArgs {
+    pub fn apply(&self, base: PolicyLimits) -> PolicyLimits {
+        PolicyLimits {
+            call_timeout_ms: self.policy_timeout_ms.unwrap_or(base.call_timeout_ms),
+            fuel_per_call: self.policy_fuel.unwrap_or(base.fuel_per_call),
+            memory_mib: self.policy_memory_mib.unwrap_or(base.memory_mib),
+            ..base
+        }
+    }
+}
+
+/// What `knas search` reports.
+#[derive(Debug, serde::Serialize)]
+struct SearchReport {
+    run: String,
+    policy: String,
+    store: PathBuf,
+    finish: Finish,
+    budget: Budget,
+    /// Evaluations recorded in the run.
+    recorded: Budget,
+    /// Evaluations this process computed (the rest came from the store).
+    computed_now: Budget,
+    leaderboard: Leaderboard,
+    wall_seconds: f64,
+    evaluation_seconds: f64,
+    policy_calls: u64,
+    policy_seconds: f64,
+    /// Time inside the policy relative to time evaluating, in percent.
+    policy_overhead_percent: f64,
+}
+
+/// Progress bar and best-so-far, fed by the search loop.
+struct Progress {
+    bar: ProgressBar,
+    best_score: f64,
+    best_accuracy: f64,
+}
+
+impl SearchObserver for Progress {
+    fn evaluated(&mut self, record: &EvaluationRecord, _fresh: bool) {
+        self.bar.inc(1);
+        if let Some(score) = record.score {
+            self.best_score = self.best_score.max(score);
+        }
+        if let Some(accuracy) = record.accuracy {
+            self.best_accuracy = self.best_accuracy.max(accuracy);
+        }
+        let accuracy = if self.best_accuracy >= 0.0 { output::percent(self.best_accuracy) } else { "–".into() };
+        self.bar.set_message(format!("best MGM {} acc {accuracy}", output::sci(self.best_score)));
+    }
+
+    fn training_step(&mut self, done: usize, total: usize) {
+        if done == 1 || done == total {
+            self.bar.set_message(format!("training ({total} steps)"));
+        }
+    }
+}
+
+pub fn run(args: &SearchArgs) -> Result<()> {
+    let config: RunConfig = match &args.config {
+        Some(path) => load_yaml(path)?,
+        None => RunConfig::default(),
+    };
+    let experiment = args.experiment.apply(config.experiment.clone());
+    let settings = SearchSettings {
+        budget: args.budget.unwrap_or(config.search.budget),
+        top_k: args.top_k.unwrap_or(config.search.top_k),
+        max_batch: args.max_batch.unwrap_or(config.search.max_batch),
+    };
+    let params = match &args.params {
+        Some(text) => serde_json::from_str(text).context("--params is not valid JSON")?,
+        None => config.params.clone().unwrap_or_else(|| serde_json::json!({})),
+    };
+    anyhow::ensure!(params.is_object(), "policy parameters must be a JSON object, got {params}");
+    let limits = args.limits.apply(config.limits);
+    let spec = settings.spec(params, limits);
+
+    let runtime = PolicyRuntime::new(limits)?;
+    let module = runtime.load_file(&args.policy)?;
+    let name = args.name.clone().unwrap_or_else(|| module.name().to_owned());
+    let store = args.store.open()?;
+    let engine = args.compute.engine(&experiment)?;
+
+    let start = Instant::now();
+    let mut search = Search::start(&store, &runtime, &module, &name, &experiment, &spec)?;
+    let total = u64::from(spec.budget.scores + spec.budget.trainings);
+    let spent = store.spent(search.run().id)?;
+    let mut progress = Progress { bar: output::bar(total, "searching"), best_score: f64::NEG_INFINITY, best_accuracy: -1.0 };
+    progress.bar.set_position(u64::from(spent.scores + spent.trainings));
+    let finish = loop {
+        match search.step(&engine, &store, &mut progress) {
+            Ok(Step::Continue) => {}
+            Ok(Step::Finished(finish)) => break finish,
+            Err(error) => {
+                progress.bar.finish_and_clear();
+                search.fail(&store, &error)?;
+                let recorded = store.spent(search.run().id)?;
+                return Err(anyhow::Error::new(error).context(format!(
+                    "run {name:?} failed; its {} scores and {} trainings are kept in {}",
+                    recorded.scores,
+                    recorded.trainings,
+                    store.path().display()
+                )));
+            }
+        }
+    };
+    progress.bar.finish_and_clear();
+
+    let run = store.run(&name)?.context("the run vanished from the store")?;
+    let evaluations = store.evaluations(run.id)?;
+    let (policy_calls, policy_time) = search.policy_calls();
+    let evaluation_time = search.evaluation_time();
+    let report = SearchReport {
+        run: name,
+        policy: run.policy.clone(),
+        store: store.path().to_owned(),
+        finish,
+        budget: spec.budget,
+        recorded: store.spent(run.id)?,
+        computed_now: search.fresh(),
+        leaderboard: Leaderboard::of(&evaluations),
+        wall_seconds: start.elapsed().as_secs_f64(),
+        evaluation_seconds: evaluation_time.as_secs_f64(),
+        policy_calls,
+        policy_seconds: policy_time.as_secs_f64(),
+        policy_overhead_percent: 100.0 * policy_time.as_secs_f64() / evaluation_time.max(Duration::from_nanos(1)).as_secs_f64(),
+    };
+    match args.format {
+        Report::Json => output::json(&report)?,
+        Report::Table => print_report(&report),
+    }
+    Ok(())
+}
+
+fn print_report(r: &SearchReport) {
+    let how = match r.finish {
+        Finish::PolicyDone => "the policy finished",
+        Finish::BudgetSpent => "the budget is spent",
+        Finish::AlreadyDone => "already complete in the store",
+    };
+    println!("Run {:?} with policy {}: {how}.", r.run, r.policy);
+    super::runs::print_leaderboard(&r.leaderboard);
+    println!(
+        "Recorded {} scores and {} trainings (budget {} and {}); {} and {} computed now, the rest from {}.",
+        r.recorded.scores,
+        r.recorded.trainings,
+        r.budget.scores,
+        r.budget.trainings,
+        r.computed_now.scores,
+        r.computed_now.trainings,
+        r.store.display()
+    );
+    println!(
+        "Wall time {:.1}s; {} policy calls took {:.1} ms, {:.3}% of the {:.1}s spent evaluating.",
+        r.wall_seconds,
+        r.policy_calls,
+        r.policy_seconds * 1e3,
+        r.policy_overhead_percent,
+        r.evaluation_seconds
+    );
+    match &r.leaderboard.winner {
+        Some(w) if w.accuracy.is_some() => println!("Winner: {}", w.candidate),
+        Some(w) => println!("Best by score (nothing trained): {}", w.candidate),
+        None => println!("No candidate was evaluated."),
+    }
+}
+

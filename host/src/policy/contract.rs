@@ -1,0 +1,143 @@
+//! Checks a policy file against the contract before anything is compiled: is it wasm, is
+//! it a component, which contract version does it export, what does it import.
+
+use sha2::{Digest, Sha256};
+use wasmparser::{Encoding, Parser, Payload};
+
+/// The WIT package of the contract.
+pub const CONTRACT_PACKAGE: &str = "knas:policy";
+/// The contract version this host implements (`sdk/wit/policy.wit`).
+pub const CONTRACT_VERSION: &str = "0.1.0";
+/// Custom section the Rust SDK embeds (`knas-policy-sdk <version>`).
+pub const SDK_SECTION: &str = "knas-policy-sdk";
+
+/// Interfaces a policy may import: the contract's own.
+fn allowed_import(name: &str) -> bool {
+    name == format!("{CONTRACT_PACKAGE}/host@{CONTRACT_VERSION}") || name == format!("{CONTRACT_PACKAGE}/types@{CONTRACT_VERSION}")
+}
+
+/// Why a file is not a loadable policy.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read it: {0}")]
+    Io(String),
+    #[error("not a WebAssembly file (it starts with {0})")]
+    NotWasm(String),
+    #[error(
+        "a core WebAssembly module, not a component: build policies with `knas policy build` (or wrap the module with `wasm-tools component new`)"
+    )]
+    CoreModule,
+    #[error("malformed WebAssembly: {0}")]
+    Malformed(String),
+    #[error("not a knas policy: it exports no `{CONTRACT_PACKAGE}/policy` interface (it exports: {0})")]
+    NotAPolicy(String),
+    #[error(
+        "built against contract {CONTRACT_PACKAGE}@{found}, but this host implements {CONTRACT_PACKAGE}@{CONTRACT_VERSION}: rebuild it with a matching knas-policy-sdk"
+    )]
+    WrongContract { found: String },
+    #[error(
+        "imports `{0}`, which knas does not provide: policies may import only {CONTRACT_PACKAGE}/host (no filesystem, network, clock or environment)"
+    )]
+    ForbiddenImport(String),
+    #[error("does not compile: {0}")]
+    Compile(String),
+    #[error("does not instantiate: {0}")]
+    Instantiate(String),
+}
+
+/// What a policy file declares.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ContractInfo {
+    /// Contract version of the exported policy interface.
+    pub contract_version: String,
+    /// The SDK that built it, when it says (`knas-policy-sdk 0.1.0`).
+    pub sdk: Option<String>,
+    pub imports: Vec<String>,
+    pub exports: Vec<String>,
+    /// Size in bytes.
+    pub size: usize,
+    /// SHA-256 of the file, hex.
+    pub sha256: String,
+}
+
+impl ContractInfo {
+    /// A short content version: the first 8 hex digits of the hash.
+    pub fn short_hash(&self) -> &str {
+        &self.sha256[..8]
+    }
+}
+
+/// Inspects `bytes` and checks them against the contract.
+pub fn inspect(bytes: &[u8]) -> Result<ContractInfo, LoadError> {
+    if !bytes.starts_with(b"\0asm") {
+        let head: Vec<String> = bytes.iter().take(4).map(|b| format!("{b:02x}")).collect();
+        return Err(LoadError::NotWasm(if head.is_empty() { "nothing: the file is empty".into() } else { format!("bytes {}", head.join(" ")) }));
+    }
+    let mut imports = Vec::new();
+    let mut exports = Vec::new();
+    let mut sdk = None;
+    // Nesting depth: top-level imports and exports are the component's own.
+    let mut depth = 0usize;
+    for payload in Parser::new(0).parse_all(bytes) {
+        let payload = payload.map_err(|e| LoadError::Malformed(e.to_string()))?;
+        match payload {
+            Payload::Version { encoding, .. } => {
+                if depth == 0 && encoding == Encoding::Module {
+                    return Err(LoadError::CoreModule);
+                }
+            }
+            Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ComponentImportSection(reader) if depth == 0 => {
+                for import in reader {
+                    let import = import.map_err(|e| LoadError::Malformed(e.to_string()))?;
+                    imports.push(import.name.0.to_owned());
+                }
+            }
+            Payload::ComponentExportSection(reader) if depth == 0 => {
+                for export in reader {
+                    let export = export.map_err(|e| LoadError::Malformed(e.to_string()))?;
+                    exports.push(export.name.0.to_owned());
+                }
+            }
+            Payload::CustomSection(reader) if reader.name() == SDK_SECTION => {
+                sdk = Some(String::from_utf8_lossy(reader.data()).into_owned());
+            }
+            _ => {}
+        }
+    }
+    let prefix = format!("{CONTRACT_PACKAGE}/policy@");
+    let Some(version) = exports.iter().find_map(|e| e.strip_prefix(&prefix)) else {
+        return Err(LoadError::NotAPolicy(if exports.is_empty() { "nothing".into() } else { exports.join(", ") }));
+    };
+    if version != CONTRACT_VERSION {
+        return Err(LoadError::WrongContract { found: version.to_owned() });
+    }
+    if let Some(forbidden) = imports.iter().find(|name| !allowed_import(name)) {
+        return Err(LoadError::ForbiddenImport(forbidden.clone()));
+    }
+    Ok(ContractInfo {
+        contract_version: version.to_owned(),
+        sdk,
+        imports,
+        exports,
+        size: bytes.len(),
+        sha256: Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_what_is_not_a_component() {
+        assert_eq!(inspect(b""), Err(LoadError::NotWasm("nothing: the file is empty".into())));
+        assert_eq!(inspect(b"PK\x03\x04zip"), Err(LoadError::NotWasm("bytes 50 4b 03 04".into())));
+        // The smallest core module: magic and version 1.
+        assert_eq!(inspect(b"\0asm\x01\0\0\0"), Err(LoadError::CoreModule));
+        assert!(matches!(inspect(b"\0asm\x0d\0\x01\0\xff"), Err(LoadError::Malformed(_))));
+        // An empty component exports nothing.
+        assert_eq!(inspect(b"\0asm\x0d\0\x01\0"), Err(LoadError::NotAPolicy("nothing".into())));
+    }
+}

@@ -1,0 +1,137 @@
+//! Search policies: sandboxed WebAssembly components that decide what to evaluate next.
+//!
+//! The contract is `sdk/wit/policy.wit` (`knas:policy@0.1.0`); the host side is generated
+//! from it in [`runtime`]. This module holds the host's view of the contract's values and
+//! the errors a policy can cause, each naming the policy (`name@hash`) and the cause.
+
+pub mod contract;
+pub mod package;
+pub mod runtime;
+mod validate;
+
+pub use contract::{CONTRACT_VERSION, ContractInfo, LoadError};
+pub use runtime::{PolicyInstance, PolicyLimits, PolicyModule, PolicyRuntime};
+pub use validate::validate;
+
+use crate::space::Candidate;
+
+/// How much to spend on a candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fidelity {
+    /// The gradient-kernel score.
+    Score,
+    /// A short training run.
+    Train,
+}
+
+impl Fidelity {
+    /// The name stores and metrics use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fidelity::Score => "score",
+            Fidelity::Train => "train",
+        }
+    }
+
+    /// Parses [`Fidelity::name`].
+    pub fn from_name(name: &str) -> Option<Fidelity> {
+        match name {
+            "score" => Some(Fidelity::Score),
+            "train" => Some(Fidelity::Train),
+            _ => None,
+        }
+    }
+}
+
+/// Evaluations per fidelity: a run's budget, or what is left of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    pub scores: u32,
+    pub trainings: u32,
+}
+
+/// What a policy is told at `init`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub budget: Budget,
+    pub max_batch: u32,
+    /// The policy's parameters (a JSON object).
+    pub params: serde_json::Value,
+}
+
+/// A candidate as a policy proposed it, before validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawCandidate {
+    pub ops: Vec<Vec<u32>>,
+    pub fidelity: Fidelity,
+}
+
+/// A policy's answer to `propose`, before validation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RawProposal {
+    Evaluate(Vec<RawCandidate>),
+    Done,
+}
+
+/// A validated request to evaluate a candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Request {
+    pub candidate: Candidate,
+    pub fidelity: Fidelity,
+}
+
+/// A result handed back to a policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    pub candidate: Candidate,
+    pub fidelity: Fidelity,
+    pub score: Option<f64>,
+    pub accuracy: Option<f64>,
+    pub loss: Option<f64>,
+    pub error: Option<String>,
+}
+
+/// Everything that can go wrong with a policy. Every variant names the policy.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("policy {policy} cannot be loaded: {source}")]
+    Load { policy: String, source: LoadError },
+    #[error("policy {policy} ran past its {limit_ms} ms deadline in `{call}`")]
+    Timeout { policy: String, call: &'static str, limit_ms: u64 },
+    #[error("policy {policy} ran out of fuel ({fuel} instructions) in `{call}`: an endless loop?")]
+    Fuel { policy: String, call: &'static str, fuel: u64 },
+    #[error("policy {policy} exceeded its {limit_mib} MiB memory limit in `{call}` (it asked for {requested_mib} MiB)")]
+    Memory { policy: String, call: &'static str, limit_mib: usize, requested_mib: usize },
+    #[error("policy {policy} panicked in `{call}`: {message}")]
+    Panic { policy: String, call: &'static str, message: String },
+    #[error("policy {policy} trapped in `{call}`: {message}")]
+    Trap { policy: String, call: &'static str, message: String },
+    #[error("policy {policy} returned an error from `{call}`: {message}")]
+    Guest { policy: String, call: &'static str, message: String },
+    #[error("policy {policy} proposed an invalid batch: {problem}")]
+    InvalidProposal { policy: String, problem: String },
+    #[error("policy {policy} made no progress: {proposals} proposals in a row asked only for results it already had")]
+    NoProgress { policy: String, proposals: u32 },
+    #[error("the policy runtime failed: {0}")]
+    Runtime(String),
+}
+
+impl PolicyError {
+    /// A short, bounded name for the cause (a metrics label).
+    pub fn cause(&self) -> &'static str {
+        match self {
+            PolicyError::Load { .. } => "load",
+            PolicyError::Timeout { .. } => "timeout",
+            PolicyError::Fuel { .. } => "fuel",
+            PolicyError::Memory { .. } => "memory",
+            PolicyError::Panic { .. } => "panic",
+            PolicyError::Trap { .. } => "trap",
+            PolicyError::Guest { .. } => "guest-error",
+            PolicyError::InvalidProposal { .. } => "invalid-proposal",
+            PolicyError::NoProgress { .. } => "no-progress",
+            PolicyError::Runtime(_) => "runtime",
+        }
+    }
+}

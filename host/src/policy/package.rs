@@ -1,0 +1,200 @@
+//! `knas policy build`: compiles Rust policy crates to WebAssembly components.
+//!
+//! A policy crate is a `cdylib` built for `wasm32-unknown-unknown` against the SDK. Cargo
+//! produces a core module carrying the world's type in a custom section; `wit-component`
+//! wraps it into a component whose only imports are the contract's. The component is named
+//! after the crate's `[package.metadata.knas] policy = "…"` key (else the package name).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use cargo_metadata::{Message, MetadataCommand, Package};
+
+use super::contract;
+
+/// The Rust target policies are compiled for.
+pub const WASM_TARGET: &str = "wasm32-unknown-unknown";
+
+/// Why a policy could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum PackageError {
+    #[error("cannot read the cargo metadata of {path}: {message}")]
+    Metadata { path: PathBuf, message: String },
+    #[error("{0} is not a crate of its workspace")]
+    NotAPackage(PathBuf),
+    #[error("cargo build failed for {crates} (see the compiler output above); is the target installed? `rustup target add {WASM_TARGET}`")]
+    Cargo { crates: String },
+    #[error("cannot run cargo: {0}")]
+    Spawn(std::io::Error),
+    #[error("cargo built no .wasm for {0}: is its crate-type [\"cdylib\"]?")]
+    NoArtifact(String),
+    #[error("{crate_name}: cannot make a component of {module}: {message}")]
+    Componentize { crate_name: String, module: PathBuf, message: String },
+    #[error("{crate_name}: the component does not satisfy the contract: {source}")]
+    Contract { crate_name: String, source: contract::LoadError },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// How to build.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// Folder the components are written to.
+    pub out_dir: PathBuf,
+    /// Cargo profile (`release`, or `policy` in the knas workspace).
+    pub profile: String,
+    /// Cargo target folder; cargo's default when `None`.
+    pub target_dir: Option<PathBuf>,
+    /// Refuse components the host would refuse (off only to build test fixtures that
+    /// must break the contract).
+    pub check_contract: bool,
+}
+
+/// A built component.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Built {
+    pub crate_name: String,
+    pub policy: String,
+    pub path: PathBuf,
+    pub size: usize,
+}
+
+struct PolicyCrate {
+    package: String,
+    policy: String,
+    workspace_root: PathBuf,
+}
+
+fn policy_name(package: &Package) -> String {
+    package
+        .metadata
+        .get("knas")
+        .and_then(|k| k.get("policy"))
+        .and_then(|p| p.as_str())
+        .map_or_else(|| package.name.to_string(), str::to_owned)
+}
+
+fn describe(dir: &Path) -> Result<PolicyCrate, PackageError> {
+    let manifest = dir.join("Cargo.toml");
+    let metadata = MetadataCommand::new()
+        .manifest_path(&manifest)
+        .no_deps()
+        .exec()
+        .map_err(|e| PackageError::Metadata { path: manifest.clone(), message: e.to_string() })?;
+    let manifest = manifest.canonicalize().map_err(|source| PackageError::Io { path: manifest.clone(), source })?;
+    let package = metadata
+        .packages
+        .iter()
+        .find(|p| p.manifest_path.as_std_path() == manifest)
+        .ok_or_else(|| PackageError::NotAPackage(dir.to_owned()))?;
+    Ok(PolicyCrate {
+        package: package.name.to_string(),
+        policy: policy_name(package),
+        workspace_root: metadata.workspace_root.into_std_path_buf(),
+    })
+}
+
+/// The policy crates of the workspace around `dir`: packages that declare
+/// `[package.metadata.knas] policy`, test fixtures (under `tests/`) excepted.
+pub fn workspace_policies(dir: &Path) -> Result<Vec<PathBuf>, PackageError> {
+    let metadata = MetadataCommand::new()
+        .current_dir(dir)
+        .no_deps()
+        .exec()
+        .map_err(|e| PackageError::Metadata { path: dir.to_owned(), message: e.to_string() })?;
+    let root = metadata.workspace_root.as_std_path();
+    let mut crates: Vec<PathBuf> = metadata
+        .packages
+        .iter()
+        .filter(|p| p.metadata.get("knas").and_then(|k| k.get("policy")).is_some())
+        .filter_map(|p| p.manifest_path.parent().map(|d| d.as_std_path().to_owned()))
+        .filter(|d| !d.strip_prefix(root).is_ok_and(|rel| rel.starts_with("tests")))
+        .collect();
+    crates.sort();
+    Ok(crates)
+}
+
+/// Builds each crate in `dirs` and writes `<out_dir>/<policy>.wasm` components. Crates of
+/// one workspace are built by one cargo invocation.
+pub fn build(dirs: &[PathBuf], options: &BuildOptions) -> Result<Vec<Built>, PackageError> {
+    let mut by_workspace: BTreeMap<PathBuf, Vec<PolicyCrate>> = BTreeMap::new();
+    for dir in dirs {
+        let described = describe(dir)?;
+        by_workspace.entry(described.workspace_root.clone()).or_default().push(described);
+    }
+    std::fs::create_dir_all(&options.out_dir).map_err(|source| PackageError::Io { path: options.out_dir.clone(), source })?;
+    let mut built = Vec::new();
+    for (root, crates) in by_workspace {
+        let modules = cargo_build(&root, &crates, options)?;
+        for krate in &crates {
+            let module = modules.get(&krate.package).ok_or_else(|| PackageError::NoArtifact(krate.package.clone()))?;
+            built.push(componentize(krate, module, options)?);
+        }
+    }
+    Ok(built)
+}
+
+/// Runs cargo for `crates`; returns each package's core `.wasm`.
+fn cargo_build(root: &Path, crates: &[PolicyCrate], options: &BuildOptions) -> Result<BTreeMap<String, PathBuf>, PackageError> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .current_dir(root)
+        .args(["build", "--target", WASM_TARGET, "--profile", &options.profile, "--message-format", "json-render-diagnostics"])
+        .arg("--manifest-path")
+        .arg(root.join("Cargo.toml"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for krate in crates {
+        command.args(["-p", &krate.package]);
+    }
+    if let Some(dir) = &options.target_dir {
+        command.arg("--target-dir").arg(dir);
+    }
+    // Flags meant for the host build must not leak into the wasm build.
+    for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_TARGET"] {
+        command.env_remove(var);
+    }
+    let mut child = command.spawn().map_err(PackageError::Spawn)?;
+    let mut modules = BTreeMap::new();
+    if let Some(stdout) = child.stdout.take() {
+        for message in Message::parse_stream(std::io::BufReader::new(stdout)).flatten() {
+            if let Message::CompilerArtifact(artifact) = message {
+                if let Some(wasm) = artifact.filenames.iter().find(|f| f.extension() == Some("wasm")) {
+                    modules.insert(artifact.target.name.replace('_', "-"), wasm.clone().into_std_path_buf());
+                }
+            }
+        }
+    }
+    let status = child.wait().map_err(PackageError::Spawn)?;
+    if !status.success() {
+        let names: Vec<&str> = crates.iter().map(|c| c.package.as_str()).collect();
+        return Err(PackageError::Cargo { crates: names.join(", ") });
+    }
+    Ok(crates
+        .iter()
+        .filter_map(|c| modules.get(&c.package.replace('_', "-")).map(|path| (c.package.clone(), path.clone())))
+        .collect())
+}
+
+fn componentize(krate: &PolicyCrate, module: &Path, options: &BuildOptions) -> Result<Built, PackageError> {
+    let out_dir = &options.out_dir;
+    let bytes = std::fs::read(module).map_err(|source| PackageError::Io { path: module.to_owned(), source })?;
+    let fail = |message: String| PackageError::Componentize { crate_name: krate.package.clone(), module: module.to_owned(), message };
+    let component = wit_component::ComponentEncoder::default()
+        .module(&bytes)
+        .map_err(|e| fail(format!("{e:#}")))?
+        .validate(true)
+        .encode()
+        .map_err(|e| fail(format!("{e:#}")))?;
+    if options.check_contract {
+        contract::inspect(&component).map_err(|source| PackageError::Contract { crate_name: krate.package.clone(), source })?;
+    }
+    let path = out_dir.join(format!("{}.wasm", krate.policy));
+    // Write then rename, so a watcher never sees a half-written component.
+    let partial = out_dir.join(format!(".{}.wasm.partial", krate.policy));
+    std::fs::write(&partial, &component).map_err(|source| PackageError::Io { path: partial.clone(), source })?;
+    std::fs::rename(&partial, &path).map_err(|source| PackageError::Io { path: path.clone(), source })?;
+    Ok(Built { crate_name: krate.package.clone(), policy: krate.policy.clone(), path, size: component.len() })
+}

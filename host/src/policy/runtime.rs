@@ -1,0 +1,418 @@
+//! Running policies under wasmtime's component model, inside limits.
+//!
+//! Every call into a policy runs with a wall-clock deadline (epoch interruption, driven by
+//! a ticker thread), a fuel allowance (a deterministic bound on instructions) and a memory
+//! limit; logging is capped per call. The world's imports are the only ones linked, so a
+//! policy has no way to reach files, network, clocks or the environment.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap};
+
+use super::contract::{self, ContractInfo, LoadError};
+use super::{Budget, Fidelity, Observation, PolicyError, RawCandidate, RawProposal, Settings};
+use crate::space::{EDGES, Op};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        world: "search-policy",
+        path: "../sdk/wit",
+    });
+}
+
+use bindings::SearchPolicy;
+use bindings::knas::policy::types as wit;
+
+/// How often the epoch ticker advances; deadlines are multiples of it.
+const TICK: Duration = Duration::from_millis(5);
+
+/// Limits applied to every policy instance.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct PolicyLimits {
+    /// Wall-clock deadline for one call, in milliseconds.
+    pub call_timeout_ms: u64,
+    /// Instructions (fuel units) one call may execute.
+    pub fuel_per_call: u64,
+    /// Linear memory one instance may grow to, in MiB.
+    pub memory_mib: usize,
+    /// Log records one call may write; the rest are dropped.
+    pub log_records_per_call: u32,
+    /// Longest log record kept, in bytes; longer ones are truncated.
+    pub log_record_bytes: usize,
+}
+
+impl Default for PolicyLimits {
+    fn default() -> PolicyLimits {
+        PolicyLimits {
+            call_timeout_ms: 2_000,
+            fuel_per_call: 2_000_000_000,
+            memory_mib: 64,
+            log_records_per_call: 200,
+            log_record_bytes: 4_096,
+        }
+    }
+}
+
+/// The shared wasmtime engine and its epoch ticker.
+pub struct PolicyRuntime {
+    engine: Engine,
+    linker: Linker<PolicyState>,
+    limits: PolicyLimits,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Drop for PolicyRuntime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A compiled, contract-checked policy, ready to instantiate any number of times.
+#[derive(Clone)]
+pub struct PolicyModule {
+    name: String,
+    info: ContractInfo,
+    component: Component,
+}
+
+impl PolicyModule {
+    /// The policy's name (its file stem).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `name@hash`: the name and content version used in every message about it.
+    pub fn label(&self) -> String {
+        format!("{}@{}", self.name, self.info.short_hash())
+    }
+
+    /// What the file declares.
+    pub fn info(&self) -> &ContractInfo {
+        &self.info
+    }
+}
+
+impl PolicyRuntime {
+    /// An engine with fuel and epoch interruption enabled.
+    pub fn new(limits: PolicyLimits) -> Result<PolicyRuntime, PolicyError> {
+        let mut config = Config::new();
+        config.wasm_component_model(true).consume_fuel(true).epoch_interruption(true).max_wasm_stack(1 << 20);
+        let engine = Engine::new(&config).map_err(|e| PolicyError::Runtime(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        SearchPolicy::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+            .map_err(|e| PolicyError::Runtime(format!("{e:#}")))?;
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let (weak_engine, stop) = (engine.weak(), ticker_stop.clone());
+        std::thread::Builder::new()
+            .name("knas-policy-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    match weak_engine.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            .map_err(|e| PolicyError::Runtime(format!("cannot start the epoch ticker: {e}")))?;
+        Ok(PolicyRuntime { engine, linker, limits, ticker_stop })
+    }
+
+    /// The limits instances get.
+    pub fn limits(&self) -> &PolicyLimits {
+        &self.limits
+    }
+
+    /// Checks and compiles a policy file; `name` is used in every message about it.
+    pub fn load_file(&self, path: &std::path::Path) -> Result<PolicyModule, PolicyError> {
+        let name = path.file_stem().map_or_else(|| path.display().to_string(), |s| s.to_string_lossy().into_owned());
+        let bytes = std::fs::read(path)
+            .map_err(|e| PolicyError::Load { policy: path.display().to_string(), source: LoadError::Io(e.to_string()) })?;
+        self.load_bytes(&name, &bytes).map_err(|e| match e {
+            PolicyError::Load { source, .. } => PolicyError::Load { policy: path.display().to_string(), source },
+            other => other,
+        })
+    }
+
+    /// Checks and compiles policy bytes.
+    pub fn load_bytes(&self, name: &str, bytes: &[u8]) -> Result<PolicyModule, PolicyError> {
+        let load_error = |source| PolicyError::Load { policy: name.to_owned(), source };
+        let info = contract::inspect(bytes).map_err(load_error)?;
+        let component =
+            Component::from_binary(&self.engine, bytes).map_err(|e| load_error(LoadError::Compile(format!("{e:#}"))))?;
+        Ok(PolicyModule { name: name.to_owned(), info, component })
+    }
+
+    /// A fresh instance of `module` with its own store, limits and random stream.
+    pub fn instantiate(&self, module: &PolicyModule, seed: u64) -> Result<PolicyInstance, PolicyError> {
+        let label = module.label();
+        let limits = self.limits;
+        let state = PolicyState {
+            policy: label.clone(),
+            limiter: Limiter {
+                inner: StoreLimitsBuilder::new()
+                    .memory_size(limits.memory_mib << 20)
+                    .instances(16)
+                    .tables(16)
+                    .memories(4)
+                    .trap_on_grow_failure(true)
+                    .build(),
+                denied: None,
+            },
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            logs_this_call: 0,
+            dropped_logs: 0,
+            log_limits: (limits.log_records_per_call, limits.log_record_bytes),
+            panic_message: None,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        let mut instance = PolicyInstance { store, bindings: None, label, limits, calls: 0, call_time: Duration::ZERO };
+        instance.arm();
+        match SearchPolicy::instantiate(&mut instance.store, &module.component, &self.linker) {
+            Ok(bindings) => instance.bindings = Some(bindings),
+            Err(e) => {
+                return Err(match instance.classify("instantiate", e) {
+                    PolicyError::Trap { policy, message, .. } => {
+                        PolicyError::Load { policy, source: LoadError::Instantiate(message) }
+                    }
+                    other => other,
+                });
+            }
+        }
+        Ok(instance)
+    }
+}
+
+/// Wraps [`StoreLimits`] to remember that a growth was refused, so a trap it causes is
+/// reported as what it is.
+struct Limiter {
+    inner: StoreLimits,
+    denied: Option<usize>,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let verdict = self.inner.memory_growing(current, desired, maximum);
+        if !matches!(verdict, Ok(true)) {
+            self.denied = Some(desired);
+        }
+        verdict
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.inner.memories()
+    }
+}
+
+/// Per-instance host state: what the imports need.
+struct PolicyState {
+    policy: String,
+    limiter: Limiter,
+    rng: ChaCha8Rng,
+    logs_this_call: u32,
+    dropped_logs: u32,
+    /// (records per call, bytes per record)
+    log_limits: (u32, usize),
+    /// The SDK logs a panic's message before the instance aborts.
+    panic_message: Option<String>,
+}
+
+impl wit::Host for PolicyState {}
+
+impl bindings::knas::policy::host::Host for PolicyState {
+    fn log(&mut self, level: wit::Level, mut message: String) {
+        if let Some(panic) = message.strip_prefix("policy panicked: ") {
+            self.panic_message = Some(panic.to_owned());
+        }
+        self.logs_this_call += 1;
+        if self.logs_this_call > self.log_limits.0 {
+            self.dropped_logs += 1;
+            return;
+        }
+        if message.len() > self.log_limits.1 {
+            let mut cut = self.log_limits.1;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push_str("… [truncated]");
+        }
+        let policy = self.policy.as_str();
+        match level {
+            wit::Level::Trace => tracing::trace!(policy, "{message}"),
+            wit::Level::Debug => tracing::debug!(policy, "{message}"),
+            wit::Level::Info => tracing::info!(policy, "{message}"),
+            wit::Level::Warn => tracing::warn!(policy, "{message}"),
+            wit::Level::Error => tracing::error!(policy, "{message}"),
+        }
+    }
+
+    fn random(&mut self) -> u64 {
+        self.rng.next_u64()
+    }
+}
+
+/// One live policy instance. After any failure it refuses further calls.
+pub struct PolicyInstance {
+    store: Store<PolicyState>,
+    bindings: Option<SearchPolicy>,
+    label: String,
+    limits: PolicyLimits,
+    calls: u64,
+    call_time: Duration,
+}
+
+impl PolicyInstance {
+    /// `name@hash` of the module this instance runs.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Calls made and total time spent inside the policy.
+    pub fn call_stats(&self) -> (u64, Duration) {
+        (self.calls, self.call_time)
+    }
+
+    /// Resets the per-call allowances before a call.
+    fn arm(&mut self) {
+        let ticks = (self.limits.call_timeout_ms.max(1) as u128).div_ceil(TICK.as_millis()) as u64;
+        self.store.set_epoch_deadline(ticks);
+        self.store.epoch_deadline_trap();
+        // Fuel is only refused when consumption is disabled, which it never is here.
+        let _ = self.store.set_fuel(self.limits.fuel_per_call);
+        let state = self.store.data_mut();
+        state.logs_this_call = 0;
+        state.dropped_logs = 0;
+        state.limiter.denied = None;
+        state.panic_message = None;
+    }
+
+    /// Runs one export call with the limits armed, mapping every failure to its cause.
+    fn call<T>(
+        &mut self,
+        name: &'static str,
+        f: impl FnOnce(&SearchPolicy, &mut Store<PolicyState>) -> wasmtime::Result<Result<T, String>>,
+    ) -> Result<T, PolicyError> {
+        let Some(bindings) = self.bindings.take() else {
+            return Err(PolicyError::Trap {
+                policy: self.label.clone(),
+                call: name,
+                message: "the instance already failed and cannot be called again".into(),
+            });
+        };
+        self.arm();
+        let start = Instant::now();
+        let outcome = f(&bindings, &mut self.store);
+        self.call_time += start.elapsed();
+        self.calls += 1;
+        let dropped = self.store.data().dropped_logs;
+        if dropped > 0 {
+            tracing::warn!(policy = %self.label, dropped, "policy logged more than {} records in `{name}`; the rest were dropped", self.limits.log_records_per_call);
+        }
+        match outcome {
+            Ok(Ok(value)) => {
+                self.bindings = Some(bindings);
+                Ok(value)
+            }
+            Ok(Err(message)) => {
+                self.bindings = Some(bindings);
+                Err(PolicyError::Guest { policy: self.label.clone(), call: name, message })
+            }
+            Err(error) => Err(self.classify(name, error)),
+        }
+    }
+
+    /// Names the cause of a trap.
+    fn classify(&mut self, call: &'static str, error: wasmtime::Error) -> PolicyError {
+        let policy = self.label.clone();
+        let state = self.store.data_mut();
+        if let Some(requested) = state.limiter.denied.take() {
+            return PolicyError::Memory { policy, call, limit_mib: self.limits.memory_mib, requested_mib: requested.div_ceil(1 << 20) };
+        }
+        match error.downcast_ref::<Trap>() {
+            Some(Trap::OutOfFuel) => PolicyError::Fuel { policy, call, fuel: self.limits.fuel_per_call },
+            Some(Trap::Interrupt) => PolicyError::Timeout { policy, call, limit_ms: self.limits.call_timeout_ms },
+            _ => match state.panic_message.take() {
+                Some(message) => PolicyError::Panic { policy, call, message },
+                None => PolicyError::Trap { policy, call, message: format!("{error:#}") },
+            },
+        }
+    }
+
+    /// `init`: hands the policy its settings.
+    pub fn init(&mut self, settings: &Settings) -> Result<(), PolicyError> {
+        let settings = wit::Settings {
+            space: wit::Space {
+                name: "nas-bench-201".into(),
+                ops: Op::ALL.iter().map(|op| op.name().to_owned()).collect(),
+                edges: EDGES.iter().map(|&(src, dst)| wit::Edge { src: src as u32, dst: dst as u32 }).collect(),
+            },
+            budget: wit::Budget { scores: settings.budget.scores, trainings: settings.budget.trainings },
+            max_batch: settings.max_batch,
+            params: settings.params.to_string(),
+        };
+        self.call("init", |b, store| b.knas_policy_policy().call_init(store, &settings))
+    }
+
+    /// `observe`: results, in proposal order.
+    pub fn observe(&mut self, results: &[Observation]) -> Result<(), PolicyError> {
+        let results: Vec<wit::Evaluation> = results.iter().map(to_wit).collect();
+        self.call("observe", |b, store| b.knas_policy_policy().call_observe(store, &results))
+    }
+
+    /// `propose`: the policy's next move, not yet validated.
+    pub fn propose(&mut self, remaining: Budget) -> Result<RawProposal, PolicyError> {
+        let remaining = wit::Budget { scores: remaining.scores, trainings: remaining.trainings };
+        let proposal = self.call("propose", |b, store| b.knas_policy_policy().call_propose(store, remaining))?;
+        Ok(match proposal {
+            wit::Proposal::Done => RawProposal::Done,
+            wit::Proposal::Evaluate(candidates) => RawProposal::Evaluate(
+                candidates
+                    .into_iter()
+                    .map(|c| RawCandidate {
+                        ops: c.ops,
+                        fidelity: match c.fidelity {
+                            wit::Fidelity::Score => Fidelity::Score,
+                            wit::Fidelity::Train => Fidelity::Train,
+                        },
+                    })
+                    .collect(),
+            ),
+        })
+    }
+}
+
+fn to_wit(o: &Observation) -> wit::Evaluation {
+    wit::Evaluation {
+        candidate: wit::Candidate {
+            ops: o.candidate.edges().iter().map(|set| set.ops().map(|op| op.index() as u32).collect()).collect(),
+            fidelity: match o.fidelity {
+                Fidelity::Score => wit::Fidelity::Score,
+                Fidelity::Train => wit::Fidelity::Train,
+            },
+        },
+        score: o.score,
+        accuracy: o.accuracy,
+        loss: o.loss,
+        error: o.error.clone(),
+    }
+}

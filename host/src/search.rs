@@ -1,0 +1,431 @@
+//! The search loop: a policy proposes, the host validates, evaluates (or answers from the
+//! run store), records and reports back.
+//!
+//! A [`Search`] advances one proposal per [`Search::step`], so a caller can interleave
+//! several runs on one device, stop between steps, or swap the policy module under a run.
+//! A fresh policy instance (new run, restart, hot swap) is initialised and then fed the
+//! run's whole history through `observe`; candidates already in the store are never
+//! evaluated again.
+
+use std::time::{Duration, Instant};
+
+use crate::engine::{Engine, EngineError};
+use crate::policy::{
+    Budget, Fidelity, Observation, PolicyError, PolicyInstance, PolicyModule, PolicyRuntime, RawProposal, Request, Settings,
+    validate,
+};
+use crate::space::Candidate;
+use crate::store::{EvaluationRecord, NewEvaluation, RunRecord, RunStatus, RunStore, SearchSpec, StoreError};
+
+/// Proposals in a row that ask only for known results before the run is ended: a policy
+/// that never spends budget would otherwise loop forever.
+pub const NO_PROGRESS_LIMIT: u32 = 100;
+
+/// Why a search stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+impl SearchError {
+    /// A short, bounded name of the cause (metrics label).
+    pub fn cause(&self) -> &'static str {
+        match self {
+            SearchError::Policy(e) => e.cause(),
+            SearchError::Store(_) => "store",
+            SearchError::Engine(_) => "engine",
+        }
+    }
+}
+
+/// Hooks for progress reporting and metrics; every method has a no-op default.
+pub trait SearchObserver {
+    /// An evaluation was recorded (`fresh`) or answered from the store.
+    fn evaluated(&mut self, _record: &EvaluationRecord, _fresh: bool) {}
+    /// A training run advanced by one optimiser step.
+    fn training_step(&mut self, _done: usize, _total: usize) {}
+    /// A policy call returned (successfully or not) after `seconds`.
+    fn policy_called(&mut self, _call: &'static str, _seconds: f64) {}
+}
+
+/// The no-op observer.
+impl SearchObserver for () {}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Finish {
+    /// The policy answered `done`.
+    PolicyDone,
+    /// Both budgets are spent.
+    BudgetSpent,
+    /// The run was already complete in the store.
+    AlreadyDone,
+}
+
+/// The result of one step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// More to do.
+    Continue,
+    /// The run is complete (recorded as done in the store).
+    Finished(Finish),
+}
+
+/// A run in progress, driven by one policy instance.
+pub struct Search {
+    run: RunRecord,
+    instance: Option<PolicyInstance>,
+    finished: Option<Finish>,
+    stale_proposals: u32,
+    /// Evaluations computed (not answered from the store) by this process.
+    fresh: Budget,
+    /// Time spent evaluating in this process.
+    evaluation_time: Duration,
+    /// Calls and time inside policy instances that have been replaced.
+    retired_calls: (u64, Duration),
+}
+
+impl Search {
+    /// Starts run `name`, or resumes it if the store has it: a fresh instance of `module`
+    /// is initialised and fed the run's history.
+    pub fn start(
+        store: &RunStore,
+        runtime: &PolicyRuntime,
+        module: &PolicyModule,
+        name: &str,
+        experiment: &crate::engine::Experiment,
+        spec: &SearchSpec,
+    ) -> Result<Search, SearchError> {
+        let (run, resumed) = store.begin_run(name, &module.label(), experiment, spec)?;
+        let mut search = Search {
+            run,
+            instance: None,
+            finished: None,
+            stale_proposals: 0,
+            fresh: Budget::default(),
+            evaluation_time: Duration::ZERO,
+            retired_calls: (0, Duration::ZERO),
+        };
+        if search.run.status == RunStatus::Done {
+            search.finished = Some(Finish::AlreadyDone);
+            return Ok(search);
+        }
+        if resumed {
+            let spent = store.spent(search.run.id)?;
+            let message = format!("resumed with {} scores and {} trainings recorded, policy {}", spent.scores, spent.trainings, module.label());
+            store.add_event(search.run.id, "resume", &message)?;
+            tracing::info!(run = %search.run.name, "{message}");
+        }
+        let instance = search.fresh_instance(store, runtime, module, &mut ())?;
+        store.set_status(search.run.id, RunStatus::Running, None)?;
+        search.instance = Some(instance);
+        Ok(search)
+    }
+
+    /// The run as it was when this search started.
+    pub fn run(&self) -> &RunRecord {
+        &self.run
+    }
+
+    /// Whether the run is complete.
+    pub fn finished(&self) -> Option<Finish> {
+        self.finished
+    }
+
+    /// Evaluations this process computed itself.
+    pub fn fresh(&self) -> Budget {
+        self.fresh
+    }
+
+    /// Time spent evaluating in this process.
+    pub fn evaluation_time(&self) -> Duration {
+        self.evaluation_time
+    }
+
+    /// Policy calls made by this process and the time spent inside them.
+    pub fn policy_calls(&self) -> (u64, Duration) {
+        let (calls, time) = self.instance.as_ref().map_or((0, Duration::ZERO), PolicyInstance::call_stats);
+        (calls + self.retired_calls.0, time + self.retired_calls.1)
+    }
+
+    /// A new instance of `module`, initialised and fed the run's history.
+    fn fresh_instance(
+        &self,
+        store: &RunStore,
+        runtime: &PolicyRuntime,
+        module: &PolicyModule,
+        observer: &mut dyn SearchObserver,
+    ) -> Result<PolicyInstance, SearchError> {
+        let history = store.evaluations(self.run.id)?;
+        // Seeded by the run's seed and how far the run got: a run is reproducible from its
+        // seed, and a resumed run from its seed and the point it resumed at.
+        let seed = self.run.experiment.seed ^ (history.len() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let mut instance = runtime.instantiate(module, seed)?;
+        let settings = Settings {
+            budget: self.run.search.budget,
+            max_batch: self.run.search.max_batch,
+            params: self.run.search.params.clone(),
+        };
+        timed(observer, "init", || instance.init(&settings))?;
+        if !history.is_empty() {
+            let observations: Vec<Observation> = history.iter().map(|r| observation(store, self.run.id, r)).collect::<Result<_, _>>()?;
+            timed(observer, "observe", || instance.observe(&observations))?;
+        }
+        Ok(instance)
+    }
+
+    /// Replaces the policy module driving the run. The new instance is initialised and fed
+    /// the history first; if that fails the old instance stays in charge.
+    pub fn swap(
+        &mut self,
+        store: &RunStore,
+        runtime: &PolicyRuntime,
+        module: &PolicyModule,
+        observer: &mut dyn SearchObserver,
+    ) -> Result<(), SearchError> {
+        let instance = self.fresh_instance(store, runtime, module, observer)?;
+        if let Some(old) = self.instance.replace(instance) {
+            let (calls, time) = old.call_stats();
+            self.retired_calls = (self.retired_calls.0 + calls, self.retired_calls.1 + time);
+        }
+        store.set_policy(self.run.id, &module.label())?;
+        store.add_event(self.run.id, "reload", &format!("policy replaced by {}", module.label()))?;
+        self.stale_proposals = 0;
+        Ok(())
+    }
+
+    /// Marks the run failed with `error` (its results stay).
+    pub fn fail(&mut self, store: &RunStore, error: &SearchError) -> Result<(), StoreError> {
+        let message = error.to_string();
+        store.add_event(self.run.id, "error", &message)?;
+        store.set_status(self.run.id, RunStatus::Failed, Some(&message))?;
+        self.instance = None;
+        Ok(())
+    }
+
+    /// Marks the run stopped on request (its results stay; it resumes when restarted).
+    pub fn stop(&mut self, store: &RunStore, why: &str) -> Result<(), StoreError> {
+        store.add_event(self.run.id, "stop", why)?;
+        store.set_status(self.run.id, RunStatus::Stopped, None)?;
+        self.instance = None;
+        Ok(())
+    }
+
+    /// One proposal: ask, validate, evaluate what is new, record, report back.
+    pub fn step(&mut self, engine: &Engine, store: &RunStore, observer: &mut dyn SearchObserver) -> Result<Step, SearchError> {
+        if let Some(finish) = self.finished {
+            return Ok(Step::Finished(finish));
+        }
+        let run_id = self.run.id;
+        let budget = self.run.search.budget;
+        let spent = store.spent(run_id)?;
+        let remaining =
+            Budget { scores: budget.scores.saturating_sub(spent.scores), trainings: budget.trainings.saturating_sub(spent.trainings) };
+        if remaining == Budget::default() {
+            return self.finish(store, Finish::BudgetSpent);
+        }
+        let Some(instance) = self.instance.as_mut() else {
+            return Err(PolicyError::Runtime(format!("run {} has no live policy instance", self.run.name)).into());
+        };
+        let label = instance.label().to_owned();
+        let requests = match timed(observer, "propose", || instance.propose(remaining))? {
+            RawProposal::Done => return self.finish(store, Finish::PolicyDone),
+            RawProposal::Evaluate(raw) => validate(&raw, self.run.search.max_batch)
+                .map_err(|problem| PolicyError::InvalidProposal { policy: label.clone(), problem })?,
+        };
+
+        // What is new, and does the budget cover it?
+        let mut known: Vec<Option<EvaluationRecord>> = Vec::with_capacity(requests.len());
+        let mut wanted = Budget::default();
+        for (i, request) in requests.iter().enumerate() {
+            let record = store.find(run_id, &request.candidate, request.fidelity)?;
+            let first = !requests[..i].contains(request);
+            if record.is_none() && first {
+                match request.fidelity {
+                    Fidelity::Score => wanted.scores += 1,
+                    Fidelity::Train => wanted.trainings += 1,
+                }
+            }
+            known.push(record);
+        }
+        if wanted.scores > remaining.scores || wanted.trainings > remaining.trainings {
+            return Err(PolicyError::InvalidProposal {
+                policy: label,
+                problem: format!(
+                    "asks for {} new scores and {} new trainings, but only {} and {} remain in the budget",
+                    wanted.scores, wanted.trainings, remaining.scores, remaining.trainings
+                ),
+            }
+            .into());
+        }
+
+        let mut records = Vec::with_capacity(requests.len());
+        for (request, known) in requests.iter().zip(known) {
+            let record = match known {
+                Some(record) => {
+                    observer.evaluated(&record, false);
+                    record
+                }
+                // A duplicate inside this batch was recorded a moment ago.
+                None => match store.find(run_id, &request.candidate, request.fidelity)? {
+                    Some(record) => record,
+                    None => {
+                        let record = self.evaluate(engine, store, request, &label, observer)?;
+                        observer.evaluated(&record, true);
+                        record
+                    }
+                },
+            };
+            records.push(record);
+        }
+        if wanted == Budget::default() {
+            self.stale_proposals += 1;
+            if self.stale_proposals >= NO_PROGRESS_LIMIT {
+                return Err(PolicyError::NoProgress { policy: label, proposals: self.stale_proposals }.into());
+            }
+        } else {
+            self.stale_proposals = 0;
+        }
+        let observations: Vec<Observation> = records.iter().map(|r| observation(store, run_id, r)).collect::<Result<_, _>>()?;
+        let instance = self.instance.as_mut().expect("checked above");
+        timed(observer, "observe", || instance.observe(&observations))?;
+        Ok(Step::Continue)
+    }
+
+    fn finish(&mut self, store: &RunStore, finish: Finish) -> Result<Step, SearchError> {
+        store.set_status(self.run.id, RunStatus::Done, None)?;
+        store.add_event(self.run.id, "done", &format!("{finish:?}"))?;
+        self.finished = Some(finish);
+        Ok(Step::Finished(finish))
+    }
+
+    /// Measures one request and records it. Failures of the measurement itself are
+    /// recorded too (and reported to the policy): they spend budget, they do not end the run.
+    fn evaluate(
+        &mut self,
+        engine: &Engine,
+        store: &RunStore,
+        request: &Request,
+        policy: &str,
+        observer: &mut dyn SearchObserver,
+    ) -> Result<EvaluationRecord, SearchError> {
+        let start = Instant::now();
+        let measured = match request.fidelity {
+            Fidelity::Score => engine.score(&request.candidate).map(|s| NewEvaluation {
+                score: Some(s.mgm),
+                params: Some(s.info.params),
+                flops: Some(s.info.flops),
+                ..NewEvaluation::default()
+            })
+            .map_err(|e| e.to_string()),
+            Fidelity::Train => {
+                let arch = request.candidate.to_arch().map_err(|e| PolicyError::InvalidProposal { policy: policy.into(), problem: e.to_string() })?;
+                engine
+                    .train(&arch, self.run.experiment.seed, &mut |done, total| observer.training_step(done, total))
+                    .map(|t| NewEvaluation {
+                        accuracy: Some(t.heldout_accuracy),
+                        loss: Some(t.heldout_loss),
+                        train_loss: Some(t.train_loss),
+                        ..NewEvaluation::default()
+                    })
+                    .map_err(|e| e.to_string())
+            }
+        };
+        let seconds = start.elapsed();
+        self.evaluation_time += seconds;
+        let new = match measured {
+            Ok(m) => NewEvaluation { seconds: seconds.as_secs_f64(), ..m },
+            Err(e) => {
+                tracing::warn!(run = %self.run.name, candidate = %request.candidate, "evaluation failed: {e}");
+                NewEvaluation { seconds: seconds.as_secs_f64(), error: Some(e.to_string()), ..NewEvaluation::default() }
+            }
+        };
+        let record = store.record(self.run.id, &request.candidate, request.fidelity, policy, &new)?;
+        match request.fidelity {
+            Fidelity::Score => self.fresh.scores += 1,
+            Fidelity::Train => self.fresh.trainings += 1,
+        }
+        Ok(record)
+    }
+}
+
+/// Calls into a policy, reporting the call's duration whether or not it succeeded.
+fn timed<T>(observer: &mut dyn SearchObserver, call: &'static str, f: impl FnOnce() -> T) -> T {
+    let start = Instant::now();
+    let out = f();
+    observer.policy_called(call, start.elapsed().as_secs_f64());
+    out
+}
+
+/// What a policy is told about a record: a training result carries the candidate's score
+/// too, when the run has one.
+fn observation(store: &RunStore, run: i64, record: &EvaluationRecord) -> Result<Observation, StoreError> {
+    let score = match (record.fidelity, record.score) {
+        (Fidelity::Train, None) if record.error.is_none() => {
+            store.find(run, &record.candidate, Fidelity::Score)?.and_then(|s| s.score)
+        }
+        (_, score) => score,
+    };
+    Ok(Observation {
+        candidate: record.candidate,
+        fidelity: record.fidelity,
+        score,
+        accuracy: record.accuracy,
+        loss: record.loss,
+        error: record.error.clone(),
+    })
+}
+
+/// A run's standings.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Leaderboard {
+    /// Trained candidates, most accurate first.
+    pub trained: Vec<Standing>,
+    /// Best-scored candidates, highest MGM first (at most 10).
+    pub top_scores: Vec<Standing>,
+    /// The most accurate trained candidate; without training, the best-scored one.
+    pub winner: Option<Standing>,
+}
+
+/// One candidate's standing.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Standing {
+    pub candidate: Candidate,
+    pub score: Option<f64>,
+    pub accuracy: Option<f64>,
+    pub loss: Option<f64>,
+}
+
+impl Leaderboard {
+    /// Standings from a run's evaluations.
+    pub fn of(evaluations: &[EvaluationRecord]) -> Leaderboard {
+        let score_of = |c: &Candidate| {
+            evaluations.iter().find(|e| e.fidelity == Fidelity::Score && &e.candidate == c).and_then(|e| e.score)
+        };
+        let mut trained: Vec<Standing> = evaluations
+            .iter()
+            .filter(|e| e.fidelity == Fidelity::Train && e.accuracy.is_some())
+            .map(|e| Standing { candidate: e.candidate, score: score_of(&e.candidate), accuracy: e.accuracy, loss: e.loss })
+            .collect();
+        trained.sort_by(|a, b| {
+            b.accuracy.unwrap_or(f64::NEG_INFINITY).total_cmp(&a.accuracy.unwrap_or(f64::NEG_INFINITY)).then(
+                a.loss.unwrap_or(f64::INFINITY).total_cmp(&b.loss.unwrap_or(f64::INFINITY)),
+            )
+        });
+        let mut top_scores: Vec<Standing> = evaluations
+            .iter()
+            .filter(|e| e.fidelity == Fidelity::Score && e.score.is_some())
+            .map(|e| Standing { candidate: e.candidate, score: e.score, accuracy: None, loss: None })
+            .collect();
+        top_scores.sort_by(|a, b| b.score.unwrap_or(f64::NEG_INFINITY).total_cmp(&a.score.unwrap_or(f64::NEG_INFINITY)));
+        top_scores.truncate(10);
+        let winner = trained.first().or(top_scores.first()).cloned();
+        Leaderboard { trained, top_scores, winner }
+    }
+}

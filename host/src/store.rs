@@ -1,0 +1,481 @@
+//! The run store: every search run and every evaluation, in one SQLite file (WAL mode).
+//!
+//! Each evaluation is committed as soon as it is measured, so a killed process loses at
+//! most the evaluation in flight; `(run, candidate, fidelity)` is unique, so nothing is ever
+//! recorded — or, through the search loop's lookups, computed — twice.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::engine::Experiment;
+use crate::policy::{Budget, Fidelity, PolicyLimits};
+use crate::space::Candidate;
+
+/// Current schema version (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE runs (
+    id          INTEGER PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,
+    policy      TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    error       TEXT,
+    experiment  TEXT NOT NULL,
+    search      TEXT NOT NULL,
+    created_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    updated_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+CREATE TABLE evaluations (
+    run_id      INTEGER NOT NULL REFERENCES runs(id),
+    seq         INTEGER NOT NULL,
+    candidate   TEXT NOT NULL,
+    fidelity    TEXT NOT NULL,
+    score       REAL,
+    accuracy    REAL,
+    loss        REAL,
+    train_loss  REAL,
+    params      INTEGER,
+    flops       INTEGER,
+    seconds     REAL NOT NULL,
+    error       TEXT,
+    policy      TEXT NOT NULL,
+    created_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    PRIMARY KEY (run_id, seq),
+    UNIQUE (run_id, candidate, fidelity)
+);
+CREATE TABLE events (
+    run_id      INTEGER NOT NULL REFERENCES runs(id),
+    at          TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    kind        TEXT NOT NULL,
+    message     TEXT NOT NULL
+);
+";
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("run store {path}: {message}")]
+    Open { path: PathBuf, message: String },
+    #[error("run store: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("run store: stored JSON is unreadable: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error(
+        "a run named {name:?} already exists with different settings ({what}); pick another --name, or rerun with the same settings to resume it"
+    )]
+    Mismatch { name: String, what: &'static str },
+    #[error("no run named {0:?} in the store")]
+    NoSuchRun(String),
+}
+
+/// Where a run stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunStatus {
+    /// Started and not finished (also: killed while running; it resumes when restarted).
+    Running,
+    /// The policy said done, or the budget ran out.
+    Done,
+    /// Ended by an error (a misbehaving policy, a failed evaluation).
+    Failed,
+    /// Stopped on request (its policy was removed); resumes when restarted.
+    Stopped,
+}
+
+impl RunStatus {
+    fn name(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Done => "done",
+            RunStatus::Failed => "failed",
+            RunStatus::Stopped => "stopped",
+        }
+    }
+
+    fn parse(text: &str) -> RunStatus {
+        match text {
+            "done" => RunStatus::Done,
+            "failed" => RunStatus::Failed,
+            "stopped" => RunStatus::Stopped,
+            _ => RunStatus::Running,
+        }
+    }
+}
+
+/// How a run searches: everything besides the experiment and the policy's code.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SearchSpec {
+    pub budget: Budget,
+    pub max_batch: u32,
+    /// The policy's parameters (a JSON object).
+    pub params: serde_json::Value,
+    pub limits: PolicyLimits,
+}
+
+/// A run as stored.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunRecord {
+    #[serde(skip)]
+    pub id: i64,
+    pub name: String,
+    /// Label (`name@hash`) of the policy module currently driving the run.
+    pub policy: String,
+    pub status: RunStatus,
+    pub error: Option<String>,
+    pub experiment: Experiment,
+    pub search: SearchSpec,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// One evaluation, as stored.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct EvaluationRecord {
+    /// Order of recording within the run, from 1.
+    pub seq: i64,
+    pub candidate: Candidate,
+    pub fidelity: Fidelity,
+    pub score: Option<f64>,
+    pub accuracy: Option<f64>,
+    pub loss: Option<f64>,
+    pub train_loss: Option<f64>,
+    pub params: Option<i64>,
+    pub flops: Option<i64>,
+    pub seconds: f64,
+    pub error: Option<String>,
+    /// The policy module that asked for it.
+    pub policy: String,
+    pub created_at: String,
+}
+
+/// A measurement about to be recorded.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct NewEvaluation {
+    pub score: Option<f64>,
+    pub accuracy: Option<f64>,
+    pub loss: Option<f64>,
+    pub train_loss: Option<f64>,
+    pub params: Option<i64>,
+    pub flops: Option<i64>,
+    pub seconds: f64,
+    pub error: Option<String>,
+}
+
+/// Something that happened to a run (errors, reloads, resumptions).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Event {
+    pub at: String,
+    pub kind: String,
+    pub message: String,
+}
+
+/// A connection to a run store file.
+pub struct RunStore {
+    conn: Connection,
+    path: PathBuf,
+}
+
+const EVALUATION_COLUMNS: &str =
+    "seq, candidate, fidelity, score, accuracy, loss, train_loss, params, flops, seconds, error, policy, created_at";
+
+fn evaluation_from_row(row: &rusqlite::Row) -> rusqlite::Result<EvaluationRecord> {
+    let text = |i: usize| row.get::<_, String>(i);
+    let bad = |i: usize, e: String| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
+    };
+    Ok(EvaluationRecord {
+        seq: row.get(0)?,
+        candidate: text(1)?.parse().map_err(|e: crate::space::ArchError| bad(1, e.to_string()))?,
+        fidelity: Fidelity::from_name(&text(2)?).ok_or_else(|| bad(2, "unknown fidelity".into()))?,
+        score: row.get(3)?,
+        accuracy: row.get(4)?,
+        loss: row.get(5)?,
+        train_loss: row.get(6)?,
+        params: row.get(7)?,
+        flops: row.get(8)?,
+        seconds: row.get(9)?,
+        error: row.get(10)?,
+        policy: row.get(11)?,
+        created_at: row.get(12)?,
+    })
+}
+
+impl RunStore {
+    /// Opens (creating if needed) the store at `path`.
+    pub fn open(path: &Path) -> Result<RunStore, StoreError> {
+        let open_err = |e: rusqlite::Error| StoreError::Open { path: path.to_owned(), message: e.to_string() };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| StoreError::Open { path: path.to_owned(), message: e.to_string() })?;
+        }
+        let conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(open_err)?;
+        // WAL: readers (the HTTP API) never block the writer; NORMAL sync is durable
+        // against process crashes, which is what resuming needs.
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(open_err)?;
+        match version {
+            0 => {
+                conn.execute_batch(SCHEMA).map_err(open_err)?;
+                conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(open_err)?;
+            }
+            SCHEMA_VERSION => {}
+            newer => {
+                return Err(StoreError::Open {
+                    path: path.to_owned(),
+                    message: format!("schema version {newer} was written by a newer knas (this one reads {SCHEMA_VERSION})"),
+                });
+            }
+        }
+        Ok(RunStore { conn, path: path.to_owned() })
+    }
+
+    /// The store's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Creates run `name`, or returns the existing one (`true`: resumed) after checking it
+    /// was started with the same experiment and search settings.
+    pub fn begin_run(
+        &self,
+        name: &str,
+        policy: &str,
+        experiment: &Experiment,
+        search: &SearchSpec,
+    ) -> Result<(RunRecord, bool), StoreError> {
+        if let Some(existing) = self.run(name)? {
+            if &existing.experiment != experiment {
+                return Err(StoreError::Mismatch { name: name.into(), what: "experiment" });
+            }
+            if existing.search.budget != search.budget
+                || existing.search.params != search.params
+                || existing.search.max_batch != search.max_batch
+            {
+                return Err(StoreError::Mismatch { name: name.into(), what: "budget, batch size or policy parameters" });
+            }
+            return Ok((existing, true));
+        }
+        self.conn.execute(
+            "INSERT INTO runs (name, policy, status, experiment, search) VALUES (?1, ?2, 'running', ?3, ?4)",
+            params![name, policy, serde_json::to_string(experiment)?, serde_json::to_string(search)?],
+        )?;
+        let run = self.run(name)?.ok_or_else(|| StoreError::NoSuchRun(name.into()))?;
+        Ok((run, false))
+    }
+
+    fn run_from_row(row: &rusqlite::Row) -> rusqlite::Result<(i64, String, String, String, Option<String>, String, String, String, String)> {
+        Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?, row.get(6)?, row.get(7)?, row.get(8)?))
+    }
+
+    fn decode_run(
+        raw: (i64, String, String, String, Option<String>, String, String, String, String),
+    ) -> Result<RunRecord, StoreError> {
+        let (id, name, policy, status, error, experiment, search, created_at, updated_at) = raw;
+        Ok(RunRecord {
+            id,
+            name,
+            policy,
+            status: RunStatus::parse(&status),
+            error,
+            experiment: serde_json::from_str(&experiment)?,
+            search: serde_json::from_str(&search)?,
+            created_at,
+            updated_at,
+        })
+    }
+
+    /// The run called `name`.
+    pub fn run(&self, name: &str) -> Result<Option<RunRecord>, StoreError> {
+        let raw = self
+            .conn
+            .query_row(
+                "SELECT id, name, policy, status, error, experiment, search, created_at, updated_at FROM runs WHERE name = ?1",
+                [name],
+                Self::run_from_row,
+            )
+            .optional()?;
+        raw.map(Self::decode_run).transpose()
+    }
+
+    /// Every run, oldest first.
+    pub fn runs(&self) -> Result<Vec<RunRecord>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, name, policy, status, error, experiment, search, created_at, updated_at FROM runs ORDER BY id",
+        )?;
+        let raws = stmt.query_map([], Self::run_from_row)?.collect::<Result<Vec<_>, _>>()?;
+        raws.into_iter().map(Self::decode_run).collect()
+    }
+
+    /// The run's evaluations in recording order.
+    pub fn evaluations(&self, run: i64) -> Result<Vec<EvaluationRecord>, StoreError> {
+        let mut stmt =
+            self.conn.prepare(&format!("SELECT {EVALUATION_COLUMNS} FROM evaluations WHERE run_id = ?1 ORDER BY seq"))?;
+        let rows = stmt.query_map([run], evaluation_from_row)?.collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// The recorded evaluation of `candidate` at `fidelity`, if any.
+    pub fn find(&self, run: i64, candidate: &Candidate, fidelity: Fidelity) -> Result<Option<EvaluationRecord>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!("SELECT {EVALUATION_COLUMNS} FROM evaluations WHERE run_id = ?1 AND candidate = ?2 AND fidelity = ?3"),
+                params![run, candidate.to_string(), fidelity.name()],
+                evaluation_from_row,
+            )
+            .optional()?)
+    }
+
+    /// Records a measurement (committed on return).
+    pub fn record(
+        &self,
+        run: i64,
+        candidate: &Candidate,
+        fidelity: Fidelity,
+        policy: &str,
+        m: &NewEvaluation,
+    ) -> Result<EvaluationRecord, StoreError> {
+        self.conn.execute(
+            "INSERT INTO evaluations (run_id, seq, candidate, fidelity, score, accuracy, loss, train_loss, params, flops, seconds, error, policy)
+             VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM evaluations WHERE run_id = ?1), ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            params![
+                run,
+                candidate.to_string(),
+                fidelity.name(),
+                m.score,
+                m.accuracy,
+                m.loss,
+                m.train_loss,
+                m.params,
+                m.flops,
+                m.seconds,
+                m.error,
+                policy
+            ],
+        )?;
+        self.touch(run)?;
+        self.find(run, candidate, fidelity)?.ok_or_else(|| StoreError::Sql(rusqlite::Error::QueryReturnedNoRows))
+    }
+
+    /// Evaluations recorded per fidelity (what the run's budget has spent).
+    pub fn spent(&self, run: i64) -> Result<Budget, StoreError> {
+        let count = |fidelity: Fidelity| -> Result<u32, StoreError> {
+            Ok(self.conn.query_row(
+                "SELECT COUNT(*) FROM evaluations WHERE run_id = ?1 AND fidelity = ?2",
+                params![run, fidelity.name()],
+                |r| r.get(0),
+            )?)
+        };
+        Ok(Budget { scores: count(Fidelity::Score)?, trainings: count(Fidelity::Train)? })
+    }
+
+    fn touch(&self, run: i64) -> Result<(), StoreError> {
+        self.conn.execute("UPDATE runs SET updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?1", [run])?;
+        Ok(())
+    }
+
+    /// Sets a run's status (and error, when it failed).
+    pub fn set_status(&self, run: i64, status: RunStatus, error: Option<&str>) -> Result<(), StoreError> {
+        self.conn.execute("UPDATE runs SET status = ?2, error = ?3 WHERE id = ?1", params![run, status.name(), error])?;
+        self.touch(run)
+    }
+
+    /// Records which policy module now drives the run.
+    pub fn set_policy(&self, run: i64, policy: &str) -> Result<(), StoreError> {
+        self.conn.execute("UPDATE runs SET policy = ?2 WHERE id = ?1", params![run, policy])?;
+        self.touch(run)
+    }
+
+    /// Appends an event to the run's log.
+    pub fn add_event(&self, run: i64, kind: &str, message: &str) -> Result<(), StoreError> {
+        self.conn.execute("INSERT INTO events (run_id, kind, message) VALUES (?1, ?2, ?3)", params![run, kind, message])?;
+        Ok(())
+    }
+
+    /// The run's events, oldest first.
+    pub fn events(&self, run: i64) -> Result<Vec<Event>, StoreError> {
+        let mut stmt = self.conn.prepare("SELECT at, kind, message FROM events WHERE run_id = ?1 ORDER BY rowid")?;
+        let rows = stmt
+            .query_map([run], |r| Ok(Event { at: r.get(0)?, kind: r.get(1)?, message: r.get(2)? }))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::space::Arch;
+
+    fn spec() -> SearchSpec {
+        SearchSpec {
+            budget: Budget { scores: 10, trainings: 2 },
+            max_batch: 4,
+            params: serde_json::json!({}),
+            limits: PolicyLimits::default(),
+        }
+    }
+
+    #[test]
+    fn runs_resume_and_refuse_different_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RunStore::open(&dir.path().join("runs.db")).unwrap();
+        let experiment = Experiment::default();
+        let (run, resumed) = store.begin_run("evo", "evolution@abcd1234", &experiment, &spec()).unwrap();
+        assert!(!resumed);
+        assert_eq!(run.status, RunStatus::Running);
+        let (again, resumed) = store.begin_run("evo", "evolution@ffff0000", &experiment, &spec()).unwrap();
+        assert!(resumed);
+        assert_eq!(again.id, run.id);
+        let other = Experiment { channels: 8, ..Experiment::default() };
+        let err = store.begin_run("evo", "evolution@abcd1234", &other, &spec()).unwrap_err();
+        assert!(err.to_string().contains("already exists with different settings (experiment)"), "{err}");
+        let mut bigger = spec();
+        bigger.budget.scores = 11;
+        assert!(store.begin_run("evo", "evolution@abcd1234", &experiment, &bigger).is_err());
+    }
+
+    #[test]
+    fn evaluations_are_unique_ordered_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runs.db");
+        let a: Candidate = Arch::from_index(1).unwrap().into();
+        let b: Candidate = Candidate::full();
+        {
+            let store = RunStore::open(&path).unwrap();
+            let (run, _) = store.begin_run("r", "p@1", &Experiment::default(), &spec()).unwrap();
+            let m = NewEvaluation { score: Some(1.5), seconds: 0.1, ..NewEvaluation::default() };
+            assert_eq!(store.record(run.id, &a, Fidelity::Score, "p@1", &m).unwrap().seq, 1);
+            assert_eq!(store.record(run.id, &b, Fidelity::Score, "p@1", &m).unwrap().seq, 2);
+            let trained = NewEvaluation { accuracy: Some(0.9), loss: Some(0.3), ..m.clone() };
+            assert_eq!(store.record(run.id, &a, Fidelity::Train, "p@1", &trained).unwrap().seq, 3);
+            assert!(store.record(run.id, &a, Fidelity::Score, "p@1", &m).is_err(), "a second score of the same candidate");
+            store.set_status(run.id, RunStatus::Failed, Some("boom")).unwrap();
+            store.add_event(run.id, "error", "boom").unwrap();
+        }
+        let store = RunStore::open(&path).unwrap();
+        let run = store.run("r").unwrap().unwrap();
+        assert_eq!((run.status, run.error.as_deref()), (RunStatus::Failed, Some("boom")));
+        let evaluations = store.evaluations(run.id).unwrap();
+        assert_eq!(evaluations.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(evaluations[1].candidate, b);
+        assert_eq!(store.find(run.id, &a, Fidelity::Train).unwrap().unwrap().accuracy, Some(0.9));
+        assert_eq!(store.spent(run.id).unwrap(), Budget { scores: 2, trainings: 1 });
+        assert_eq!(store.events(run.id).unwrap()[0].message, "boom");
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_store_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("junk.db");
+        std::fs::write(&path, vec![7u8; 4096]).unwrap();
+        let err = RunStore::open(&path).err().unwrap().to_string();
+        assert!(err.contains("junk.db") && err.contains("not a database"), "{err}");
+    }
+}

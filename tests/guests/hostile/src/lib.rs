@@ -1,0 +1,165 @@
+//! Test fixture: a policy that misbehaves exactly as its parameters ask, once, at a chosen
+//! call, and otherwise scores random architectures until the budget is spent. Each limit
+//! the host enforces is tested twice with it: once staying inside (obeyed), once breaking
+//! it (violated).
+//!
+//! Parameters: `{"act": "<what>", "at": "init" | "propose" | "observe", ...}` with
+//! - `spin` `{iterations}`: burn CPU (`u64::MAX`: forever);
+//! - `allocate` `{mib}`: allocate and touch that much memory;
+//! - `panic` `{message}` / `trap` / `error` `{message}`;
+//! - `propose` `{candidates: [{ops, train}]}`: propose exactly these raw candidates;
+//! - `batch` `{count}`: propose that many distinct random candidates at once;
+//! - `log` `{count, bytes}`: write that many log records of that size;
+//! - `repeat`: propose the same architecture forever (makes no progress);
+//! - `nothing`: behave.
+
+use std::collections::HashSet;
+
+use knas_policy_sdk::nb201::Arch;
+use knas_policy_sdk::{Budget, Candidate, Evaluation, Fidelity, Level, Policy, Proposal, Settings, log};
+
+#[derive(serde::Deserialize, Clone)]
+#[serde(tag = "act", rename_all = "kebab-case")]
+enum Act {
+    Spin { iterations: u64 },
+    Allocate { mib: u32 },
+    Panic { message: String },
+    Trap,
+    Error { message: String },
+    Propose { candidates: Vec<Raw> },
+    Batch { count: u32 },
+    Log { count: u32, bytes: u32 },
+    Repeat,
+    Nothing,
+}
+
+#[derive(serde::Deserialize, Clone)]
+struct Raw {
+    ops: Vec<Vec<u32>>,
+    #[serde(default)]
+    train: bool,
+}
+
+#[derive(serde::Deserialize, Clone, Copy, PartialEq)]
+#[serde(rename_all = "kebab-case")]
+enum At {
+    Init,
+    Propose,
+    Observe,
+}
+
+#[derive(serde::Deserialize)]
+struct Params {
+    #[serde(flatten)]
+    act: Act,
+    #[serde(default = "default_at")]
+    at: At,
+}
+
+fn default_at() -> At {
+    At::Propose
+}
+
+struct Hostile {
+    act: Option<Act>,
+    at: At,
+    seen: HashSet<Arch>,
+    /// Keeps allocations alive so the memory stays in use.
+    hoard: Vec<Vec<u8>>,
+}
+
+impl Hostile {
+    /// Performs the act if it is due at `now`; `Some` is a proposal to return instead of
+    /// the normal one.
+    fn act(&mut self, now: At) -> Result<Option<Proposal>, String> {
+        if now != self.at {
+            return Ok(None);
+        }
+        let act = match &self.act {
+            Some(Act::Repeat) => Act::Repeat,
+            _ => match self.act.take() {
+                Some(act) => act,
+                None => return Ok(None),
+            },
+        };
+        match act {
+            Act::Spin { iterations } => {
+                let mut x = 0u64;
+                for i in 0..iterations {
+                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+                }
+                std::hint::black_box(x);
+            }
+            Act::Allocate { mib } => {
+                for _ in 0..mib {
+                    self.hoard.push(vec![1u8; 1 << 20]);
+                }
+            }
+            Act::Panic { message } => panic!("{message}"),
+            Act::Trap => core::arch::wasm32::unreachable(),
+            Act::Error { message } => return Err(message),
+            Act::Propose { candidates } => {
+                let fidelity = |train| if train { Fidelity::Train } else { Fidelity::Score };
+                return Ok(Some(Proposal::Evaluate(
+                    candidates.into_iter().map(|raw| Candidate { ops: raw.ops, fidelity: fidelity(raw.train) }).collect(),
+                )));
+            }
+            Act::Batch { count } => {
+                let mut batch = Vec::new();
+                while batch.len() < count as usize {
+                    let arch = Arch::random();
+                    if self.seen.insert(arch) {
+                        batch.push(arch.candidate(Fidelity::Score));
+                    }
+                }
+                return Ok(Some(Proposal::Evaluate(batch)));
+            }
+            Act::Log { count, bytes } => {
+                let line = "x".repeat(bytes as usize);
+                for _ in 0..count {
+                    log(Level::Info, &line);
+                }
+            }
+            Act::Repeat => {
+                return Ok(Some(Proposal::Evaluate(vec![Arch::from_index(1).expect("valid").candidate(Fidelity::Score)])));
+            }
+            Act::Nothing => {}
+        }
+        Ok(None)
+    }
+}
+
+impl Policy for Hostile {
+    fn new(settings: Settings) -> Result<Self, String> {
+        let params: Params = settings.parse_params()?;
+        let mut policy = Hostile { act: Some(params.act), at: params.at, seen: HashSet::new(), hoard: Vec::new() };
+        policy.act(At::Init)?;
+        Ok(policy)
+    }
+
+    fn observe(&mut self, results: Vec<Evaluation>) -> Result<(), String> {
+        for result in &results {
+            if let Some(arch) = Arch::from_candidate(&result.candidate) {
+                self.seen.insert(arch);
+            }
+        }
+        self.act(At::Observe).map(|_| ())
+    }
+
+    fn propose(&mut self, remaining: Budget) -> Result<Proposal, String> {
+        if let Some(proposal) = self.act(At::Propose)? {
+            return Ok(proposal);
+        }
+        if remaining.scores == 0 {
+            return Ok(Proposal::Done);
+        }
+        loop {
+            let arch = Arch::random();
+            if self.seen.insert(arch) {
+                return Ok(Proposal::Evaluate(vec![arch.candidate(Fidelity::Score)]));
+            }
+        }
+    }
+}
+
+knas_policy_sdk::register_policy!(Hostile);

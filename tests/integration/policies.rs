@@ -1,0 +1,326 @@
+//! Policies end to end: the built-in ones, the worked example, and a hostile suite where
+//! every sandbox limit is tested obeyed and violated. All against real `.wasm` components
+//! built by the real `knas policy build`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use predicates::prelude::*;
+use serde_json::{Value, json};
+
+use crate::common::{TINY, knas, policy};
+
+/// A store in a fresh temporary folder.
+fn store() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runs.db");
+    (dir, path)
+}
+
+/// `knas search` with tiny settings.
+fn search(policy_name: &str, store: &Path, extra: &[&str]) -> assert_cmd::Command {
+    let mut cmd = knas();
+    cmd.args(["search", "--policy"])
+        .arg(policy(policy_name))
+        .arg("--store")
+        .arg(store)
+        .args(["--limit", "64", "--epochs", "1", "--format", "json"])
+        .args(TINY)
+        .args(extra);
+    cmd
+}
+
+fn report(assert: assert_cmd::assert::Assert) -> Value {
+    serde_json::from_slice(&assert.get_output().stdout).expect("a JSON report")
+}
+
+#[test]
+fn random_policy_runs_knas_coarse_to_fine() {
+    let (_dir, store) = store();
+    let r = report(search("random", &store, &["--budget", "12", "--top-k", "2", "--max-batch", "5"]).assert().success());
+    // Both budgets spent: the host ends the run without asking the policy again.
+    assert_eq!(r["finish"], "budget-spent");
+    assert_eq!(r["recorded"], json!({"scores": 12, "trainings": 2}));
+    let trained = r["leaderboard"]["trained"].as_array().unwrap();
+    assert_eq!(trained.len(), 2);
+    // The trained ones are the two best-scored of the twelve.
+    let top: Vec<&Value> = r["leaderboard"]["top_scores"].as_array().unwrap()[..2].iter().map(|s| &s["candidate"]).collect();
+    for t in trained {
+        assert!(top.contains(&&t["candidate"]), "{t} is not among the top scores {top:?}");
+        assert!(t["accuracy"].as_f64().unwrap() >= 0.0);
+    }
+    assert_eq!(r["leaderboard"]["winner"]["candidate"], trained[0]["candidate"]);
+}
+
+#[test]
+fn evolution_policy_spends_its_budget_then_trains_the_fittest() {
+    let (_dir, store) = store();
+    let r = report(
+        search("evolution", &store, &["--budget", "25", "--top-k", "1", "--params", r#"{"population": 5, "sample": 2}"#])
+            .assert()
+            .success(),
+    );
+    assert_eq!(r["recorded"], json!({"scores": 25, "trainings": 1}));
+    assert_eq!(r["leaderboard"]["trained"][0]["candidate"], r["leaderboard"]["top_scores"][0]["candidate"]);
+}
+
+#[test]
+fn pruning_policy_prunes_the_supernet_to_one_architecture() {
+    let (_dir, store) = store();
+    let r = report(search("pruning", &store, &["--budget", "200", "--top-k", "2", "--max-batch", "31"]).assert().success());
+    assert_eq!(r["finish"], "policy-done");
+    // Four rounds take every edge from 5 ops to 1; each scores the supernet and each
+    // one-op removal: 31 + 25 + 19 + 13. Then the result is trained, once.
+    assert_eq!(r["recorded"], json!({"scores": 88, "trainings": 1}));
+    let winner = r["leaderboard"]["winner"]["candidate"].as_str().unwrap();
+    assert!(!winner.contains(','), "a single architecture: {winner}");
+    let top = r["leaderboard"]["top_scores"][0]["candidate"].as_str().unwrap();
+    assert!(top.contains(','), "supernets were scored: {top}");
+}
+
+#[test]
+fn the_worked_example_policy_runs() {
+    let (_dir, store) = store();
+    let r = report(search("hill-climb", &store, &["--budget", "30", "--top-k", "1"]).assert().success());
+    assert_eq!(r["recorded"], json!({"scores": 30, "trainings": 1}));
+    assert!(r["policy"].as_str().unwrap().starts_with("hill-climb@"));
+}
+
+#[test]
+fn runs_lists_the_store_and_shows_a_leaderboard() {
+    let (_dir, store) = store();
+    search("random", &store, &["--budget", "4", "--top-k", "1", "--name", "first"]).assert().success();
+    let out = knas().args(["runs", "--format", "json", "--store"]).arg(&store).assert().success();
+    let runs: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(runs.as_array().unwrap().len(), 1);
+    assert_eq!(runs[0]["name"], "first");
+    assert_eq!(runs[0]["status"], "done");
+    assert_eq!(runs[0]["scores"], 4);
+    knas()
+        .args(["runs", "first", "--store"])
+        .arg(&store)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("Leaderboard"))
+        .stdout(predicate::str::contains("done"));
+    knas().args(["runs", "nope", "--store"]).arg(&store).assert().failure().stderr(predicate::str::contains("no run named \"nope\""));
+}
+
+#[test]
+fn a_finished_run_is_not_repeated() {
+    let (_dir, store) = store();
+    search("random", &store, &["--budget", "5", "--top-k", "1"]).assert().success();
+    let again = report(search("random", &store, &["--budget", "5", "--top-k", "1"]).assert().success());
+    assert_eq!(again["finish"], "already-done");
+    assert_eq!(again["computed_now"], json!({"scores": 0, "trainings": 0}));
+    // Same name, different settings: refused, nothing touched.
+    search("random", &store, &["--budget", "6", "--top-k", "1"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("already exists with different settings"));
+}
+
+#[test]
+fn kill_dash_nine_then_resume_loses_nothing_and_rescores_nothing() {
+    let (_dir, store) = store();
+    // Settings that take several seconds, so the kill lands mid-way.
+    let args = ["--budget", "150", "--top-k", "1", "--channels", "8", "--cells", "2", "--batch-size", "16", "--threads", "1"];
+    let command = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_knas"));
+        cmd.args(["search", "--device", "cpu", "--limit", "64", "--format", "json", "--policy"])
+            .arg(policy("evolution"))
+            .arg("--store")
+            .arg(&store)
+            .args(args);
+        cmd
+    };
+    let mut child = command(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until some results are recorded, then kill without warning.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let recorded = loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let n = knas::store::RunStore::open(&store)
+            .ok()
+            .and_then(|s| s.run("evolution").ok().flatten().and_then(|r| s.evaluations(r.id).ok()))
+            .map_or(0, |e| e.len());
+        if n >= 20 {
+            break n;
+        }
+        assert!(Instant::now() < deadline, "the search recorded nothing in time");
+        assert!(child.try_wait().unwrap().is_none(), "the search ended before it could be killed");
+    };
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let before = {
+        let s = knas::store::RunStore::open(&store).unwrap();
+        let run = s.run("evolution").unwrap().unwrap();
+        s.evaluations(run.id).unwrap()
+    };
+    assert!(before.len() >= recorded && before.len() < 151, "killed mid-way: {}", before.len());
+
+    let r = report(assert_cmd::Command::from_std(command(&args)).assert().success());
+    assert_eq!(r["recorded"], json!({"scores": 150, "trainings": 1}));
+    let scored_before = before.iter().filter(|e| e.fidelity == knas::policy::Fidelity::Score).count() as u64;
+    assert_eq!(r["computed_now"]["scores"].as_u64().unwrap(), 150 - scored_before, "nothing re-scored");
+    let after = {
+        let s = knas::store::RunStore::open(&store).unwrap();
+        let run = s.run("evolution").unwrap().unwrap();
+        let events = s.events(run.id).unwrap();
+        assert!(events.iter().any(|e| e.kind == "resume"), "{events:?}");
+        s.evaluations(run.id).unwrap()
+    };
+    assert_eq!(&after[..before.len()], &before[..], "results from before the kill are intact");
+}
+
+/// Runs the hostile fixture with `params`; returns the assertion on its exit.
+fn hostile(params: Value, extra: &[&str]) -> assert_cmd::assert::Assert {
+    let (_dir, store) = store();
+    search("hostile", &store, &["--budget", "3", "--top-k", "0", "--params", &params.to_string()]).args(extra).assert()
+}
+
+fn fails_with(params: Value, extra: &[&str], message: &str) {
+    hostile(params, extra).failure().stderr(predicate::str::contains(message)).stderr(predicate::str::contains("policy hostile@"));
+}
+
+#[test]
+fn endless_loops_run_out_of_fuel_or_time() {
+    hostile(json!({"act": "spin", "iterations": 1_000_000}), &[]).success();
+    fails_with(json!({"act": "spin", "iterations": u64::MAX}), &[], "ran out of fuel (2000000000 instructions) in `propose`");
+    fails_with(
+        json!({"act": "spin", "iterations": u64::MAX}),
+        &["--policy-fuel", "1000000000000000", "--policy-timeout-ms", "300"],
+        "ran past its 300 ms deadline in `propose`",
+    );
+    fails_with(json!({"act": "spin", "iterations": u64::MAX, "at": "init"}), &[], "in `init`");
+}
+
+#[test]
+fn memory_bombs_hit_the_memory_limit() {
+    hostile(json!({"act": "allocate", "mib": 16}), &[]).success();
+    fails_with(json!({"act": "allocate", "mib": 300}), &[], "exceeded its 64 MiB memory limit in `propose`");
+    hostile(json!({"act": "allocate", "mib": 100}), &["--policy-memory-mib", "256"]).success();
+}
+
+#[test]
+fn panics_traps_and_errors_are_reported_with_their_message() {
+    fails_with(json!({"act": "panic", "message": "out of ideas"}), &[], "panicked in `propose`");
+    hostile(json!({"act": "panic", "message": "out of ideas"}), &[]).failure().stderr(predicate::str::contains("out of ideas"));
+    fails_with(json!({"act": "trap"}), &[], "trapped in `propose`");
+    fails_with(json!({"act": "error", "message": "no candidates left", "at": "observe"}), &[], "returned an error from `observe`: no candidates left");
+    fails_with(json!({"act": "error", "message": "bad params", "at": "init"}), &[], "returned an error from `init`: bad params");
+}
+
+#[test]
+fn invalid_proposals_are_rejected_before_any_compute() {
+    let propose = |ops: Value, train: bool| json!({"act": "propose", "candidates": [{"ops": ops, "train": train}]});
+    fails_with(propose(json!([[3], [1], [0], [2], [9], [3]]), false), &[], "candidate 0, edge 4 (1→3): op index 9 is out of range 0..5");
+    fails_with(propose(json!([[3], [1], [], [2], [4], [3]]), false), &[], "candidate 0, edge 2 (1→2): empty op set");
+    fails_with(propose(json!([[3], [1], [0], [2], [4]]), false), &[], "candidate 0 lists 5 edges; the space has 6");
+    fails_with(propose(json!([[3], [1], [0, 1], [2], [4], [3]]), true), &[], "training needs one op per edge");
+    // Training with no training budget.
+    fails_with(propose(json!([[3], [1], [0], [2], [4], [3]]), true), &[], "asks for 0 new scores and 1 new trainings, but only 3 and 0 remain");
+    // A supernet score is fine.
+    hostile(propose(json!([[0, 1, 2, 3, 4], [1], [0], [2], [4], [3]]), false), &[]).success();
+}
+
+#[test]
+fn batch_size_and_budget_limits() {
+    hostile(json!({"act": "batch", "count": 3}), &["--max-batch", "3"]).success();
+    fails_with(json!({"act": "batch", "count": 4}), &["--max-batch", "3"], "4 candidates in one batch, more than max-batch 3");
+    fails_with(json!({"act": "batch", "count": 5}), &["--max-batch", "8"], "asks for 5 new scores and 0 new trainings, but only 3 and 0 remain");
+}
+
+#[test]
+fn a_policy_that_makes_no_progress_is_stopped() {
+    fails_with(json!({"act": "repeat"}), &[], "made no progress: 100 proposals in a row");
+}
+
+#[test]
+fn log_floods_are_capped_and_long_records_truncated() {
+    hostile(json!({"act": "log", "count": 1000, "bytes": 8}), &["--log", "info"])
+        .success()
+        .stderr(predicate::str::contains("the rest were dropped"));
+    hostile(json!({"act": "log", "count": 1, "bytes": 10000}), &["--log", "info"])
+        .success()
+        .stderr(predicate::str::contains("[truncated]"));
+}
+
+#[test]
+fn files_that_are_not_policies_are_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"#!/bin/sh\necho hi\n").unwrap();
+    let refuse = |file: &Path, message: &str| {
+        knas()
+            .args(["search", "--budget", "1", "--policy"])
+            .arg(file)
+            .arg("--store")
+            .arg(dir.path().join("runs.db"))
+            .args(TINY)
+            .assert()
+            .failure()
+            .stderr(predicate::str::contains(message));
+    };
+    refuse(&junk, "junk.wasm cannot be loaded: not a WebAssembly file (it starts with bytes 23 21 2f 62)");
+    refuse(&policy("wrong-version"), "built against contract knas:policy@9.0.0, but this host implements knas:policy@0.1.0");
+    refuse(&crate::common::core_module("knas_policy_random"), "a core WebAssembly module, not a component");
+    refuse(&dir.path().join("missing.wasm"), "missing.wasm cannot be loaded: cannot read it");
+}
+
+#[test]
+fn inspect_shows_the_contract_and_the_sdk() {
+    let out = knas().args(["policy", "inspect", "--format", "json"]).arg(policy("evolution")).assert().success();
+    let info: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(info[0]["contract_version"], "0.1.0");
+    assert_eq!(info[0]["sdk"], "knas-policy-sdk 0.1.0");
+    let imports: Vec<&str> = info[0]["imports"].as_array().unwrap().iter().map(|i| i.as_str().unwrap()).collect();
+    assert!(imports.iter().all(|i| i.starts_with("knas:policy/")), "{imports:?}");
+}
+
+/// In one process: a run whose policy traps fails with its results kept, and the same
+/// runtime and store go on to complete another run.
+#[test]
+fn a_failing_policy_leaves_the_host_and_other_runs_intact() {
+    use knas::config::SearchSettings;
+    use knas::engine::{Engine, Experiment};
+    use knas::policy::{PolicyLimits, PolicyRuntime};
+    use knas::search::{Search, Step};
+    use knas::store::{RunStatus, RunStore};
+
+    let (_dir, path) = store();
+    let store = RunStore::open(&path).unwrap();
+    let runtime = PolicyRuntime::new(PolicyLimits::default()).unwrap();
+    let experiment = Experiment { channels: 2, cells: 1, score_batch: 4, limit: Some(64), ..Experiment::default() };
+    let engine = Engine::new(&experiment, tch::Device::Cpu).unwrap();
+    let settings = SearchSettings { budget: 4, top_k: 0, max_batch: 2 };
+
+    let hostile = runtime.load_file(&policy("hostile")).unwrap();
+    let trap_late = json!({"act": "trap", "at": "observe"});
+    let mut bad = Search::start(&store, &runtime, &hostile, "bad", &experiment, &settings.spec(trap_late, PolicyLimits::default())).unwrap();
+    let error = loop {
+        match bad.step(&engine, &store, &mut ()) {
+            Ok(Step::Continue) => {}
+            Ok(Step::Finished(f)) => panic!("the hostile run finished: {f:?}"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(error.cause(), "trap");
+    bad.fail(&store, &error).unwrap();
+
+    let good = runtime.load_file(&policy("random")).unwrap();
+    let mut ok = Search::start(&store, &runtime, &good, "good", &experiment, &settings.spec(json!({}), PolicyLimits::default())).unwrap();
+    while ok.step(&engine, &store, &mut ()).unwrap() == Step::Continue {}
+
+    let bad_run = store.run("bad").unwrap().unwrap();
+    assert_eq!(bad_run.status, RunStatus::Failed);
+    assert!(bad_run.error.unwrap().contains("trapped in `observe`"));
+    assert_eq!(store.evaluations(bad_run.id).unwrap().len(), 1, "the evaluation made before the trap is kept");
+    let good_run = store.run("good").unwrap().unwrap();
+    assert_eq!(good_run.status, RunStatus::Done);
+    assert_eq!(store.evaluations(good_run.id).unwrap().len(), 4);
+}
+
