@@ -1,11 +1,13 @@
 //! Configuration files (YAML). Unknown keys and wrong types are errors that name the file,
 //! line and column.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
-use crate::engine::Experiment;
+use crate::engine::{DeviceChoice, Experiment};
 use crate::policy::{Budget, PolicyLimits};
 use crate::store::SearchSpec;
 
@@ -83,6 +85,79 @@ pub struct RunConfig {
     pub limits: PolicyLimits,
 }
 
+/// The service's configuration: `knas serve --config knas.yaml`. An annotated example is
+/// `examples/knas.yaml`. Relative paths are relative to the file's folder.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct ServiceConfig {
+    /// Address of the HTTP API and `/metrics` (port 0 picks a free port; the bound address
+    /// is printed at start).
+    pub listen: SocketAddr,
+    /// The watched folder: each `NAME.wasm` in it drives a run named NAME.
+    pub policy_dir: PathBuf,
+    /// The run store (SQLite).
+    pub store: PathBuf,
+    /// Compute device: auto, cpu, cuda or cuda:N.
+    pub device: DeviceChoice,
+    /// libtorch CPU threads (0: one per core).
+    pub threads: i32,
+    /// The experiment new runs use.
+    pub experiment: Experiment,
+    /// Budget and batch settings new runs use.
+    pub search: SearchSettings,
+    /// Sandbox limits for policy instances.
+    pub limits: PolicyLimits,
+    /// Parameters per policy, by file name without `.wasm`.
+    pub policies: BTreeMap<String, serde_json::Value>,
+    /// How long a file must stay unchanged before it is (re)loaded, in ms.
+    pub debounce_ms: u64,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> ServiceConfig {
+        ServiceConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9400)),
+            policy_dir: PathBuf::from("policies"),
+            store: PathBuf::from("knas-runs.db"),
+            device: DeviceChoice::Auto,
+            threads: 0,
+            experiment: Experiment::default(),
+            search: SearchSettings::default(),
+            limits: PolicyLimits::default(),
+            policies: BTreeMap::new(),
+            debounce_ms: 500,
+        }
+    }
+}
+
+impl ServiceConfig {
+    /// Reads, checks and resolves a service configuration file.
+    pub fn load(path: &Path) -> Result<ServiceConfig, ConfigError> {
+        let mut config: ServiceConfig = load_yaml(path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for relative in [&mut config.policy_dir, &mut config.store] {
+            if relative.is_relative() {
+                *relative = base.join(&*relative);
+            }
+        }
+        if let Some((name, params)) = config.policies.iter().find(|(_, p)| !p.is_object() && !p.is_null()) {
+            return Err(ConfigError::Semantic {
+                path: path.to_owned(),
+                message: format!("policies.{name}: parameters must be a mapping, got {params}"),
+            });
+        }
+        Ok(config)
+    }
+
+    /// The parameters for policy `name` (an empty object when none are configured).
+    pub fn params_for(&self, name: &str) -> serde_json::Value {
+        match self.policies.get(name) {
+            Some(params) if params.is_object() => params.clone(),
+            _ => serde_json::json!({}),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,5 +176,23 @@ mod tests {
 
         let err = parse_yaml::<RunConfig>("experiment:\n  channels: many\n", Path::new("run.yaml")).unwrap_err();
         assert!(err.to_string().starts_with("run.yaml:2:13: experiment.channels: invalid type"), "{err}");
+    }
+
+    #[test]
+    fn service_configs_resolve_paths_and_check_params() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("knas.yaml");
+        std::fs::write(&path, "listen: 127.0.0.1:0\npolicy-dir: watched\npolicies:\n  evolution: {population: 5}\n").unwrap();
+        let config = ServiceConfig::load(&path).unwrap();
+        assert_eq!(config.policy_dir, dir.path().join("watched"));
+        assert_eq!(config.store, dir.path().join("knas-runs.db"));
+        assert_eq!(config.params_for("evolution"), serde_json::json!({"population": 5}));
+        assert_eq!(config.params_for("random"), serde_json::json!({}));
+        std::fs::write(&path, "policies:\n  evolution: 5\n").unwrap();
+        let err = ServiceConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("policies.evolution: parameters must be a mapping"), "{err}");
+        std::fs::write(&path, "listen: nowhere\n").unwrap();
+        let err = ServiceConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("knas.yaml:1:9: listen: invalid socket address"), "{err}");
     }
 }

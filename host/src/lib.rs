@@ -13,7 +13,8 @@
 //!   validation, building);
 //! - [`store`]: the SQLite run store;
 //! - [`search`]: the search loop that drives a policy against the engine and the store;
-//! - [`config`]: YAML configuration files.
+//! - [`config`]: YAML configuration files;
+//! - [`service`]: `knas serve`, the watched-folder service with metrics and an HTTP API.
 
 pub mod config;
 pub mod data;
@@ -22,6 +23,7 @@ pub mod kernel;
 pub mod model;
 pub mod policy;
 pub mod search;
+pub mod service;
 pub mod space;
 pub mod stats;
 pub mod store;

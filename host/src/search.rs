@@ -80,6 +80,8 @@ pub enum Step {
 /// A run in progress, driven by one policy instance.
 pub struct Search {
     run: RunRecord,
+    /// Sandbox limits for the instances this process creates.
+    limits: crate::policy::PolicyLimits,
     instance: Option<PolicyInstance>,
     finished: Option<Finish>,
     stale_proposals: u32,
@@ -93,7 +95,9 @@ pub struct Search {
 
 impl Search {
     /// Starts run `name`, or resumes it if the store has it: a fresh instance of `module`
-    /// is initialised and fed the run's history.
+    /// is initialised and fed the run's history. A resumed run must have been started with
+    /// the same experiment and search settings; `spec.limits` (operational, not part of a
+    /// run's identity) apply to the instances this process creates.
     pub fn start(
         store: &RunStore,
         runtime: &PolicyRuntime,
@@ -105,6 +109,7 @@ impl Search {
         let (run, resumed) = store.begin_run(name, &module.label(), experiment, spec)?;
         let mut search = Search {
             run,
+            limits: spec.limits,
             instance: None,
             finished: None,
             stale_proposals: 0,
@@ -131,6 +136,11 @@ impl Search {
     /// The run as it was when this search started.
     pub fn run(&self) -> &RunRecord {
         &self.run
+    }
+
+    /// `name@hash` of the policy module driving the run.
+    pub fn policy_label(&self) -> &str {
+        self.instance.as_ref().map_or(&self.run.policy, PolicyInstance::label)
     }
 
     /// Whether the run is complete.
@@ -166,7 +176,7 @@ impl Search {
         // Seeded by the run's seed and how far the run got: a run is reproducible from its
         // seed, and a resumed run from its seed and the point it resumed at.
         let seed = self.run.experiment.seed ^ (history.len() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        let mut instance = runtime.instantiate(module, seed)?;
+        let mut instance = runtime.instantiate(module, seed, self.limits)?;
         let settings = Settings {
             budget: self.run.search.budget,
             max_batch: self.run.search.max_batch,

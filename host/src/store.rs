@@ -85,7 +85,8 @@ pub enum RunStatus {
 }
 
 impl RunStatus {
-    fn name(self) -> &'static str {
+    /// The status as stored and shown.
+    pub fn name(self) -> &'static str {
         match self {
             RunStatus::Running => "running",
             RunStatus::Done => "done",

@@ -4,3 +4,4 @@
 mod common;
 mod engine_cli;
 mod policies;
+mod serve;

@@ -293,7 +293,7 @@ fn a_failing_policy_leaves_the_host_and_other_runs_intact() {
 
     let (_dir, path) = store();
     let store = RunStore::open(&path).unwrap();
-    let runtime = PolicyRuntime::new(PolicyLimits::default()).unwrap();
+    let runtime = PolicyRuntime::new().unwrap();
     let experiment = Experiment { channels: 2, cells: 1, score_batch: 4, limit: Some(64), ..Experiment::default() };
     let engine = Engine::new(&experiment, tch::Device::Cpu).unwrap();
     let settings = SearchSettings { budget: 4, top_k: 0, max_batch: 2 };

@@ -7,6 +7,7 @@ mod runs;
 mod score;
 mod search;
 mod select;
+mod serve;
 mod train;
 
 use std::path::PathBuf;
@@ -79,6 +80,11 @@ enum Command {
     Runs(runs::RunsArgs),
     /// Build policy crates into components, or inspect policy files.
     Policy(policy::PolicyArgs),
+    /// Run the service: watch a policy folder (each NAME.wasm drives run NAME, hot-swapped
+    /// when the file changes), serve /metrics and a JSON API.
+    ///
+    /// Example: knas serve --config examples/knas.yaml
+    Serve(serve::ServeArgs),
 }
 
 /// Where runs are stored.
@@ -284,6 +290,7 @@ pub fn main() -> ExitCode {
         Command::Search(args) => search::run(args),
         Command::Runs(args) => runs::run(args),
         Command::Policy(args) => policy::run(args),
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -141,10 +141,9 @@ pub fn run(args: &SearchArgs) -> Result<()> {
         None => config.params.clone().unwrap_or_else(|| serde_json::json!({})),
     };
     anyhow::ensure!(params.is_object(), "policy parameters must be a JSON object, got {params}");
-    let limits = args.limits.apply(config.limits);
-    let spec = settings.spec(params, limits);
+    let spec = settings.spec(params, args.limits.apply(config.limits));
 
-    let runtime = PolicyRuntime::new(limits)?;
+    let runtime = PolicyRuntime::new()?;
     let module = runtime.load_file(&args.policy)?;
     let name = args.name.clone().unwrap_or_else(|| module.name().to_owned());
     let store = args.store.open()?;

@@ -63,7 +63,6 @@ impl Default for PolicyLimits {
 pub struct PolicyRuntime {
     engine: Engine,
     linker: Linker<PolicyState>,
-    limits: PolicyLimits,
     ticker_stop: Arc<AtomicBool>,
 }
 
@@ -100,7 +99,7 @@ impl PolicyModule {
 
 impl PolicyRuntime {
     /// An engine with fuel and epoch interruption enabled.
-    pub fn new(limits: PolicyLimits) -> Result<PolicyRuntime, PolicyError> {
+    pub fn new() -> Result<PolicyRuntime, PolicyError> {
         let mut config = Config::new();
         config.wasm_component_model(true).consume_fuel(true).epoch_interruption(true).max_wasm_stack(1 << 20);
         let engine = Engine::new(&config).map_err(|e| PolicyError::Runtime(format!("{e:#}")))?;
@@ -121,12 +120,7 @@ impl PolicyRuntime {
                 }
             })
             .map_err(|e| PolicyError::Runtime(format!("cannot start the epoch ticker: {e}")))?;
-        Ok(PolicyRuntime { engine, linker, limits, ticker_stop })
-    }
-
-    /// The limits instances get.
-    pub fn limits(&self) -> &PolicyLimits {
-        &self.limits
+        Ok(PolicyRuntime { engine, linker, ticker_stop })
     }
 
     /// Checks and compiles a policy file; `name` is used in every message about it.
@@ -149,10 +143,9 @@ impl PolicyRuntime {
         Ok(PolicyModule { name: name.to_owned(), info, component })
     }
 
-    /// A fresh instance of `module` with its own store, limits and random stream.
-    pub fn instantiate(&self, module: &PolicyModule, seed: u64) -> Result<PolicyInstance, PolicyError> {
+    /// A fresh instance of `module` with its own store, `limits` and random stream.
+    pub fn instantiate(&self, module: &PolicyModule, seed: u64, limits: PolicyLimits) -> Result<PolicyInstance, PolicyError> {
         let label = module.label();
-        let limits = self.limits;
         let state = PolicyState {
             policy: label.clone(),
             limiter: Limiter {

@@ -1,0 +1,205 @@
+//! Prometheus metrics of the service. Names follow the Prometheus conventions (`knas_`
+//! prefix, base units, `_total` counters); labels are bounded: `run` and `policy` are policy
+//! file names, `kind` is score|train, `outcome` and `cause` come from fixed lists.
+
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::policy::Fidelity;
+use crate::search::SearchObserver;
+use crate::store::EvaluationRecord;
+
+/// Every metric the service exports.
+pub struct Metrics {
+    registry: Registry,
+    pub evaluations: IntCounterVec,
+    pub evaluation_seconds: HistogramVec,
+    pub score_log10: HistogramVec,
+    pub best_score: GaugeVec,
+    pub best_accuracy: GaugeVec,
+    pub budget_total: IntGaugeVec,
+    pub budget_remaining: IntGaugeVec,
+    pub runs: IntGaugeVec,
+    pub policy_calls: IntCounterVec,
+    pub policy_call_seconds: HistogramVec,
+    pub policy_errors: IntCounterVec,
+    pub policy_loads: IntCounterVec,
+    pub watcher_events: IntCounterVec,
+    pub config_reloads: IntCounterVec,
+    pub build_info: IntGaugeVec,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter");
+    registry.register(Box::new(metric.clone())).expect("unique name");
+    metric
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
+    let metric = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("valid histogram");
+    registry.register(Box::new(metric.clone())).expect("unique name");
+    metric
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    let metric = GaugeVec::new(Opts::new(name, help), labels).expect("valid gauge");
+    registry.register(Box::new(metric.clone())).expect("unique name");
+    metric
+}
+
+fn int_gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge");
+    registry.register(Box::new(metric.clone())).expect("unique name");
+    metric
+}
+
+impl Metrics {
+    /// Registers every metric, plus the process collector (CPU, memory, file descriptors).
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self())).expect("process collector");
+        let seconds = vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0];
+        let metrics = Metrics {
+            evaluations: counter(
+                &r,
+                "knas_evaluations_total",
+                "Candidates evaluated, by run, kind (score|train) and outcome (ok|error|cached).",
+                &["run", "kind", "outcome"],
+            ),
+            evaluation_seconds: histogram(
+                &r,
+                "knas_evaluation_duration_seconds",
+                "Wall time of one evaluation computed by the service, by run and kind.",
+                &["run", "kind"],
+                seconds,
+            ),
+            score_log10: histogram(
+                &r,
+                "knas_score_log10",
+                "Distribution of log10 of gradient-kernel scores (MGM) computed, by run.",
+                &["run"],
+                (-8..=12).map(f64::from).collect(),
+            ),
+            best_score: gauge(&r, "knas_best_score", "Highest gradient-kernel score (MGM) recorded in the run.", &["run"]),
+            best_accuracy: gauge(&r, "knas_best_accuracy_ratio", "Highest held-out accuracy (0-1) recorded in the run.", &["run"]),
+            budget_total: int_gauge(&r, "knas_budget", "The run's budget, by kind (score|train).", &["run", "kind"]),
+            budget_remaining: int_gauge(&r, "knas_budget_remaining", "What is left of the run's budget, by kind.", &["run", "kind"]),
+            runs: int_gauge(&r, "knas_runs", "Runs known to the service, by status.", &["status"]),
+            policy_calls: counter(
+                &r,
+                "knas_policy_calls_total",
+                "Calls into policies, by run and call (init|observe|propose).",
+                &["run", "call"],
+            ),
+            policy_call_seconds: histogram(
+                &r,
+                "knas_policy_call_duration_seconds",
+                "Wall time of one call into a policy, by call.",
+                &["call"],
+                vec![1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0],
+            ),
+            policy_errors: counter(
+                &r,
+                "knas_policy_errors_total",
+                "Policy failures, by policy and cause (load|timeout|fuel|memory|panic|trap|guest-error|invalid-proposal|no-progress).",
+                &["policy", "cause"],
+            ),
+            policy_loads: counter(
+                &r,
+                "knas_policy_loads_total",
+                "Policy files taken from the watched folder, by policy and outcome (loaded|reloaded|rejected).",
+                &["policy", "outcome"],
+            ),
+            watcher_events: counter(
+                &r,
+                "knas_watcher_events_total",
+                "File-system events seen on watched paths, by kind (create|modify|remove|other).",
+                &["kind"],
+            ),
+            config_reloads: counter(
+                &r,
+                "knas_config_reloads_total",
+                "Configuration file reloads, by outcome (applied|rejected).",
+                &["outcome"],
+            ),
+            build_info: int_gauge(&r, "knas_build_info", "Always 1; labels say which knas is running.", &["version"]),
+            registry: r,
+        };
+        metrics.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        for outcome in ["applied", "rejected"] {
+            metrics.config_reloads.with_label_values(&[outcome]);
+        }
+        metrics
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding cannot fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+
+    /// An observer that updates the per-run metrics of `run`.
+    pub fn for_run<'a>(&'a self, run: &'a str) -> RunMetrics<'a> {
+        RunMetrics { metrics: self, run }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
+/// [`SearchObserver`] that feeds one run's metrics.
+pub struct RunMetrics<'a> {
+    metrics: &'a Metrics,
+    run: &'a str,
+}
+
+impl SearchObserver for RunMetrics<'_> {
+    fn evaluated(&mut self, record: &EvaluationRecord, fresh: bool) {
+        let m = self.metrics;
+        let kind = record.fidelity.name();
+        let outcome = match (fresh, &record.error) {
+            (false, _) => "cached",
+            (true, Some(_)) => "error",
+            (true, None) => "ok",
+        };
+        m.evaluations.with_label_values(&[self.run, kind, outcome]).inc();
+        if !fresh {
+            return;
+        }
+        m.evaluation_seconds.with_label_values(&[self.run, kind]).observe(record.seconds);
+        if let Some(score) = record.score.filter(|s| *s > 0.0) {
+            m.score_log10.with_label_values(&[self.run]).observe(score.log10());
+        }
+        self.best(record);
+    }
+
+    fn policy_called(&mut self, call: &'static str, seconds: f64) {
+        self.metrics.policy_calls.with_label_values(&[self.run, call]).inc();
+        self.metrics.policy_call_seconds.with_label_values(&[call]).observe(seconds);
+    }
+}
+
+impl RunMetrics<'_> {
+    /// Raises the best-score and best-accuracy gauges to `record`'s values.
+    pub fn best(&self, record: &EvaluationRecord) {
+        let m = self.metrics;
+        if let Some(score) = record.score.filter(|_| record.fidelity == Fidelity::Score) {
+            let g = m.best_score.with_label_values(&[self.run]);
+            if score > g.get() || g.get() == 0.0 {
+                g.set(score);
+            }
+        }
+        if let Some(accuracy) = record.accuracy {
+            let g = m.best_accuracy.with_label_values(&[self.run]);
+            if accuracy > g.get() {
+                g.set(accuracy);
+            }
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! `knas serve`: the long-running service.
+//!
+//! Three parts, joined by channels:
+//! - the [`watcher`] (tokio task) turns settled changes of the policy folder and of the
+//!   configuration file into commands;
+//! - the [`scheduler`] (a dedicated thread: libtorch tensors are `Send`, not `Sync`) owns
+//!   the device, the policy runtime and the store's writer, and steps the runs round robin;
+//! - the [`http`] API (axum) serves health, readiness, `/metrics` and the runs, reading the
+//!   store through its own connection.
+//!
+//! SIGTERM or SIGINT: the scheduler finishes the evaluation in progress, marks the active
+//! runs stopped (they resume at the next start), and the process exits.
+
+pub mod http;
+pub mod metrics;
+pub mod scheduler;
+pub mod watcher;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::watch;
+
+use crate::config::ServiceConfig;
+use crate::store::RunStore;
+use metrics::Metrics;
+use scheduler::{Command, Scheduler, Status};
+
+/// Runs the service until SIGTERM/SIGINT. `config_path` (if any) is watched for changes.
+pub fn serve(config: ServiceConfig, config_path: Option<&Path>) -> anyhow::Result<()> {
+    if config.threads > 0 {
+        tch::set_num_threads(config.threads);
+    }
+    let device = config.device.resolve()?;
+    std::fs::create_dir_all(&config.policy_dir)
+        .with_context(|| format!("cannot create the policy folder {}", config.policy_dir.display()))?;
+    let policy_dir = config.policy_dir.canonicalize()?;
+    let config_path = config_path.map(Path::canonicalize).transpose()?;
+
+    let metrics = Arc::new(Metrics::new());
+    let status = Arc::new(RwLock::new(Status::default()));
+    let scheduler = Scheduler::new(config.clone(), device, metrics.clone(), status.clone())?;
+    let reader = RunStore::open(&config.store)?;
+    let (commands, inbox) = std::sync::mpsc::channel();
+    let scheduler_thread =
+        std::thread::Builder::new().name("knas-scheduler".into()).spawn(move || scheduler.run(inbox))?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let address = listener.local_addr()?;
+        // One line on stdout that tools (and tests) can read: where the service listens.
+        println!("{}", serde_json::json!({ "listening": address.to_string() }));
+        tracing::info!(%address, device = ?device, policies = %policy_dir.display(), "knas serve started");
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let watched = watcher::Watched { policy_dir, config: config_path, debounce: Duration::from_millis(config.debounce_ms) };
+        let watcher_task = tokio::spawn(watcher::run(watched, commands.clone(), metrics.clone(), stop_rx.clone()));
+
+        let state = http::AppState { metrics, status, store: Arc::new(Mutex::new(reader)) };
+        let mut server_stop = stop_rx.clone();
+        let server = tokio::spawn(
+            axum::serve(listener, http::router(state))
+                .with_graceful_shutdown(async move {
+                    let _ = server_stop.changed().await;
+                })
+                .into_future(),
+        );
+
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing the evaluation in progress");
+        let _ = commands.send(Command::Shutdown);
+        tokio::task::spawn_blocking(move || scheduler_thread.join()).await?.map_err(|_| anyhow::anyhow!("the scheduler panicked"))?;
+        let _ = stop_tx.send(true);
+        if let Ok(Err(error)) = watcher_task.await {
+            tracing::warn!("file watcher: {error}");
+        }
+        server.await??;
+        tracing::info!("knas serve stopped cleanly");
+        anyhow::Ok(())
+    })
+}
+
+/// Resolves on SIGTERM (what Kubernetes sends) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

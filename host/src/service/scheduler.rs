@@ -1,0 +1,332 @@
+//! The compute thread: owns the device, the policy runtime and the store's writer, and
+//! steps every active run in turn — one proposal each, round robin — so runs share the
+//! device fairly. It takes commands (policy file changed or removed, new configuration,
+//! shutdown) between steps.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::{Arc, RwLock};
+
+use tch::Device;
+
+use super::metrics::Metrics;
+use crate::config::ServiceConfig;
+use crate::engine::{Engine, Experiment};
+use crate::policy::{Fidelity, PolicyError, PolicyRuntime};
+use crate::search::{Search, SearchError, Step};
+use crate::store::{RunStatus, RunStore};
+
+/// What the scheduler is asked to do.
+#[derive(Debug)]
+pub enum Command {
+    /// `NAME.wasm` appeared or changed (and has settled): load it; start, resume or
+    /// hot-swap run NAME.
+    PolicyChanged { name: String, path: PathBuf },
+    /// `NAME.wasm` is gone: stop run NAME, keeping its results.
+    PolicyRemoved { name: String },
+    /// A new configuration; it applies to runs started from now on.
+    Reconfigure(Box<ServiceConfig>),
+    /// Finish the step in progress, stop every run cleanly, exit.
+    Shutdown,
+}
+
+/// What the API shows about a policy file.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PolicyFile {
+    pub path: PathBuf,
+    /// `loaded` (driving its run) or `rejected` (see `error`).
+    pub state: &'static str,
+    /// `name@hash` of the module driving the run.
+    pub module: Option<String>,
+    /// Why the last version of the file was refused.
+    pub error: Option<String>,
+}
+
+/// Live state shared with the HTTP API.
+#[derive(Debug, Default)]
+pub struct Status {
+    /// The scheduler has opened the store and is taking commands.
+    pub ready: bool,
+    /// The scheduler thread is running (false once it exits).
+    pub alive: bool,
+    pub policies: BTreeMap<String, PolicyFile>,
+    /// Runs currently being stepped.
+    pub active: Vec<String>,
+}
+
+/// Shared handle to [`Status`].
+pub type SharedStatus = Arc<RwLock<Status>>;
+
+pub struct Scheduler {
+    config: ServiceConfig,
+    device: Device,
+    runtime: PolicyRuntime,
+    store: RunStore,
+    /// One engine per distinct experiment (data loaded once).
+    engines: HashMap<String, Engine>,
+    /// Active runs and the engine key they use.
+    runs: BTreeMap<String, (Search, String)>,
+    /// Round-robin order of active runs.
+    turn: VecDeque<String>,
+    metrics: Arc<Metrics>,
+    status: SharedStatus,
+}
+
+fn experiment_key(experiment: &Experiment) -> String {
+    serde_json::to_string(experiment).unwrap_or_default()
+}
+
+impl Scheduler {
+    pub fn new(config: ServiceConfig, device: Device, metrics: Arc<Metrics>, status: SharedStatus) -> anyhow::Result<Scheduler> {
+        let store = RunStore::open(&config.store)?;
+        let runtime = PolicyRuntime::new()?;
+        let scheduler = Scheduler {
+            config,
+            device,
+            runtime,
+            store,
+            engines: HashMap::new(),
+            runs: BTreeMap::new(),
+            turn: VecDeque::new(),
+            metrics,
+            status,
+        };
+        scheduler.refresh_run_counts();
+        Ok(scheduler)
+    }
+
+    /// Runs until `Shutdown` (or until every command sender is gone).
+    pub fn run(mut self, commands: Receiver<Command>) {
+        self.with_status(|s| {
+            s.ready = true;
+            s.alive = true;
+        });
+        loop {
+            // Block for a command when idle; between steps, only look.
+            let command = if self.turn.is_empty() {
+                match commands.recv() {
+                    Ok(command) => Some(command),
+                    Err(_) => break,
+                }
+            } else {
+                match commands.try_recv() {
+                    Ok(command) => Some(command),
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Disconnected) => break,
+                }
+            };
+            match command {
+                Some(Command::Shutdown) => break,
+                Some(command) => self.handle(command),
+                None => self.step_next(),
+            }
+        }
+        self.shutdown();
+    }
+
+    fn with_status(&self, f: impl FnOnce(&mut Status)) {
+        // A poisoned lock only means a reader panicked; the data is still consistent.
+        let mut status = self.status.write().unwrap_or_else(|e| e.into_inner());
+        f(&mut status);
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::PolicyChanged { name, path } => self.policy_changed(&name, path),
+            Command::PolicyRemoved { name } => self.policy_removed(&name),
+            Command::Reconfigure(config) => {
+                if config.listen != self.config.listen
+                    || config.store != self.config.store
+                    || config.policy_dir != self.config.policy_dir
+                    || config.device != self.config.device
+                {
+                    tracing::warn!("listen, store, policy-dir and device changes take effect after a restart");
+                }
+                tracing::info!("configuration applied; it governs runs started from now on");
+                self.config = *config;
+            }
+            Command::Shutdown => {}
+        }
+    }
+
+    fn reject(&mut self, name: &str, path: PathBuf, error: &PolicyError) {
+        tracing::error!(policy = name, "{error}");
+        self.metrics.policy_loads.with_label_values(&[name, "rejected"]).inc();
+        self.metrics.policy_errors.with_label_values(&[name, error.cause()]).inc();
+        if let Ok(Some(run)) = self.store.run(name) {
+            let _ = self.store.add_event(run.id, "error", &format!("new policy file rejected: {error}"));
+        }
+        let module = self.runs.get(name).map(|(search, _)| search.policy_label().to_owned());
+        self.with_status(|s| {
+            s.policies.insert(name.to_owned(), PolicyFile { path, state: "rejected", module, error: Some(error.to_string()) });
+        });
+    }
+
+    fn policy_changed(&mut self, name: &str, path: PathBuf) {
+        let module = match self.runtime.load_file(&path) {
+            Ok(module) => module,
+            Err(error) => return self.reject(name, path, &error),
+        };
+        let label = module.label();
+        if let Some((search, _)) = self.runs.get_mut(name) {
+            // Hot swap: the new module takes over, fed the history; nothing is re-scored.
+            if search.policy_label() == label {
+                return;
+            }
+            let mut observer = self.metrics.for_run(name);
+            match search.swap(&self.store, &self.runtime, &module, &mut observer) {
+                Ok(()) => {
+                    tracing::info!(run = name, policy = %label, "policy hot-swapped");
+                    self.metrics.policy_loads.with_label_values(&[name, "reloaded"]).inc();
+                }
+                Err(SearchError::Policy(error)) => return self.reject(name, path, &error),
+                Err(error) => return self.run_failed(name, &error),
+            }
+        } else {
+            let (experiment, spec) = match self.store.run(name) {
+                // A known run resumes with the settings it was started with.
+                Ok(Some(run)) => (run.experiment, crate::store::SearchSpec { limits: self.config.limits, ..run.search }),
+                Ok(None) => (
+                    self.config.experiment.clone(),
+                    self.config.search.spec(self.config.params_for(name), self.config.limits),
+                ),
+                Err(error) => return self.run_failed(name, &error.into()),
+            };
+            let key = experiment_key(&experiment);
+            if !self.engines.contains_key(&key) {
+                match Engine::new(&experiment, self.device) {
+                    Ok(engine) => {
+                        self.engines.insert(key.clone(), engine);
+                    }
+                    Err(error) => return self.run_failed(name, &error.into()),
+                }
+            }
+            match Search::start(&self.store, &self.runtime, &module, name, &experiment, &spec) {
+                Ok(search) => {
+                    self.metrics.policy_loads.with_label_values(&[name, "loaded"]).inc();
+                    for (kind, total) in [("score", spec.budget.scores), ("train", spec.budget.trainings)] {
+                        self.metrics.budget_total.with_label_values(&[name, kind]).set(i64::from(total));
+                    }
+                    self.restore_best(name, search.run().id);
+                    if search.finished().is_none() {
+                        tracing::info!(run = name, policy = %label, "run started");
+                        self.runs.insert(name.to_owned(), (search, key));
+                        self.turn.push_back(name.to_owned());
+                    }
+                    self.update_budget(name);
+                }
+                Err(SearchError::Policy(error)) => return self.reject(name, path, &error),
+                Err(error) => return self.run_failed(name, &error),
+            }
+        }
+        self.with_status(|s| {
+            s.policies.insert(name.to_owned(), PolicyFile { path, state: "loaded", module: Some(label), error: None });
+        });
+        self.publish_active();
+        self.refresh_run_counts();
+    }
+
+    fn policy_removed(&mut self, name: &str) {
+        if let Some((mut search, _)) = self.runs.remove(name) {
+            self.turn.retain(|n| n != name);
+            match search.stop(&self.store, "policy file removed") {
+                Ok(()) => tracing::info!(run = name, "run stopped: its policy file was removed"),
+                Err(error) => tracing::error!(run = name, "cannot record the stop: {error}"),
+            }
+        }
+        self.with_status(|s| {
+            s.policies.remove(name);
+        });
+        self.publish_active();
+        self.refresh_run_counts();
+    }
+
+    /// One step of the next run in turn.
+    fn step_next(&mut self) {
+        let Some(name) = self.turn.pop_front() else { return };
+        let Some((search, key)) = self.runs.get_mut(&name) else { return };
+        let Some(engine) = self.engines.get(key.as_str()) else { return };
+        let mut observer = self.metrics.for_run(&name);
+        match search.step(engine, &self.store, &mut observer) {
+            Ok(Step::Continue) => {
+                self.turn.push_back(name.clone());
+                self.update_budget(&name);
+            }
+            Ok(Step::Finished(finish)) => {
+                tracing::info!(run = %name, "run complete: {finish:?}");
+                self.runs.remove(&name);
+                self.update_budget(&name);
+                self.publish_active();
+                self.refresh_run_counts();
+            }
+            Err(error) => self.run_failed(&name, &error),
+        }
+    }
+
+    fn run_failed(&mut self, name: &str, error: &SearchError) {
+        tracing::error!(run = name, "{error}");
+        if let SearchError::Policy(policy_error) = error {
+            self.metrics.policy_errors.with_label_values(&[name, policy_error.cause()]).inc();
+        }
+        if let Some((mut search, _)) = self.runs.remove(name) {
+            if let Err(store_error) = search.fail(&self.store, error) {
+                tracing::error!(run = name, "cannot record the failure: {store_error}");
+            }
+        } else if let Ok(Some(run)) = self.store.run(name) {
+            let _ = self.store.add_event(run.id, "error", &error.to_string());
+        }
+        self.turn.retain(|n| n != name);
+        self.publish_active();
+        self.refresh_run_counts();
+    }
+
+    fn update_budget(&self, name: &str) {
+        let Ok(Some(run)) = self.store.run(name) else { return };
+        let Ok(spent) = self.store.spent(run.id) else { return };
+        let budget = run.search.budget;
+        let m = &self.metrics.budget_remaining;
+        m.with_label_values(&[name, "score"]).set(i64::from(budget.scores.saturating_sub(spent.scores)));
+        m.with_label_values(&[name, "train"]).set(i64::from(budget.trainings.saturating_sub(spent.trainings)));
+    }
+
+    /// Seeds the best-score gauges of a (resumed) run from the store.
+    fn restore_best(&self, name: &str, run: i64) {
+        let observer = self.metrics.for_run(name);
+        for record in self.store.evaluations(run).unwrap_or_default() {
+            if record.fidelity == Fidelity::Score || record.accuracy.is_some() {
+                observer.best(&record);
+            }
+        }
+    }
+
+    fn publish_active(&self) {
+        let active: Vec<String> = self.runs.keys().cloned().collect();
+        self.with_status(|s| s.active = active);
+    }
+
+    fn refresh_run_counts(&self) {
+        let Ok(runs) = self.store.runs() else { return };
+        for status in [RunStatus::Running, RunStatus::Done, RunStatus::Failed, RunStatus::Stopped] {
+            let count = runs.iter().filter(|r| r.status == status).count();
+            self.metrics.runs.with_label_values(&[status.name()]).set(count as i64);
+        }
+    }
+
+    fn shutdown(&mut self) {
+        for (name, (mut search, _)) in std::mem::take(&mut self.runs) {
+            if let Err(error) = search.stop(&self.store, "service shut down") {
+                tracing::error!(run = %name, "cannot record the stop: {error}");
+            }
+        }
+        self.turn.clear();
+        self.refresh_run_counts();
+        self.with_status(|s| {
+            s.alive = false;
+            s.ready = false;
+            s.active.clear();
+        });
+        tracing::info!("scheduler stopped; every result is in {}", self.store.path().display());
+    }
+}
+

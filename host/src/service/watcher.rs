@@ -1,0 +1,160 @@
+//! Watches the policy folder and the configuration file.
+//!
+//! notify's callback runs on its own thread; it forwards events into tokio, where they are
+//! debounced: a path is acted on only once it has been quiet for the debounce period, so a
+//! copy in progress is not picked up half-way. (A file that is still incomplete when it
+//! settles is refused by the contract check, and loaded once it is complete.)
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::Sender;
+use std::time::{Duration, Instant};
+
+use notify::event::{AccessKind, AccessMode};
+use notify::{Event, EventKind, RecursiveMode, Watcher};
+use tokio::sync::{mpsc, watch};
+
+use super::metrics::Metrics;
+use super::scheduler::Command;
+use crate::config::ServiceConfig;
+
+/// What is watched.
+pub struct Watched {
+    /// The policy folder (canonical).
+    pub policy_dir: PathBuf,
+    /// The configuration file (canonical), when the service has one.
+    pub config: Option<PathBuf>,
+    pub debounce: Duration,
+}
+
+/// The policy name for `path`, if it is a policy file of the folder.
+fn policy_name(dir: &Path, path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_str()?;
+    (path.parent() == Some(dir) && !name.starts_with('.'))
+        .then(|| name.strip_suffix(".wasm"))
+        .flatten()
+        .filter(|stem| !stem.is_empty())
+        .map(str::to_owned)
+}
+
+/// Events that say nothing about content (someone read the file) are ignored: the
+/// scheduler's own reads would otherwise trigger reloads.
+fn relevant(kind: &EventKind) -> Option<&'static str> {
+    match kind {
+        EventKind::Create(_) => Some("create"),
+        EventKind::Modify(_) => Some("modify"),
+        EventKind::Remove(_) => Some("remove"),
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some("other"),
+        EventKind::Access(_) => None,
+        _ => Some("other"),
+    }
+}
+
+/// Sends a command for every settled change until `stop` fires. Starts with one
+/// `PolicyChanged` per policy file already in the folder.
+pub async fn run(
+    watched: Watched,
+    commands: Sender<Command>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let (tx, mut rx) = mpsc::channel::<notify::Result<Event>>(1024);
+    let mut watcher = notify::recommended_watcher(move |event| {
+        // The receiver only goes away at shutdown; later events do not matter then.
+        let _ = tx.blocking_send(event);
+    })?;
+    watcher.watch(&watched.policy_dir, RecursiveMode::NonRecursive)?;
+    if let Some(config_dir) = watched.config.as_ref().and_then(|c| c.parent()).filter(|d| *d != watched.policy_dir) {
+        watcher.watch(config_dir, RecursiveMode::NonRecursive)?;
+    }
+
+    let mut initial: Vec<PathBuf> = std::fs::read_dir(&watched.policy_dir)?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| policy_name(&watched.policy_dir, path).is_some())
+        .collect();
+    initial.sort();
+    for path in initial {
+        settle(&watched, &path, &commands, &metrics);
+    }
+
+    let mut pending: HashMap<PathBuf, Instant> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(50).min(watched.debounce));
+    loop {
+        tokio::select! {
+            event = rx.recv() => {
+                let Some(event) = event else { break };
+                let event = match event {
+                    Ok(event) => event,
+                    Err(error) => {
+                        tracing::warn!("file watcher: {error}");
+                        continue;
+                    }
+                };
+                let Some(kind) = relevant(&event.kind) else { continue };
+                for path in event.paths {
+                    let is_config = watched.config.as_deref() == Some(path.as_path());
+                    if is_config || policy_name(&watched.policy_dir, &path).is_some() {
+                        metrics.watcher_events.with_label_values(&[kind]).inc();
+                        pending.insert(path, Instant::now());
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                let now = Instant::now();
+                let ready: Vec<PathBuf> = pending
+                    .iter()
+                    .filter(|(_, last)| now.duration_since(**last) >= watched.debounce)
+                    .map(|(path, _)| path.clone())
+                    .collect();
+                for path in ready {
+                    pending.remove(&path);
+                    settle(&watched, &path, &commands, &metrics);
+                }
+            }
+            _ = stop.changed() => break,
+        }
+    }
+    Ok(())
+}
+
+/// Acts on a path that has settled.
+fn settle(watched: &Watched, path: &Path, commands: &Sender<Command>, metrics: &Metrics) {
+    if watched.config.as_deref() == Some(path) {
+        match ServiceConfig::load(path) {
+            Ok(config) => {
+                metrics.config_reloads.with_label_values(&["applied"]).inc();
+                let _ = commands.send(Command::Reconfigure(Box::new(config)));
+            }
+            Err(error) => {
+                metrics.config_reloads.with_label_values(&["rejected"]).inc();
+                tracing::error!("configuration rejected, keeping the previous one: {error}");
+            }
+        }
+        return;
+    }
+    let Some(name) = policy_name(&watched.policy_dir, path) else { return };
+    let command = if path.exists() {
+        Command::PolicyChanged { name, path: path.to_owned() }
+    } else {
+        Command::PolicyRemoved { name }
+    };
+    // A send fails only when the scheduler has exited (shutdown).
+    let _ = commands.send(command);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_visible_wasm_files_in_the_folder_are_policies() {
+        let dir = Path::new("/srv/policies");
+        assert_eq!(policy_name(dir, &dir.join("evolution.wasm")), Some("evolution".into()));
+        assert_eq!(policy_name(dir, &dir.join(".evolution.wasm.partial")), None);
+        assert_eq!(policy_name(dir, &dir.join(".hidden.wasm")), None);
+        assert_eq!(policy_name(dir, &dir.join("notes.txt")), None);
+        assert_eq!(policy_name(dir, &dir.join("sub").join("x.wasm")), None);
+        assert_eq!(policy_name(dir, &dir.join(".wasm")), None);
+    }
+}

@@ -1,0 +1,279 @@
+//! `knas serve` end to end: the real binary on loopback with a temporary policy folder.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::policy;
+
+/// A running `knas serve` in its own temporary folder.
+pub struct Service {
+    pub dir: PathBuf,
+    child: Option<Child>,
+    pub address: String,
+    stderr: PathBuf,
+}
+
+/// Settings for tiny, quick runs.
+pub fn config(budget: u32, top_k: u32) -> String {
+    format!(
+        "listen: 127.0.0.1:0\npolicy-dir: policies\nstore: runs.db\ndevice: cpu\nthreads: 1\ndebounce-ms: 200\n\
+         experiment: {{ channels: 2, cells: 1, score-batch: 4, limit: 64 }}\n\
+         search: {{ budget: {budget}, top-k: {top_k}, max-batch: 4 }}\n"
+    )
+}
+
+impl Service {
+    /// Starts a service in `dir` (created with `knas.yaml` = `config` if new).
+    pub fn start_in(dir: &Path, config: &str) -> Service {
+        std::fs::create_dir_all(dir.join("policies")).unwrap();
+        let config_path = dir.join("knas.yaml");
+        if !config_path.exists() {
+            std::fs::write(&config_path, config).unwrap();
+        }
+        let stderr = dir.join(format!("stderr-{}.log", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_knas"))
+            .args(["serve", "--log", "info", "--config"])
+            .arg(&config_path)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let announced: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("no address line ({e}): {line:?}"));
+        let address = announced["listening"].as_str().unwrap().to_owned();
+        let service = Service { dir: dir.to_owned(), child: Some(child), address, stderr };
+        service.wait_for("readiness", |s| s.get("/readyz").0 == 200);
+        service
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        match reqwest::blocking::get(format!("http://{}{path}", self.address)) {
+            Ok(response) => (response.status().as_u16(), response.text().unwrap_or_default()),
+            Err(e) => (0, e.to_string()),
+        }
+    }
+
+    pub fn json(&self, path: &str) -> Value {
+        let (status, body) = self.get(path);
+        assert!(status == 200 || status == 404, "{path}: {status} {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// The run called `name` from the API, if it exists.
+    pub fn run(&self, name: &str) -> Option<Value> {
+        let (status, body) = self.get(&format!("/api/runs/{name}"));
+        (status == 200).then(|| serde_json::from_str(&body).unwrap())
+    }
+
+    pub fn metrics(&self) -> String {
+        self.get("/metrics").1
+    }
+
+    /// Waits (up to two minutes) until `ready` holds.
+    pub fn wait_for(&self, what: &str, ready: impl Fn(&Service) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !ready(self) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Copies a built policy into the watched folder as `name.wasm`, the way an operator
+    /// would: write elsewhere, then rename into place.
+    pub fn drop_policy(&self, built: &str, name: &str) {
+        let staging = self.dir.join(format!("{name}.staging"));
+        std::fs::copy(policy(built), &staging).unwrap();
+        std::fs::rename(&staging, self.dir.join("policies").join(format!("{name}.wasm"))).unwrap();
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let sent = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        assert!(sent.success());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "no clean exit after SIGTERM; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn recorded(run: &Value) -> u64 {
+    run["recorded"]["scores"].as_u64().unwrap() + run["recorded"]["trainings"].as_u64().unwrap()
+}
+
+/// The sample value of the metric line starting with `series`, if present.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find(|l| l.starts_with(series)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn dropped_policies_run_and_broken_files_are_reported_without_harm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = Service::start_in(dir.path(), &config(8, 1));
+    service.drop_policy("random", "random");
+    service.wait_for("the run to finish", |s| s.run("random").is_some_and(|r| r["status"] == "done"));
+    let run = service.run("random").unwrap();
+    assert_eq!(run["recorded"], serde_json::json!({"scores": 8, "trainings": 1}));
+    assert!(run["leaderboard"]["winner"]["accuracy"].is_number());
+    let metrics = service.metrics();
+    assert_eq!(metric(&metrics, r#"knas_evaluations_total{kind="score",outcome="ok",run="random"}"#), Some(8.0));
+    assert_eq!(metric(&metrics, r#"knas_policy_loads_total{outcome="loaded",policy="random"}"#), Some(1.0));
+
+    // A broken file: a clear error in the API and a metric; the service carries on.
+    std::fs::write(dir.path().join("policies").join("broken.wasm"), b"not wasm at all").unwrap();
+    service.wait_for("the broken file to be rejected", |s| s.json("/api/policies")["broken"]["state"] == "rejected");
+    let file = &service.json("/api/policies")["broken"];
+    assert!(file["error"].as_str().unwrap().contains("not a WebAssembly file"), "{file}");
+    let (status, body) = service.get("/api/runs/broken");
+    assert_eq!(status, 404);
+    assert!(body.contains("not a WebAssembly file"), "{body}");
+    let metrics = service.metrics();
+    assert_eq!(metric(&metrics, r#"knas_policy_errors_total{cause="load",policy="broken"}"#), Some(1.0));
+    assert_eq!(service.get("/healthz").0, 200);
+
+    // A policy that misbehaves at run time fails its own run only.
+    std::fs::write(dir.path().join("knas.yaml"), config(8, 1) + "policies:\n  hostile: {act: trap, at: observe}\n").unwrap();
+    service.wait_for("the configuration to apply", |s| {
+        metric(&s.metrics(), r#"knas_config_reloads_total{outcome="applied"}"#) == Some(1.0)
+    });
+    service.drop_policy("hostile", "hostile");
+    service.wait_for("the hostile run to fail", |s| s.run("hostile").is_some_and(|r| r["status"] == "failed"));
+    let hostile = service.run("hostile").unwrap();
+    assert!(hostile["last_error"].as_str().unwrap().contains("trapped in `observe`"), "{hostile}");
+    assert_eq!(metric(&service.metrics(), r#"knas_policy_errors_total{cause="trap",policy="hostile"}"#), Some(1.0));
+    assert_eq!(service.run("random").unwrap()["status"], "done");
+
+    // A bad configuration edit is rejected with file:line:column and changes nothing.
+    std::fs::write(dir.path().join("knas.yaml"), "search:\n  budgett: 3\n").unwrap();
+    service.wait_for("the bad configuration to be rejected", |s| {
+        metric(&s.metrics(), r#"knas_config_reloads_total{outcome="rejected"}"#) == Some(1.0)
+    });
+    assert!(service.log().contains("knas.yaml:2:3: search: unknown field `budgett`"), "{}", service.log());
+    assert_eq!(service.get("/healthz").0, 200);
+
+    assert!(service.terminate().success());
+}
+
+#[test]
+fn replacing_a_policy_hot_swaps_it_without_losing_or_repeating_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start_in(dir.path(), &config(300, 1));
+    service.drop_policy("evolution", "evo");
+    service.wait_for("some progress", |s| s.run("evo").is_some_and(|r| recorded(&r) >= 10));
+    // Modules are labelled `file-name@content-hash`.
+    let label = |built: &str| {
+        let info = knas::policy::contract::inspect(&std::fs::read(policy(built)).unwrap()).unwrap();
+        format!("evo@{}", info.short_hash())
+    };
+    let (evolution, random) = (label("evolution"), label("random"));
+    assert_eq!(service.run("evo").unwrap()["policy"], evolution.as_str());
+
+    service.drop_policy("random", "evo");
+    service.wait_for("the swap", |s| s.run("evo").is_some_and(|r| r["policy"] == random.as_str()));
+    service.wait_for("the run to finish", |s| s.run("evo").is_some_and(|r| r["status"] == "done"));
+    let after = service.run("evo").unwrap();
+    assert_eq!(after["recorded"], serde_json::json!({"scores": 300, "trainings": 1}));
+    assert!(after["events"].as_array().unwrap().iter().any(|e| e["kind"] == "reload"), "{after}");
+
+    // Every evaluation was computed exactly once: the store holds 301 distinct ones and
+    // the service computed 301.
+    let store = knas::store::RunStore::open(&dir.path().join("runs.db")).unwrap();
+    let run = store.run("evo").unwrap().unwrap();
+    let evaluations = store.evaluations(run.id).unwrap();
+    assert_eq!(evaluations.len(), 301);
+    assert!(evaluations.iter().any(|e| e.policy == evolution));
+    assert!(evaluations.iter().any(|e| e.policy == random));
+    let metrics = service.metrics();
+    let computed = metric(&metrics, r#"knas_evaluations_total{kind="score",outcome="ok",run="evo"}"#).unwrap()
+        + metric(&metrics, r#"knas_evaluations_total{kind="train",outcome="ok",run="evo"}"#).unwrap();
+    assert_eq!(computed, 301.0);
+    assert_eq!(metric(&metrics, r#"knas_policy_loads_total{outcome="reloaded",policy="evo"}"#), Some(1.0));
+}
+
+#[test]
+fn deleting_stops_a_run_sigterm_exits_cleanly_and_a_restart_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = Service::start_in(dir.path(), &config(5000, 0));
+    service.drop_policy("random", "a");
+    service.drop_policy("random", "b");
+    service.wait_for("both runs to progress", |s| {
+        s.run("a").is_some_and(|r| recorded(&r) >= 5) && s.run("b").is_some_and(|r| recorded(&r) >= 5)
+    });
+    std::fs::remove_file(dir.path().join("policies").join("a.wasm")).unwrap();
+    service.wait_for("run a to stop", |s| s.run("a").is_some_and(|r| r["status"] == "stopped"));
+    let a_stopped = recorded(&service.run("a").unwrap());
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(recorded(&service.run("a").unwrap()), a_stopped, "a stopped run takes no more turns");
+
+    assert!(service.terminate().success(), "clean exit on SIGTERM");
+    let store = knas::store::RunStore::open(&dir.path().join("runs.db")).unwrap();
+    let b = store.run("b").unwrap().unwrap();
+    assert_eq!(b.status, knas::store::RunStatus::Stopped);
+    let b_before = store.evaluations(b.id).unwrap();
+    assert!(b_before.len() >= 5);
+    drop(store);
+
+    let service = Service::start_in(dir.path(), "");
+    service.wait_for("run b to resume", |s| {
+        s.run("b").is_some_and(|r| r["status"] == "running" && recorded(&r) > b_before.len() as u64)
+    });
+    assert_eq!(service.run("a").unwrap()["status"], "stopped", "a's file is gone: it stays stopped");
+    let store = knas::store::RunStore::open(&dir.path().join("runs.db")).unwrap();
+    let b_after = store.evaluations(b.id).unwrap();
+    assert_eq!(&b_after[..b_before.len()], &b_before[..], "results from before the restart are intact");
+    assert!(store.events(b.id).unwrap().iter().any(|e| e.kind == "resume"));
+}
+
+#[test]
+fn half_written_files_are_never_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start_in(dir.path(), &config(4, 0));
+    let bytes = std::fs::read(policy("random")).unwrap();
+    let target = dir.path().join("policies").join("half.wasm");
+    std::fs::write(&target, &bytes[..bytes.len() / 2]).unwrap();
+    service.wait_for("the partial file to be judged", |s| s.json("/api/policies")["half"]["state"] == "rejected");
+    assert!(service.run("half").is_none(), "no run from half a file");
+    let error = service.json("/api/policies")["half"]["error"].as_str().unwrap().to_owned();
+    assert!(error.contains("malformed WebAssembly"), "{error}");
+    // The copy completes: now it loads.
+    std::fs::write(&target, &bytes).unwrap();
+    service.wait_for("the complete file to run", |s| s.run("half").is_some_and(|r| r["status"] == "done"));
+}
+
+/// A real Prometheus scrapes the service; its HTTP API must return knas series.
+#[test]
+fn prometheus_scrapes_the_service() {
+    let Some(prometheus) = crate::common::tool("prometheus") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start_in(dir.path(), &config(6, 1));
+    service.drop_policy("random", "random");
+    service.wait_for("the run to finish", |s| s.run("random").is_some_and(|r| r["status"] == "done"));
+    let server = crate::common::Prometheus::start(&prometheus, dir.path(), &service.address);
+    let value = server.query_until("knas_evaluations_total", |result| !result.is_empty());
+    assert!(value.iter().any(|s| s["metric"]["run"] == "random"), "{value:?}");
+    let up = server.query_until(r#"up{job="knas"}"#, |r| r.first().is_some_and(|s| s["value"][1] == "1"));
+    assert_eq!(up[0]["value"][1], "1");
+}
