@@ -179,6 +179,17 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_examples_parse() {
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let service = ServiceConfig::load(&examples.join("knas.yaml")).unwrap();
+        assert_eq!(service.params_for("evolution"), serde_json::json!({"population": 10, "sample": 3}));
+        assert_eq!(service.experiment, Experiment::default(), "the example documents the defaults");
+        let run: RunConfig = load_yaml(&examples.join("run.yaml")).unwrap();
+        assert_eq!(run.search.top_k, 5);
+        assert_eq!(run.experiment.train.epochs, 2);
+    }
+
+    #[test]
     fn service_configs_resolve_paths_and_check_params() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("knas.yaml");

@@ -5,3 +5,4 @@ mod common;
 mod engine_cli;
 mod policies;
 mod serve;
+mod deploy;

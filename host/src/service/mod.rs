@@ -37,7 +37,14 @@ pub fn serve(config: ServiceConfig, config_path: Option<&Path>) -> anyhow::Resul
     std::fs::create_dir_all(&config.policy_dir)
         .with_context(|| format!("cannot create the policy folder {}", config.policy_dir.display()))?;
     let policy_dir = config.policy_dir.canonicalize()?;
-    let config_path = config_path.map(Path::canonicalize).transpose()?;
+    // Canonical folder, name as given: a ConfigMap's `knas.yaml` is a symlink into `..data/`
+    // whose target changes on every update.
+    let config_path = config_path
+        .map(|path| -> std::io::Result<std::path::PathBuf> {
+            let folder = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            Ok(folder.canonicalize()?.join(path.file_name().unwrap_or_default()))
+        })
+        .transpose()?;
 
     let metrics = Arc::new(Metrics::new());
     let status = Arc::new(RwLock::new(Status::default()));

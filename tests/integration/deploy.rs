@@ -1,0 +1,275 @@
+//! Deployment: the Helm chart (rendered by a real helm), the Dockerfile, and the Grafana
+//! dashboard (every query evaluated by a real Prometheus scraping a real `knas serve`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_yaml::Value as Yaml;
+
+use crate::common::{Prometheus, policy, tool, workspace};
+use crate::serve::{Service, config};
+
+fn chart() -> PathBuf {
+    workspace().join("charts").join("knas")
+}
+
+fn helm(helm: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(helm).args(args).output().expect("helm runs")
+}
+
+/// `helm template` with `values`; every rendered object.
+fn render(helm_bin: &Path, values: Option<&Path>) -> Vec<Yaml> {
+    let chart = chart();
+    let mut args = vec!["template", "rel", chart.to_str().unwrap()];
+    if let Some(values) = values {
+        args.extend(["-f", values.to_str().unwrap()]);
+    }
+    let out = helm(helm_bin, &args);
+    assert!(out.status.success(), "helm template failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| <Yaml as serde::Deserialize>::deserialize(doc).unwrap())
+        .filter(|doc| !doc.is_null())
+        .collect()
+}
+
+fn find<'a>(objects: &'a [Yaml], kind: &str, name: &str) -> Option<&'a Yaml> {
+    objects.iter().find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+}
+
+fn kinds(objects: &[Yaml]) -> Vec<String> {
+    objects.iter().map(|o| format!("{}/{}", o["kind"].as_str().unwrap(), o["metadata"]["name"].as_str().unwrap())).collect()
+}
+
+/// Checks what every scenario must render; returns (deployment, parsed knas config).
+fn common_checks(objects: &[Yaml]) -> (Yaml, knas::config::ServiceConfig) {
+    let deployment = find(objects, "Deployment", "rel-knas").unwrap_or_else(|| panic!("no Deployment in {:?}", kinds(objects))).clone();
+    let pod = &deployment["spec"]["template"];
+    let selector = &deployment["spec"]["selector"]["matchLabels"];
+    for (key, value) in selector.as_mapping().unwrap() {
+        assert_eq!(&pod["metadata"]["labels"][key], value, "pod labels carry the selector");
+    }
+    assert_eq!(selector["app.kubernetes.io/name"], "knas");
+    assert_eq!(deployment["metadata"]["labels"]["app.kubernetes.io/managed-by"], "Helm");
+    assert_eq!(pod["spec"]["securityContext"]["runAsNonRoot"], true);
+    let container = &pod["spec"]["containers"][0];
+    let security = &container["securityContext"];
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    assert_eq!(security["allowPrivilegeEscalation"], false);
+    assert_eq!(security["capabilities"]["drop"][0], "ALL");
+    assert_eq!(container["ports"][0]["name"], "http");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["port"], "http");
+
+    let service = find(objects, "Service", "rel-knas").expect("a Service");
+    assert_eq!(service["spec"]["ports"][0]["name"], "http");
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], "http");
+    assert!(find(objects, "ServiceAccount", "rel-knas").is_some());
+
+    // The rendered configuration is one knas itself accepts.
+    let configmap = find(objects, "ConfigMap", "rel-knas").expect("the config ConfigMap");
+    let text = configmap["data"]["knas.yaml"].as_str().unwrap();
+    let parsed: knas::config::ServiceConfig =
+        knas::config::parse_yaml(text, Path::new("knas.yaml")).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(parsed.listen.to_string(), "0.0.0.0:9400");
+    assert_eq!(parsed.store, PathBuf::from("/var/lib/knas/store/knas-runs.db"));
+    assert_eq!(parsed.policy_dir, PathBuf::from("/var/lib/knas/policies"));
+    (deployment, parsed)
+}
+
+#[test]
+fn chart_lints_and_renders_every_install_scenario() {
+    let Some(helm_bin) = tool("helm") else { return };
+    let chart = chart();
+    let out = helm(&helm_bin, &["lint", chart.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+
+    let mut scenarios: Vec<PathBuf> = std::fs::read_dir(chart.join("ci"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with("-values.yaml"))
+        .collect();
+    scenarios.sort();
+    assert!(scenarios.len() >= 3, "{scenarios:?}");
+    for values in &scenarios {
+        let out = helm(&helm_bin, &["lint", chart.to_str().unwrap(), "-f", values.to_str().unwrap()]);
+        assert!(out.status.success(), "lint {}: {}", values.display(), String::from_utf8_lossy(&out.stdout));
+        common_checks(&render(&helm_bin, Some(values)));
+    }
+
+    // Defaults: no monitoring objects, no GPU.
+    let objects = render(&helm_bin, None);
+    let (deployment, config) = common_checks(&objects);
+    assert!(objects.iter().all(|o| o["kind"] != "ServiceMonitor"), "{:?}", kinds(&objects));
+    assert!(find(&objects, "ConfigMap", "rel-knas-dashboard").is_none());
+    assert!(deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"].is_null());
+    assert_eq!(config.device, knas::engine::DeviceChoice::Auto);
+    assert!(find(&objects, "PersistentVolumeClaim", "rel-knas-store").is_some());
+    assert!(find(&objects, "PersistentVolumeClaim", "rel-knas-policies").is_some());
+
+    // CPU only.
+    let objects = render(&helm_bin, Some(&chart.join("ci/cpu-values.yaml")));
+    let (deployment, config) = common_checks(&objects);
+    assert_eq!(config.device, knas::engine::DeviceChoice::Cpu);
+    assert!(deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"].is_null());
+    let init = &deployment["spec"]["template"]["spec"]["initContainers"][0];
+    assert!(init["args"][0].as_str().unwrap().contains("for name in evolution random"), "{init:?}");
+
+    // GPU: requested, scheduled on GPU nodes, and the service runs on CUDA.
+    let objects = render(&helm_bin, Some(&chart.join("ci/gpu-values.yaml")));
+    let (deployment, config) = common_checks(&objects);
+    let spec = &deployment["spec"]["template"]["spec"];
+    assert_eq!(spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"], 1);
+    assert_eq!(spec["nodeSelector"]["nvidia.com/gpu.present"], "true");
+    assert_eq!(spec["tolerations"][0]["key"], "nvidia.com/gpu");
+    assert_eq!(config.device, knas::engine::DeviceChoice::Cuda(0));
+    assert_eq!(find(&objects, "PersistentVolumeClaim", "rel-knas-store").unwrap()["spec"]["storageClassName"], "fast-ssd");
+
+    // Monitoring: a ServiceMonitor kube-prometheus-stack selects, the dashboard ConfigMap.
+    let objects = render(&helm_bin, Some(&chart.join("ci/monitoring-values.yaml")));
+    common_checks(&objects);
+    let monitor = find(&objects, "ServiceMonitor", "rel-knas").expect("a ServiceMonitor");
+    assert_eq!(monitor["metadata"]["labels"]["release"], "kube-prometheus-stack");
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "http");
+    assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
+    let dashboard = find(&objects, "ConfigMap", "rel-knas-dashboard").expect("the dashboard ConfigMap");
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+    let shipped: serde_json::Value = serde_json::from_str(dashboard["data"]["knas.json"].as_str().unwrap()).unwrap();
+    assert_eq!(shipped, dashboard_json(), "the chart ships the dashboard file");
+    let policies = find(&objects, "ConfigMap", "rel-knas-policies").expect("the user policies ConfigMap");
+    assert_eq!(policies["binaryData"]["custom.wasm"], "AGFzbQ0AAQA=");
+    assert!(find(&objects, "PersistentVolumeClaim", "rel-knas-policies").is_none(), "policies on an emptyDir");
+}
+
+#[test]
+fn values_schema_rejects_bad_values() {
+    let Some(helm_bin) = tool("helm") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    for (values, complaint) in [
+        ("service:\n  port: http\n", "service.port: Invalid type. Expected: integer, given: string"),
+        ("gpu:\n  enabled: true\n  count: 0\n", "gpu.count: Must be greater than or equal to 1"),
+        ("policies:\n  builtin: [evolution, genetic]\n", "policies.builtin.1: policies.builtin.1 must be one of"),
+        ("config:\n  listen: 0.0.0.0:80\n", "config: Must not validate the schema (not)"),
+        ("securityContext:\n  allowPrivilegeEscalation: true\n", "securityContext.allowPrivilegeEscalation"),
+        ("replicaCount: 3\n", "Additional property replicaCount is not allowed"),
+        ("config:\n  device: tpu\n", "config.device: Does not match pattern"),
+    ] {
+        let file = dir.path().join("bad-values.yaml");
+        std::fs::write(&file, values).unwrap();
+        let out = helm(&helm_bin, &["template", "rel", chart().to_str().unwrap(), "-f", file.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "accepted:\n{values}");
+        assert!(stderr.contains("values don't meet the specifications of the schema"), "{stderr}");
+        assert!(stderr.contains(complaint), "for\n{values}expected {complaint:?} in:\n{stderr}");
+    }
+}
+
+#[test]
+fn dockerfile_builds_from_files_that_exist() {
+    let root = workspace();
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    let mut heredoc = false;
+    for line in dockerfile.lines() {
+        let line = line.trim();
+        if heredoc {
+            heredoc = !line.chars().all(|c| c.is_ascii_uppercase());
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("COPY ") {
+            if rest.contains("<<") {
+                heredoc = true;
+                continue;
+            }
+            if rest.starts_with("--from") {
+                continue;
+            }
+            let parts: Vec<&str> = rest.split_whitespace().collect();
+            for source in &parts[..parts.len() - 1] {
+                assert!(*source == "." || root.join(source).exists(), "COPY source {source} does not exist");
+            }
+        }
+    }
+    assert!(dockerfile.contains("scripts/setup.sh") && root.join("scripts/setup.sh").exists());
+    // The profile it builds policies with exists, and so do the policies the chart offers.
+    assert!(dockerfile.contains("--profile policy"));
+    assert!(std::fs::read_to_string(root.join("Cargo.toml")).unwrap().contains("[profile.policy]"));
+    for name in ["random", "evolution", "pruning", "hill-climb"] {
+        assert!(policy(name).exists(), "the image ships policies/{name}.wasm");
+    }
+    // Non-root, and the service is the entrypoint.
+    let user = dockerfile.lines().find_map(|l| l.strip_prefix("USER ")).expect("a USER line");
+    assert!(!user.starts_with("0") && !user.starts_with("root"), "USER {user}");
+    assert!(dockerfile.contains(r#"ENTRYPOINT ["knas", "serve"]"#));
+    let ignore = std::fs::read_to_string(root.join(".dockerignore")).unwrap();
+    for heavy in ["target", ".venv"] {
+        assert!(ignore.lines().any(|l| l == heavy), ".dockerignore leaves out {heavy}");
+    }
+}
+
+/// The dashboard shipped in the chart (and linked from examples/).
+fn dashboard_json() -> serde_json::Value {
+    let text = std::fs::read_to_string(chart().join("files").join("knas-dashboard.json")).unwrap();
+    let example = std::fs::read_to_string(workspace().join("examples").join("grafana-dashboard.json")).unwrap();
+    assert_eq!(text, example, "examples/grafana-dashboard.json is the chart's dashboard");
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Every PromQL expression of the dashboard, with Grafana's variables substituted.
+fn dashboard_queries(dashboard: &serde_json::Value) -> Vec<(String, String)> {
+    fn walk(panels: &serde_json::Value, out: &mut Vec<(String, String)>) {
+        for panel in panels.as_array().into_iter().flatten() {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                if let Some(expr) = target["expr"].as_str() {
+                    let expr = expr.replace("$__rate_interval", "1m").replace("$run", ".*");
+                    out.push((panel["title"].as_str().unwrap_or("?").to_owned(), expr));
+                }
+            }
+            walk(&panel["panels"], out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(&dashboard["panels"], &mut out);
+    out
+}
+
+#[test]
+fn every_dashboard_query_returns_data_from_a_real_prometheus() {
+    let Some(prometheus) = tool("prometheus") else { return };
+    let dashboard = dashboard_json();
+    let queries = dashboard_queries(&dashboard);
+    assert!(queries.len() >= 15, "{queries:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start_in(dir.path(), &config(6, 1));
+    // A run that finishes (scores and a training), one that keeps evaluating, and a file
+    // that is refused (a policy error).
+    service.drop_policy("random", "short");
+    service.wait_for("the short run", |s| s.run("short").is_some_and(|r| r["status"] == "done"));
+    std::fs::write(dir.path().join("knas.yaml"), config(100_000, 0)).unwrap();
+    service.wait_for("the new configuration", |s| {
+        crate::serve::metric(&s.metrics(), r#"knas_config_reloads_total{outcome="applied"}"#) == Some(1.0)
+    });
+    service.drop_policy("evolution", "long");
+    std::fs::write(dir.path().join("policies").join("broken.wasm"), b"\0asm\x01\0\0\0").unwrap();
+    service.wait_for("the long run", |s| s.run("long").is_some_and(|r| r["status"] == "running"));
+
+    let server = Prometheus::start(&prometheus, dir.path(), &service.address);
+    // Rates need a few scrapes.
+    server.query_until("count_over_time(knas_build_info[1m])", |r| r.first().is_some_and(|s| s["value"][1].as_str().unwrap_or("0").parse::<f64>().unwrap_or(0.0) >= 4.0));
+    for (panel, expr) in &queries {
+        let result = server.query_until(expr, |result| {
+            result.iter().any(|sample| sample["value"][1].as_str().and_then(|v| v.parse::<f64>().ok()).is_some_and(f64::is_finite))
+        });
+        assert!(!result.is_empty(), "panel {panel:?}: {expr} returned nothing");
+    }
+    // The run variable: label_values(knas_budget, run).
+    for variable in dashboard["templating"]["list"].as_array().unwrap() {
+        if let Some(definition) = variable["definition"].as_str() {
+            let inner = definition.strip_prefix("label_values(").and_then(|d| d.strip_suffix(')')).unwrap();
+            let (metric, label) = inner.split_once(", ").unwrap();
+            let result = server.query(metric);
+            assert!(result.iter().any(|s| s["metric"][label] == "long"), "variable {definition}");
+        }
+    }
+}
