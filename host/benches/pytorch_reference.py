@@ -13,7 +13,7 @@ Two cell implementations are timed:
 Architectures are the benchmark's fixed list: index (i * 7919) % 15625, the six op indices
 read as base-5 digits with the first edge most significant (knas's dense index).
 
-Usage: python pytorch_reference.py --archs 20 --threads 2 [--mode per-sample|batch]
+Usage: python pytorch_reference.py --archs 20 --threads 2 [--mode per-sample|batch] [--device cuda]
 """
 import argparse
 import json
@@ -148,24 +148,30 @@ def main():
     p.add_argument("--cells", type=int, default=5)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--mode", choices=["per-sample", "batch"], default="per-sample")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     Norm.per_sample = args.mode == "per-sample"
-    x = torch.randn(args.batch, 3, 32, 32)
-    y = torch.randint(0, 10, (args.batch,))
+    device = torch.device(args.device)
+    x = torch.randn(args.batch, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (args.batch,), device=device)
     archs = [arch_from_index((i * 7919) % 15625) for i in range(args.archs)]
     for impl in ("nb201", "pruned"):
-        mgm(Network(archs[0], args.channels, args.cells, 3, 10, impl == "pruned"), x, y)  # warm-up
+        for ops in archs[:3]:  # warm-up (and, on CUDA, kernel selection)
+            mgm(Network(ops, args.channels, args.cells, 3, 10, impl == "pruned").to(device), x, y)
         total = 0.0
         for ops in archs:
-            net = Network(ops, args.channels, args.cells, 3, 10, impl == "pruned")
+            net = Network(ops, args.channels, args.cells, 3, 10, impl == "pruned").to(device)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
             start = time.perf_counter()
-            mgm(net, x, y)
+            mgm(net, x, y)  # reads the result back: includes the device sync
             total += time.perf_counter() - start
         print(json.dumps({
             "implementation": f"pytorch-eager-{impl}",
             "mode": args.mode,
+            "device": args.device,
             "torch": torch.__version__,
             "threads": args.threads,
             "archs": len(archs),

@@ -5,7 +5,7 @@
 //! `wasm32-unknown-unknown` with `knas policy build`, and drop the `.wasm` into a policy
 //! folder (or pass it to `knas search --policy`).
 //!
-//! ```ignore
+//! ```no_run
 //! use knas_policy_sdk::{Budget, Evaluation, Fidelity, Policy, Proposal, Settings, nb201::Arch};
 //!
 //! /// Scores random architectures until the budget runs out.
