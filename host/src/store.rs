@@ -179,6 +179,8 @@ pub struct RunStore {
     path: PathBuf,
 }
 
+const RUN_COLUMNS: &str = "id, name, policy, status, error, experiment, search, created_at, updated_at";
+
 const EVALUATION_COLUMNS: &str =
     "seq, candidate, fidelity, score, accuracy, loss, train_loss, params, flops, seconds, error, policy, created_at";
 
@@ -295,20 +297,14 @@ impl RunStore {
     pub fn run(&self, name: &str) -> Result<Option<RunRecord>, StoreError> {
         let raw = self
             .conn
-            .query_row(
-                "SELECT id, name, policy, status, error, experiment, search, created_at, updated_at FROM runs WHERE name = ?1",
-                [name],
-                Self::run_from_row,
-            )
+            .query_row(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE name = ?1"), [name], Self::run_from_row)
             .optional()?;
         raw.map(Self::decode_run).transpose()
     }
 
     /// Every run, oldest first.
     pub fn runs(&self) -> Result<Vec<RunRecord>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT id, name, policy, status, error, experiment, search, created_at, updated_at FROM runs ORDER BY id",
-        )?;
+        let mut stmt = self.conn.prepare(&format!("SELECT {RUN_COLUMNS} FROM runs ORDER BY id"))?;
         let raws = stmt.query_map([], Self::run_from_row)?.collect::<Result<Vec<_>, _>>()?;
         raws.into_iter().map(Self::decode_run).collect()
     }

@@ -4,10 +4,11 @@
 //! order of the NB201 string `|op~0|+|op~0|op~1|+|op~0|op~1|op~2|`). Each edge holds one of
 //! five operations, by index: see [`OPS`].
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 
-use crate::{Candidate, Fidelity, Space, random};
+use crate::{Budget, Candidate, Evaluation, Fidelity, Proposal, Space, random};
 
 /// Operation names, by op index.
 pub const OPS: [&str; 5] = ["none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3"];
@@ -140,6 +141,68 @@ impl FromStr for Arch {
     }
 }
 
+/// What a run has measured, per architecture: the bookkeeping most NB201 policies need,
+/// and KNAS's fine-selection step ([`Scoreboard::train_best`]).
+#[derive(Debug, Clone, Default)]
+pub struct Scoreboard {
+    scores: HashMap<Arch, f64>,
+    trained: HashSet<Arch>,
+}
+
+impl Scoreboard {
+    /// Records results (fresh ones or a replayed history). A score that failed counts as
+    /// the worst possible; a training counts as done whatever its outcome, so it is not
+    /// retried. Supernets are not architectures and are skipped.
+    pub fn record(&mut self, results: &[Evaluation]) {
+        for result in results {
+            let Some(arch) = Arch::from_candidate(&result.candidate) else { continue };
+            match result.candidate.fidelity {
+                Fidelity::Score => {
+                    self.scores.insert(arch, result.score.unwrap_or(f64::NEG_INFINITY));
+                }
+                Fidelity::Train => {
+                    self.trained.insert(arch);
+                }
+            }
+        }
+    }
+
+    /// The architecture's score, if it was scored.
+    pub fn score(&self, arch: &Arch) -> Option<f64> {
+        self.scores.get(arch).copied()
+    }
+
+    /// Number of architectures scored.
+    pub fn scored(&self) -> usize {
+        self.scores.len()
+    }
+
+    /// Whether the architecture was trained.
+    pub fn is_trained(&self, arch: &Arch) -> bool {
+        self.trained.contains(arch)
+    }
+
+    /// The `k` best-scored architectures, best first (ties broken by index).
+    pub fn best(&self, k: usize) -> Vec<Arch> {
+        let mut ranked: Vec<(&Arch, &f64)> = self.scores.iter().collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(a.1).then(a.0.cmp(b.0)));
+        ranked.into_iter().take(k).map(|(arch, _)| *arch).collect()
+    }
+
+    /// Fine selection: train those of the `k` best-scored architectures not trained yet, as
+    /// many as the training budget and `max_batch` allow; `Done` once none is left.
+    pub fn train_best(&self, k: usize, remaining: &Budget, max_batch: usize) -> Proposal {
+        let batch: Vec<Candidate> = self
+            .best(k)
+            .into_iter()
+            .filter(|arch| !self.trained.contains(arch))
+            .take((remaining.trainings as usize).min(max_batch))
+            .map(|arch| arch.candidate(Fidelity::Train))
+            .collect();
+        if batch.is_empty() { Proposal::Done } else { Proposal::Evaluate(batch) }
+    }
+}
+
 /// A supernet: a set of op indices per edge (edge outputs summed).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Supernet(pub [Vec<u32>; NUM_EDGES]);
@@ -202,5 +265,28 @@ mod tests {
             }
         }
         assert_eq!(net.to_arch(), Some(Arch::new([0; 6]).unwrap()));
+    }
+
+    fn scored(index: u32, score: Option<f64>) -> Evaluation {
+        let candidate = Arch::from_index(index).unwrap().candidate(Fidelity::Score);
+        Evaluation { candidate, score, accuracy: None, loss: None, error: score.is_none().then(|| "overflow".into()) }
+    }
+
+    #[test]
+    fn the_scoreboard_trains_the_best_untrained() {
+        let mut board = Scoreboard::default();
+        board.record(&[scored(1, Some(2.0)), scored(2, Some(9.0)), scored(3, None), scored(4, Some(5.0))]);
+        board.record(&[Evaluation { candidate: Supernet::full().candidate(Fidelity::Score), score: Some(99.0), accuracy: None, loss: None, error: None }]);
+        assert_eq!(board.scored(), 4);
+        let best: Vec<u32> = board.best(3).iter().map(Arch::index).collect();
+        assert_eq!(best, vec![2, 4, 1]);
+        let remaining = Budget { scores: 0, trainings: 5 };
+        let Proposal::Evaluate(batch) = board.train_best(2, &remaining, 8) else { panic!("expected trainings") };
+        assert_eq!(batch.iter().map(|c| Arch::from_candidate(c).unwrap().index()).collect::<Vec<_>>(), vec![2, 4]);
+        board.record(&[Evaluation { candidate: batch[0].clone(), score: None, accuracy: Some(0.9), loss: Some(0.3), error: None }]);
+        assert!(board.is_trained(&Arch::from_index(2).unwrap()));
+        let Proposal::Evaluate(rest) = board.train_best(2, &remaining, 8) else { panic!("one left") };
+        assert_eq!(rest.len(), 1);
+        assert_eq!(board.train_best(2, &Budget { scores: 0, trainings: 0 }, 8), Proposal::Done);
     }
 }

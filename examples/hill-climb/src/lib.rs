@@ -14,9 +14,7 @@
 //!
 //! Parameters: `restarts_log` (bool, default true) logs each restart.
 
-use std::collections::HashMap;
-
-use knas_policy_sdk::nb201::{self, Arch, NUM_EDGES, NUM_OPS};
+use knas_policy_sdk::nb201::{self, Arch, NUM_EDGES, NUM_OPS, Scoreboard};
 use knas_policy_sdk::{Budget, Evaluation, Fidelity, Policy, Proposal, Settings, info};
 
 #[derive(serde::Deserialize)]
@@ -37,8 +35,7 @@ struct HillClimb {
     /// Where the climb stands; `None` until the first start is scored.
     current: Option<Arch>,
     /// Every score seen in the run (including a replayed history).
-    scores: HashMap<Arch, f64>,
-    trained: bool,
+    board: Scoreboard,
 }
 
 impl HillClimb {
@@ -48,15 +45,11 @@ impl HillClimb {
             .collect()
     }
 
-    fn best(&self) -> Option<(Arch, f64)> {
-        self.scores.iter().map(|(a, s)| (*a, *s)).max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)))
-    }
-
     /// A fresh random start that has not been scored yet.
     fn restart(&mut self) -> Arch {
         let start = loop {
             let arch = Arch::random();
-            if !self.scores.contains_key(&arch) {
+            if self.board.score(&arch).is_none() {
                 break arch;
             }
         };
@@ -75,28 +68,19 @@ impl Policy for HillClimb {
             params: settings.parse_params()?,
             max_batch: settings.max_batch.max(1) as usize,
             current: None,
-            scores: HashMap::new(),
-            trained: false,
+            board: Scoreboard::default(),
         })
     }
 
     fn observe(&mut self, results: Vec<Evaluation>) -> Result<(), String> {
-        for result in results {
-            let Some(arch) = Arch::from_candidate(&result.candidate) else { continue };
-            match result.candidate.fidelity {
-                Fidelity::Score => {
-                    self.scores.insert(arch, result.score.unwrap_or(f64::NEG_INFINITY));
-                }
-                Fidelity::Train => self.trained = true,
-            }
-        }
+        self.board.record(&results);
         Ok(())
     }
 
     fn propose(&mut self, remaining: Budget) -> Result<Proposal, String> {
         if remaining.scores > 0 {
             let current = match self.current {
-                Some(arch) if self.scores.contains_key(&arch) => arch,
+                Some(arch) if self.board.score(&arch).is_some() => arch,
                 Some(arch) => return Ok(Proposal::Evaluate(vec![arch.candidate(Fidelity::Score)])),
                 None => {
                     let start = self.restart();
@@ -104,28 +88,24 @@ impl Policy for HillClimb {
                 }
             };
             let unscored: Vec<Arch> =
-                Self::neighbours(current).into_iter().filter(|n| !self.scores.contains_key(n)).collect();
+                Self::neighbours(current).into_iter().filter(|n| self.board.score(n).is_none()).collect();
             if !unscored.is_empty() {
                 let take = unscored.len().min(self.max_batch).min(remaining.scores as usize);
                 return Ok(Proposal::Evaluate(unscored[..take].iter().map(|a| a.candidate(Fidelity::Score)).collect()));
             }
             // Every neighbour is known: climb, or restart at a local optimum.
-            let here = self.scores[&current];
+            let here = self.board.score(&current).unwrap_or(f64::NEG_INFINITY);
             let (best, best_score) = Self::neighbours(current)
                 .into_iter()
-                .map(|n| (n, self.scores[&n]))
+                .map(|n| (n, self.board.score(&n).unwrap_or(f64::NEG_INFINITY)))
                 .max_by(|a, b| a.1.total_cmp(&b.1))
                 .expect("24 neighbours");
             let next = if best_score > here { best } else { self.restart() };
             self.current = Some(next);
             return self.propose(remaining);
         }
-        match self.best() {
-            Some((arch, _)) if !self.trained && remaining.trainings > 0 => {
-                Ok(Proposal::Evaluate(vec![arch.candidate(Fidelity::Train)]))
-            }
-            _ => Ok(Proposal::Done),
-        }
+        // Train the best architecture found.
+        Ok(self.board.train_best(1, &remaining, self.max_batch))
     }
 }
 

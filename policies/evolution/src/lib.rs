@@ -13,9 +13,9 @@
 //! The population is the last `population` scored architectures in order, so a fresh
 //! instance fed a run's history rebuilds it exactly.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 
-use knas_policy_sdk::nb201::{self, Arch, NUM_ARCHS};
+use knas_policy_sdk::nb201::{self, Arch, NUM_ARCHS, Scoreboard};
 use knas_policy_sdk::{Budget, Evaluation, Fidelity, Policy, Proposal, Settings, info, random};
 
 #[derive(serde::Deserialize)]
@@ -42,8 +42,7 @@ struct Evolution {
     /// Members, oldest first, with their fitness.
     population: VecDeque<(Arch, f64)>,
     /// Every score seen in the run.
-    scores: HashMap<Arch, f64>,
-    trained: HashSet<Arch>,
+    board: Scoreboard,
 }
 
 impl Evolution {
@@ -53,7 +52,7 @@ impl Evolution {
     /// failed tries (every neighbour of the population known) a random new architecture
     /// keeps the search moving.
     fn child(&self, taken: &[Arch]) -> Arch {
-        let is_new = |arch: &Arch| !self.scores.contains_key(arch) && !taken.contains(arch);
+        let is_new = |arch: &Arch| self.board.score(arch).is_none() && !taken.contains(arch);
         for _ in 0..1000 {
             let parent = (0..self.sample_size)
                 .map(|_| self.population[random::below(self.population.len() as u64) as usize])
@@ -65,12 +64,6 @@ impl Evolution {
             }
         }
         random_new(is_new)
-    }
-
-    fn finalists(&self) -> Vec<Arch> {
-        let mut ranked: Vec<(&Arch, &f64)> = self.scores.iter().collect();
-        ranked.sort_by(|a, b| b.1.total_cmp(a.1).then(a.0.cmp(b.0)));
-        ranked.into_iter().take(self.top_k).map(|(arch, _)| *arch).collect()
     }
 }
 
@@ -93,27 +86,18 @@ impl Policy for Evolution {
             top_k,
             max_batch: settings.max_batch.max(1) as usize,
             population: VecDeque::new(),
-            scores: HashMap::new(),
-            trained: HashSet::new(),
+            board: Scoreboard::default(),
         })
     }
 
     fn observe(&mut self, results: Vec<Evaluation>) -> Result<(), String> {
-        for result in results {
+        self.board.record(&results);
+        for result in results.iter().filter(|r| r.candidate.fidelity == Fidelity::Score) {
             let Some(arch) = Arch::from_candidate(&result.candidate) else { continue };
-            match result.candidate.fidelity {
-                Fidelity::Score => {
-                    // A failed evaluation is the worst possible fitness.
-                    let fitness = result.score.unwrap_or(f64::NEG_INFINITY);
-                    self.scores.insert(arch, fitness);
-                    self.population.push_back((arch, fitness));
-                    if self.population.len() > self.population_size {
-                        self.population.pop_front();
-                    }
-                }
-                Fidelity::Train => {
-                    self.trained.insert(arch);
-                }
+            // A failed evaluation is the worst possible fitness.
+            self.population.push_back((arch, result.score.unwrap_or(f64::NEG_INFINITY)));
+            if self.population.len() > self.population_size {
+                self.population.pop_front();
             }
         }
         Ok(())
@@ -122,13 +106,13 @@ impl Policy for Evolution {
     fn propose(&mut self, remaining: Budget) -> Result<Proposal, String> {
         let room = (remaining.scores as usize).min(self.max_batch);
         // (Once every architecture is scored there is nothing new to propose.)
-        if room > 0 && self.scores.len() < NUM_ARCHS as usize {
+        if room > 0 && self.board.scored() < NUM_ARCHS as usize {
             let mut batch: Vec<Arch> = Vec::new();
             if self.population.len() < self.population_size {
                 // Seed the population with random architectures not scored yet.
                 let missing = (self.population_size - self.population.len()).min(room);
                 while batch.len() < missing {
-                    let arch = random_new(|a| !self.scores.contains_key(a) && !batch.contains(a));
+                    let arch = random_new(|a| self.board.score(a).is_none() && !batch.contains(a));
                     batch.push(arch);
                 }
             } else {
@@ -139,14 +123,7 @@ impl Policy for Evolution {
             }
             return Ok(Proposal::Evaluate(batch.into_iter().map(|a| a.candidate(Fidelity::Score)).collect()));
         }
-        let batch: Vec<_> = self
-            .finalists()
-            .into_iter()
-            .filter(|arch| !self.trained.contains(arch))
-            .take((remaining.trainings as usize).min(self.max_batch))
-            .map(|arch| arch.candidate(Fidelity::Train))
-            .collect();
-        if batch.is_empty() { Ok(Proposal::Done) } else { Ok(Proposal::Evaluate(batch)) }
+        Ok(self.board.train_best(self.top_k, &remaining, self.max_batch))
     }
 }
 

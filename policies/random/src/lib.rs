@@ -9,9 +9,9 @@
 //! The policy's state is just the set of results it has seen, so a fresh instance fed a
 //! run's history continues where the run stopped.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
-use knas_policy_sdk::nb201::{self, Arch, NUM_ARCHS};
+use knas_policy_sdk::nb201::{self, Arch, NUM_ARCHS, Scoreboard};
 use knas_policy_sdk::{Budget, Evaluation, Fidelity, Policy, Proposal, Settings, info};
 
 #[derive(serde::Deserialize, Default)]
@@ -27,17 +27,7 @@ struct Knas {
     max_batch: usize,
     /// Every architecture proposed or seen scored.
     seen: HashSet<Arch>,
-    scores: HashMap<Arch, f64>,
-    trained: HashSet<Arch>,
-}
-
-impl Knas {
-    /// The `top_k` best-scored architectures, best first.
-    fn finalists(&self) -> Vec<Arch> {
-        let mut ranked: Vec<(&Arch, &f64)> = self.scores.iter().collect();
-        ranked.sort_by(|a, b| b.1.total_cmp(a.1).then(a.0.cmp(b.0)));
-        ranked.into_iter().take(self.top_k).map(|(arch, _)| *arch).collect()
-    }
+    board: Scoreboard,
 }
 
 impl Policy for Knas {
@@ -52,22 +42,13 @@ impl Policy for Knas {
             top_k,
             max_batch: settings.max_batch.max(1) as usize,
             seen: HashSet::new(),
-            scores: HashMap::new(),
-            trained: HashSet::new(),
+            board: Scoreboard::default(),
         })
     }
 
     fn observe(&mut self, results: Vec<Evaluation>) -> Result<(), String> {
-        for result in results {
-            let Some(arch) = Arch::from_candidate(&result.candidate) else { continue };
-            self.seen.insert(arch);
-            if let Some(score) = result.score {
-                self.scores.insert(arch, score);
-            }
-            if result.candidate.fidelity == Fidelity::Train {
-                self.trained.insert(arch);
-            }
-        }
+        self.seen.extend(results.iter().filter_map(|r| Arch::from_candidate(&r.candidate)));
+        self.board.record(&results);
         Ok(())
     }
 
@@ -85,14 +66,7 @@ impl Policy for Knas {
             return Ok(Proposal::Evaluate(batch));
         }
         // Fine: train the finalists not trained yet.
-        let batch: Vec<_> = self
-            .finalists()
-            .into_iter()
-            .filter(|arch| !self.trained.contains(arch))
-            .take((remaining.trainings as usize).min(self.max_batch))
-            .map(|arch| arch.candidate(Fidelity::Train))
-            .collect();
-        if batch.is_empty() { Ok(Proposal::Done) } else { Ok(Proposal::Evaluate(batch)) }
+        Ok(self.board.train_best(self.top_k, &remaining, self.max_batch))
     }
 }
 
