@@ -33,6 +33,7 @@ pub struct AppState {
     pub store: Arc<Mutex<RunStore>>,
 }
 
+/// The API's routes (see the module documentation).
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))

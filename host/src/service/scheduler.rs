@@ -58,6 +58,7 @@ pub struct Status {
 /// Shared handle to [`Status`].
 pub type SharedStatus = Arc<RwLock<Status>>;
 
+/// The compute thread's state: see the module documentation.
 pub struct Scheduler {
     config: ServiceConfig,
     device: Device,
@@ -78,6 +79,8 @@ fn experiment_key(experiment: &Experiment) -> String {
 }
 
 impl Scheduler {
+    /// Opens the store and the policy runtime; runs start when [`Scheduler::run`] takes
+    /// commands.
     pub fn new(config: ServiceConfig, device: Device, metrics: Arc<Metrics>, status: SharedStatus) -> anyhow::Result<Scheduler> {
         let store = RunStore::open(&config.store)?;
         let runtime = PolicyRuntime::new()?;
