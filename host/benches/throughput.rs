@@ -21,10 +21,10 @@ use tch::{Device, Kind, Tensor};
 
 #[derive(Parser)]
 struct Args {
-    /// Architectures timed on the fast path, per mode.
+    /// Architectures timed on the fast path, per mode; 0 skips.
     #[arg(long, default_value_t = 20)]
     archs: usize,
-    /// Architectures timed on the per-sample reference loop.
+    /// Architectures timed on the per-sample reference loop; 0 skips.
     #[arg(long, default_value_t = 3)]
     reference_archs: usize,
     /// libtorch CPU threads.
@@ -72,7 +72,7 @@ fn main() {
     let spec = NetworkSpec::nb201(3, (32, 32), 10);
     let (x, y) = random_batch(64, device);
 
-    for mode in [ScoreMode::PerSample, ScoreMode::Batch] {
+    for mode in [ScoreMode::PerSample, ScoreMode::Batch].into_iter().filter(|_| args.archs > 0) {
         let scorer = KernelScorer::new(spec, mode, x.shallow_clone(), y.shallow_clone(), 0);
         scorer.score(&arch(0).into()).expect("warm-up");
         let (mut total, mut compute) = (0.0, 0.0);
