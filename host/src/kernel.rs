@@ -103,8 +103,18 @@ impl KernelScorer {
         self.images.size()[0]
     }
 
+    /// The scoring batch: images `[n, C, H, W]` and their int64 labels.
+    pub fn batch(&self) -> (&Tensor, &Tensor) {
+        (&self.images, &self.labels)
+    }
+
+    /// The shape of the networks scored.
+    pub fn spec(&self) -> &NetworkSpec {
+        &self.spec
+    }
+
     /// Builds a freshly initialised network on the batch's device and kind.
-    fn network(&self, candidate: &Candidate) -> (nn::VarStore, Network) {
+    pub(crate) fn network(&self, candidate: &Candidate) -> (nn::VarStore, Network) {
         let mut vs = nn::VarStore::new(self.images.device());
         let net = Network::new(&vs.root(), &self.spec, candidate, self.seed);
         if self.images.kind() != Kind::Float {
@@ -167,7 +177,7 @@ impl KernelScorer {
     }
 }
 
-fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor, tch::TchError> {
+pub(crate) fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor, tch::TchError> {
     logits.f_cross_entropy_loss::<&Tensor>(labels, None, Reduction::Mean, -100, 0.0)
 }
 

@@ -6,6 +6,8 @@
 //! - [`data`]: datasets (embedded MNIST subset, CIFAR, IDX) and their seeded splits;
 //! - [`model`]: NB201 networks built with tch;
 //! - [`kernel`]: the KNAS gradient-kernel score (MGM), fast path and reference;
+//! - [`baselines`]: published training-free measures (SNIP, SynFlow, Jacobian covariance,
+//!   NASWOT) that `knas correlate` compares MGM against;
 //! - [`train`]: short training of finalists;
 //! - [`engine`]: one experiment on one device, tying the above together;
 //! - [`stats`]: rank correlations;
@@ -16,6 +18,7 @@
 //! - [`config`]: YAML configuration files;
 //! - [`service`]: `knas serve`, the watched-folder service with metrics and an HTTP API.
 
+pub mod baselines;
 pub mod config;
 pub mod data;
 pub mod engine;

@@ -143,6 +143,23 @@ impl Builder<'_> {
     }
 }
 
+/// How one forward pass runs: the BN statistics, and an optional probe shown the input of
+/// every ReLU (the network's only nonlinearity, so its sign pattern is the activation code).
+#[derive(Clone, Copy)]
+struct Pass<'a> {
+    mode: NormMode,
+    relu_probe: Option<&'a dyn Fn(&Tensor)>,
+}
+
+impl Pass<'_> {
+    fn relu(&self, x: &Tensor) -> Tensor {
+        if let Some(probe) = self.relu_probe {
+            probe(x);
+        }
+        x.relu()
+    }
+}
+
 /// Batch normalisation with the statistics chosen per call ([`NormMode`]).
 #[derive(Debug)]
 struct Norm {
@@ -204,9 +221,9 @@ impl ReluConvBn {
         }
     }
 
-    fn forward(&self, x: &Tensor, mode: NormMode) -> Tensor {
-        let y = conv2d(&x.relu(), &self.weight, self.stride, self.padding);
-        self.norm.forward(&y, mode)
+    fn forward(&self, x: &Tensor, pass: Pass) -> Tensor {
+        let y = conv2d(&pass.relu(x), &self.weight, self.stride, self.padding);
+        self.norm.forward(&y, pass.mode)
     }
 }
 
@@ -221,14 +238,14 @@ enum EdgeOp {
 impl EdgeOp {
     /// Applies the op; `None` input stands for an exact zero tensor and stays `None` through
     /// ops that map zero to zero with no parameters (skip, pool).
-    fn forward(&self, x: Option<&Tensor>, zeros: &dyn Fn() -> Tensor, mode: NormMode) -> Option<Tensor> {
+    fn forward(&self, x: Option<&Tensor>, zeros: &dyn Fn() -> Tensor, pass: Pass) -> Option<Tensor> {
         match self {
             EdgeOp::Skip => x.map(Tensor::shallow_clone),
             EdgeOp::Pool => x.map(|x| x.avg_pool2d([3, 3], [1, 1], [1, 1], false, false, None)),
             // A conv on zeros still yields BN's bias, which has a gradient: compute it.
             EdgeOp::Conv(conv) => Some(match x {
-                Some(x) => conv.forward(x, mode),
-                None => conv.forward(&zeros(), mode),
+                Some(x) => conv.forward(x, pass),
+                None => conv.forward(&zeros(), pass),
             }),
         }
     }
@@ -280,7 +297,7 @@ impl Cell {
         Cell { edges, live, exhaustive: false }
     }
 
-    fn forward(&self, x: &Tensor, mode: NormMode) -> Tensor {
+    fn forward(&self, x: &Tensor, pass: Pass) -> Tensor {
         let zeros = || x.zeros_like();
         let mut nodes: [Option<Tensor>; 4] = [Some(x.shallow_clone()), None, None, None];
         for to in 1..4 {
@@ -295,7 +312,7 @@ impl Cell {
                 let input = nodes[from].as_ref();
                 let mut outputs: Vec<Tensor> = self.edges[e]
                     .iter()
-                    .filter_map(|op| op.forward(input, &zeros, mode))
+                    .filter_map(|op| op.forward(input, &zeros, pass))
                     .collect();
                 if self.exhaustive {
                     // `none` as NB201 writes it: the input times zero.
@@ -334,8 +351,8 @@ impl Reduction {
         Reduction { conv_a, conv_b, shortcut }
     }
 
-    fn forward(&self, x: &Tensor, mode: NormMode) -> Tensor {
-        let residual = self.conv_b.forward(&self.conv_a.forward(x, mode), mode);
+    fn forward(&self, x: &Tensor, pass: Pass) -> Tensor {
+        let residual = self.conv_b.forward(&self.conv_a.forward(x, pass), pass);
         let shortcut = conv2d(&x.avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None), &self.shortcut, 1, 0);
         shortcut + residual
     }
@@ -414,15 +431,25 @@ impl Network {
 
     /// Logits for a batch of images `[batch, channels, height, width]`.
     pub fn forward(&self, x: &Tensor, mode: NormMode) -> Tensor {
+        self.run(x, Pass { mode, relu_probe: None })
+    }
+
+    /// Logits as [`Self::forward`], calling `probe` with the input of every ReLU in the
+    /// order they run. Activation-pattern measures (NASWOT) read the sign of each.
+    pub fn forward_probed(&self, x: &Tensor, mode: NormMode, probe: &dyn Fn(&Tensor)) -> Tensor {
+        self.run(x, Pass { mode, relu_probe: Some(probe) })
+    }
+
+    fn run(&self, x: &Tensor, pass: Pass) -> Tensor {
         let stem = conv2d(x, &self.stem_conv, 1, 1);
-        let mut h = self.stem_norm.forward(&stem, mode);
+        let mut h = self.stem_norm.forward(&stem, pass.mode);
         for block in &self.blocks {
             h = match block {
-                Block::Cell(cell) => cell.forward(&h, mode),
-                Block::Reduction(reduction) => reduction.forward(&h, mode),
+                Block::Cell(cell) => cell.forward(&h, pass),
+                Block::Reduction(reduction) => reduction.forward(&h, pass),
             };
         }
-        let h = self.last_norm.forward(&h, mode).relu();
+        let h = pass.relu(&self.last_norm.forward(&h, pass.mode));
         // Global average pooling as a mean: adaptive_avg_pool2d's CUDA backward uses atomic
         // adds, which made repeated CUDA scores differ in the 5th digit.
         let kind = h.kind();

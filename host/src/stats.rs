@@ -1,4 +1,9 @@
-//! Rank correlations for judging how well a score ranks architectures.
+//! Rank correlations for judging how well a score ranks architectures, and how far to
+//! trust them: with tens of architectures, ρ's sampling error is ±0.3, so every
+//! comparison between measures needs an interval.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 /// Ranks of `values` (1-based), ties given the mean of the ranks they span.
 fn ranks(values: &[f64]) -> Vec<f64> {
@@ -64,6 +69,28 @@ pub fn kendall(x: &[f64], y: &[f64]) -> Option<f64> {
     (denom > 0.0).then(|| (concordant - discordant) as f64 / denom)
 }
 
+/// A 95% percentile-bootstrap interval for Spearman's ρ: architectures resampled with
+/// replacement `resamples` times (seeded, so reports repeat). `None` when ρ itself is.
+pub fn spearman_interval(x: &[f64], y: &[f64], resamples: usize, seed: u64) -> Option<(f64, f64)> {
+    spearman(x, y)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let n = x.len();
+    let mut estimates: Vec<f64> = (0..resamples)
+        .filter_map(|_| {
+            let picks: Vec<usize> = (0..n).map(|_| rng.random_range(0..n)).collect();
+            let xs: Vec<f64> = picks.iter().map(|&i| x[i]).collect();
+            let ys: Vec<f64> = picks.iter().map(|&i| y[i]).collect();
+            spearman(&xs, &ys)
+        })
+        .collect();
+    if estimates.is_empty() {
+        return None;
+    }
+    estimates.sort_by(f64::total_cmp);
+    let at = |q: f64| estimates[((estimates.len() - 1) as f64 * q).round() as usize];
+    Some((at(0.025), at(0.975)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,6 +116,23 @@ mod tests {
         let y = [1.0, 3.0, 2.0, 2.0, 4.0];
         assert!(close(spearman(&x, &y), 0.7631578947368421), "{:?}", spearman(&x, &y));
         assert!(close(kendall(&x, &y), 0.6666666666666666), "{:?}", kendall(&x, &y));
+    }
+
+    #[test]
+    fn bootstrap_interval_brackets_the_estimate_and_narrows_with_more_data() {
+        let x: Vec<f64> = (0..40).map(f64::from).collect();
+        // A noisy increasing relation: ρ clearly positive, not perfect.
+        let y: Vec<f64> = x.iter().map(|v| v + 15.0 * ((v * 2.7).sin())).collect();
+        let rho = spearman(&x, &y).unwrap();
+        let (lo, hi) = spearman_interval(&x, &y, 1000, 0).unwrap();
+        assert!(lo < rho && rho < hi && -1.0 <= lo && hi <= 1.0, "{lo} {rho} {hi}");
+        assert_eq!(spearman_interval(&x, &y, 1000, 0), Some((lo, hi)), "seeded");
+        let (x4, y4) = (&x[..10], &y[..10]);
+        let (lo4, hi4) = spearman_interval(x4, y4, 1000, 0).unwrap();
+        assert!(hi4 - lo4 > hi - lo, "10 points [{lo4}, {hi4}] should be wider than 40 [{lo}, {hi}]");
+        let perfect = spearman_interval(&x, &x, 200, 0).unwrap();
+        assert!((perfect.0 - 1.0).abs() < 1e-12 && (perfect.1 - 1.0).abs() < 1e-12);
+        assert_eq!(spearman_interval(&[1.0], &[1.0], 10, 0), None);
     }
 
     #[test]

@@ -140,15 +140,80 @@ fn correlate_reports_both_modes_and_baselines_and_plots() {
     assert_eq!(report["measurements"].as_array().unwrap().len(), 4);
     let measures: Vec<&str> =
         report["correlations"].as_array().unwrap().iter().map(|c| c["measure"].as_str().unwrap()).collect();
-    for wanted in ["MGM (per-sample)", "MGM (batch)", "params (baseline)", "seed 0 vs seed 1 (noise floor)"] {
+    for wanted in [
+        "MGM (per-sample)",
+        "MGM (batch)",
+        "snip (baseline)",
+        "synflow (baseline)",
+        "jacov (baseline)",
+        "naswot (baseline)",
+        "params (baseline)",
+        "seed 0 vs seed 1 (noise floor)",
+    ] {
         assert!(measures.contains(&wanted), "{wanted} missing from {measures:?}");
+    }
+    for c in report["correlations"].as_array().unwrap() {
+        // Every defined ρ comes with a bootstrap interval around it.
+        if let Some(rho) = c["spearman"].as_f64() {
+            let (lo, hi) = (c["spearman_95"][0].as_f64().unwrap(), c["spearman_95"][1].as_f64().unwrap());
+            assert!(-1.0 <= lo && lo <= rho + 1e-9 && rho <= hi + 1e-9 && hi <= 1.0, "{c}");
+        }
     }
     for m in report["measurements"].as_array().unwrap() {
         assert_eq!(m["accuracy"].as_array().unwrap().len(), 2);
         assert_eq!(m["scores"].as_array().unwrap().len(), 2);
+        assert_eq!(m["baselines"].as_array().unwrap().len(), 4);
     }
     let svg = std::fs::read_to_string(&plot).unwrap();
     assert!(svg.contains("<svg") && svg.contains("Spearman"), "not the expected SVG");
+}
+
+#[test]
+fn correlate_reuses_an_earlier_reports_training_as_truth() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = knas()
+        .args(["correlate", "--sample", "3", "--train-seeds", "1", "--limit", "64", "--modes", "per-sample"])
+        .args(["--baselines", "naswot", "--format", "json"])
+        .args(TINY)
+        .assert()
+        .success();
+    let truth_file = dir.path().join("truth.json");
+    std::fs::write(&truth_file, &first.get_output().stdout).unwrap();
+    let first: Value = serde_json::from_slice(&first.get_output().stdout).unwrap();
+    assert_eq!(first["baselines"], serde_json::json!(["naswot"]));
+
+    let again = knas()
+        .args(["correlate", "--limit", "64", "--modes", "per-sample", "--baselines", "jacov,synflow"])
+        .args(["--format", "json", "--truth"])
+        .arg(&truth_file)
+        .args(TINY)
+        .assert()
+        .success();
+    let again: Value = serde_json::from_slice(&again.get_output().stdout).unwrap();
+    assert_eq!(again["archs"], 3);
+    assert_eq!(again["baselines"], serde_json::json!(["jacov", "synflow"]), "in the order asked for");
+    for (a, b) in first["measurements"].as_array().unwrap().iter().zip(again["measurements"].as_array().unwrap()) {
+        assert_eq!(a["arch"], b["arch"]);
+        assert_eq!(a["accuracy"], b["accuracy"], "trained results are taken, not recomputed");
+        assert_eq!(a["scores"], b["scores"], "same seed and batch: same MGM");
+    }
+
+    // A truth for other networks or data is refused, naming the file and the difference.
+    assert_eq!(TINY[..2], ["--channels", "2"], "TINY[2..] below is TINY without its channels");
+    let refused = |extra: &[&str], channels: &str, message: &str| {
+        knas()
+            .args(["correlate", "--channels", channels, "--truth"])
+            .arg(&truth_file)
+            .args(&TINY[2..])
+            .args(extra)
+            .assert()
+            .failure()
+            .stderr(predicate::str::contains(message));
+    };
+    refused(&["--limit", "64"], "3", "truth.json: trained with --channels 2, this run has --channels 3");
+    refused(&[], "2", "trained with --limit 64, this run has --limit (none)");
+    std::fs::write(&truth_file, "{\"archs\": 3}").unwrap();
+    refused(&[], "2", "truth.json is not a `knas correlate --format json` report");
 }
 
 #[test]

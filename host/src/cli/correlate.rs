@@ -1,17 +1,24 @@
 //! `knas correlate`: how well does MGM rank architectures on this data?
 //!
 //! Scores a seeded sample of architectures, trains each under several training seeds, and
-//! reports rank correlations between each measure and the mean held-out accuracy and loss.
-//! Parameter count and FLOPs are reported too, as the baselines any training-free score
-//! has to beat; so is the agreement between training seeds, the noise floor of the truth.
+//! reports rank correlations between each measure and the mean held-out accuracy and loss,
+//! with bootstrap intervals. Beside MGM stand the baselines any training-free score has to
+//! beat: parameter count, FLOPs and the published measures of [`knas::baselines`]; and the
+//! agreement between training seeds, the noise floor of the truth.
+//!
+//! Training is the expensive part, so a report can serve as the truth of a later run
+//! (`--truth`): same architectures and trained results, measures recomputed.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
+use knas::baselines::Baseline;
+use knas::data::Holdout;
+use knas::engine::Experiment;
 use knas::kernel::ScoreMode;
 use knas::space::Arch;
-use knas::stats::{kendall, spearman};
+use knas::stats::{kendall, spearman, spearman_interval};
 use plotters::prelude::*;
 
 use super::output::{self, Report};
@@ -35,6 +42,19 @@ pub struct CorrelateArgs {
     /// Which MGM modes to evaluate (overrides --mode).
     #[arg(long = "modes", value_enum, default_value_t = Modes::Both)]
     modes: Modes,
+    /// Published training-free measures to compare against, comma-separated: snip,
+    /// synflow, jacov (Jacobian covariance), naswot. Parameter count and FLOPs are always
+    /// reported.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Baseline::ALL, conflicts_with = "no_baselines")]
+    baselines: Vec<Baseline>,
+    /// Compare MGM with parameter count and FLOPs only.
+    #[arg(long)]
+    no_baselines: bool,
+    /// Take the architectures and their trained results from this earlier
+    /// `knas correlate --format json` report instead of training (the measures are
+    /// recomputed). Its dataset, --channels and --cells must match this run's.
+    #[arg(long, value_name = "REPORT.json", conflicts_with_all = ["sample", "train_seeds"])]
+    truth: Option<PathBuf>,
     /// Write a score-vs-accuracy scatter plot (SVG) here.
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
@@ -50,8 +70,12 @@ pub struct CorrelateArgs {
 #[derive(Debug, serde::Serialize)]
 struct Measured {
     arch: Arch,
-    /// MGM per mode, in the order of `Report::modes`.
+    /// MGM per mode, in the order of `CorrelationReport::modes`.
     scores: Vec<f64>,
+    /// Each baseline's value, in the order of `CorrelationReport::baselines`; null where
+    /// it could not be computed.
+    #[serde(default)]
+    baselines: Vec<Option<f64>>,
     params: i64,
     flops: i64,
     /// Held-out accuracy per training seed.
@@ -74,20 +98,97 @@ struct Correlation {
     measure: String,
     against: &'static str,
     spearman: Option<f64>,
+    /// 95% bootstrap interval of the Spearman ρ (architectures resampled).
+    spearman_95: Option<(f64, f64)>,
     kendall: Option<f64>,
 }
 
 #[derive(Debug, serde::Serialize)]
 struct CorrelationReport {
+    /// Every setting of the run (a later `--truth` checks them).
+    experiment: Experiment,
     archs: usize,
     train_seeds: u64,
     epochs: usize,
-    channels: i64,
-    cells: i64,
-    dataset: String,
     modes: Vec<ScoreMode>,
+    baselines: Vec<Baseline>,
+    /// The report the trained results were taken from (`--truth`), if any.
+    truth: Option<PathBuf>,
     correlations: Vec<Correlation>,
     measurements: Vec<Measured>,
+}
+
+/// Trained results read back from an earlier report (`--truth`).
+#[derive(Debug, serde::Deserialize)]
+struct TruthReport {
+    experiment: Experiment,
+    epochs: usize,
+    train_seeds: u64,
+    measurements: Vec<TruthRow>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct TruthRow {
+    arch: Arch,
+    accuracy: Vec<f64>,
+    loss: Vec<f64>,
+}
+
+/// The settings that decide what a trained result means: the data, its split, the
+/// networks and their initial weights. A truth is only valid for the same ones.
+fn trained_on(e: &Experiment) -> [(&'static str, String); 6] {
+    let holdout = match e.holdout {
+        Holdout::Fraction(f) => f.to_string(),
+        Holdout::Official => "test".into(),
+    };
+    let limit = e.limit.map_or_else(|| "(none)".into(), |l| l.to_string());
+    [
+        ("--dataset", e.dataset.to_string()),
+        ("--holdout", holdout),
+        ("--limit", limit),
+        ("--channels", e.channels.to_string()),
+        ("--cells", e.cells.to_string()),
+        ("--seed", e.seed.to_string()),
+    ]
+}
+
+impl TruthReport {
+    /// Reads `path` and checks that it can serve as the truth for `experiment`.
+    fn load(path: &Path, experiment: &Experiment) -> Result<TruthReport> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let truth: TruthReport = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a `knas correlate --format json` report", path.display()))?;
+        let differences: Vec<String> = trained_on(&truth.experiment)
+            .into_iter()
+            .zip(trained_on(experiment))
+            .filter(|(there, here)| there != here)
+            .map(|((flag, there), (_, here))| format!("trained with {flag} {there}, this run has {flag} {here}"))
+            .collect();
+        anyhow::ensure!(
+            differences.is_empty(),
+            "{}: {}; pass the same settings",
+            path.display(),
+            differences.join("; ")
+        );
+        anyhow::ensure!(truth.measurements.len() >= 2, "{}: needs at least 2 architectures", path.display());
+        for row in &truth.measurements {
+            let seeds = truth.train_seeds as usize;
+            anyhow::ensure!(
+                seeds >= 1 && row.accuracy.len() == seeds && row.loss.len() == seeds,
+                "{}: {} should have {} accuracy and loss values (train_seeds)",
+                path.display(),
+                row.arch,
+                truth.train_seeds
+            );
+            anyhow::ensure!(
+                row.accuracy.iter().chain(&row.loss).all(|v| v.is_finite()),
+                "{}: {} has a non-finite accuracy or loss",
+                path.display(),
+                row.arch
+            );
+        }
+        Ok(truth)
+    }
 }
 
 pub fn run(args: &CorrelateArgs) -> Result<()> {
@@ -99,49 +200,73 @@ pub fn run(args: &CorrelateArgs) -> Result<()> {
         Modes::PerSample => vec![ScoreMode::PerSample],
         Modes::Both => vec![ScoreMode::PerSample, ScoreMode::Batch],
     };
+    let baselines = if args.no_baselines { vec![] } else { dedup(&args.baselines) };
+    let truth = args.truth.as_deref().map(|path| TruthReport::load(path, &experiment)).transpose()?;
     let engine = args.compute.engine(&experiment)?;
-    let archs = sample_archs(args.sample, experiment.seed)?;
+    let archs = match &truth {
+        Some(truth) => truth.measurements.iter().map(|row| row.arch).collect(),
+        None => sample_archs(args.sample, experiment.seed)?,
+    };
 
     let scorers: Vec<_> = modes.iter().map(|&mode| engine.scorer(mode)).collect();
-    let bar = output::bar((archs.len() * modes.len()) as u64, "scoring");
+    let bar = output::bar((archs.len() * (modes.len() + baselines.len())) as u64, "scoring");
     let mut measured = Vec::with_capacity(archs.len());
     for arch in &archs {
+        let candidate = (*arch).into();
         let mut scores = Vec::new();
         let mut info = None;
         for scorer in &scorers {
-            let score = scorer.score(&(*arch).into()).with_context(|| format!("scoring {arch}"))?;
+            let score = scorer.score(&candidate).with_context(|| format!("scoring {arch}"))?;
             scores.push(score.mgm);
             info = Some(score.info);
             bar.inc(1);
         }
         let info = info.expect("at least one mode");
-        measured.push(Measured { arch: *arch, scores, params: info.params, flops: info.flops, accuracy: vec![], loss: vec![] });
+        let baseline_values = baselines
+            .iter()
+            .map(|baseline| {
+                bar.inc(1);
+                baseline
+                    .measure(&scorers[0], &candidate)
+                    .inspect_err(|e| tracing::warn!(%arch, baseline = baseline.name(), "no value: {e}"))
+                    .ok()
+            })
+            .collect();
+        measured.push(Measured {
+            arch: *arch,
+            scores,
+            baselines: baseline_values,
+            params: info.params,
+            flops: info.flops,
+            accuracy: vec![],
+            loss: vec![],
+        });
     }
     bar.finish_and_clear();
 
-    let runs = archs.len() as u64 * args.train_seeds;
-    let bar = output::bar(runs, "training");
-    for m in &mut measured {
-        for seed in 0..args.train_seeds {
-            let result = engine
-                .train(&m.arch, experiment.seed.wrapping_add(seed), &mut |_, _| {})
-                .with_context(|| format!("training {} (seed {seed})", m.arch))?;
-            m.accuracy.push(result.heldout_accuracy);
-            m.loss.push(result.heldout_loss);
-            bar.inc(1);
+    let (epochs, train_seeds) = match &truth {
+        Some(truth) => {
+            for (m, row) in measured.iter_mut().zip(&truth.measurements) {
+                m.accuracy.clone_from(&row.accuracy);
+                m.loss.clone_from(&row.loss);
+            }
+            (truth.epochs, truth.train_seeds)
         }
-    }
-    bar.finish_and_clear();
+        None => {
+            train_all(&engine, &mut measured, args.train_seeds, experiment.seed)?;
+            (experiment.train.epochs, args.train_seeds)
+        }
+    };
 
     let report = CorrelationReport {
         archs: archs.len(),
-        train_seeds: args.train_seeds,
-        epochs: experiment.train.epochs,
-        channels: experiment.channels,
-        cells: experiment.cells,
-        dataset: experiment.dataset.to_string(),
-        correlations: correlations(&measured, &modes),
+        train_seeds,
+        epochs,
+        correlations: correlations(&measured, &modes, &baselines),
         modes,
+        baselines,
+        truth: args.truth.clone(),
+        experiment,
         measurements: measured,
     };
     if let Some(path) = &args.plot {
@@ -154,7 +279,37 @@ pub fn run(args: &CorrelateArgs) -> Result<()> {
     Ok(())
 }
 
-fn correlations(measured: &[Measured], modes: &[ScoreMode]) -> Vec<Correlation> {
+/// `list` without repeats, first occurrence kept.
+fn dedup(list: &[Baseline]) -> Vec<Baseline> {
+    let mut out = Vec::new();
+    for b in list {
+        if !out.contains(b) {
+            out.push(*b);
+        }
+    }
+    out
+}
+
+fn train_all(engine: &knas::engine::Engine, measured: &mut [Measured], train_seeds: u64, seed: u64) -> Result<()> {
+    let bar = output::bar(measured.len() as u64 * train_seeds, "training");
+    for m in measured {
+        for train_seed in 0..train_seeds {
+            let result = engine
+                .train(&m.arch, seed.wrapping_add(train_seed), &mut |_, _| {})
+                .with_context(|| format!("training {} (seed {train_seed})", m.arch))?;
+            m.accuracy.push(result.heldout_accuracy);
+            m.loss.push(result.heldout_loss);
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// Bootstrap resamples behind each interval.
+const RESAMPLES: usize = 2000;
+
+fn correlations(measured: &[Measured], modes: &[ScoreMode], baselines: &[Baseline]) -> Vec<Correlation> {
     let accuracy: Vec<f64> = measured.iter().map(Measured::mean_accuracy).collect();
     let loss: Vec<f64> = measured.iter().map(Measured::mean_loss).collect();
     let mut measures: Vec<(String, Vec<f64>)> = modes
@@ -162,6 +317,11 @@ fn correlations(measured: &[Measured], modes: &[ScoreMode]) -> Vec<Correlation> 
         .enumerate()
         .map(|(i, mode)| (format!("MGM ({})", mode.name()), measured.iter().map(|m| m.scores[i]).collect()))
         .collect();
+    for (i, baseline) in baselines.iter().enumerate() {
+        // A measure that could not be computed ranks last, as a failed network would.
+        let values = measured.iter().map(|m| m.baselines[i].unwrap_or(f64::NEG_INFINITY)).collect();
+        measures.push((format!("{} (baseline)", baseline.name()), values));
+    }
     measures.push(("params (baseline)".into(), measured.iter().map(|m| m.params as f64).collect()));
     measures.push(("FLOPs (baseline)".into(), measured.iter().map(|m| m.flops as f64).collect()));
     let mut out = Vec::new();
@@ -171,6 +331,7 @@ fn correlations(measured: &[Measured], modes: &[ScoreMode]) -> Vec<Correlation> 
                 measure: name.clone(),
                 against,
                 spearman: spearman(values, truth),
+                spearman_95: spearman_interval(values, truth, RESAMPLES, 0),
                 kendall: kendall(values, truth),
             });
         }
@@ -185,6 +346,7 @@ fn correlations(measured: &[Measured], modes: &[ScoreMode]) -> Vec<Correlation> 
                 measure: "seed 0 vs seed 1 (noise floor)".into(),
                 against,
                 spearman: spearman(&series(0), &series(1)),
+                spearman_95: spearman_interval(&series(0), &series(1), RESAMPLES, 0),
                 kendall: kendall(&series(0), &series(1)),
             });
         }
@@ -199,12 +361,22 @@ fn fmt_corr(value: Option<f64>) -> String {
 fn print_report(r: &CorrelationReport) {
     println!(
         "{} architectures on {}, C={} N={}, {} epoch(s) × {} training seed(s)",
-        r.archs, r.dataset, r.channels, r.cells, r.epochs, r.train_seeds
+        r.archs, r.experiment.dataset, r.experiment.channels, r.experiment.cells, r.epochs, r.train_seeds
     );
     println!("A good score correlates positively with accuracy and negatively with loss.");
-    let mut table = output::table(&["measure", "against held-out", "Spearman ρ", "Kendall τ"]);
+    if let Some(path) = &r.truth {
+        println!("Trained results from {}.", path.display());
+    }
+    let mut table = output::table(&["measure", "against held-out", "Spearman ρ", "ρ 95% interval", "Kendall τ"]);
     for c in &r.correlations {
-        table.add_row(vec![c.measure.clone(), c.against.to_string(), fmt_corr(c.spearman), fmt_corr(c.kendall)]);
+        let interval = c.spearman_95.map_or_else(|| "n/a".into(), |(lo, hi)| format!("[{lo:+.2}, {hi:+.2}]"));
+        table.add_row(vec![
+            c.measure.clone(),
+            c.against.to_string(),
+            fmt_corr(c.spearman),
+            interval,
+            fmt_corr(c.kendall),
+        ]);
     }
     println!("{table}");
 }

@@ -60,9 +60,13 @@ enum Command {
     /// Example: knas train '|nor_conv_3x3~0|+|nor_conv_3x3~0|skip_connect~1|+|nor_conv_3x3~0|nor_conv_1x1~1|skip_connect~2|'
     Train(train::TrainArgs),
     /// Measure how well MGM ranks architectures: score a sample, train it under several
-    /// seeds, report Spearman and Kendall correlations.
+    /// seeds, report Spearman and Kendall correlations (with bootstrap intervals) for MGM
+    /// and for the baselines it must beat: parameter count, FLOPs, SNIP, SynFlow, Jacobian
+    /// covariance and NASWOT.
     ///
-    /// Example: knas correlate --sample 30 --train-seeds 2 --mode both --plot corr.svg
+    /// Example: knas correlate --sample 30 --train-seeds 2 --modes both --plot corr.svg --format json > corr.json
+    ///
+    /// Re-measure on the same trained results without training: knas correlate --truth corr.json
     Correlate(correlate::CorrelateArgs),
     /// Run a complete KNAS selection: sample candidates, rank them by MGM (coarse), train
     /// the top k (fine) and report the winner.
