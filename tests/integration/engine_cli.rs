@@ -184,13 +184,14 @@ fn correlate_reuses_an_earlier_reports_training_as_truth() {
 
     let again = knas()
         .args(["correlate", "--limit", "64", "--modes", "per-sample", "--baselines", "jacov,synflow"])
-        .args(["--format", "json", "--truth"])
+        .args(["--epochs", "3", "--format", "json", "--truth"])
         .arg(&truth_file)
         .args(TINY)
         .assert()
         .success();
     let again: Value = serde_json::from_slice(&again.get_output().stdout).unwrap();
     assert_eq!(again["archs"], 3);
+    assert_eq!(again["epochs"], 1, "the training described is the truth's, not this run's --epochs");
     assert_eq!(again["baselines"], serde_json::json!(["jacov", "synflow"]), "in the order asked for");
     for (a, b) in first["measurements"].as_array().unwrap().iter().zip(again["measurements"].as_array().unwrap()) {
         assert_eq!(a["arch"], b["arch"]);

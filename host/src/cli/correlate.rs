@@ -52,7 +52,8 @@ pub struct CorrelateArgs {
     no_baselines: bool,
     /// Take the architectures and their trained results from this earlier
     /// `knas correlate --format json` report instead of training (the measures are
-    /// recomputed). Its dataset, --channels and --cells must match this run's.
+    /// recomputed). Its data, split and networks (--dataset, --holdout, --limit,
+    /// --channels, --cells, --seed) must match this run's.
     #[arg(long, value_name = "REPORT.json", conflicts_with_all = ["sample", "train_seeds"])]
     truth: Option<PathBuf>,
     /// Write a score-vs-accuracy scatter plot (SVG) here.
@@ -74,7 +75,6 @@ struct Measured {
     scores: Vec<f64>,
     /// Each baseline's value, in the order of `CorrelationReport::baselines`; null where
     /// it could not be computed.
-    #[serde(default)]
     baselines: Vec<Option<f64>>,
     params: i64,
     flops: i64,
@@ -122,7 +122,6 @@ struct CorrelationReport {
 #[derive(Debug, serde::Deserialize)]
 struct TruthReport {
     experiment: Experiment,
-    epochs: usize,
     train_seeds: u64,
     measurements: Vec<TruthRow>,
 }
@@ -244,29 +243,30 @@ pub fn run(args: &CorrelateArgs) -> Result<()> {
     }
     bar.finish_and_clear();
 
-    let (epochs, train_seeds) = match &truth {
+    // The training behind the results: the truth's, or this run's.
+    let (train, train_seeds) = match &truth {
         Some(truth) => {
             for (m, row) in measured.iter_mut().zip(&truth.measurements) {
                 m.accuracy.clone_from(&row.accuracy);
                 m.loss.clone_from(&row.loss);
             }
-            (truth.epochs, truth.train_seeds)
+            (truth.experiment.train, truth.train_seeds)
         }
         None => {
             train_all(&engine, &mut measured, args.train_seeds, experiment.seed)?;
-            (experiment.train.epochs, args.train_seeds)
+            (experiment.train, args.train_seeds)
         }
     };
 
     let report = CorrelationReport {
         archs: archs.len(),
         train_seeds,
-        epochs,
+        epochs: train.epochs,
         correlations: correlations(&measured, &modes, &baselines),
         modes,
         baselines,
         truth: args.truth.clone(),
-        experiment,
+        experiment: Experiment { train, ..experiment },
         measurements: measured,
     };
     if let Some(path) = &args.plot {
