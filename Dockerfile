@@ -4,8 +4,8 @@
 # `torch` wheel the project builds against) and the built-in policies. Runs as a non-root
 # user; the entrypoint is `knas serve`.
 #
-#   docker build -t knas:0.1.0 .
-#   docker run -p 9400:9400 -v $PWD/policies:/var/lib/knas/policies knas:0.1.0
+#   docker build -t knas:0.2.0 .
+#   docker run -p 9400:9400 -v $PWD/policies:/var/lib/knas/policies knas:0.2.0
 
 # ---- build: compile knas and the policies -----------------------------------------------
 FROM rust:1.95-bookworm AS build

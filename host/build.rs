@@ -1,4 +1,5 @@
-//! Makes the `knas` binaries find libtorch without LD_LIBRARY_PATH.
+//! Reads the policy contract's version from its WIT file (the one place it is written), and
+//! makes the `knas` binaries find libtorch without LD_LIBRARY_PATH.
 //!
 //! `torch-sys` reports where it found libtorch (`DEP_TCH_LIBTORCH_LIB`, from its
 //! `links = "tch"` key). We bake that folder into every binary as an rpath, and we keep
@@ -8,6 +9,7 @@
 use std::path::Path;
 
 fn main() {
+    contract_version();
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         return;
@@ -21,4 +23,16 @@ fn main() {
         println!("cargo:rustc-link-arg=-ltorch_cuda");
         println!("cargo:rustc-link-arg=-Wl,--pop-state");
     }
+}
+
+/// `KNAS_CONTRACT_VERSION`: the package version in `sdk/wit/policy.wit`.
+fn contract_version() {
+    let wit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk/wit/policy.wit");
+    println!("cargo:rerun-if-changed={}", wit.display());
+    let text = std::fs::read_to_string(&wit).unwrap_or_else(|e| panic!("cannot read {}: {e}", wit.display()));
+    let version = text
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("package knas:policy@")?.strip_suffix(';'))
+        .unwrap_or_else(|| panic!("{} has no `package knas:policy@VERSION;` line", wit.display()));
+    println!("cargo:rustc-env=KNAS_CONTRACT_VERSION={version}");
 }

@@ -12,7 +12,8 @@ use std::time::Instant;
 
 use clap::Parser;
 use knas::data::{Augment, TensorData};
-use knas::kernel::{KernelScorer, ScoreMode};
+use knas::measures::aggregate::AggregateSpec;
+use knas::measures::{Measure, Suite};
 use knas::model::NetworkSpec;
 use knas::space::{Arch, Candidate, NUM_ARCHS};
 use knas::train::{TrainConfig, Trainer};
@@ -21,9 +22,15 @@ use tch::{Device, Kind, Tensor};
 
 #[derive(Parser)]
 struct Args {
-    /// Architectures timed on the fast path, per mode; 0 skips.
+    /// Architectures timed per measure set; 0 skips.
     #[arg(long, default_value_t = 20)]
     archs: usize,
+    /// Interleaved rounds over the measure sets; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Also time every measure on its own.
+    #[arg(long)]
+    each: bool,
     /// Architectures timed on the per-sample reference loop; 0 skips.
     #[arg(long, default_value_t = 3)]
     reference_archs: usize,
@@ -58,6 +65,10 @@ fn rss_mib() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
+fn median(values: &[f64]) -> f64 {
+    knas::stats::median(values).unwrap_or(f64::NAN)
+}
+
 fn random_batch(n: i64, device: Device) -> (Tensor, Tensor) {
     tch::manual_seed(0);
     let x = Tensor::randn([n, 3, 32, 32], (Kind::Float, device));
@@ -72,31 +83,54 @@ fn main() {
     let spec = NetworkSpec::nb201(3, (32, 32), 10);
     let (x, y) = random_batch(64, device);
 
-    for mode in [ScoreMode::PerSample, ScoreMode::Batch].into_iter().filter(|_| args.archs > 0) {
-        let scorer = KernelScorer::new(spec, mode, x.shallow_clone(), y.shallow_clone(), 0);
-        scorer.score(&arch(0).into()).expect("warm-up");
-        let (mut total, mut compute) = (0.0, 0.0);
-        for i in 0..args.archs {
-            let score = scorer.score(&arch(i).into()).expect("score");
-            total += score.seconds;
-            compute += score.compute_seconds;
+    // Measure sets timed: KNAS's MGM alone (both BN modes), the default aggregate's
+    // measures, every measure; with --each, every measure on its own too.
+    let aggregate = AggregateSpec::default().measures();
+    let mut sets: Vec<(String, Vec<Measure>)> = vec![
+        ("mgm".into(), vec![Measure::Mgm]),
+        ("mgm-batch".into(), vec![Measure::MgmBatch]),
+        ("aggregate".into(), aggregate),
+        ("all".into(), Measure::ALL.to_vec()),
+    ];
+    if args.each {
+        sets.extend(Measure::ALL.iter().map(|m| (m.name().to_owned(), vec![*m])));
+    }
+    let suite = Suite::new(spec, x.shallow_clone(), y.shallow_clone(), 0);
+    if args.archs > 0 {
+        suite.measure(&arch(0).into(), &Measure::ALL).expect("warm-up");
+    }
+    // Interleaved rounds, so that the machine's drift affects every set alike.
+    let mut totals = vec![Vec::new(); sets.len()];
+    for _round in 0..args.rounds.max(1) {
+        for ((_, measures), total) in sets.iter().zip(&mut totals) {
+            let mut seconds = 0.0;
+            for i in 0..args.archs {
+                seconds += suite.measure(&arch(i).into(), measures).expect("measure").seconds;
+            }
+            total.push(seconds / args.archs.max(1) as f64);
         }
-        let n = args.archs as f64;
+    }
+    let mgm = median(&totals[0]);
+    for ((name, measures), total) in sets.iter().zip(&totals).filter(|_| args.archs > 0) {
+        let per_arch = median(total);
         println!(
             "{}",
             json!({
-                "benchmark": "score-fast", "mode": mode.name(), "device": args.device, "threads": args.threads,
-                "archs": args.archs, "seconds_per_arch": total / n, "compute_seconds_per_arch": compute / n,
-                "archs_per_second": n / total, "compute_archs_per_second": n / compute,
+                "benchmark": "measure", "set": name, "measures": measures, "device": args.device, "threads": args.threads,
+                "archs": args.archs, "rounds": args.rounds, "seconds_per_arch": per_arch, "archs_per_second": 1.0 / per_arch,
+                "relative_to_mgm": per_arch / mgm,
             })
         );
     }
 
     if args.reference_archs > 0 {
-        let scorer = KernelScorer::new(spec, ScoreMode::PerSample, x.shallow_clone(), y.shallow_clone(), 0);
         let mut total = 0.0;
         for i in 0..args.reference_archs {
-            total += scorer.score_reference(&arch(i).into()).expect("reference").seconds;
+            let start = Instant::now();
+            let (_vs, mut net) = suite.network(&arch(i).into());
+            net.set_exhaustive(true);
+            knas::measures::kernel::reference_mgm(&net, &x, &y).expect("reference");
+            total += start.elapsed().as_secs_f64();
         }
         let n = args.reference_archs as f64;
         println!(
@@ -139,12 +173,13 @@ fn main() {
         // Small networks so thousands of scores take a minute; what matters is the trend.
         let small = NetworkSpec { channels: 4, cells: 1, ..spec };
         let (sx, sy) = random_batch(16, device);
-        let scorer = KernelScorer::new(small, ScoreMode::PerSample, sx, sy, 0);
+        let small_suite = Suite::new(small, sx, sy, 0);
+        let aggregate = AggregateSpec::default().measures();
         let mut samples = vec![];
         let start = Instant::now();
         for i in 0..args.memory_archs {
             let candidate: Candidate = arch(i).into();
-            scorer.score(&candidate).expect("score");
+            small_suite.measure(&candidate, &aggregate).expect("measure");
             if i % (args.memory_archs / 6).max(1) == 0 || i + 1 == args.memory_archs {
                 samples.push(json!({"scored": i + 1, "rss_mib": rss_mib()}));
             }

@@ -63,7 +63,13 @@ impl Default for SearchSettings {
 impl SearchSettings {
     /// The run's full search specification with these settings.
     pub fn spec(&self, params: serde_json::Value, limits: PolicyLimits) -> SearchSpec {
-        SearchSpec { budget: Budget { scores: self.budget, trainings: self.top_k }, max_batch: self.max_batch, params, limits }
+        SearchSpec {
+            budget: Budget { scores: self.budget, trainings: self.top_k },
+            max_batch: self.max_batch,
+            max_epochs: crate::store::DEFAULT_MAX_EPOCHS,
+            params,
+            limits,
+        }
     }
 }
 

@@ -8,7 +8,8 @@ use std::str::FromStr;
 use tch::{Device, Kind};
 
 use crate::data::{Augment, DataError, DatasetSpec, Holdout, Normalization, Split, TensorData};
-use crate::kernel::{KernelScorer, Score, ScoreError, ScoreMode};
+use crate::measures::aggregate::{AggregateSpec, Reference};
+use crate::measures::{Measure, MeasureError, Measured, ScoreChoice, Suite};
 use crate::model::NetworkSpec;
 use crate::space::{Arch, Candidate};
 use crate::train::{TrainConfig, TrainError, TrainResult, Trainer};
@@ -28,14 +29,52 @@ pub struct Experiment {
     pub channels: i64,
     /// Cells per stage, N.
     pub cells: i64,
-    /// Images in the kernel-scoring batch.
+    /// Images in the scoring batch every measure reads.
     pub score_batch: usize,
-    /// What per-sample gradients mean under batch normalisation.
-    pub score_mode: ScoreMode,
+    /// What a candidate's score is: the aggregate or one measure.
+    pub score: ScoreChoice,
+    /// The aggregate's measures and weights.
+    pub aggregate: AggregateSpec,
+    /// Architectures in the seeded reference sample that anchors the aggregate's ranks.
+    pub reference: usize,
     /// Training of finalists.
     pub train: TrainConfig,
     /// Seed for the data split, the scoring batch and the network initialisation.
     pub seed: u64,
+}
+
+impl Experiment {
+    /// The measures a score evaluation computes: what the score reads, and the network's
+    /// size.
+    pub fn score_measures(&self) -> Vec<Measure> {
+        let mut measures = match self.score {
+            ScoreChoice::Aggregate => self.aggregate.measures(),
+            ScoreChoice::Measure(m) => vec![m],
+        };
+        for m in [Measure::Params, Measure::Flops] {
+            if !measures.contains(&m) {
+                measures.push(m);
+            }
+        }
+        measures
+    }
+
+    /// The weight of `measure` in the score: its aggregate weight, 1 for the score's own
+    /// measure, 0 otherwise.
+    pub fn score_weight(&self, measure: Measure) -> f64 {
+        match self.score {
+            ScoreChoice::Aggregate => self.aggregate.terms.iter().find(|t| t.measure == measure).map_or(0.0, |t| t.weight),
+            ScoreChoice::Measure(m) => f64::from(u8::from(m == measure)),
+        }
+    }
+
+    /// The held-out setting as written in files and on the command line.
+    pub fn holdout_text(&self) -> String {
+        match self.holdout {
+            Holdout::Fraction(f) => f.to_string(),
+            Holdout::Official => "test".into(),
+        }
+    }
 }
 
 impl Default for Experiment {
@@ -47,7 +86,9 @@ impl Default for Experiment {
             channels: 16,
             cells: 5,
             score_batch: 64,
-            score_mode: ScoreMode::PerSample,
+            score: ScoreChoice::Aggregate,
+            aggregate: AggregateSpec::default(),
+            reference: DEFAULT_REFERENCE,
             train: TrainConfig::default(),
             seed: 0,
         }
@@ -80,6 +121,9 @@ mod holdout_serde {
         text.parse().map_err(serde::de::Error::custom)
     }
 }
+
+/// Architectures in the reference sample by default.
+pub const DEFAULT_REFERENCE: usize = 64;
 
 /// Where tensors live: `auto` picks CUDA when libtorch sees a GPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -160,20 +204,32 @@ pub enum EngineError {
     #[error("invalid experiment: {0}")]
     Invalid(String),
     #[error(transparent)]
-    Score(#[from] ScoreError),
+    Measure(#[from] MeasureError),
     #[error(transparent)]
     Train(#[from] TrainError),
 }
 
+/// A candidate's score and the measures behind it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Scored {
+    /// The experiment's score (missing when its measure is).
+    pub score: Option<f64>,
+    pub measured: Measured,
+}
+
 /// An experiment loaded onto a device.
 pub struct Engine {
+    /// Anchors the aggregate's ranks (see [`crate::measures::aggregate`]).
+    reference: Option<Reference>,
     experiment: Experiment,
     spec: NetworkSpec,
-    scorer: KernelScorer,
+    suite: Suite,
     train: TensorData,
     heldout: TensorData,
     augment: Augment,
     device: Device,
+    /// The files the images came from.
+    files: Vec<std::path::PathBuf>,
 }
 
 impl Engine {
@@ -200,14 +256,16 @@ impl Engine {
         };
         // The split is already a seeded shuffle: its first images are a seeded sample.
         let n = (e.score_batch as i64).min(split.train.len() as i64);
-        let scorer = KernelScorer::new(
-            spec,
-            e.score_mode,
-            train.images.narrow(0, 0, n),
-            train.labels.narrow(0, 0, n),
-            e.seed,
-        );
-        Ok(Engine { experiment: e.clone(), spec, scorer, train, heldout, augment: split.train.augment, device })
+        let suite = Suite::new(spec, train.images.narrow(0, 0, n), train.labels.narrow(0, 0, n), e.seed);
+        if let Err(problem) = e.aggregate.validate() {
+            return Err(EngineError::Invalid(format!("aggregate: {problem}")));
+        }
+        if e.score == ScoreChoice::Aggregate && e.reference < 2 {
+            return Err(EngineError::Invalid(format!("the reference sample needs at least 2 architectures, got {}", e.reference)));
+        }
+        let mut files = split.train.files.clone();
+        files.extend(split.heldout.files.iter().filter(|f| !files.contains(f)).cloned().collect::<Vec<_>>());
+        Ok(Engine { reference: None, experiment: e.clone(), spec, suite, train, heldout, augment: split.train.augment, device, files })
     }
 
     /// The experiment this engine runs.
@@ -225,27 +283,131 @@ impl Engine {
         self.device
     }
 
+    /// The data files read (empty for the embedded dataset).
+    pub fn files(&self) -> &[std::path::PathBuf] {
+        &self.files
+    }
+
     /// Number of (training, held-out) images.
     pub fn sizes(&self) -> (i64, i64) {
         (self.train.labels.size()[0], self.heldout.labels.size()[0])
     }
 
-    /// Gradient-kernel score of a candidate.
-    pub fn score(&self, candidate: &Candidate) -> Result<Score, ScoreError> {
-        self.scorer.score(candidate)
+    /// The measure suite on this engine's scoring batch.
+    pub fn suite(&self) -> &Suite {
+        &self.suite
     }
 
-    /// A scorer on this engine's scoring batch in another mode (for comparing modes).
-    pub fn scorer(&self, mode: ScoreMode) -> KernelScorer {
-        self.scorer.with_mode(mode)
+    /// Measures a candidate.
+    pub fn measure(&self, candidate: &Candidate, measures: &[Measure]) -> Result<Measured, MeasureError> {
+        self.suite.measure(candidate, measures)
     }
 
-    /// Trains `arch` from the same initial weights it was scored with; `train_seed` drives
-    /// shuffling and augmentation.
+    /// The measures a score evaluation computes (see [`Experiment::score_measures`]).
+    pub fn score_measures(&self) -> Vec<Measure> {
+        self.experiment.score_measures()
+    }
+
+    /// Whether the score needs a reference sample that is not set yet.
+    pub fn needs_reference(&self) -> bool {
+        self.experiment.score == ScoreChoice::Aggregate && self.reference.is_none()
+    }
+
+    /// Identifies the reference sample: everything its values depend on. Equal keys mean
+    /// equal references, so a cached one can be reused.
+    pub fn reference_key(&self) -> String {
+        let e = &self.experiment;
+        serde_json::json!({
+            "measures-version": crate::measures::VERSION,
+            "dataset": e.dataset,
+            "holdout": e.holdout_text(),
+            "limit": e.limit,
+            "channels": e.channels,
+            "cells": e.cells,
+            "score-batch": e.score_batch,
+            "seed": e.seed,
+            "reference": e.reference,
+            "measures": e.aggregate.measures(),
+        })
+        .to_string()
+    }
+
+    /// The architectures of the reference sample: seeded, distinct, independent of any
+    /// sample a command draws with the experiment's seed.
+    pub fn reference_archs(&self) -> Vec<Arch> {
+        Arch::sample(self.experiment.reference, self.experiment.seed ^ 0x7e7e_7e7e)
+    }
+
+    /// Measures the reference sample; `on_arch(done, total)` after each architecture.
+    pub fn build_reference(&self, on_arch: &mut dyn FnMut(usize, usize)) -> Result<Reference, MeasureError> {
+        let measures = self.experiment.aggregate.measures();
+        let archs = self.reference_archs();
+        let mut rows = Vec::with_capacity(archs.len());
+        for (i, arch) in archs.iter().enumerate() {
+            rows.push(self.suite.measure(&(*arch).into(), &measures)?.values);
+            on_arch(i + 1, archs.len());
+        }
+        Ok(Reference::new(&measures, &rows))
+    }
+
+    /// Anchors the aggregate in `reference` (built by [`Self::build_reference`], perhaps
+    /// read back from a cache).
+    pub fn set_reference(&mut self, reference: Reference) -> Result<(), EngineError> {
+        if !reference.covers(&self.experiment.aggregate) || reference.size != self.experiment.reference {
+            return Err(EngineError::Invalid(format!(
+                "the reference sample ({} architectures, measures {:?}) does not match the experiment's aggregate",
+                reference.size,
+                reference.sorted.keys().map(|m| m.name()).collect::<Vec<_>>()
+            )));
+        }
+        self.reference = Some(reference);
+        Ok(())
+    }
+
+    /// The reference sample anchoring the aggregate, once set.
+    pub fn reference(&self) -> Option<&Reference> {
+        self.reference.as_ref()
+    }
+
+    /// The score of `values` (measured by this engine): the aggregate or the chosen
+    /// measure; `None` when the measure is missing. Panics never: an aggregate without a
+    /// reference is an error the caller sees first through [`Self::needs_reference`].
+    pub fn score_of(&self, values: &crate::measures::Values) -> Result<Option<f64>, EngineError> {
+        match self.experiment.score {
+            ScoreChoice::Measure(m) => Ok(values.get(&m).copied().flatten()),
+            ScoreChoice::Aggregate => {
+                let reference = self.reference.as_ref().ok_or_else(|| {
+                    EngineError::Invalid("the aggregate score needs the experiment's reference sample, which is not built yet".into())
+                })?;
+                Ok(Some(self.experiment.aggregate.score(reference, values)))
+            }
+        }
+    }
+
+    /// Measures a candidate and scores it.
+    pub fn score(&self, candidate: &Candidate) -> Result<Scored, EngineError> {
+        let measured = self.suite.measure(candidate, &self.score_measures())?;
+        let score = self.score_of(&measured.values)?;
+        Ok(Scored { score, measured })
+    }
+
+    /// Trains `arch` from the same initial weights it was scored with, for the
+    /// experiment's epochs; `train_seed` drives shuffling and augmentation.
     pub fn train(&self, arch: &Arch, train_seed: u64, on_step: &mut dyn FnMut(usize, usize)) -> Result<TrainResult, TrainError> {
+        self.train_for(arch, train_seed, self.experiment.train.epochs, on_step)
+    }
+
+    /// Trains `arch` as [`Self::train`] does, for `epochs` epochs.
+    pub fn train_for(
+        &self,
+        arch: &Arch,
+        train_seed: u64,
+        epochs: usize,
+        on_step: &mut dyn FnMut(usize, usize),
+    ) -> Result<TrainResult, TrainError> {
         Trainer {
             spec: self.spec,
-            config: self.experiment.train,
+            config: TrainConfig { epochs, ..self.experiment.train },
             train: &self.train,
             heldout: &self.heldout,
             augment: self.augment,
@@ -273,8 +435,12 @@ mod tests {
 
     #[test]
     fn experiments_read_from_yaml_reject_unknown_keys() {
-        let e: Experiment = serde_yaml::from_str("channels: 8\nholdout: test\nscore-mode: batch\n").unwrap();
-        assert_eq!((e.channels, e.holdout, e.score_mode), (8, Holdout::Official, ScoreMode::Batch));
+        let e: Experiment = serde_yaml::from_str("channels: 8\nholdout: test\nscore: mgm-batch\n").unwrap();
+        assert_eq!((e.channels, e.holdout, e.score), (8, Holdout::Official, ScoreChoice::Measure(Measure::MgmBatch)));
+        let e: Experiment = serde_yaml::from_str("aggregate: [{measure: params, weight: 2}]\n").unwrap();
+        assert_eq!(e.aggregate.terms[0].weight, 2.0);
+        let err = serde_yaml::from_str::<Experiment>("score: mgn\n").unwrap_err().to_string();
+        assert!(err.contains("unknown measure \"mgn\""), "{err}");
         let e: Experiment = serde_yaml::from_str("holdout: 0.25\ntrain: {epochs: 3, batch-size: 32, learning-rate: 0.1, momentum: 0.9, weight-decay: 0.0005}").unwrap();
         assert_eq!(e.holdout, Holdout::Fraction(0.25));
         assert_eq!(e.train.epochs, 3);
@@ -290,7 +456,7 @@ mod tests {
         let engine = Engine::new(&tiny, Device::Cpu).unwrap();
         assert_eq!(engine.sizes(), (50, 1000));
         assert_eq!(engine.spec().image_size, (28, 28));
-        let score = engine.score(&Candidate::full()).unwrap();
-        assert!(score.mgm > 0.0 && score.info.params > 0);
+        let measured = engine.measure(&Candidate::full(), &[Measure::Mgm]).unwrap();
+        assert!(measured.get(Measure::Mgm).unwrap() > 0.0 && measured.info.params > 0);
     }
 }

@@ -5,12 +5,12 @@
 //! - [`space`]: the NAS-Bench-201 cell space (architectures, supernets, string form, index);
 //! - [`data`]: datasets (embedded MNIST subset, CIFAR, IDX) and their seeded splits;
 //! - [`model`]: NB201 networks built with tch;
-//! - [`kernel`]: the KNAS gradient-kernel score (MGM), fast path and reference;
-//! - [`baselines`]: published training-free measures (SNIP, SynFlow, Jacobian covariance,
-//!   NASWOT) that `knas correlate` compares MGM against;
+//! - [`measures`]: the training-free measure suite (KNAS's gradient kernel, the published
+//!   measures, AZ-NAS, MeCo…) and their rank aggregate;
 //! - [`train`]: short training of finalists;
 //! - [`engine`]: one experiment on one device, tying the above together;
 //! - [`stats`]: rank correlations;
+//! - [`table`]: published benchmark tables (NAS-Bench-201's), the yardstick;
 //! - [`policy`]: search policies as sandboxed WebAssembly components (contract, runtime,
 //!   validation, building);
 //! - [`store`]: the SQLite run store;
@@ -18,11 +18,10 @@
 //! - [`config`]: YAML configuration files;
 //! - [`service`]: `knas serve`, the watched-folder service with metrics and an HTTP API.
 
-pub mod baselines;
 pub mod config;
 pub mod data;
 pub mod engine;
-pub mod kernel;
+pub mod measures;
 pub mod model;
 pub mod policy;
 pub mod search;
@@ -30,4 +29,5 @@ pub mod service;
 pub mod space;
 pub mod stats;
 pub mod store;
+pub mod table;
 pub mod train;

@@ -112,51 +112,115 @@ impl Init {
     }
 }
 
+/// What a trainable tensor is. Published measures differ in which parameters they count:
+/// the zero-cost literature sums over convolution and linear *weights* only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamKind {
+    /// A convolution's kernel.
+    ConvWeight,
+    /// The classifier's weight matrix.
+    LinearWeight,
+    /// The classifier's bias.
+    LinearBias,
+    /// A batch norm's scale.
+    NormWeight,
+    /// A batch norm's shift.
+    NormBias,
+}
+
+impl ParamKind {
+    /// Whether this is a layer's weight in the zero-cost sense (a convolution or linear
+    /// weight), which SNIP, gradient norm, SynFlow and ZiCo sum over.
+    pub fn is_layer_weight(self) -> bool {
+        matches!(self, ParamKind::ConvWeight | ParamKind::LinearWeight)
+    }
+}
+
+/// A trainable tensor of a network and its kind, in construction order.
+#[derive(Debug)]
+pub struct Param {
+    pub tensor: Tensor,
+    pub kind: ParamKind,
+}
+
 /// Running totals while a network is built.
 struct Builder<'a> {
     init: Init,
     path: &'a nn::Path<'a>,
     info: NetworkInfo,
+    params: Vec<Param>,
 }
 
 impl Builder<'_> {
     /// A trainable variable holding `value` (moved to the store's device and kind).
-    fn var(&mut self, path: &nn::Path, name: &str, value: &Tensor) -> Tensor {
+    fn var(&mut self, path: &nn::Path, name: &str, value: &Tensor, kind: ParamKind) -> Tensor {
         self.info.params += value.numel() as i64;
-        path.var_copy(name, value)
+        let tensor = path.var_copy(name, value);
+        self.params.push(Param { tensor: tensor.shallow_clone(), kind });
+        tensor
     }
 
     fn conv(&mut self, path: &nn::Path, c_in: i64, c_out: i64, k: i64, out_hw: (i64, i64)) -> Tensor {
         let fan_in = (c_in * k * k) as f64;
         let weight = self.init.uniform(&[c_out, c_in, k, k], 1.0 / fan_in.sqrt());
         self.info.flops += c_out * c_in * k * k * out_hw.0 * out_hw.1;
-        self.var(path, "weight", &weight)
+        self.var(path, "weight", &weight, ParamKind::ConvWeight)
     }
 
     fn norm(&mut self, path: &nn::Path, channels: i64) -> Norm {
         Norm {
-            weight: self.var(path, "weight", &Tensor::ones([channels], (Kind::Float, Device::Cpu))),
-            bias: self.var(path, "bias", &Tensor::zeros([channels], (Kind::Float, Device::Cpu))),
+            weight: self.var(path, "weight", &Tensor::ones([channels], (Kind::Float, Device::Cpu)), ParamKind::NormWeight),
+            bias: self.var(path, "bias", &Tensor::zeros([channels], (Kind::Float, Device::Cpu)), ParamKind::NormBias),
             running_mean: path.zeros_no_train("running_mean", &[channels]),
             running_var: path.ones_no_train("running_var", &[channels]),
         }
     }
 }
 
-/// How one forward pass runs: the BN statistics, and an optional probe shown the input of
-/// every ReLU (the network's only nonlinearity, so its sign pattern is the activation code).
-#[derive(Clone, Copy)]
-struct Pass<'a> {
-    mode: NormMode,
-    relu_probe: Option<&'a dyn Fn(&Tensor)>,
+/// Watches a forward pass: shown intermediate tensors as they are computed. Measures that
+/// read activations (NASWOT's codes, MeCo's layer correlations) are taps.
+pub trait Tap {
+    /// The input of a ReLU, the network's only nonlinearity: its sign pattern is the
+    /// activation code.
+    fn relu_input(&self, _x: &Tensor) {}
+
+    /// The output of a layer. `times` is how many modules of NB201's PyTorch code return
+    /// this same tensor (a BN's output is also its `Sequential`'s and its op's), for
+    /// measures defined as a sum over every module's output.
+    fn layer_output(&self, _x: &Tensor, _times: u32) {}
 }
 
-impl Pass<'_> {
+/// How one forward pass runs.
+#[derive(Clone, Copy)]
+pub struct Pass<'a> {
+    /// Where batch norm takes its statistics from.
+    pub mode: NormMode,
+    /// Also compute nodes that cannot reach their cell's output, as NB201's own code does.
+    /// Their parameters get no gradient either way; only activation measures see them.
+    pub all_nodes: bool,
+    /// Shown the pass's intermediate tensors.
+    pub tap: Option<&'a dyn Tap>,
+}
+
+impl<'a> Pass<'a> {
+    /// A plain pass in `mode`: live nodes only, nothing watching.
+    pub fn new(mode: NormMode) -> Pass<'a> {
+        Pass { mode, all_nodes: false, tap: None }
+    }
+
     fn relu(&self, x: &Tensor) -> Tensor {
-        if let Some(probe) = self.relu_probe {
-            probe(x);
+        if let Some(tap) = self.tap {
+            tap.relu_input(x);
         }
-        x.relu()
+        let y = x.relu();
+        self.layer(&y, 1);
+        y
+    }
+
+    fn layer(&self, x: &Tensor, times: u32) {
+        if let Some(tap) = self.tap {
+            tap.layer_output(x, times);
+        }
     }
 }
 
@@ -223,7 +287,11 @@ impl ReluConvBn {
 
     fn forward(&self, x: &Tensor, pass: Pass) -> Tensor {
         let y = conv2d(&pass.relu(x), &self.weight, self.stride, self.padding);
-        self.norm.forward(&y, pass.mode)
+        pass.layer(&y, 1);
+        let out = self.norm.forward(&y, pass.mode);
+        // The BN, its `Sequential` and the `ReLUConvBN` module all return this tensor.
+        pass.layer(&out, 3);
+        out
     }
 }
 
@@ -240,8 +308,16 @@ impl EdgeOp {
     /// ops that map zero to zero with no parameters (skip, pool).
     fn forward(&self, x: Option<&Tensor>, zeros: &dyn Fn() -> Tensor, pass: Pass) -> Option<Tensor> {
         match self {
-            EdgeOp::Skip => x.map(Tensor::shallow_clone),
-            EdgeOp::Pool => x.map(|x| x.avg_pool2d([3, 3], [1, 1], [1, 1], false, false, None)),
+            EdgeOp::Skip => x.map(|x| {
+                pass.layer(x, 1);
+                x.shallow_clone()
+            }),
+            EdgeOp::Pool => x.map(|x| {
+                let y = x.avg_pool2d([3, 3], [1, 1], [1, 1], false, false, None);
+                // NB201's `POOLING` module and the average pool inside it.
+                pass.layer(&y, 2);
+                y
+            }),
             // A conv on zeros still yields BN's bias, which has a gradient: compute it.
             EdgeOp::Conv(conv) => Some(match x {
                 Some(x) => conv.forward(x, pass),
@@ -300,13 +376,14 @@ impl Cell {
     fn forward(&self, x: &Tensor, pass: Pass) -> Tensor {
         let zeros = || x.zeros_like();
         let mut nodes: [Option<Tensor>; 4] = [Some(x.shallow_clone()), None, None, None];
+        let every_node = self.exhaustive || pass.all_nodes;
         for to in 1..4 {
-            if !self.live[to] && !self.exhaustive {
+            if !self.live[to] && !every_node {
                 continue;
             }
             let mut sum: Option<Tensor> = None;
             for (e, &(from, edge_to)) in EDGES.iter().enumerate() {
-                if edge_to != to || (!self.live[from] && !self.exhaustive) {
+                if edge_to != to || (!self.live[from] && !every_node) {
                     continue;
                 }
                 let input = nodes[from].as_ref();
@@ -328,7 +405,9 @@ impl Cell {
             nodes[to] = sum;
         }
         let [_, _, _, out] = nodes;
-        out.unwrap_or_else(zeros)
+        let out = out.unwrap_or_else(zeros);
+        pass.layer(&out, 1);
+        out
     }
 }
 
@@ -353,8 +432,14 @@ impl Reduction {
 
     fn forward(&self, x: &Tensor, pass: Pass) -> Tensor {
         let residual = self.conv_b.forward(&self.conv_a.forward(x, pass), pass);
-        let shortcut = conv2d(&x.avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None), &self.shortcut, 1, 0);
-        shortcut + residual
+        let pooled = x.avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None);
+        pass.layer(&pooled, 1);
+        let shortcut = conv2d(&pooled, &self.shortcut, 1, 0);
+        // The shortcut's convolution and the `Sequential` holding it.
+        pass.layer(&shortcut, 2);
+        let out = shortcut + residual;
+        pass.layer(&out, 1);
+        out
     }
 }
 
@@ -374,6 +459,17 @@ pub struct Network {
     head_weight: Tensor,
     head_bias: Tensor,
     info: NetworkInfo,
+    params: Vec<Param>,
+}
+
+/// What a forward pass returns.
+#[derive(Debug)]
+pub struct Forward {
+    /// `[batch, classes]`.
+    pub logits: Tensor,
+    /// The stem's output, then every block's (cells and reductions) in order: the feature
+    /// maps AZ-NAS reads. Empty unless asked for.
+    pub features: Vec<Tensor>,
 }
 
 impl Network {
@@ -383,6 +479,7 @@ impl Network {
             init: Init { rng: ChaCha8Rng::seed_from_u64(seed) },
             path,
             info: NetworkInfo { params: 0, flops: 0 },
+            params: Vec::new(),
         };
         let root = b.path;
         let mut hw = spec.image_size;
@@ -408,15 +505,21 @@ impl Network {
         let head = root / "head";
         let weight = b.init.uniform(&[spec.num_classes, channels], bound);
         let bias = b.init.uniform(&[spec.num_classes], bound);
-        let head_weight = b.var(&head, "weight", &weight);
-        let head_bias = b.var(&head, "bias", &bias);
+        let head_weight = b.var(&head, "weight", &weight, ParamKind::LinearWeight);
+        let head_bias = b.var(&head, "bias", &bias, ParamKind::LinearBias);
         b.info.flops += channels * spec.num_classes;
-        Network { stem_conv, stem_norm, blocks, last_norm, head_weight, head_bias, info: b.info }
+        Network { stem_conv, stem_norm, blocks, last_norm, head_weight, head_bias, info: b.info, params: b.params }
     }
 
     /// Parameter count and FLOPs.
     pub fn info(&self) -> NetworkInfo {
         self.info
+    }
+
+    /// Every trainable tensor with its kind, in construction order (the same tensors as
+    /// the variable store's).
+    pub fn params(&self) -> &[Param] {
+        &self.params
     }
 
     /// Computes every node and applies `none` as `x·0`, as NB201's own code does, instead
@@ -431,29 +534,38 @@ impl Network {
 
     /// Logits for a batch of images `[batch, channels, height, width]`.
     pub fn forward(&self, x: &Tensor, mode: NormMode) -> Tensor {
-        self.run(x, Pass { mode, relu_probe: None })
+        self.run(x, Pass::new(mode), false).logits
     }
 
-    /// Logits as [`Self::forward`], calling `probe` with the input of every ReLU in the
-    /// order they run. Activation-pattern measures (NASWOT) read the sign of each.
-    pub fn forward_probed(&self, x: &Tensor, mode: NormMode, probe: &dyn Fn(&Tensor)) -> Tensor {
-        self.run(x, Pass { mode, relu_probe: Some(probe) })
-    }
-
-    fn run(&self, x: &Tensor, pass: Pass) -> Tensor {
+    /// A forward pass as `pass` says; with `features`, the stem's and every block's output
+    /// are returned too (still attached to the graph, so gradients can flow between them).
+    pub fn run(&self, x: &Tensor, pass: Pass, features: bool) -> Forward {
+        let mut kept = Vec::new();
         let stem = conv2d(x, &self.stem_conv, 1, 1);
+        pass.layer(&stem, 1);
         let mut h = self.stem_norm.forward(&stem, pass.mode);
+        // The stem's BN and the stem's `Sequential`.
+        pass.layer(&h, 2);
+        if features {
+            kept.push(h.shallow_clone());
+        }
         for block in &self.blocks {
             h = match block {
                 Block::Cell(cell) => cell.forward(&h, pass),
                 Block::Reduction(reduction) => reduction.forward(&h, pass),
             };
+            if features {
+                kept.push(h.shallow_clone());
+            }
         }
-        let h = pass.relu(&self.last_norm.forward(&h, pass.mode));
+        let h = self.last_norm.forward(&h, pass.mode);
+        pass.layer(&h, 1);
+        let h = pass.relu(&h);
         // Global average pooling as a mean: adaptive_avg_pool2d's CUDA backward uses atomic
         // adds, which made repeated CUDA scores differ in the 5th digit.
         let kind = h.kind();
-        h.mean_dim(&[2i64, 3][..], false, kind).linear(&self.head_weight, Some(&self.head_bias))
+        let logits = h.mean_dim(&[2i64, 3][..], false, kind).linear(&self.head_weight, Some(&self.head_bias));
+        Forward { logits, features: kept }
     }
 }
 

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use crate::engine::{Engine, EngineError};
 use crate::policy::{
-    Budget, Fidelity, Observation, PolicyError, PolicyInstance, PolicyModule, PolicyRuntime, RawProposal, Request, Settings,
-    validate,
+    Budget, Fidelity, Observation, OfferedMeasure, PolicyError, PolicyInstance, PolicyModule, PolicyRuntime, RawProposal,
+    Request, Settings, validate,
 };
 use crate::space::Candidate;
 use crate::store::{EvaluationRecord, NewEvaluation, RunRecord, RunStatus, RunStore, SearchSpec, StoreError};
@@ -20,6 +20,17 @@ use crate::store::{EvaluationRecord, NewEvaluation, RunRecord, RunStatus, RunSto
 /// Proposals in a row that ask only for known results before the run is ended: a policy
 /// that never spends budget would otherwise loop forever.
 pub const NO_PROGRESS_LIMIT: u32 = 100;
+
+/// Results per `observe` call when a fresh instance is fed a run's history: each call
+/// stays well inside the per-call limits however long the history.
+pub const REPLAY_CHUNK: usize = 256;
+
+/// New results between two checkpoints of a policy that keeps them.
+pub const CHECKPOINT_EVERY: i64 = 256;
+
+/// The largest checkpoint kept; a bigger one is ignored (with a warning), and the history
+/// is replayed instead.
+pub const MAX_CHECKPOINT_BYTES: usize = 16 << 20;
 
 /// Why a search stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +102,12 @@ pub struct Search {
     evaluation_time: Duration,
     /// Calls and time inside policy instances that have been replaced.
     retired_calls: (u64, Duration),
+    /// The evaluation the run's latest checkpoint follows (0: none).
+    checkpoint_seq: i64,
+    /// The run's latest recorded evaluation.
+    last_seq: i64,
+    /// Where published accuracies beside the run's candidates come from, if anywhere.
+    table: Option<std::sync::Arc<crate::table::BenchmarkTable>>,
 }
 
 impl Search {
@@ -107,6 +124,8 @@ impl Search {
         spec: &SearchSpec,
     ) -> Result<Search, SearchError> {
         let (run, resumed) = store.begin_run(name, &module.label(), experiment, spec)?;
+        let checkpoint_seq = store.checkpoint(run.id)?.map_or(0, |c| c.0);
+        let last_seq = store.last_seq(run.id)?;
         let mut search = Search {
             run,
             limits: spec.limits,
@@ -116,6 +135,9 @@ impl Search {
             fresh: Budget::default(),
             evaluation_time: Duration::ZERO,
             retired_calls: (0, Duration::ZERO),
+            checkpoint_seq,
+            last_seq,
+            table: None,
         };
         if search.run.status == RunStatus::Done {
             search.finished = Some(Finish::AlreadyDone);
@@ -127,10 +149,48 @@ impl Search {
             store.add_event(search.run.id, "resume", &message)?;
             tracing::info!(run = %search.run.name, "{message}");
         }
-        let instance = search.fresh_instance(store, runtime, module, &mut ())?;
+        match search.fresh_instance(store, runtime, module, &mut ()) {
+            Ok(instance) => search.instance = Some(instance),
+            Err(error) => {
+                // A policy that cannot start leaves its run failed, not running.
+                search.fail(store, &error)?;
+                return Err(error);
+            }
+        }
         store.set_status(search.run.id, RunStatus::Running, None)?;
-        search.instance = Some(instance);
         Ok(search)
+    }
+
+    /// Shows each candidate's accuracy in `table` beside what the run measures (stored with
+    /// the run, never shown to the policy).
+    pub fn annotate_with(&mut self, store: &RunStore, table: std::sync::Arc<crate::table::BenchmarkTable>) -> Result<(), SearchError> {
+        // Candidates recorded before the table was given get their accuracy now.
+        for record in store.evaluations(self.run.id)? {
+            self.annotate(store, &record.candidate, &table)?;
+        }
+        self.table = Some(table);
+        Ok(())
+    }
+
+    fn annotate(&self, store: &RunStore, candidate: &Candidate, table: &crate::table::BenchmarkTable) -> Result<(), SearchError> {
+        if let Some(accuracy) = candidate.to_arch().ok().and_then(|arch| table.accuracy(&arch)) {
+            store.record_published(self.run.id, candidate, &table.path().display().to_string(), accuracy)?;
+        }
+        Ok(())
+    }
+
+    /// What the policy is told at `init`.
+    fn settings(&self) -> Settings {
+        let e = &self.run.experiment;
+        Settings {
+            budget: self.run.search.budget,
+            max_batch: self.run.search.max_batch,
+            params: self.run.search.params.clone(),
+            score: e.score.to_string(),
+            measures: e.score_measures().into_iter().map(|measure| OfferedMeasure { measure, weight: e.score_weight(measure) }).collect(),
+            epochs: u32::try_from(e.train.epochs).unwrap_or(u32::MAX),
+            max_epochs: self.run.search.max_epochs,
+        }
     }
 
     /// The run as it was when this search started.
@@ -164,7 +224,9 @@ impl Search {
         (calls + self.retired_calls.0, time + self.retired_calls.1)
     }
 
-    /// A new instance of `module`, initialised and fed the run's history.
+    /// A new instance of `module`, initialised and brought up to date: restored from the
+    /// run's checkpoint and fed what was recorded since, or fed the whole history — either
+    /// way in bounded `observe` calls.
     fn fresh_instance(
         &self,
         store: &RunStore,
@@ -176,18 +238,66 @@ impl Search {
         // Seeded by the run's seed and how far the run got: a run is reproducible from its
         // seed, and a resumed run from its seed and the point it resumed at.
         let seed = self.run.experiment.seed ^ (history.len() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let settings = self.settings();
+        if let Some((seq, written_by, state)) = store.checkpoint(self.run.id)? {
+            let mut instance = runtime.instantiate(module, seed, self.limits)?;
+            timed(observer, "init", || instance.init(&settings))?;
+            if instance.checkpoints() {
+                match timed(observer, "restore", || instance.restore(&state)) {
+                    Ok(()) => {
+                        let since: Vec<&EvaluationRecord> = history.iter().filter(|r| r.seq > seq).collect();
+                        tracing::info!(run = %self.run.name, seq, %written_by, replayed = since.len(), "policy restored from its checkpoint");
+                        self.replay(store, &mut instance, &since, observer)?;
+                        return Ok(instance);
+                    }
+                    // The policy declined (e.g. a new version with another state format).
+                    Err(PolicyError::Guest { message, .. }) => {
+                        tracing::warn!(run = %self.run.name, "the policy declined its checkpoint ({message}); replaying the whole history");
+                    }
+                    Err(error) => return Err(error.into()),
+                }
+            }
+        }
         let mut instance = runtime.instantiate(module, seed, self.limits)?;
-        let settings = Settings {
-            budget: self.run.search.budget,
-            max_batch: self.run.search.max_batch,
-            params: self.run.search.params.clone(),
-        };
         timed(observer, "init", || instance.init(&settings))?;
-        if !history.is_empty() {
-            let observations: Vec<Observation> = history.iter().map(|r| observation(store, self.run.id, r)).collect::<Result<_, _>>()?;
+        self.replay(store, &mut instance, &history.iter().collect::<Vec<_>>(), observer)?;
+        Ok(instance)
+    }
+
+    /// Feeds `records` to `instance`, oldest first, [`REPLAY_CHUNK`] per call.
+    fn replay(
+        &self,
+        store: &RunStore,
+        instance: &mut PolicyInstance,
+        records: &[&EvaluationRecord],
+        observer: &mut dyn SearchObserver,
+    ) -> Result<(), SearchError> {
+        for chunk in records.chunks(REPLAY_CHUNK) {
+            let observations: Vec<Observation> = chunk.iter().map(|r| observation(store, self.run.id, r)).collect::<Result<_, _>>()?;
             timed(observer, "observe", || instance.observe(&observations))?;
         }
-        Ok(instance)
+        Ok(())
+    }
+
+    /// Saves the policy's state when enough has been recorded since its last checkpoint.
+    fn checkpoint(&mut self, store: &RunStore, observer: &mut dyn SearchObserver) -> Result<(), SearchError> {
+        let Some(instance) = self.instance.as_mut() else { return Ok(()) };
+        if !instance.checkpoints() || self.last_seq - self.checkpoint_seq < CHECKPOINT_EVERY {
+            return Ok(());
+        }
+        let label = instance.label().to_owned();
+        match timed(observer, "checkpoint", || instance.checkpoint())? {
+            Some(state) if state.len() <= MAX_CHECKPOINT_BYTES => {
+                store.save_checkpoint(self.run.id, self.last_seq, &label, &state)?;
+            }
+            Some(state) => tracing::warn!(
+                run = %self.run.name, bytes = state.len(), "checkpoint larger than {MAX_CHECKPOINT_BYTES} bytes ignored; a restart replays the history"
+            ),
+            None => {}
+        }
+        // Asked again only after as many new results, whatever the answer.
+        self.checkpoint_seq = self.last_seq;
+        Ok(())
     }
 
     /// Replaces the policy module driving the run. The new instance is initialised and fed
@@ -246,7 +356,7 @@ impl Search {
         let label = instance.label().to_owned();
         let requests = match timed(observer, "propose", || instance.propose(remaining))? {
             RawProposal::Done => return self.finish(store, Finish::PolicyDone),
-            RawProposal::Evaluate(raw) => validate(&raw, self.run.search.max_batch)
+            RawProposal::Evaluate(raw) => validate(&raw, self.run.search.max_batch, self.run.search.max_epochs)
                 .map_err(|problem| PolicyError::InvalidProposal { policy: label.clone(), problem })?,
         };
 
@@ -255,7 +365,7 @@ impl Search {
         let mut wanted = Budget::default();
         for (i, request) in requests.iter().enumerate() {
             let record = store.find(run_id, &request.candidate, request.fidelity)?;
-            let first = !requests[..i].contains(request);
+            let first = !requests[..i].iter().any(|r| r.same_evaluation(request));
             if record.is_none() && first {
                 match request.fidelity {
                     Fidelity::Score => wanted.scores += 1,
@@ -305,6 +415,7 @@ impl Search {
         let observations: Vec<Observation> = records.iter().map(|r| observation(store, run_id, r)).collect::<Result<_, _>>()?;
         let instance = self.instance.as_mut().expect("checked above");
         timed(observer, "observe", || instance.observe(&observations))?;
+        self.checkpoint(store, observer)?;
         Ok(Step::Continue)
     }
 
@@ -327,21 +438,29 @@ impl Search {
     ) -> Result<EvaluationRecord, SearchError> {
         let start = Instant::now();
         let measured = match request.fidelity {
-            Fidelity::Score => engine.score(&request.candidate).map(|s| NewEvaluation {
-                score: Some(s.mgm),
-                params: Some(s.info.params),
-                flops: Some(s.info.flops),
-                ..NewEvaluation::default()
-            })
-            .map_err(|e| e.to_string()),
+            Fidelity::Score => engine
+                .score(&request.candidate)
+                .map(|s| NewEvaluation {
+                    error: s.score.is_none().then(|| {
+                        format!("the score ({}) is not finite for this network", engine.experiment().score)
+                    }),
+                    score: s.score,
+                    params: Some(s.measured.info.params),
+                    flops: Some(s.measured.info.flops),
+                    measures: Some(s.measured.values),
+                    ..NewEvaluation::default()
+                })
+                .map_err(|e| e.to_string()),
             Fidelity::Train => {
                 let arch = request.candidate.to_arch().map_err(|e| PolicyError::InvalidProposal { policy: policy.into(), problem: e.to_string() })?;
+                let epochs = request.epochs.map_or(self.run.experiment.train.epochs, |e| e as usize);
                 engine
-                    .train(&arch, self.run.experiment.seed, &mut |done, total| observer.training_step(done, total))
+                    .train_for(&arch, self.run.experiment.seed, epochs, &mut |done, total| observer.training_step(done, total))
                     .map(|t| NewEvaluation {
                         accuracy: Some(t.heldout_accuracy),
                         loss: Some(t.heldout_loss),
                         train_loss: Some(t.train_loss),
+                        epochs: u32::try_from(epochs).ok(),
                         ..NewEvaluation::default()
                     })
                     .map_err(|e| e.to_string())
@@ -350,19 +469,50 @@ impl Search {
         let seconds = start.elapsed();
         self.evaluation_time += seconds;
         let new = match measured {
-            Ok(m) => NewEvaluation { seconds: seconds.as_secs_f64(), ..m },
+            Ok(m) => {
+                if let Some(problem) = &m.error {
+                    tracing::warn!(run = %self.run.name, candidate = %request.candidate, "{problem}");
+                }
+                NewEvaluation { seconds: seconds.as_secs_f64(), ..m }
+            }
             Err(e) => {
                 tracing::warn!(run = %self.run.name, candidate = %request.candidate, "evaluation failed: {e}");
                 NewEvaluation { seconds: seconds.as_secs_f64(), error: Some(e.to_string()), ..NewEvaluation::default() }
             }
         };
         let record = store.record(self.run.id, &request.candidate, request.fidelity, policy, &new)?;
+        self.last_seq = record.seq;
+        if let Some(table) = &self.table {
+            self.annotate(store, &request.candidate, table)?;
+        }
         match request.fidelity {
             Fidelity::Score => self.fresh.scores += 1,
             Fidelity::Train => self.fresh.trainings += 1,
         }
         Ok(record)
     }
+}
+
+/// Makes `engine` ready to score: when its score is the aggregate, anchors it in the
+/// experiment's reference sample, read from the store's cache or measured now and cached.
+/// `on_progress(done, total)` follows the measuring.
+pub fn anchor(engine: &mut Engine, store: &RunStore, on_progress: &mut dyn FnMut(usize, usize)) -> Result<(), SearchError> {
+    if !engine.needs_reference() {
+        return Ok(());
+    }
+    let key = format!("reference {}", engine.reference_key());
+    if let Some(json) = store.cached(&key)? {
+        match serde_json::from_str(&json).map_err(|e| e.to_string()).and_then(|r| engine.set_reference(r).map_err(|e| e.to_string())) {
+            Ok(()) => return Ok(()),
+            Err(problem) => tracing::warn!("the cached reference sample is unusable ({problem}); measuring it again"),
+        }
+    }
+    let started = Instant::now();
+    let reference = engine.build_reference(on_progress).map_err(EngineError::from)?;
+    tracing::info!(archs = reference.size, seconds = started.elapsed().as_secs_f64(), "reference sample measured");
+    store.cache(&key, &serde_json::to_string(&reference).map_err(StoreError::from)?)?;
+    engine.set_reference(reference)?;
+    Ok(())
 }
 
 /// Calls into a policy, reporting the call's duration whether or not it succeeded.
@@ -374,20 +524,23 @@ fn timed<T>(observer: &mut dyn SearchObserver, call: &'static str, f: impl FnOnc
 }
 
 /// What a policy is told about a record: a training result carries the candidate's score
-/// too, when the run has one.
+/// and measures too, when the run scored it.
 fn observation(store: &RunStore, run: i64, record: &EvaluationRecord) -> Result<Observation, StoreError> {
-    let score = match (record.fidelity, record.score) {
-        (Fidelity::Train, None) if record.error.is_none() => {
-            store.find(run, &record.candidate, Fidelity::Score)?.and_then(|s| s.score)
-        }
-        (_, score) => score,
+    let scored = match record.fidelity {
+        Fidelity::Train => store.find(run, &record.candidate, Fidelity::Score)?,
+        Fidelity::Score => None,
     };
+    let from = scored.as_ref().unwrap_or(record);
     Ok(Observation {
         candidate: record.candidate,
         fidelity: record.fidelity,
-        score,
+        score: from.score,
+        measures: from.measures.clone().unwrap_or_default(),
+        params: from.params,
+        flops: from.flops,
         accuracy: record.accuracy,
         loss: record.loss,
+        epochs: record.epochs,
         error: record.error.clone(),
     })
 }
@@ -397,7 +550,7 @@ fn observation(store: &RunStore, run: i64, record: &EvaluationRecord) -> Result<
 pub struct Leaderboard {
     /// Trained candidates, most accurate first.
     pub trained: Vec<Standing>,
-    /// Best-scored candidates, highest MGM first (at most 10).
+    /// Best-scored candidates, highest score first (at most 10).
     pub top_scores: Vec<Standing>,
     /// The most accurate trained candidate; without training, the best-scored one.
     pub winner: Option<Standing>,
@@ -408,20 +561,39 @@ pub struct Leaderboard {
 pub struct Standing {
     pub candidate: Candidate,
     pub score: Option<f64>,
+    /// Held-out accuracy measured by the run's training.
     pub accuracy: Option<f64>,
     pub loss: Option<f64>,
+    /// The candidate's accuracy in the published table the run was annotated with (what
+    /// the table says, not what the run measured).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub published_accuracy: Option<f64>,
 }
 
 impl Leaderboard {
-    /// Standings from a run's evaluations.
-    pub fn of(evaluations: &[EvaluationRecord]) -> Leaderboard {
+    /// Standings from a run's evaluations, with published accuracies beside them.
+    pub fn of(evaluations: &[EvaluationRecord], published: &crate::store::Published) -> Leaderboard {
+        let mut board = Leaderboard::measured(evaluations);
+        for s in board.trained.iter_mut().chain(&mut board.top_scores).chain(&mut board.winner) {
+            s.published_accuracy = published.accuracy.get(&s.candidate).copied();
+        }
+        board
+    }
+
+    fn measured(evaluations: &[EvaluationRecord]) -> Leaderboard {
         let score_of = |c: &Candidate| {
             evaluations.iter().find(|e| e.fidelity == Fidelity::Score && &e.candidate == c).and_then(|e| e.score)
         };
         let mut trained: Vec<Standing> = evaluations
             .iter()
             .filter(|e| e.fidelity == Fidelity::Train && e.accuracy.is_some())
-            .map(|e| Standing { candidate: e.candidate, score: score_of(&e.candidate), accuracy: e.accuracy, loss: e.loss })
+            .map(|e| Standing {
+                candidate: e.candidate,
+                score: score_of(&e.candidate),
+                accuracy: e.accuracy,
+                loss: e.loss,
+                published_accuracy: None,
+            })
             .collect();
         trained.sort_by(|a, b| {
             b.accuracy.unwrap_or(f64::NEG_INFINITY).total_cmp(&a.accuracy.unwrap_or(f64::NEG_INFINITY)).then(
@@ -431,7 +603,7 @@ impl Leaderboard {
         let mut top_scores: Vec<Standing> = evaluations
             .iter()
             .filter(|e| e.fidelity == Fidelity::Score && e.score.is_some())
-            .map(|e| Standing { candidate: e.candidate, score: e.score, accuracy: None, loss: None })
+            .map(|e| Standing { candidate: e.candidate, score: e.score, accuracy: None, loss: None, published_accuracy: None })
             .collect();
         top_scores.sort_by(|a, b| b.score.unwrap_or(f64::NEG_INFINITY).total_cmp(&a.score.unwrap_or(f64::NEG_INFINITY)));
         top_scores.truncate(10);

@@ -9,13 +9,17 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::engine::Experiment;
+use crate::measures::Values;
 use crate::policy::{Budget, Fidelity, PolicyLimits};
 use crate::space::Candidate;
 
 /// Current schema version (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
-const SCHEMA: &str = "
+/// Schema 1, as the first release created it. A new store is created at version 1 and
+/// brought up to date by the same migrations an old one goes through, so there is one
+/// definition of every table.
+const SCHEMA_1: &str = "
 CREATE TABLE runs (
     id          INTEGER PRIMARY KEY,
     name        TEXT NOT NULL UNIQUE,
@@ -52,6 +56,46 @@ CREATE TABLE events (
     message     TEXT NOT NULL
 );
 ";
+
+/// Version 1 → 2: every measure of a score evaluation (`measures`, JSON), the epochs of a
+/// training, a cache for reference samples, policy checkpoints, published accuracies
+/// beside candidates, and experiments whose score is named (`score: mgm`) instead of an
+/// MGM mode (`score-mode: per-sample`, see [`migrate_experiment`]).
+const MIGRATE_1_TO_2: &str = "
+ALTER TABLE evaluations ADD COLUMN measures TEXT;
+ALTER TABLE evaluations ADD COLUMN epochs INTEGER;
+CREATE TABLE cache (
+    key         TEXT PRIMARY KEY,
+    value       TEXT NOT NULL,
+    created_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+CREATE TABLE checkpoints (
+    run_id      INTEGER PRIMARY KEY REFERENCES runs(id),
+    seq         INTEGER NOT NULL,
+    policy      TEXT NOT NULL,
+    state       BLOB NOT NULL,
+    created_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+CREATE TABLE published (
+    run_id      INTEGER NOT NULL REFERENCES runs(id),
+    candidate   TEXT NOT NULL,
+    source      TEXT NOT NULL,
+    accuracy    REAL NOT NULL,
+    PRIMARY KEY (run_id, candidate)
+);
+";
+
+/// An experiment written by schema 1 in today's terms: its MGM mode becomes its score.
+fn migrate_experiment(json: &str) -> Result<String, serde_json::Error> {
+    let mut value: serde_json::Value = serde_json::from_str(json)?;
+    if let Some(object) = value.as_object_mut() {
+        if let Some(mode) = object.remove("score-mode") {
+            let score = if mode == "batch" { "mgm-batch" } else { "mgm" };
+            object.insert("score".into(), score.into());
+        }
+    }
+    serde_json::to_string(&value)
+}
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -111,9 +155,19 @@ impl RunStatus {
 pub struct SearchSpec {
     pub budget: Budget,
     pub max_batch: u32,
+    /// The most epochs one training may ask for.
+    #[serde(default = "default_max_epochs")]
+    pub max_epochs: u32,
     /// The policy's parameters (a JSON object).
     pub params: serde_json::Value,
     pub limits: PolicyLimits,
+}
+
+/// Epochs one training may ask for at most, by default.
+pub const DEFAULT_MAX_EPOCHS: u32 = 10;
+
+fn default_max_epochs() -> u32 {
+    DEFAULT_MAX_EPOCHS
 }
 
 /// A run as stored.
@@ -145,6 +199,10 @@ pub struct EvaluationRecord {
     pub train_loss: Option<f64>,
     pub params: Option<i64>,
     pub flops: Option<i64>,
+    /// Every measure computed for a score evaluation (missing ones as null).
+    pub measures: Option<Values>,
+    /// Epochs trained (training).
+    pub epochs: Option<u32>,
     pub seconds: f64,
     pub error: Option<String>,
     /// The policy module that asked for it.
@@ -161,8 +219,19 @@ pub struct NewEvaluation {
     pub train_loss: Option<f64>,
     pub params: Option<i64>,
     pub flops: Option<i64>,
+    pub measures: Option<Values>,
+    pub epochs: Option<u32>,
     pub seconds: f64,
     pub error: Option<String>,
+}
+
+/// Accuracies from a published benchmark table recorded beside a run's candidates: what
+/// the table says, never what the run measured (and never shown to the policy).
+#[derive(Debug, Clone, Default)]
+pub struct Published {
+    /// The table they came from.
+    pub source: Option<String>,
+    pub accuracy: std::collections::HashMap<Candidate, f64>,
 }
 
 /// Something that happened to a run (errors, reloads, resumptions).
@@ -182,7 +251,7 @@ pub struct RunStore {
 const RUN_COLUMNS: &str = "id, name, policy, status, error, experiment, search, created_at, updated_at";
 
 const EVALUATION_COLUMNS: &str =
-    "seq, candidate, fidelity, score, accuracy, loss, train_loss, params, flops, seconds, error, policy, created_at";
+    "seq, candidate, fidelity, score, accuracy, loss, train_loss, params, flops, seconds, error, policy, created_at, measures, epochs";
 
 fn evaluation_from_row(row: &rusqlite::Row) -> rusqlite::Result<EvaluationRecord> {
     let text = |i: usize| row.get::<_, String>(i);
@@ -203,6 +272,11 @@ fn evaluation_from_row(row: &rusqlite::Row) -> rusqlite::Result<EvaluationRecord
         error: row.get(10)?,
         policy: row.get(11)?,
         created_at: row.get(12)?,
+        measures: row
+            .get::<_, Option<String>>(13)?
+            .map(|json| serde_json::from_str(&json).map_err(|e| bad(13, format!("unreadable measures: {e}"))))
+            .transpose()?,
+        epochs: row.get(14)?,
     })
 }
 
@@ -222,10 +296,18 @@ impl RunStore {
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(open_err)?;
+        let upgrade = |e: StoreError| StoreError::Open { path: path.to_owned(), message: format!("upgrading schema 1 to 2: {e}") };
         match version {
             0 => {
-                conn.execute_batch(SCHEMA).map_err(open_err)?;
-                conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(open_err)?;
+                let tx = conn.unchecked_transaction().map_err(open_err)?;
+                tx.execute_batch(SCHEMA_1).map_err(open_err)?;
+                Self::migrate_from_1(&tx).map_err(upgrade)?;
+                tx.commit().map_err(open_err)?;
+            }
+            1 => {
+                let tx = conn.unchecked_transaction().map_err(open_err)?;
+                Self::migrate_from_1(&tx).map_err(upgrade)?;
+                tx.commit().map_err(open_err)?;
             }
             SCHEMA_VERSION => {}
             newer => {
@@ -236,6 +318,48 @@ impl RunStore {
             }
         }
         Ok(RunStore { conn, path: path.to_owned() })
+    }
+
+    /// Upgrades a schema-1 store (inside the caller's transaction): nothing recorded is
+    /// lost.
+    fn migrate_from_1(tx: &rusqlite::Transaction) -> Result<(), StoreError> {
+        tx.execute_batch(MIGRATE_1_TO_2)?;
+        let experiments: Vec<(i64, String)> =
+            tx.prepare("SELECT id, experiment FROM runs")?.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+        for (id, json) in experiments {
+            tx.execute("UPDATE runs SET experiment = ?2 WHERE id = ?1", params![id, migrate_experiment(&json)?])?;
+        }
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        Ok(())
+    }
+
+    /// A cached value (e.g. a reference sample), if `key` was stored.
+    pub fn cached(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.conn.query_row("SELECT value FROM cache WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+    }
+
+    /// Caches `value` under `key` (replacing any earlier one).
+    pub fn cache(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.conn.execute("INSERT OR REPLACE INTO cache (key, value) VALUES (?1, ?2)", params![key, value])?;
+        Ok(())
+    }
+
+    /// Saves a policy's checkpoint for `run`: its state after the evaluation numbered
+    /// `seq` (replacing the run's earlier one).
+    pub fn save_checkpoint(&self, run: i64, seq: i64, policy: &str, state: &[u8]) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO checkpoints (run_id, seq, policy, state) VALUES (?1, ?2, ?3, ?4)",
+            params![run, seq, policy, state],
+        )?;
+        Ok(())
+    }
+
+    /// The run's latest checkpoint: (seq, policy label, state).
+    pub fn checkpoint(&self, run: i64) -> Result<Option<(i64, String, Vec<u8>)>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT seq, policy, state FROM checkpoints WHERE run_id = ?1", [run], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?)
     }
 
     /// The store's file.
@@ -339,8 +463,8 @@ impl RunStore {
         m: &NewEvaluation,
     ) -> Result<EvaluationRecord, StoreError> {
         self.conn.execute(
-            "INSERT INTO evaluations (run_id, seq, candidate, fidelity, score, accuracy, loss, train_loss, params, flops, seconds, error, policy)
-             VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM evaluations WHERE run_id = ?1), ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            "INSERT INTO evaluations (run_id, seq, candidate, fidelity, score, accuracy, loss, train_loss, params, flops, seconds, error, policy, measures, epochs)
+             VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM evaluations WHERE run_id = ?1), ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             params![
                 run,
                 candidate.to_string(),
@@ -353,11 +477,42 @@ impl RunStore {
                 m.flops,
                 m.seconds,
                 m.error,
-                policy
+                policy,
+                m.measures.as_ref().map(serde_json::to_string).transpose()?,
+                m.epochs
             ],
         )?;
         self.touch(run)?;
         self.find(run, candidate, fidelity)?.ok_or_else(|| StoreError::Sql(rusqlite::Error::QueryReturnedNoRows))
+    }
+
+    /// The run's latest evaluation number (0 when none).
+    pub fn last_seq(&self, run: i64) -> Result<i64, StoreError> {
+        Ok(self.conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM evaluations WHERE run_id = ?1", [run], |r| r.get(0))?)
+    }
+
+    /// Records a candidate's accuracy in a published table (`source`), beside the run.
+    pub fn record_published(&self, run: i64, candidate: &Candidate, source: &str, accuracy: f64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO published (run_id, candidate, source, accuracy) VALUES (?1, ?2, ?3, ?4)",
+            params![run, candidate.to_string(), source, accuracy],
+        )?;
+        Ok(())
+    }
+
+    /// The published accuracies recorded beside the run, by candidate, and their source.
+    pub fn published(&self, run: i64) -> Result<Published, StoreError> {
+        let mut stmt = self.conn.prepare("SELECT candidate, source, accuracy FROM published WHERE run_id = ?1")?;
+        let rows = stmt.query_map([run], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, f64>(2)?)))?;
+        let mut published = Published::default();
+        for row in rows {
+            let (candidate, source, accuracy) = row?;
+            if let Ok(candidate) = candidate.parse() {
+                published.accuracy.insert(candidate, accuracy);
+                published.source = Some(source);
+            }
+        }
+        Ok(published)
     }
 
     /// Evaluations recorded per fidelity (what the run's budget has spent).
@@ -414,6 +569,7 @@ mod tests {
         SearchSpec {
             budget: Budget { scores: 10, trainings: 2 },
             max_batch: 4,
+            max_epochs: 10,
             params: serde_json::json!({}),
             limits: PolicyLimits::default(),
         }
@@ -465,6 +621,44 @@ mod tests {
         assert_eq!(store.find(run.id, &a, Fidelity::Train).unwrap().unwrap().accuracy, Some(0.9));
         assert_eq!(store.spent(run.id).unwrap(), Budget { scores: 2, trainings: 1 });
         assert_eq!(store.events(run.id).unwrap()[0].message, "boom");
+    }
+
+    #[test]
+    fn a_schema_1_store_is_upgraded_without_losing_anything() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            // The tables as schema 1 wrote them, and a run of that time.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA_1).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            let mut experiment = serde_json::to_value(Experiment::default()).unwrap();
+            let object = experiment.as_object_mut().unwrap();
+            for key in ["score", "aggregate", "reference"] {
+                object.remove(key);
+            }
+            object.insert("score-mode".into(), "batch".into());
+            conn.execute(
+                "INSERT INTO runs (name, policy, status, experiment, search) VALUES ('old', 'p@1', 'done', ?1, ?2)",
+                params![experiment.to_string(), serde_json::to_string(&spec()).unwrap()],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO evaluations (run_id, seq, candidate, fidelity, score, seconds, policy) VALUES (1, 1, ?1, 'score', 2.5, 0.1, 'p@1')",
+                [Arch::from_index(7).unwrap().to_string()],
+            )
+            .unwrap();
+        }
+        let store = RunStore::open(&path).unwrap();
+        let run = store.run("old").unwrap().unwrap();
+        assert_eq!(run.experiment.score, crate::measures::ScoreChoice::Measure(crate::measures::Measure::MgmBatch));
+        let evaluations = store.evaluations(run.id).unwrap();
+        assert_eq!((evaluations.len(), evaluations[0].score, evaluations[0].measures.is_none()), (1, Some(2.5), true));
+        store.cache("k", "v").unwrap();
+        assert_eq!(store.cached("k").unwrap().as_deref(), Some("v"));
+        drop(store);
+        // Opening again finds schema 2 and changes nothing.
+        assert_eq!(RunStore::open(&path).unwrap().evaluations(run.id).unwrap(), evaluations);
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! folder (or pass it to `knas search --policy`).
 //!
 //! ```no_run
-//! use knas_policy_sdk::{Budget, Evaluation, Fidelity, Policy, Proposal, Settings, nb201::Arch};
+//! use knas_policy_sdk::nb201::Arch;
+//! use knas_policy_sdk::{Budget, Candidate, Policy, Proposal, Settings, random};
 //!
 //! /// Scores random architectures until the budget runs out.
 //! struct Sampler;
@@ -20,16 +21,23 @@
 //!         if remaining.scores == 0 {
 //!             return Ok(Proposal::Done);
 //!         }
-//!         Ok(Proposal::Evaluate(vec![Arch::random().candidate(Fidelity::Score)]))
+//!         Ok(Proposal::Evaluate(vec![Candidate::score(Arch::random(&mut random::rng()))]))
 //!     }
 //! }
 //!
 //! knas_policy_sdk::register_policy!(Sampler);
 //! ```
 //!
-//! The contract itself is the WIT file `sdk/wit/policy.wit` (package `knas:policy`); this
-//! crate is generated from it and hides the generated code behind the API above.
+//! What the host measures arrives in [`Evaluation`]s: the run's score (the rank aggregate
+//! by default), every training-free measure by name, the network's size, and training
+//! results. [`archive::Archive`] keeps them, ranks them, aggregates ranks and answers
+//! "top k"; [`nb201`] is the search space, the same code the host runs.
+//!
+//! The contract itself is the WIT file `sdk/wit/policy.wit` (package `knas:policy`, whose
+//! version is [`CONTRACT_VERSION`]); this crate is generated from it and hides the
+//! generated code behind the API above.
 
+pub mod archive;
 pub mod nb201;
 
 use std::cell::RefCell;
@@ -50,14 +58,16 @@ pub mod bindings {
     });
 }
 
-pub use bindings::knas::policy::types::{Budget, Candidate, Edge, Evaluation, Fidelity, Level, Proposal, Settings, Space};
+pub use bindings::knas::policy::types::{
+    Budget, Candidate, Edge, Evaluation, Fidelity, Level, MeasureInfo, MeasureValue, Proposal, Settings, Space, Training,
+};
 
-/// The contract version this SDK implements (the WIT package version).
-pub const CONTRACT_VERSION: &str = "0.1.0";
+/// The contract version this SDK implements: the package version of `wit/policy.wit`.
+pub const CONTRACT_VERSION: &str = env!("KNAS_CONTRACT_VERSION");
 
-/// A search strategy. The host calls [`Policy::new`] once, then alternates
-/// [`Policy::propose`] and [`Policy::observe`] until the policy answers
-/// [`Proposal::Done`] or the budget is spent.
+/// A search strategy. The host calls [`Policy::new`] once (then [`Policy::restore`] when
+/// it resumes from a checkpoint), then alternates [`Policy::propose`] and
+/// [`Policy::observe`] until the policy answers [`Proposal::Done`] or the budget is spent.
 ///
 /// Errors (`Err(message)`) end the run; the host reports the message with the policy's
 /// name. A panic does the same, with the panic message.
@@ -69,8 +79,9 @@ pub trait Policy: 'static {
         Self: Sized;
 
     /// Results for the last proposal's candidates, in order. Also receives a run's history
-    /// when a fresh instance takes over a run (restart, hot swap), so results may be for
-    /// candidates this instance never proposed. The default ignores results.
+    /// (in several calls, oldest first) when a fresh instance takes over a run (restart,
+    /// hot swap), so results may be for candidates this instance never proposed. The
+    /// default ignores results.
     fn observe(&mut self, results: Vec<Evaluation>) -> Result<(), String> {
         let _ = results;
         Ok(())
@@ -78,25 +89,68 @@ pub trait Policy: 'static {
 
     /// The next candidates to evaluate, or [`Proposal::Done`].
     fn propose(&mut self, remaining: Budget) -> Result<Proposal, String>;
+
+    /// The policy's state, so a fresh instance can resume without the whole history
+    /// replayed into it. The default keeps none (the host replays the history instead).
+    fn checkpoint(&self) -> Result<Option<Vec<u8>>, String> {
+        Ok(None)
+    }
+
+    /// Resumes from bytes an earlier [`Policy::checkpoint`] of this run returned (maybe of
+    /// an earlier version of this policy); the results recorded since follow through
+    /// [`Policy::observe`]. An error makes the host replay the whole history into a fresh
+    /// instance instead. The default declines.
+    fn restore(&mut self, state: &[u8]) -> Result<(), String> {
+        let _ = state;
+        Err("this policy keeps no checkpoints".into())
+    }
 }
 
 impl Settings {
-    /// Deserialises the policy's parameters; missing fields take their serde defaults.
+    /// Deserialises the policy's parameters; missing fields take their serde defaults. An
+    /// error names the offending key (`population: invalid type: …`).
     pub fn parse_params<T: serde::de::DeserializeOwned>(&self) -> Result<T, String> {
         let text = if self.params.trim().is_empty() { "{}" } else { &self.params };
-        serde_json::from_str(text).map_err(|e| format!("invalid policy parameters {text}: {e}"))
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+            let path = e.path().to_string();
+            let at = if path == "." { String::new() } else { format!("{path}: ") };
+            format!("invalid policy parameters {text}: {at}{}", e.inner())
+        })
+    }
+
+    /// The aggregate's weights, by measure name (measures with weight 0 left out).
+    pub fn weights(&self) -> Vec<(String, f64)> {
+        self.measures.iter().filter(|m| m.weight > 0.0).map(|m| (m.name.clone(), m.weight)).collect()
+    }
+}
+
+impl Fidelity {
+    /// A training for the run's default epochs.
+    pub fn train() -> Fidelity {
+        Fidelity::Train(Training { epochs: None })
+    }
+
+    /// Whether this is a training.
+    pub fn is_train(&self) -> bool {
+        matches!(self, Fidelity::Train(_))
     }
 }
 
 impl Evaluation {
-    /// Whether this is a successful kernel score.
+    /// Whether this is a successful training-free score.
     pub fn is_score(&self) -> bool {
-        self.candidate.fidelity == Fidelity::Score && self.score.is_some()
+        self.candidate.fidelity == Fidelity::Score && self.error.is_none()
     }
 
     /// Whether this is a successful training result.
     pub fn is_trained(&self) -> bool {
-        self.candidate.fidelity == Fidelity::Train && self.accuracy.is_some()
+        self.candidate.fidelity.is_train() && self.accuracy.is_some()
+    }
+
+    /// The value of the measure called `name`, if computed and finite.
+    pub fn measure(&self, name: &str) -> Option<f64> {
+        self.measures.iter().find(|m| m.name == name).and_then(|m| m.value)
     }
 }
 
@@ -122,6 +176,33 @@ pub fn warn(message: &str) {
 
 /// Random numbers from the run's seeded generator (runs are reproducible from one seed).
 pub mod random {
+    /// The host's generator as a [`rand::RngCore`], for [`crate::nb201`] and the `rand`
+    /// ecosystem: `Arch::random(&mut random::rng())`.
+    #[derive(Debug, Clone, Copy, Default)]
+    pub struct HostRng;
+
+    impl rand::RngCore for HostRng {
+        fn next_u32(&mut self) -> u32 {
+            (u64() >> 32) as u32
+        }
+
+        fn next_u64(&mut self) -> u64 {
+            u64()
+        }
+
+        fn fill_bytes(&mut self, dest: &mut [u8]) {
+            for chunk in dest.chunks_mut(8) {
+                let bytes = u64().to_le_bytes();
+                chunk.copy_from_slice(&bytes[..chunk.len()]);
+            }
+        }
+    }
+
+    /// The host's generator.
+    pub fn rng() -> HostRng {
+        HostRng
+    }
+
     /// 64 random bits.
     pub fn u64() -> u64 {
         super::bindings::knas::policy::host::random()
@@ -165,9 +246,20 @@ pub mod __private {
     pub use crate::bindings::exports::knas::policy::policy::Guest;
     use crate::{Budget, Evaluation, POLICY, Policy, Proposal, Settings};
 
-    /// Embedded by `register_policy!` in a custom section, so tools can tell which SDK
+    const SDK_NAME: &str = concat!("knas-policy-sdk ", env!("CARGO_PKG_VERSION"));
+    /// Bytes of the custom section `register_policy!` embeds, so tools can tell which SDK
     /// built a policy.
-    pub const SDK_SECTION: [u8; 21] = *b"knas-policy-sdk 0.1.0";
+    pub const SDK_SECTION_LEN: usize = SDK_NAME.len();
+    pub const SDK_SECTION: [u8; SDK_SECTION_LEN] = {
+        let mut out = [0u8; SDK_SECTION_LEN];
+        let bytes = SDK_NAME.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            out[i] = bytes[i];
+            i += 1;
+        }
+        out
+    };
 
     pub fn init<P: Policy>(settings: Settings) -> Result<(), String> {
         // Panics abort the instance; send their message to the host first, so the error
@@ -192,6 +284,14 @@ pub mod __private {
     pub fn propose(remaining: Budget) -> Result<Proposal, String> {
         with_policy(|p| p.propose(remaining))
     }
+
+    pub fn checkpoint() -> Result<Option<Vec<u8>>, String> {
+        with_policy(|p| p.checkpoint())
+    }
+
+    pub fn restore(state: Vec<u8>) -> Result<(), String> {
+        with_policy(|p| p.restore(&state))
+    }
 }
 
 /// Registers a [`Policy`] implementation as the component's exported policy. Use it once,
@@ -212,6 +312,12 @@ macro_rules! register_policy {
             fn propose(remaining: $crate::Budget) -> ::core::result::Result<$crate::Proposal, ::std::string::String> {
                 $crate::__private::propose(remaining)
             }
+            fn checkpoint() -> ::core::result::Result<::core::option::Option<::std::vec::Vec<u8>>, ::std::string::String> {
+                $crate::__private::checkpoint()
+            }
+            fn restore(state: ::std::vec::Vec<u8>) -> ::core::result::Result<(), ::std::string::String> {
+                $crate::__private::restore(state)
+            }
         }
 
         $crate::__private::bindings::export!(__KnasPolicyExport with_types_in $crate::__private::bindings);
@@ -219,6 +325,52 @@ macro_rules! register_policy {
         #[doc(hidden)]
         #[used]
         #[unsafe(link_section = "knas-policy-sdk")]
-        static __KNAS_POLICY_SDK: [u8; 21] = $crate::__private::SDK_SECTION;
+        static __KNAS_POLICY_SDK: [u8; $crate::__private::SDK_SECTION_LEN] = $crate::__private::SDK_SECTION;
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(params: &str) -> Settings {
+        Settings {
+            space: Space { name: "nas-bench-201".into(), ops: vec![], edges: vec![] },
+            budget: Budget { scores: 1, trainings: 1 },
+            max_batch: 1,
+            params: params.into(),
+            score: "aggregate".into(),
+            measures: vec![
+                MeasureInfo { name: "zico".into(), family: "kernel".into(), summary: String::new(), weight: 1.0 },
+                MeasureInfo { name: "params".into(), family: "size".into(), summary: String::new(), weight: 0.0 },
+            ],
+            epochs: 1,
+            max_epochs: 10,
+        }
+    }
+
+    #[test]
+    fn parameter_errors_name_the_key() {
+        #[derive(serde::Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Params {
+            population: u32,
+            limits: Option<Limits>,
+        }
+        #[derive(serde::Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Limits {
+            max_params: u64,
+        }
+        let err = settings(r#"{"population": "many"}"#).parse_params::<Params>().unwrap_err();
+        assert!(err.contains("population: invalid type: string \"many\""), "{err}");
+        let err = settings(r#"{"population": 1, "limits": {"max_params": -1}}"#).parse_params::<Params>().unwrap_err();
+        assert!(err.contains("limits.max_params: invalid value"), "{err}");
+        let err = settings(r#"{"population": 1, "popul": 2}"#).parse_params::<Params>().unwrap_err();
+        assert!(err.contains("unknown field `popul`"), "{err}");
+        assert!(settings("").parse_params::<Params>().unwrap_err().contains("missing field `population`"));
+        assert_eq!(settings("{}").weights(), vec![("zico".to_owned(), 1.0)]);
+    }
 }

@@ -35,7 +35,7 @@ fn guest_target() -> PathBuf {
 
 /// Every guest the tests use: the built-in policies, the worked example and the fixtures.
 const GUESTS: &[&str] =
-    &["policies/random", "policies/evolution", "policies/pruning", "examples/hill-climb", "tests/guests/hostile", "tests/guests/wrong-version"];
+    &["policies/random", "policies/evolution", "policies/pruning", "examples/hill-climb", "tests/guests/hostile", "tests/guests/wrong-version", "tests/guests/contract-0-1"];
 
 /// The component for policy `name`, built (once per test process) by the real
 /// `knas policy build`.

@@ -8,7 +8,15 @@ use crate::common::{TINY, json_lines, knas};
 const ARCH: &str = "|nor_conv_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+|avg_pool_3x3~0|none~1|nor_conv_3x3~2|";
 
 fn score_jsonl(extra: &[&str]) -> Vec<Value> {
-    let out = knas().arg("score").args(TINY).args(["--format", "jsonl"]).args(extra).assert().success();
+    let store = tempfile::tempdir().unwrap();
+    let out = knas()
+        .arg("score")
+        .args(TINY)
+        .args(["--reference", "6", "--format", "jsonl", "--store"])
+        .arg(store.path().join("runs.db"))
+        .args(extra)
+        .assert()
+        .success();
     json_lines(&out.get_output().stdout)
 }
 
@@ -18,14 +26,14 @@ fn score_prints_one_json_line_per_architecture_deterministically() {
     assert_eq!(first.len(), 3);
     for row in &first {
         assert!(row["arch"].as_str().unwrap().starts_with('|'));
-        assert!(row["score"].as_f64().unwrap() >= 0.0);
+        // The default is the rank aggregate: a sum of log percentiles, at most 0.
+        assert!(row["aggregate"].as_f64().unwrap() < 0.0, "{row}");
         assert!(row["seconds"].as_f64().unwrap() > 0.0);
-        assert_eq!(row["mode"], "per-sample");
     }
     let again = score_jsonl(&["--sample", "3"]);
     for (a, b) in first.iter().zip(&again) {
         assert_eq!(a["arch"], b["arch"]);
-        assert_eq!(a["score"], b["score"], "same seed, same score");
+        assert_eq!(a["aggregate"], b["aggregate"], "same seed, same score");
     }
     // A smaller sample is a prefix of a larger one.
     let two = score_jsonl(&["--sample", "2"]);
@@ -35,15 +43,38 @@ fn score_prints_one_json_line_per_architecture_deterministically() {
 }
 
 #[test]
+fn score_prints_one_field_per_measure() {
+    let all = score_jsonl(&["--sample", "2", "--measure", "all"]);
+    for row in &all {
+        for name in [
+            "aggregate", "mgm", "mgm-batch", "kernel-alignment", "zico", "grad-norm", "snip", "synflow", "jacov", "naswot", "swap",
+            "meco", "expressivity", "progressivity", "trainability", "params", "flops",
+        ] {
+            assert!(row.get(name).is_some(), "{name} missing from {row}");
+        }
+        assert!(row["params"].as_f64().unwrap() > 0.0);
+    }
+    let two = score_jsonl(&["--sample", "2", "--measure", "mgm,params"]);
+    assert_eq!(two[0]["mgm"], all[0]["mgm"], "a measure's value does not depend on the others asked for");
+    assert!(two[0].get("aggregate").is_none() && two[0].get("zico").is_none(), "{}", two[0]);
+    knas()
+        .args(["score", "--sample", "1", "--measure", "mgn"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("unknown measure \"mgn\""))
+        .stderr(predicate::str::contains("mgm, mgm-batch, kernel-alignment"));
+}
+
+#[test]
 fn score_reads_architecture_files_and_names_bad_lines() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("archs.txt");
     std::fs::write(&file, format!("# finalists\n{ARCH}\n\n42\n")).unwrap();
-    let rows = score_jsonl(&["--archs", file.to_str().unwrap(), "--mode", "batch"]);
+    let rows = score_jsonl(&["--archs", file.to_str().unwrap(), "--measure", "mgm-batch"]);
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[0]["arch"], ARCH);
     assert_eq!(rows[1]["index"], 42);
-    assert_eq!(rows[1]["mode"], "batch");
+    assert!(rows[1]["mgm-batch"].as_f64().unwrap() > 0.0);
 
     std::fs::write(&file, format!("{ARCH}\n|nor_conv_3x3~0|+|none~0|none~1|+|none~0|none~1|conv~2|\n")).unwrap();
     knas()
@@ -59,17 +90,23 @@ fn score_reads_architecture_files_and_names_bad_lines() {
 #[test]
 fn score_table_lists_every_architecture() {
     knas()
-        .args(["score", ARCH, "7"])
+        .args(["score", ARCH, "7", "--measure", "mgm,zico"])
         .args(TINY)
         .assert()
         .success()
         .stdout(predicate::str::contains(ARCH))
-        .stdout(predicate::str::contains("MGM"));
+        .stdout(predicate::str::contains("zico"));
 }
 
 #[test]
 fn bad_inputs_fail_with_clear_messages() {
     knas().arg("score").args(TINY).assert().failure().stderr(predicate::str::contains("no architectures given"));
+    knas()
+        .args(["score", "99999999999999999999999"])
+        .args(TINY)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("architecture index 99999999999999999999999 is out of range 0..15625"));
     knas()
         .args(["score", "--sample", "1", "--dataset", "cifar10:/nonexistent"])
         .args(TINY)
@@ -125,31 +162,27 @@ fn train_reports_accuracy_and_losses() {
     assert!(rows[0]["train_loss"].as_f64().unwrap() > 0.0);
 }
 
+/// Settings of the correlate tests: tiny networks, few images, a small reference sample.
+const QUICK: &[&str] = &["--limit", "64", "--reference", "6"];
+
 #[test]
-fn correlate_reports_both_modes_and_baselines_and_plots() {
+fn correlate_reports_every_measure_the_aggregate_and_a_plot() {
     let dir = tempfile::tempdir().unwrap();
     let plot = dir.path().join("corr.svg");
     let out = knas()
-        .args(["correlate", "--sample", "4", "--train-seeds", "2", "--limit", "64", "--format", "json", "--plot"])
+        .args(["correlate", "--sample", "4", "--train-seeds", "2", "--format", "json", "--plot"])
         .arg(&plot)
+        .args(QUICK)
         .args(TINY)
         .assert()
         .success();
     let report: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
     assert_eq!(report["archs"], 4);
+    assert_eq!(report["truth"]["kind"], "training");
     assert_eq!(report["measurements"].as_array().unwrap().len(), 4);
     let measures: Vec<&str> =
         report["correlations"].as_array().unwrap().iter().map(|c| c["measure"].as_str().unwrap()).collect();
-    for wanted in [
-        "MGM (per-sample)",
-        "MGM (batch)",
-        "snip (baseline)",
-        "synflow (baseline)",
-        "jacov (baseline)",
-        "naswot (baseline)",
-        "params (baseline)",
-        "seed 0 vs seed 1 (noise floor)",
-    ] {
+    for wanted in ["aggregate", "aggregate, in-sample ranks (AZ-NAS)", "mgm", "zico", "naswot", "meco", "trainability", "params", "seed 0 vs seed 1 (noise floor)"] {
         assert!(measures.contains(&wanted), "{wanted} missing from {measures:?}");
     }
     for c in report["correlations"].as_array().unwrap() {
@@ -161,42 +194,110 @@ fn correlate_reports_both_modes_and_baselines_and_plots() {
     }
     for m in report["measurements"].as_array().unwrap() {
         assert_eq!(m["accuracy"].as_array().unwrap().len(), 2);
-        assert_eq!(m["scores"].as_array().unwrap().len(), 2);
-        assert_eq!(m["baselines"].as_array().unwrap().len(), 4);
+        assert_eq!(m["values"].as_object().unwrap().len(), 16, "every measure: {m}");
     }
     let svg = std::fs::read_to_string(&plot).unwrap();
-    assert!(svg.contains("<svg") && svg.contains("Spearman"), "not the expected SVG");
+    assert!(svg.contains("<svg") && svg.contains("aggregate") && svg.contains("zico"), "not the expected SVG");
+}
+
+/// Writes a benchmark table: every architecture of `archs` with a made-up accuracy.
+fn table(dir: &std::path::Path, archs: &[(String, f64)]) -> std::path::PathBuf {
+    let path = dir.join("table.jsonl");
+    let lines: Vec<String> = archs.iter().map(|(arch, acc)| serde_json::json!({"arch": arch, "acc": acc}).to_string()).collect();
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    path
+}
+
+#[test]
+fn correlate_judges_against_a_published_table_without_training() {
+    let dir = tempfile::tempdir().unwrap();
+    // Six cells; accuracy grows with the number of convolutions, a truth the measures see.
+    let archs: Vec<(String, f64)> = [
+        ("|none~0|+|none~0|none~1|+|none~0|none~1|none~2|", 10.0),
+        ("|skip_connect~0|+|none~0|none~1|+|none~0|none~1|skip_connect~2|", 40.0),
+        ("|nor_conv_1x1~0|+|none~0|none~1|+|none~0|none~1|skip_connect~2|", 60.0),
+        ("|nor_conv_3x3~0|+|none~0|none~1|+|none~0|none~1|skip_connect~2|", 70.0),
+        ("|nor_conv_3x3~0|+|nor_conv_3x3~0|none~1|+|none~0|none~1|nor_conv_3x3~2|", 80.0),
+        ("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|", 90.0),
+    ]
+    .iter()
+    .map(|(a, acc)| ((*a).to_owned(), *acc))
+    .collect();
+    let path = table(dir.path(), &archs);
+    let out = knas()
+        .args(["correlate", "--sample", "6", "--measures", "params,flops,synflow", "--format", "json", "--table"])
+        .arg(&path)
+        .args(QUICK)
+        .args(TINY)
+        .assert()
+        .success();
+    let report: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(report["truth"]["kind"], "table");
+    assert_eq!(report["truth"]["field"], "acc");
+    let params = report["correlations"].as_array().unwrap().iter().find(|c| c["measure"] == "params").unwrap();
+    assert!(params["spearman"].as_f64().unwrap() > 0.9, "{params}");
+    assert_eq!(params["against"], "accuracy");
+    assert!(report["correlations"].as_array().unwrap().iter().all(|c| c["against"] == "accuracy"), "no loss without training");
+    for m in report["measurements"].as_array().unwrap() {
+        let acc = archs.iter().find(|(a, _)| a.as_str() == m["arch"].as_str().unwrap()).unwrap().1;
+        assert_eq!(m["accuracy"], serde_json::json!([acc]));
+    }
+    // The dataset reports which files it read: here the embedded subset, so none.
+    // Bad tables are named with the line and the problem.
+    std::fs::write(&path, format!("{{\"arch\": \"{ARCH}\", \"acc\": 1}}\n{{\"arch\": \"{ARCH}\", \"acc\": 2}}\n")).unwrap();
+    knas()
+        .args(["correlate", "--sample", "2", "--table"])
+        .arg(&path)
+        .args(TINY)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("table.jsonl:2: duplicate architecture"));
+    std::fs::write(&path, format!("{{\"arch\": \"{ARCH}\", \"acc\": 1}}\n{{\"arch\": 3}}\n")).unwrap();
+    knas()
+        .args(["correlate", "--sample", "2", "--table"])
+        .arg(&path)
+        .args(TINY)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("table.jsonl:2: missing the accuracy field `acc`"));
+    knas()
+        .args(["correlate", "--sample", "2", "--measures", "mgn", "--table"])
+        .arg(&path)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("unknown measure \"mgn\""));
 }
 
 #[test]
 fn correlate_reuses_an_earlier_reports_training_as_truth() {
     let dir = tempfile::tempdir().unwrap();
     let first = knas()
-        .args(["correlate", "--sample", "3", "--train-seeds", "1", "--limit", "64", "--modes", "per-sample"])
-        .args(["--baselines", "naswot", "--format", "json"])
+        .args(["correlate", "--sample", "3", "--train-seeds", "1", "--measures", "naswot", "--format", "json"])
+        .args(QUICK)
         .args(TINY)
         .assert()
         .success();
     let truth_file = dir.path().join("truth.json");
     std::fs::write(&truth_file, &first.get_output().stdout).unwrap();
     let first: Value = serde_json::from_slice(&first.get_output().stdout).unwrap();
-    assert_eq!(first["baselines"], serde_json::json!(["naswot"]));
+    assert_eq!(first["measures"], serde_json::json!(["naswot"]));
 
     let again = knas()
-        .args(["correlate", "--limit", "64", "--modes", "per-sample", "--baselines", "jacov,synflow"])
-        .args(["--epochs", "3", "--format", "json", "--truth"])
+        .args(["correlate", "--measures", "jacov,naswot", "--epochs", "3", "--format", "json", "--truth"])
         .arg(&truth_file)
+        .args(QUICK)
         .args(TINY)
         .assert()
         .success();
     let again: Value = serde_json::from_slice(&again.get_output().stdout).unwrap();
     assert_eq!(again["archs"], 3);
-    assert_eq!(again["epochs"], 1, "the training described is the truth's, not this run's --epochs");
-    assert_eq!(again["baselines"], serde_json::json!(["jacov", "synflow"]), "in the order asked for");
+    assert_eq!(again["truth"]["kind"], "report");
+    assert_eq!(again["truth"]["epochs"], 1, "the training described is the truth's, not this run's --epochs");
+    assert_eq!(again["measures"], serde_json::json!(["jacov", "naswot"]), "in the order asked for");
     for (a, b) in first["measurements"].as_array().unwrap().iter().zip(again["measurements"].as_array().unwrap()) {
         assert_eq!(a["arch"], b["arch"]);
         assert_eq!(a["accuracy"], b["accuracy"], "trained results are taken, not recomputed");
-        assert_eq!(a["scores"], b["scores"], "same seed and batch: same MGM");
+        assert_eq!(a["values"]["naswot"], b["values"]["naswot"], "same seed and batch: same value");
     }
 
     // A truth for other networks or data is refused, naming the file and the difference.
@@ -219,8 +320,10 @@ fn correlate_reuses_an_earlier_reports_training_as_truth() {
 
 #[test]
 fn select_trains_the_top_k_and_picks_a_winner_among_them() {
+    let store = tempfile::tempdir().unwrap();
     let out = knas()
-        .args(["select", "--candidates", "5", "--top-k", "2", "--limit", "64", "--format", "json"])
+        .args(["select", "--candidates", "5", "--top-k", "2", "--limit", "64", "--reference", "6", "--format", "json", "--store"])
+        .arg(store.path().join("runs.db"))
         .args(TINY)
         .assert()
         .success();
@@ -228,7 +331,7 @@ fn select_trains_the_top_k_and_picks_a_winner_among_them() {
     let candidates = selection["candidates"].as_array().unwrap();
     assert_eq!(candidates.len(), 5);
     let scores: Vec<f64> = candidates.iter().map(|c| c["score"].as_f64().unwrap()).collect();
-    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "ranked by MGM: {scores:?}");
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "ranked by score: {scores:?}");
     let finalists = selection["finalists"].as_array().unwrap();
     assert_eq!(finalists.len(), 2);
     assert_eq!(finalists[0]["arch"], candidates[0]["arch"]);
@@ -243,5 +346,10 @@ fn help_explains_the_commands() {
         .success()
         .stdout(predicate::str::contains("gradient kernel"))
         .stdout(predicate::str::contains("correlate"));
-    knas().args(["score", "--help"]).assert().success().stdout(predicate::str::contains("--archs <FILE>"));
+    knas()
+        .args(["score", "--help"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("--archs <FILE>"))
+        .stdout(predicate::str::contains("trainability"));
 }

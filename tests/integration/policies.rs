@@ -24,7 +24,7 @@ fn search(policy_name: &str, store: &Path, extra: &[&str]) -> assert_cmd::Comman
         .arg(policy(policy_name))
         .arg("--store")
         .arg(store)
-        .args(["--limit", "64", "--epochs", "1", "--format", "json"])
+        .args(["--limit", "64", "--epochs", "1", "--reference", "6", "--format", "json"])
         .args(TINY)
         .args(extra);
     cmd
@@ -66,16 +66,87 @@ fn evolution_policy_spends_its_budget_then_trains_the_fittest() {
 
 #[test]
 fn pruning_policy_prunes_the_supernet_to_one_architecture() {
-    let (_dir, store) = store();
-    let r = report(search("pruning", &store, &["--budget", "200", "--top-k", "2", "--max-batch", "31"]).assert().success());
+    let (_dir, path) = store();
+    let pure = ["--budget", "200", "--top-k", "2", "--max-batch", "30", "--params", r#"{"refine": false}"#];
+    let r = report(search("pruning", &path, &pure).assert().success());
     assert_eq!(r["finish"], "policy-done");
-    // Four rounds take every edge from 5 ops to 1; each scores the supernet and each
-    // one-op removal: 31 + 25 + 19 + 13. Then the result is trained, once.
-    assert_eq!(r["recorded"], json!({"scores": 88, "trainings": 1}));
+    // Four rounds take every edge from 5 ops to 1, each scoring every one-op removal:
+    // 30 + 24 + 18 + 12. Then the result is scored and trained.
+    assert_eq!(r["recorded"], json!({"scores": 85, "trainings": 1}));
     let winner = r["leaderboard"]["winner"]["candidate"].as_str().unwrap();
     assert!(!winner.contains(','), "a single architecture: {winner}");
-    let top = r["leaderboard"]["top_scores"][0]["candidate"].as_str().unwrap();
-    assert!(top.contains(','), "supernets were scored: {top}");
+    let scored: Vec<&str> = r["leaderboard"]["top_scores"].as_array().unwrap().iter().map(|s| s["candidate"].as_str().unwrap()).collect();
+    assert!(scored.iter().any(|c| c.contains(',')), "supernets were scored: {scored:?}");
+    // With the default local search, the rest of the budget climbs from the pruned cell.
+    let (_dir, path) = store();
+    let r = report(search("pruning", &path, &["--budget", "120", "--top-k", "2", "--max-batch", "30"]).assert().success());
+    assert_eq!(r["recorded"], json!({"scores": 120, "trainings": 2}));
+}
+
+#[test]
+fn a_contract_0_1_policy_still_runs() {
+    let (_dir, store) = store();
+    let r = report(search("contract-0-1", &store, &["--budget", "5", "--top-k", "1"]).assert().success());
+    assert_eq!(r["recorded"], json!({"scores": 5, "trainings": 1}));
+    let out = knas().args(["policy", "inspect", "--format", "json"]).arg(policy("contract-0-1")).assert().success();
+    let info: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(info[0]["contract_version"], "0.1.0");
+}
+
+#[test]
+fn policy_parameters_that_do_not_fit_name_the_key() {
+    let (_a, first) = store();
+    search("evolution", &first, &["--budget", "3", "--params", r#"{"population": "many"}"#])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("population: invalid type: string \"many\""));
+    let (_b, second) = store();
+    search("random", &second, &["--budget", "3", "--params", r#"{"rank_by": "accuracy"}"#])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("rank_by: unknown ranking \"accuracy\""));
+    let (_c, third) = store();
+    search("evolution", &third, &["--budget", "3", "--params", r#"{"populaton": 3}"#])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("unknown field `populaton`"));
+    // The run is left failed, not running.
+    let out = knas().args(["runs", "--format", "json", "--store"]).arg(&third).assert().success();
+    let runs: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(runs[0]["status"], "failed", "{runs}");
+}
+
+#[test]
+fn evaluations_carry_every_measure_and_the_search_reports_its_standing_in_a_table() {
+    let (dir, store) = store();
+    // A table with made-up accuracies for every architecture the run may meet.
+    let table = dir.path().join("table.jsonl");
+    let lines: Vec<String> = (0..knas::space::NUM_ARCHS)
+        .map(|i| json!({"arch": knas::space::Arch::from_index(i).unwrap().to_string(), "acc": (i % 97) as f64}).to_string())
+        .collect();
+    std::fs::write(&table, lines.join("\n")).unwrap();
+    let r = report(search("random", &store, &["--budget", "6", "--top-k", "2", "--table"]).arg(&table).assert().success());
+    let published = &r["published"];
+    assert_eq!(published["field"], "acc");
+    let winner = r["leaderboard"]["winner"]["candidate"].as_str().unwrap();
+    let index = winner.parse::<knas::space::Arch>().unwrap().index();
+    assert_eq!(published["winner"]["accuracy"].as_f64().unwrap(), (index % 97) as f64);
+    assert!(published["winner"]["rank"].as_u64().unwrap() >= 1);
+    assert_eq!(r["leaderboard"]["winner"]["published_accuracy"], published["winner"]["accuracy"]);
+    let s = knas::store::RunStore::open(&store).unwrap();
+    let run = s.run("random").unwrap().unwrap();
+    for e in s.evaluations(run.id).unwrap().iter().filter(|e| e.fidelity == knas::policy::Fidelity::Score) {
+        let measures = e.measures.as_ref().unwrap();
+        assert!(measures.len() >= 3, "{measures:?}");
+        assert!(e.params.unwrap() > 0 && e.flops.unwrap() > 0);
+    }
+    assert_eq!(s.published(run.id).unwrap().accuracy.len(), 6);
+    knas()
+        .args(["runs", "random", "--store"])
+        .arg(&store)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("published accuracy"));
 }
 
 #[test]
@@ -223,6 +294,9 @@ fn invalid_proposals_are_rejected_before_any_compute() {
     fails_with(propose(json!([[3], [1], [0, 1], [2], [4], [3]]), true), &[], "training needs one op per edge");
     // Training with no training budget.
     fails_with(propose(json!([[3], [1], [0], [2], [4], [3]]), true), &[], "asks for 0 new scores and 1 new trainings, but only 3 and 0 remain");
+    let epochs = |n: u32| json!({"act": "propose", "candidates": [{"ops": [[3], [1], [0], [2], [4], [3]], "train": true, "epochs": n}]});
+    fails_with(epochs(11), &[], "candidate 0: 11 epochs asked, more than max-epochs 10");
+    fails_with(epochs(0), &[], "candidate 0: a training of 0 epochs");
     // A supernet score is fine.
     hostile(propose(json!([[0, 1, 2, 3, 4], [1], [0], [2], [4], [3]]), false), &[]).success();
 }
@@ -266,7 +340,7 @@ fn files_that_are_not_policies_are_refused_at_load() {
             .stderr(predicate::str::contains(message));
     };
     refuse(&junk, "junk.wasm cannot be loaded: not a WebAssembly file (it starts with bytes 23 21 2f 62)");
-    refuse(&policy("wrong-version"), "built against contract knas:policy@9.0.0, but this host implements knas:policy@0.1.0");
+    refuse(&policy("wrong-version"), "built against contract knas:policy@9.0.0, which this host does not run (it runs 0.2.0, 0.1.0)");
     refuse(&crate::common::core_module("knas_policy_random"), "a core WebAssembly module, not a component");
     refuse(&dir.path().join("missing.wasm"), "missing.wasm cannot be loaded: cannot read it");
 }
@@ -275,8 +349,8 @@ fn files_that_are_not_policies_are_refused_at_load() {
 fn inspect_shows_the_contract_and_the_sdk() {
     let out = knas().args(["policy", "inspect", "--format", "json"]).arg(policy("evolution")).assert().success();
     let info: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
-    assert_eq!(info[0]["contract_version"], "0.1.0");
-    assert_eq!(info[0]["sdk"], "knas-policy-sdk 0.1.0");
+    assert_eq!(info[0]["contract_version"], knas::policy::CONTRACT_VERSION);
+    assert_eq!(info[0]["sdk"], format!("knas-policy-sdk {}", env!("CARGO_PKG_VERSION")));
     let imports: Vec<&str> = info[0]["imports"].as_array().unwrap().iter().map(|i| i.as_str().unwrap()).collect();
     assert!(imports.iter().all(|i| i.starts_with("knas:policy/")), "{imports:?}");
 }
@@ -294,8 +368,9 @@ fn a_failing_policy_leaves_the_host_and_other_runs_intact() {
     let (_dir, path) = store();
     let store = RunStore::open(&path).unwrap();
     let runtime = PolicyRuntime::new().unwrap();
-    let experiment = Experiment { channels: 2, cells: 1, score_batch: 4, limit: Some(64), ..Experiment::default() };
-    let engine = Engine::new(&experiment, tch::Device::Cpu).unwrap();
+    let experiment = Experiment { channels: 2, cells: 1, score_batch: 4, limit: Some(64), reference: 6, ..Experiment::default() };
+    let mut engine = Engine::new(&experiment, tch::Device::Cpu).unwrap();
+    knas::search::anchor(&mut engine, &store, &mut |_, _| {}).unwrap();
     let settings = SearchSettings { budget: 4, top_k: 0, max_batch: 2 };
 
     let hostile = runtime.load_file(&policy("hostile")).unwrap();
@@ -324,3 +399,46 @@ fn a_failing_policy_leaves_the_host_and_other_runs_intact() {
     assert_eq!(store.evaluations(good_run.id).unwrap().len(), 4);
 }
 
+
+/// A run with 10,000 recorded results restarts by replaying them in bounded `observe`
+/// calls, each inside the per-call limits, and a policy's checkpoint lets the next restart
+/// skip what it already knows.
+#[test]
+fn long_histories_replay_in_chunks_and_checkpoints_shorten_restarts() {
+    use knas::config::SearchSettings;
+    use knas::engine::{Engine, Experiment};
+    use knas::policy::{Fidelity, PolicyLimits, PolicyRuntime};
+    use knas::search::Search;
+    use knas::space::{Arch, Candidate};
+    use knas::store::{NewEvaluation, RunStore};
+
+    let (_dir, path) = store();
+    let store = RunStore::open(&path).unwrap();
+    let runtime = PolicyRuntime::new().unwrap();
+    let experiment = Experiment { channels: 2, cells: 1, score_batch: 4, limit: Some(64), reference: 6, ..Experiment::default() };
+    let mut engine = Engine::new(&experiment, tch::Device::Cpu).unwrap();
+    knas::search::anchor(&mut engine, &store, &mut |_, _| {}).unwrap();
+    let module = runtime.load_file(&policy("evolution")).unwrap();
+    let limits = PolicyLimits::default();
+    let spec = SearchSettings { budget: 10_010, top_k: 0, max_batch: 1 }.spec(json!({}), limits);
+    let (run, _) = store.begin_run("long", &module.label(), &experiment, &spec).unwrap();
+    let archs = Arch::sample(10_000, 7);
+    for (i, arch) in archs.iter().enumerate() {
+        let m = NewEvaluation { score: Some(-(i as f64) / 1e4), params: Some(1000), flops: Some(1000), seconds: 0.0, ..NewEvaluation::default() };
+        store.record(run.id, &Candidate::from(*arch), Fidelity::Score, "old@0", &m).unwrap();
+    }
+    let mut search = Search::start(&store, &runtime, &module, "long", &experiment, &spec).unwrap();
+    let (calls, _) = search.policy_calls();
+    let chunks = 10_000usize.div_ceil(knas::search::REPLAY_CHUNK) as u64;
+    assert!(calls >= chunks, "the history went in {calls} calls");
+    // One more evaluation: the policy is asked for its checkpoint and it is stored.
+    search.step(&engine, &store, &mut ()).unwrap();
+    let (seq, _, state) = store.checkpoint(run.id).unwrap().expect("a checkpoint");
+    assert_eq!(seq, 10_001);
+    assert!(!state.is_empty());
+    drop(search);
+    // The restart restores the checkpoint and replays nothing.
+    let search = Search::start(&store, &runtime, &module, "long", &experiment, &spec).unwrap();
+    let (calls, _) = search.policy_calls();
+    assert!(calls <= 3, "init and restore, no replay: {calls} calls");
+}

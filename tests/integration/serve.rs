@@ -21,7 +21,7 @@ pub struct Service {
 pub fn config(budget: u32, top_k: u32) -> String {
     format!(
         "listen: 127.0.0.1:0\npolicy-dir: policies\nstore: runs.db\ndevice: cpu\nthreads: 1\ndebounce-ms: 200\n\
-         experiment: {{ channels: 2, cells: 1, score-batch: 4, limit: 64 }}\n\
+         experiment: {{ channels: 2, cells: 1, score-batch: 4, limit: 64, reference: 6 }}\n\
          search: {{ budget: {budget}, top-k: {top_k}, max-batch: 4 }}\n"
     )
 }

@@ -1,4 +1,4 @@
-//! A worked example of a knas policy: steepest-ascent hill climbing on the kernel score.
+//! A worked example of a knas policy: steepest-ascent hill climbing on the run's score.
 //!
 //! Start from a random architecture; score all 24 neighbours (each of the 6 edges set to
 //! each of the 4 other ops); move to the best neighbour if it beats the current one,
@@ -14,8 +14,9 @@
 //!
 //! Parameters: `restarts_log` (bool, default true) logs each restart.
 
-use knas_policy_sdk::nb201::{self, Arch, NUM_EDGES, NUM_OPS, Scoreboard};
-use knas_policy_sdk::{Budget, Evaluation, Fidelity, Policy, Proposal, Settings, info};
+use knas_policy_sdk::archive::{Archive, Ranking};
+use knas_policy_sdk::nb201::{self, Arch};
+use knas_policy_sdk::{Budget, Candidate, Evaluation, Policy, Proposal, Settings, info, random};
 
 #[derive(serde::Deserialize)]
 #[serde(default)]
@@ -34,22 +35,21 @@ struct HillClimb {
     max_batch: usize,
     /// Where the climb stands; `None` until the first start is scored.
     current: Option<Arch>,
-    /// Every score seen in the run (including a replayed history).
-    board: Scoreboard,
+    /// Every result seen in the run (including a replayed history).
+    archive: Archive,
 }
 
 impl HillClimb {
-    fn neighbours(arch: Arch) -> Vec<Arch> {
-        (0..NUM_EDGES)
-            .flat_map(|edge| (0..NUM_OPS).filter(move |&op| op != arch.ops()[edge]).map(move |op| arch.with_op(edge, op)))
-            .collect()
+    /// The run's score of `arch`, once scored (−∞ when its score is missing).
+    fn score(&self, arch: &Arch) -> Option<f64> {
+        self.archive.get(arch).filter(|e| e.scored).map(|e| e.score.unwrap_or(f64::NEG_INFINITY))
     }
 
     /// A fresh random start that has not been scored yet.
     fn restart(&mut self) -> Arch {
         let start = loop {
-            let arch = Arch::random();
-            if self.board.score(&arch).is_none() {
+            let arch = Arch::random(&mut random::rng());
+            if !self.archive.is_scored(&arch) {
                 break arch;
             }
         };
@@ -68,36 +68,35 @@ impl Policy for HillClimb {
             params: settings.parse_params()?,
             max_batch: settings.max_batch.max(1) as usize,
             current: None,
-            board: Scoreboard::default(),
+            archive: Archive::new(),
         })
     }
 
     fn observe(&mut self, results: Vec<Evaluation>) -> Result<(), String> {
-        self.board.record(&results);
+        self.archive.record(&results);
         Ok(())
     }
 
     fn propose(&mut self, remaining: Budget) -> Result<Proposal, String> {
         if remaining.scores > 0 {
             let current = match self.current {
-                Some(arch) if self.board.score(&arch).is_some() => arch,
-                Some(arch) => return Ok(Proposal::Evaluate(vec![arch.candidate(Fidelity::Score)])),
+                Some(arch) if self.archive.is_scored(&arch) => arch,
+                Some(arch) => return Ok(Proposal::Evaluate(vec![Candidate::score(arch)])),
                 None => {
                     let start = self.restart();
-                    return Ok(Proposal::Evaluate(vec![start.candidate(Fidelity::Score)]));
+                    return Ok(Proposal::Evaluate(vec![Candidate::score(start)]));
                 }
             };
-            let unscored: Vec<Arch> =
-                Self::neighbours(current).into_iter().filter(|n| self.board.score(n).is_none()).collect();
+            let unscored: Vec<Arch> = current.neighbours().filter(|n| !self.archive.is_scored(n)).collect();
             if !unscored.is_empty() {
                 let take = unscored.len().min(self.max_batch).min(remaining.scores as usize);
-                return Ok(Proposal::Evaluate(unscored[..take].iter().map(|a| a.candidate(Fidelity::Score)).collect()));
+                return Ok(Proposal::Evaluate(unscored[..take].iter().map(|&a| Candidate::score(a)).collect()));
             }
             // Every neighbour is known: climb, or restart at a local optimum.
-            let here = self.board.score(&current).unwrap_or(f64::NEG_INFINITY);
-            let (best, best_score) = Self::neighbours(current)
-                .into_iter()
-                .map(|n| (n, self.board.score(&n).unwrap_or(f64::NEG_INFINITY)))
+            let here = self.score(&current).unwrap_or(f64::NEG_INFINITY);
+            let (best, best_score) = current
+                .neighbours()
+                .map(|n| (n, self.score(&n).unwrap_or(f64::NEG_INFINITY)))
                 .max_by(|a, b| a.1.total_cmp(&b.1))
                 .expect("24 neighbours");
             let next = if best_score > here { best } else { self.restart() };
@@ -105,7 +104,7 @@ impl Policy for HillClimb {
             return self.propose(remaining);
         }
         // Train the best architecture found.
-        Ok(self.board.train_best(1, &remaining, self.max_batch))
+        Ok(self.archive.train_best(1, &Ranking::Score, &remaining, self.max_batch, None))
     }
 }
 

@@ -1,62 +1,63 @@
-//! `knas correlate`: how well does MGM rank architectures on this data?
+//! `knas correlate`: how well does each measure, and the aggregate, rank architectures?
 //!
-//! Scores a seeded sample of architectures, trains each under several training seeds, and
-//! reports rank correlations between each measure and the mean held-out accuracy and loss,
-//! with bootstrap intervals. Beside MGM stand the baselines any training-free score has to
-//! beat: parameter count, FLOPs and the published measures of [`knas::baselines`]; and the
-//! agreement between training seeds, the noise floor of the truth.
+//! The truth is one of three things:
+//! - a published benchmark table (`--table`, e.g. NAS-Bench-201's CIFAR-10 results): the
+//!   yardstick the field reports on, no training needed;
+//! - this run's own training of every architecture under several seeds, with the agreement
+//!   between seeds as the noise floor;
+//! - an earlier report's trained results (`--truth`), re-measured without training.
 //!
-//! Training is the expensive part, so a report can serve as the truth of a later run
-//! (`--truth`): same architectures and trained results, measures recomputed.
+//! Every measure is computed on the same networks, initial weights and batch; Spearman's ρ
+//! (with a 95 % bootstrap interval) and Kendall's τ are reported for each, for the
+//! aggregate anchored in the experiment's reference sample (what a search ranks by), and
+//! for AZ-NAS's in-sample rank aggregate.
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
-use clap::{Args, ValueEnum};
-use knas::baselines::Baseline;
-use knas::data::Holdout;
-use knas::engine::Experiment;
-use knas::kernel::ScoreMode;
+use clap::Args;
+use knas::engine::{Engine, Experiment};
+use knas::measures::aggregate::{self, AggregateSpec};
+use knas::measures::{Measure, Values};
 use knas::space::Arch;
 use knas::stats::{kendall, spearman, spearman_interval};
+use knas::table::BenchmarkTable;
 use plotters::prelude::*;
 
 use super::output::{self, Report};
-use super::{ComputeArgs, ExperimentArgs, sample_archs};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Modes {
-    Batch,
-    PerSample,
-    Both,
-}
+use super::{ComputeArgs, ExperimentArgs, read_arch_file, sample_archs};
 
 #[derive(Debug, Args)]
 pub struct CorrelateArgs {
-    /// Architectures sampled (seeded by --seed).
+    /// Architectures sampled (seeded by --seed): from the table with --table, else from the
+    /// whole space.
     #[arg(long, default_value_t = 20)]
     sample: usize,
-    /// Training seeds per architecture; metrics are averaged over them.
+    /// Take the architectures from this file instead (one per line).
+    #[arg(long = "archs", value_name = "FILE", conflicts_with_all = ["sample", "truth"])]
+    archs_file: Option<PathBuf>,
+    /// Judge against a published benchmark table instead of training: one JSON object per
+    /// line with `arch` and an accuracy (e.g. ../shared/data/nb201/nb201_cifar10.jsonl.gz,
+    /// gzipped or not).
+    #[arg(long, value_name = "FILE.jsonl", conflicts_with_all = ["train_seeds", "truth"])]
+    table: Option<PathBuf>,
+    /// The table's accuracy field [default: the first of acc, accuracy, test_accuracy, …]
+    #[arg(long, value_name = "NAME", requires = "table")]
+    table_field: Option<String>,
+    /// Training seeds per architecture when training; metrics are averaged over them.
     #[arg(long, default_value_t = 2)]
     train_seeds: u64,
-    /// Which MGM modes to evaluate (overrides --mode).
-    #[arg(long = "modes", value_enum, default_value_t = Modes::Both)]
-    modes: Modes,
-    /// Published training-free measures to compare against, comma-separated: snip,
-    /// synflow, jacov (Jacobian covariance), naswot. Parameter count and FLOPs are always
-    /// reported.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Baseline::ALL, conflicts_with = "no_baselines")]
-    baselines: Vec<Baseline>,
-    /// Compare MGM with parameter count and FLOPs only.
-    #[arg(long)]
-    no_baselines: bool,
     /// Take the architectures and their trained results from this earlier
     /// `knas correlate --format json` report instead of training (the measures are
     /// recomputed). Its data, split and networks (--dataset, --holdout, --limit,
     /// --channels, --cells, --seed) must match this run's.
-    #[arg(long, value_name = "REPORT.json", conflicts_with_all = ["sample", "train_seeds"])]
+    #[arg(long, value_name = "REPORT.json", conflicts_with = "sample")]
     truth: Option<PathBuf>,
-    /// Write a score-vs-accuracy scatter plot (SVG) here.
+    /// Measures to compute, comma-separated, or `all`.
+    #[arg(long, value_delimiter = ',', default_value = "all", value_parser = parse_measures)]
+    measures: Vec<Vec<Measure>>,
+    /// Write a rank-vs-accuracy scatter plot of the aggregate and every measure (SVG).
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
     #[command(flatten)]
@@ -68,28 +69,32 @@ pub struct CorrelateArgs {
     format: Report,
 }
 
+/// A measure name or `all`.
+pub fn parse_measures(text: &str) -> Result<Vec<Measure>, String> {
+    if text == "all" {
+        return Ok(Measure::ALL.to_vec());
+    }
+    Ok(vec![text.parse::<Measure>().map_err(|e| format!("{e}, or all"))?])
+}
+
 #[derive(Debug, serde::Serialize)]
-struct Measured {
+struct Row {
     arch: Arch,
-    /// MGM per mode, in the order of `CorrelationReport::modes`.
-    scores: Vec<f64>,
-    /// Each baseline's value, in the order of `CorrelationReport::baselines`; null where
-    /// it could not be computed.
-    baselines: Vec<Option<f64>>,
-    params: i64,
-    flops: i64,
-    /// Held-out accuracy per training seed.
+    /// Every measure's value (null where it is not finite for this network).
+    values: Values,
+    /// The aggregate anchored in the reference sample.
+    aggregate: f64,
+    /// AZ-NAS's aggregate with ranks taken within this sample.
+    aggregate_in_sample: f64,
+    /// The truth: the table's accuracy, or held-out accuracy per training seed.
     accuracy: Vec<f64>,
-    /// Held-out loss per training seed.
+    /// Held-out loss per training seed (empty with a table).
     loss: Vec<f64>,
 }
 
-impl Measured {
-    fn mean_accuracy(&self) -> f64 {
-        self.accuracy.iter().sum::<f64>() / self.accuracy.len() as f64
-    }
-    fn mean_loss(&self) -> f64 {
-        self.loss.iter().sum::<f64>() / self.loss.len() as f64
+impl Row {
+    fn mean(values: &[f64]) -> f64 {
+        values.iter().sum::<f64>() / values.len().max(1) as f64
     }
 }
 
@@ -101,28 +106,46 @@ struct Correlation {
     /// 95% bootstrap interval of the Spearman ρ (architectures resampled).
     spearman_95: Option<(f64, f64)>,
     kendall: Option<f64>,
+    /// Architectures for which the measure is missing (ranked last).
+    missing: usize,
+}
+
+/// What the measures were judged against.
+#[derive(Debug, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+enum TruthSource {
+    /// A published table.
+    Table { file: PathBuf, field: String, rows: usize },
+    /// This run's training.
+    Training { epochs: usize, train_seeds: u64 },
+    /// An earlier report's training.
+    Report { file: PathBuf, epochs: usize, train_seeds: u64 },
 }
 
 #[derive(Debug, serde::Serialize)]
 struct CorrelationReport {
     /// Every setting of the run (a later `--truth` checks them).
     experiment: Experiment,
+    truth: TruthSource,
     archs: usize,
-    train_seeds: u64,
-    epochs: usize,
-    modes: Vec<ScoreMode>,
-    baselines: Vec<Baseline>,
-    /// The report the trained results were taken from (`--truth`), if any.
-    truth: Option<PathBuf>,
+    measures: Vec<Measure>,
+    aggregate: AggregateSpec,
+    reference: usize,
+    /// Seconds per architecture to compute every measure (construction included).
+    seconds_per_arch: f64,
     correlations: Vec<Correlation>,
-    measurements: Vec<Measured>,
+    measurements: Vec<Row>,
 }
 
 /// Trained results read back from an earlier report (`--truth`).
 #[derive(Debug, serde::Deserialize)]
 struct TruthReport {
-    experiment: Experiment,
-    train_seeds: u64,
+    /// Kept as JSON: reports of older versions carry settings this one no longer has.
+    experiment: serde_json::Value,
+    #[serde(default)]
+    train_seeds: Option<u64>,
+    #[serde(default)]
+    truth: Option<serde_json::Value>,
     measurements: Vec<TruthRow>,
 }
 
@@ -135,49 +158,49 @@ struct TruthRow {
 
 /// The settings that decide what a trained result means: the data, its split, the
 /// networks and their initial weights. A truth is only valid for the same ones.
-fn trained_on(e: &Experiment) -> [(&'static str, String); 6] {
-    let holdout = match e.holdout {
-        Holdout::Fraction(f) => f.to_string(),
-        Holdout::Official => "test".into(),
+fn trained_on(e: &serde_json::Value) -> [(&'static str, String); 6] {
+    let field = |key: &str| match &e[key] {
+        serde_json::Value::Null => "(none)".to_owned(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
     };
-    let limit = e.limit.map_or_else(|| "(none)".into(), |l| l.to_string());
     [
-        ("--dataset", e.dataset.to_string()),
-        ("--holdout", holdout),
-        ("--limit", limit),
-        ("--channels", e.channels.to_string()),
-        ("--cells", e.cells.to_string()),
-        ("--seed", e.seed.to_string()),
+        ("--dataset", field("dataset")),
+        ("--holdout", field("holdout")),
+        ("--limit", field("limit")),
+        ("--channels", field("channels")),
+        ("--cells", field("cells")),
+        ("--seed", field("seed")),
     ]
 }
 
 impl TruthReport {
     /// Reads `path` and checks that it can serve as the truth for `experiment`.
-    fn load(path: &Path, experiment: &Experiment) -> Result<TruthReport> {
+    fn load(path: &Path, experiment: &Experiment) -> Result<(TruthReport, u64, usize)> {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
         let truth: TruthReport = serde_json::from_str(&text)
             .with_context(|| format!("{} is not a `knas correlate --format json` report", path.display()))?;
+        let here = serde_json::to_value(experiment)?;
         let differences: Vec<String> = trained_on(&truth.experiment)
             .into_iter()
-            .zip(trained_on(experiment))
+            .zip(trained_on(&here))
             .filter(|(there, here)| there != here)
             .map(|((flag, there), (_, here))| format!("trained with {flag} {there}, this run has {flag} {here}"))
             .collect();
-        anyhow::ensure!(
-            differences.is_empty(),
-            "{}: {}; pass the same settings",
-            path.display(),
-            differences.join("; ")
-        );
+        anyhow::ensure!(differences.is_empty(), "{}: {}; pass the same settings", path.display(), differences.join("; "));
+        // Older reports kept the training seeds at the top, newer ones in `truth`.
+        let seeds = truth
+            .train_seeds
+            .or_else(|| truth.truth.as_ref().and_then(|t| t["train_seeds"].as_u64()))
+            .with_context(|| format!("{}: the report has no trained results (a --table report?)", path.display()))?;
+        let epochs = truth.experiment["train"]["epochs"].as_u64().unwrap_or(0) as usize;
         anyhow::ensure!(truth.measurements.len() >= 2, "{}: needs at least 2 architectures", path.display());
         for row in &truth.measurements {
-            let seeds = truth.train_seeds as usize;
             anyhow::ensure!(
-                seeds >= 1 && row.accuracy.len() == seeds && row.loss.len() == seeds,
-                "{}: {} should have {} accuracy and loss values (train_seeds)",
+                seeds >= 1 && row.accuracy.len() == seeds as usize && row.loss.len() == seeds as usize,
+                "{}: {} should have {seeds} accuracy and loss values (train_seeds)",
                 path.display(),
-                row.arch,
-                truth.train_seeds
+                row.arch
             );
             anyhow::ensure!(
                 row.accuracy.iter().chain(&row.loss).all(|v| v.is_finite()),
@@ -186,7 +209,7 @@ impl TruthReport {
                 row.arch
             );
         }
-        Ok(truth)
+        Ok((truth, seeds, epochs))
     }
 }
 
@@ -194,80 +217,86 @@ pub fn run(args: &CorrelateArgs) -> Result<()> {
     anyhow::ensure!(args.sample >= 2, "--sample needs at least 2 architectures to correlate");
     anyhow::ensure!(args.train_seeds >= 1, "--train-seeds must be at least 1");
     let experiment = args.experiment.experiment();
-    let modes = match args.modes {
-        Modes::Batch => vec![ScoreMode::Batch],
-        Modes::PerSample => vec![ScoreMode::PerSample],
-        Modes::Both => vec![ScoreMode::PerSample, ScoreMode::Batch],
-    };
-    let baselines = if args.no_baselines { vec![] } else { dedup(&args.baselines) };
+    let measures = dedup(&args.measures.concat());
+    let table = args.table.as_deref().map(|path| BenchmarkTable::load(path, args.table_field.as_deref())).transpose()?;
     let truth = args.truth.as_deref().map(|path| TruthReport::load(path, &experiment)).transpose()?;
-    let engine = args.compute.engine(&experiment)?;
-    let archs = match &truth {
-        Some(truth) => truth.measurements.iter().map(|row| row.arch).collect(),
-        None => sample_archs(args.sample, experiment.seed)?,
+    let archs: Vec<Arch> = match (&truth, &table, &args.archs_file) {
+        (Some((report, _, _)), _, _) => report.measurements.iter().map(|row| row.arch).collect(),
+        (None, _, Some(file)) => read_arch_file(file)?,
+        (None, Some(table), None) => table.sample(args.sample, experiment.seed)?,
+        (None, None, None) => sample_archs(args.sample, experiment.seed)?,
     };
-
-    let scorers: Vec<_> = modes.iter().map(|&mode| engine.scorer(mode)).collect();
-    let bar = output::bar((archs.len() * (modes.len() + baselines.len())) as u64, "scoring");
-    let mut measured = Vec::with_capacity(archs.len());
-    for arch in &archs {
-        let candidate = (*arch).into();
-        let mut scores = Vec::new();
-        let mut info = None;
-        for scorer in &scorers {
-            let score = scorer.score(&candidate).with_context(|| format!("scoring {arch}"))?;
-            scores.push(score.mgm);
-            info = Some(score.info);
-            bar.inc(1);
+    anyhow::ensure!(archs.len() >= 2, "needs at least 2 architectures to correlate, got {}", archs.len());
+    if let Some(table) = &table {
+        if let Some(missing) = archs.iter().find(|a| table.accuracy(a).is_none()) {
+            anyhow::bail!("{}: has no row for {missing}", table.path().display());
         }
-        let info = info.expect("at least one mode");
-        let baseline_values = baselines
-            .iter()
-            .map(|baseline| {
-                bar.inc(1);
-                baseline
-                    .measure(&scorers[0], &candidate)
-                    .inspect_err(|e| tracing::warn!(%arch, baseline = baseline.name(), "no value: {e}"))
-                    .ok()
-            })
-            .collect();
-        measured.push(Measured {
-            arch: *arch,
-            scores,
-            baselines: baseline_values,
-            params: info.params,
-            flops: info.flops,
-            accuracy: vec![],
-            loss: vec![],
-        });
     }
-    bar.finish_and_clear();
 
-    // The training behind the results: the truth's, or this run's.
-    let (train, train_seeds) = match &truth {
-        Some(truth) => {
-            for (m, row) in measured.iter_mut().zip(&truth.measurements) {
-                m.accuracy.clone_from(&row.accuracy);
-                m.loss.clone_from(&row.loss);
-            }
-            (truth.experiment.train, truth.train_seeds)
+    let mut engine = args.compute.engine(&experiment)?;
+    // The aggregate is anchored in the reference sample: its measures must be computed too.
+    let mut computed = measures.clone();
+    for m in experiment.aggregate.measures() {
+        if !computed.contains(&m) {
+            computed.push(m);
         }
-        None => {
-            train_all(&engine, &mut measured, args.train_seeds, experiment.seed)?;
-            (experiment.train, args.train_seeds)
+    }
+    let bar = output::bar(experiment.reference as u64, "reference sample");
+    let reference = engine.build_reference(&mut |done, _| bar.set_position(done as u64))?;
+    bar.finish_and_clear();
+    engine.set_reference(reference)?;
+
+    let bar = output::bar(archs.len() as u64, "measuring");
+    let start = Instant::now();
+    let mut rows = Vec::with_capacity(archs.len());
+    for arch in &archs {
+        let measured = engine.measure(&(*arch).into(), &computed).with_context(|| format!("measuring {arch}"))?;
+        for (m, v) in &measured.values {
+            if v.is_none() {
+                tracing::debug!(%arch, measure = m.name(), "not finite: recorded as missing");
+            }
+        }
+        let aggregate = engine.score_of(&measured.values)?.unwrap_or(f64::NEG_INFINITY);
+        rows.push(Row { arch: *arch, values: measured.values, aggregate, aggregate_in_sample: 0.0, accuracy: vec![], loss: vec![] });
+        bar.inc(1);
+    }
+    let seconds_per_arch = start.elapsed().as_secs_f64() / archs.len() as f64;
+    bar.finish_and_clear();
+    let values: Vec<Values> = rows.iter().map(|r| r.values.clone()).collect();
+    for (row, v) in rows.iter_mut().zip(aggregate::in_sample(&experiment.aggregate, &values)) {
+        row.aggregate_in_sample = v;
+    }
+
+    let source = match (&table, &truth) {
+        (Some(table), _) => {
+            for row in &mut rows {
+                row.accuracy = vec![table.accuracy(&row.arch).expect("checked above")];
+            }
+            TruthSource::Table { file: table.path().to_owned(), field: table.field().to_owned(), rows: table.len() }
+        }
+        (None, Some((report, seeds, epochs))) => {
+            for (row, truth) in rows.iter_mut().zip(&report.measurements) {
+                row.accuracy.clone_from(&truth.accuracy);
+                row.loss.clone_from(&truth.loss);
+            }
+            TruthSource::Report { file: args.truth.clone().unwrap_or_default(), epochs: *epochs, train_seeds: *seeds }
+        }
+        (None, None) => {
+            train_all(&engine, &mut rows, args.train_seeds, experiment.seed)?;
+            TruthSource::Training { epochs: experiment.train.epochs, train_seeds: args.train_seeds }
         }
     };
 
     let report = CorrelationReport {
-        archs: archs.len(),
-        train_seeds,
-        epochs: train.epochs,
-        correlations: correlations(&measured, &modes, &baselines),
-        modes,
-        baselines,
-        truth: args.truth.clone(),
-        experiment: Experiment { train, ..experiment },
-        measurements: measured,
+        correlations: correlations(&rows, &measures),
+        truth: source,
+        archs: rows.len(),
+        aggregate: experiment.aggregate.clone(),
+        reference: experiment.reference,
+        measures,
+        seconds_per_arch,
+        experiment,
+        measurements: rows,
     };
     if let Some(path) = &args.plot {
         plot(&report, path).with_context(|| format!("cannot write the plot to {}", path.display()))?;
@@ -280,25 +309,25 @@ pub fn run(args: &CorrelateArgs) -> Result<()> {
 }
 
 /// `list` without repeats, first occurrence kept.
-fn dedup(list: &[Baseline]) -> Vec<Baseline> {
+fn dedup(list: &[Measure]) -> Vec<Measure> {
     let mut out = Vec::new();
-    for b in list {
-        if !out.contains(b) {
-            out.push(*b);
+    for m in list {
+        if !out.contains(m) {
+            out.push(*m);
         }
     }
     out
 }
 
-fn train_all(engine: &knas::engine::Engine, measured: &mut [Measured], train_seeds: u64, seed: u64) -> Result<()> {
-    let bar = output::bar(measured.len() as u64 * train_seeds, "training");
-    for m in measured {
+fn train_all(engine: &Engine, rows: &mut [Row], train_seeds: u64, seed: u64) -> Result<()> {
+    let bar = output::bar(rows.len() as u64 * train_seeds, "training");
+    for row in rows {
         for train_seed in 0..train_seeds {
             let result = engine
-                .train(&m.arch, seed.wrapping_add(train_seed), &mut |_, _| {})
-                .with_context(|| format!("training {} (seed {train_seed})", m.arch))?;
-            m.accuracy.push(result.heldout_accuracy);
-            m.loss.push(result.heldout_loss);
+                .train(&row.arch, seed.wrapping_add(train_seed), &mut |_, _| {})
+                .with_context(|| format!("training {} (seed {train_seed})", row.arch))?;
+            row.accuracy.push(result.heldout_accuracy);
+            row.loss.push(result.heldout_loss);
             bar.inc(1);
         }
     }
@@ -309,46 +338,43 @@ fn train_all(engine: &knas::engine::Engine, measured: &mut [Measured], train_see
 /// Bootstrap resamples behind each interval.
 const RESAMPLES: usize = 2000;
 
-fn correlations(measured: &[Measured], modes: &[ScoreMode], baselines: &[Baseline]) -> Vec<Correlation> {
-    let accuracy: Vec<f64> = measured.iter().map(Measured::mean_accuracy).collect();
-    let loss: Vec<f64> = measured.iter().map(Measured::mean_loss).collect();
-    let mut measures: Vec<(String, Vec<f64>)> = modes
-        .iter()
-        .enumerate()
-        .map(|(i, mode)| (format!("MGM ({})", mode.name()), measured.iter().map(|m| m.scores[i]).collect()))
-        .collect();
-    for (i, baseline) in baselines.iter().enumerate() {
-        // A measure that could not be computed ranks last, as a failed network would.
-        let values = measured.iter().map(|m| m.baselines[i].unwrap_or(f64::NEG_INFINITY)).collect();
-        measures.push((format!("{} (baseline)", baseline.name()), values));
+fn correlation(measure: String, against: &'static str, values: &[f64], truth: &[f64], missing: usize) -> Correlation {
+    Correlation {
+        measure,
+        against,
+        spearman: spearman(values, truth),
+        spearman_95: spearman_interval(values, truth, RESAMPLES, 0),
+        kendall: kendall(values, truth),
+        missing,
     }
-    measures.push(("params (baseline)".into(), measured.iter().map(|m| m.params as f64).collect()));
-    measures.push(("FLOPs (baseline)".into(), measured.iter().map(|m| m.flops as f64).collect()));
+}
+
+fn correlations(rows: &[Row], measures: &[Measure]) -> Vec<Correlation> {
+    let accuracy: Vec<f64> = rows.iter().map(|r| Row::mean(&r.accuracy)).collect();
+    let loss: Vec<f64> = rows.iter().map(|r| Row::mean(&r.loss)).collect();
+    let trained = rows.iter().all(|r| !r.loss.is_empty());
+    let mut series: Vec<(String, Vec<f64>, usize)> = vec![
+        ("aggregate".into(), rows.iter().map(|r| r.aggregate).collect(), 0),
+        ("aggregate, in-sample ranks (AZ-NAS)".into(), rows.iter().map(|r| r.aggregate_in_sample).collect(), 0),
+    ];
+    for m in measures {
+        // A missing value ranks last, as a failed network would.
+        let values: Vec<Option<f64>> = rows.iter().map(|r| r.values.get(m).copied().flatten()).collect();
+        let missing = values.iter().filter(|v| v.is_none()).count();
+        series.push((m.name().into(), values.into_iter().map(|v| v.unwrap_or(f64::NEG_INFINITY)).collect(), missing));
+    }
     let mut out = Vec::new();
-    for (name, values) in &measures {
-        for (against, truth) in [("accuracy", &accuracy), ("loss", &loss)] {
-            out.push(Correlation {
-                measure: name.clone(),
-                against,
-                spearman: spearman(values, truth),
-                spearman_95: spearman_interval(values, truth, RESAMPLES, 0),
-                kendall: kendall(values, truth),
-            });
+    for (name, values, missing) in &series {
+        out.push(correlation(name.clone(), "accuracy", values, &accuracy, *missing));
+        if trained {
+            out.push(correlation(name.clone(), "loss", values, &loss, *missing));
         }
     }
     // How much two training seeds agree: the ceiling any predictor can reach.
-    if measured.first().is_some_and(|m| m.accuracy.len() >= 2) {
-        for (against, pick) in [("accuracy", 0), ("loss", 1)] {
-            let series = |seed: usize| -> Vec<f64> {
-                measured.iter().map(|m| if pick == 0 { m.accuracy[seed] } else { m.loss[seed] }).collect()
-            };
-            out.push(Correlation {
-                measure: "seed 0 vs seed 1 (noise floor)".into(),
-                against,
-                spearman: spearman(&series(0), &series(1)),
-                spearman_95: spearman_interval(&series(0), &series(1), RESAMPLES, 0),
-                kendall: kendall(&series(0), &series(1)),
-            });
+    if rows.first().is_some_and(|r| r.accuracy.len() >= 2 && r.loss.len() >= 2) {
+        for (against, pick_loss) in [("accuracy", false), ("loss", true)] {
+            let seed = |s: usize| -> Vec<f64> { rows.iter().map(|r| if pick_loss { r.loss[s] } else { r.accuracy[s] }).collect() };
+            out.push(correlation("seed 0 vs seed 1 (noise floor)".into(), against, &seed(0), &seed(1), 0));
         }
     }
     out
@@ -359,48 +385,65 @@ fn fmt_corr(value: Option<f64>) -> String {
 }
 
 fn print_report(r: &CorrelationReport) {
-    println!(
-        "{} architectures on {}, C={} N={}, {} epoch(s) × {} training seed(s)",
-        r.archs, r.experiment.dataset, r.experiment.channels, r.experiment.cells, r.epochs, r.train_seeds
-    );
-    println!("A good score correlates positively with accuracy and negatively with loss.");
-    if let Some(path) = &r.truth {
-        println!("Trained results from {}.", path.display());
+    let e = &r.experiment;
+    println!("{} architectures on {}, C={} N={}, batch {}", r.archs, e.dataset, e.channels, e.cells, e.score_batch);
+    match &r.truth {
+        TruthSource::Table { file, field, rows } => {
+            println!("Truth: `{field}` of the published table {} ({rows} rows).", file.display());
+        }
+        TruthSource::Training { epochs, train_seeds } => println!("Truth: {epochs} epoch(s) × {train_seeds} training seed(s)."),
+        TruthSource::Report { file, epochs, train_seeds } => {
+            println!("Truth: trained results of {} ({epochs} epoch(s) × {train_seeds} seed(s)).", file.display());
+        }
     }
-    let mut table = output::table(&["measure", "against held-out", "Spearman ρ", "ρ 95% interval", "Kendall τ"]);
+    println!(
+        "Aggregate: {} over a reference sample of {}. {:.3} s per architecture for every measure.",
+        r.aggregate.terms.iter().map(|t| format!("{}×{}", t.weight, t.measure)).collect::<Vec<_>>().join(" + "),
+        r.reference,
+        r.seconds_per_arch
+    );
+    println!("A good measure correlates positively with accuracy (and negatively with loss).");
+    let mut table = output::table(&["measure", "against", "Spearman ρ", "ρ 95% interval", "Kendall τ", "missing"]);
     for c in &r.correlations {
-        let interval = c.spearman_95.map_or_else(|| "n/a".into(), |(lo, hi)| format!("[{lo:+.2}, {hi:+.2}]"));
+        let interval = c.spearman_95.map_or_else(|| "n/a".into(), |(lo, hi)| format!("[{lo:+.3}, {hi:+.3}]"));
         table.add_row(vec![
             c.measure.clone(),
             c.against.to_string(),
             fmt_corr(c.spearman),
             interval,
             fmt_corr(c.kendall),
+            c.missing.to_string(),
         ]);
     }
     println!("{table}");
 }
 
-/// One scatter panel per mode: log10 MGM against mean held-out accuracy.
+/// One scatter panel per measure: the architecture's rank under the measure (as a fraction
+/// of the sample; missing values at 0) against its accuracy.
 fn plot(r: &CorrelationReport, path: &Path) -> Result<()> {
-    let width = 480 * r.modes.len() as u32;
-    let root = SVGBackend::new(path, (width, 420)).into_drawing_area();
+    let accuracy: Vec<f64> = r.measurements.iter().map(|m| Row::mean(&m.accuracy)).collect();
+    let mut panels: Vec<(String, Vec<f64>)> = vec![("aggregate".into(), r.measurements.iter().map(|m| m.aggregate).collect())];
+    for m in &r.measures {
+        panels.push((m.name().into(), r.measurements.iter().map(|row| row.values.get(m).copied().flatten().unwrap_or(f64::NEG_INFINITY)).collect()));
+    }
+    let columns = 4usize;
+    let lines = panels.len().div_ceil(columns);
+    let root = SVGBackend::new(path, (360 * columns as u32, 300 * lines as u32)).into_drawing_area();
     root.fill(&WHITE)?;
-    let panels = root.split_evenly((1, r.modes.len()));
-    for (i, (panel, mode)) in panels.iter().zip(&r.modes).enumerate() {
-        let points: Vec<(f64, f64)> =
-            r.measurements.iter().map(|m| (m.scores[i].max(f64::MIN_POSITIVE).log10(), 100.0 * m.mean_accuracy())).collect();
-        let (x_min, x_max) = bounds(points.iter().map(|p| p.0));
-        let (y_min, y_max) = bounds(points.iter().map(|p| p.1));
-        let rho = r.correlations[2 * i].spearman.map_or("n/a".into(), |v| format!("{v:.3}"));
-        let mut chart = ChartBuilder::on(panel)
-            .caption(format!("MGM ({}) vs accuracy, Spearman {rho}", mode.name()), ("sans-serif", 16))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(48)
-            .build_cartesian_2d(x_min..x_max, y_min..y_max)?;
-        chart.configure_mesh().x_desc("log10 MGM").y_desc("held-out accuracy (%)").draw()?;
-        chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, BLUE.filled())))?;
+    let areas = root.split_evenly((lines, columns));
+    let (y_min, y_max) = bounds(accuracy.iter().copied());
+    let n = accuracy.len() as f64;
+    for (area, (name, values)) in areas.iter().zip(&panels) {
+        let ranks = knas::stats::ranks(values);
+        let rho = spearman(values, &accuracy).map_or("n/a".into(), |v| format!("{v:.3}"));
+        let mut chart = ChartBuilder::on(area)
+            .caption(format!("{name}: ρ {rho}"), ("sans-serif", 15))
+            .margin(8)
+            .x_label_area_size(30)
+            .y_label_area_size(40)
+            .build_cartesian_2d(0.0..1.0, y_min..y_max)?;
+        chart.configure_mesh().x_desc("rank / N").y_desc("accuracy").draw()?;
+        chart.draw_series(ranks.iter().zip(&accuracy).map(|(&rank, &acc)| Circle::new((rank / n, acc), 2, BLUE.filled())))?;
     }
     root.present()?;
     Ok(())

@@ -17,19 +17,18 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use knas::data::{DatasetSpec, Holdout};
 use knas::engine::{DeviceChoice, Engine, Experiment};
-use knas::kernel::ScoreMode;
+use knas::measures::ScoreChoice;
 use knas::space::{Arch, NUM_ARCHS};
 use knas::train::TrainConfig;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use tracing_subscriber::EnvFilter;
 
-/// Training-free neural architecture search with the gradient kernel (KNAS).
+/// Training-free neural architecture search (KNAS and beyond).
 ///
-/// knas judges a randomly initialised network by the mean of the Gram matrix of its
-/// per-sample gradients (MGM): networks with a large MGM train well. Scoring takes a
-/// fraction of a second per architecture, so knas ranks many candidates by MGM and trains
-/// only the best few briefly to pick the winner.
+/// knas judges a randomly initialised network without training it: by its gradient kernel
+/// (KNAS's MGM) and a suite of published training-free measures, combined into one rank
+/// aggregate. Scoring takes a fraction of a second per architecture, so knas ranks many
+/// candidates (coarse selection) and trains only the best few briefly to pick the winner
+/// (fine selection).
 ///
 /// Architectures are NAS-Bench-201 cells, written in NB201's string form
 /// (`|nor_conv_3x3~0|+|none~0|skip_connect~1|+|…~0|…~1|…~2|`) or as an index in 0..15624.
@@ -51,25 +50,27 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Score architectures with the gradient kernel (MGM) at initialisation.
+    /// Measure architectures at initialisation: the rank aggregate (default), any measure
+    /// of the suite, or all of them.
     ///
-    /// Example: knas score --sample 20 --format jsonl
+    /// Example: knas score --sample 20 --measure all --format jsonl
     Score(score::ScoreArgs),
     /// Train architectures briefly and report held-out accuracy and loss.
     ///
     /// Example: knas train '|nor_conv_3x3~0|+|nor_conv_3x3~0|skip_connect~1|+|nor_conv_3x3~0|nor_conv_1x1~1|skip_connect~2|'
     Train(train::TrainArgs),
-    /// Measure how well MGM ranks architectures: score a sample, train it under several
-    /// seeds, report Spearman and Kendall correlations (with bootstrap intervals) for MGM
-    /// and for the baselines it must beat: parameter count, FLOPs, SNIP, SynFlow, Jacobian
-    /// covariance and NASWOT.
+    /// Measure how well every measure and the aggregate rank architectures: against a
+    /// published benchmark table, or by training a sample under several seeds. Spearman ρ
+    /// (with a 95% bootstrap interval) and Kendall τ for each.
     ///
-    /// Example: knas correlate --sample 30 --train-seeds 2 --modes both --plot corr.svg --format json > corr.json
+    /// Against NAS-Bench-201's table: knas correlate --table nb201_cifar10.jsonl.gz --dataset cifar10:DIR --sample 1000
+    ///
+    /// By training: knas correlate --sample 30 --train-seeds 2 --plot corr.svg --format json > corr.json
     ///
     /// Re-measure on the same trained results without training: knas correlate --truth corr.json
     Correlate(correlate::CorrelateArgs),
-    /// Run a complete KNAS selection: sample candidates, rank them by MGM (coarse), train
-    /// the top k (fine) and report the winner.
+    /// Run a complete KNAS selection: sample candidates, rank them by score (coarse),
+    /// train the top k (fine) and report the winner.
     ///
     /// Example: knas select --candidates 100 --top-k 3
     Select(select::SelectArgs),
@@ -129,14 +130,18 @@ pub struct ExperimentArgs {
     /// Cells per stage, N [default: 5]
     #[arg(long)]
     cells: Option<i64>,
-    /// Images in the kernel-scoring batch [default: 64]
+    /// Images in the scoring batch every measure reads [default: 64]
     #[arg(long)]
     batch_size: Option<usize>,
-    /// How batch norm treats the scoring batch: per-sample (each image normalised on its
-    /// own, the KNAS protocol) or batch (batch statistics, as in training)
-    /// [default: per-sample]
-    #[arg(long, value_enum)]
-    mode: Option<ScoreMode>,
+    /// A candidate's score: `aggregate` (the rank aggregate of several measures, anchored
+    /// in a reference sample) or one measure's name (`mgm` is KNAS's gradient kernel; see
+    /// `knas score --help` for the list) [default: aggregate]
+    #[arg(long, value_name = "aggregate|MEASURE")]
+    score: Option<ScoreChoice>,
+    /// Architectures in the seeded reference sample that anchors the aggregate's ranks
+    /// (measured once per experiment, cached in the run store) [default: 64]
+    #[arg(long, value_name = "N")]
+    reference: Option<usize>,
     /// Seed for the data split, the scoring batch, network initialisation and policies
     /// [default: 0]
     #[arg(long)]
@@ -172,7 +177,9 @@ impl ExperimentArgs {
             channels: self.channels.unwrap_or(base.channels),
             cells: self.cells.unwrap_or(base.cells),
             score_batch: self.batch_size.unwrap_or(base.score_batch),
-            score_mode: self.mode.unwrap_or(base.score_mode),
+            score: self.score.unwrap_or(base.score),
+            reference: self.reference.unwrap_or(base.reference),
+            aggregate: base.aggregate,
             train: TrainConfig {
                 epochs: self.epochs.unwrap_or(train.epochs),
                 batch_size: self.train_batch_size.unwrap_or(train.batch_size),
@@ -208,6 +215,11 @@ impl ComputeArgs {
         spinner.finish_and_clear();
         let (train, heldout) = engine.sizes();
         tracing::info!(dataset = %experiment.dataset, train, heldout, device = ?device, "engine ready");
+        if !engine.files().is_empty() {
+            let names: Vec<String> =
+                engine.files().iter().map(|f| f.file_name().map_or_else(|| f.display().to_string(), |n| n.to_string_lossy().into_owned())).collect();
+            eprintln!("{}: {train} training and {heldout} held-out images, read from {}", experiment.dataset, names.join(", "));
+        }
         Ok(engine)
     }
 }
@@ -259,17 +271,10 @@ pub fn read_arch_file(path: &std::path::Path) -> Result<Vec<Arch>> {
     Ok(archs)
 }
 
-/// `n` distinct architectures drawn uniformly, reproducibly from `seed`. A smaller sample
-/// is a prefix of a larger one with the same seed (a forward Fisher–Yates shuffle).
+/// `n` distinct architectures drawn uniformly, reproducibly from `seed`.
 pub fn sample_archs(n: usize, seed: u64) -> Result<Vec<Arch>> {
     anyhow::ensure!(n <= NUM_ARCHS, "cannot sample {n} distinct architectures: the space has {NUM_ARCHS}");
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xa5c4);
-    let mut indices: Vec<usize> = (0..NUM_ARCHS).collect();
-    for i in 0..n {
-        let j = rng.random_range(i..NUM_ARCHS);
-        indices.swap(i, j);
-    }
-    Ok(indices[..n].iter().map(|&i| Arch::from_index(i).expect("index in range")).collect())
+    Ok(Arch::sample(n, seed))
 }
 
 fn init_logging(cli: &Cli) {

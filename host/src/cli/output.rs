@@ -59,6 +59,12 @@ pub fn sci(x: f64) -> String {
     format!("{x:.3e}")
 }
 
+/// A score: fixed-point when of ordinary size (aggregates are small negative numbers),
+/// scientific otherwise (MGM spans orders of magnitude).
+pub fn score(x: f64) -> String {
+    if x == 0.0 || (1e-3..1e5).contains(&x.abs()) { format!("{x:.4}") } else { sci(x) }
+}
+
 /// A fraction as a percentage with two decimals.
 pub fn percent(x: f64) -> String {
     format!("{:.2}%", 100.0 * x)

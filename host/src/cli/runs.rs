@@ -52,7 +52,7 @@ pub fn run(args: &RunsArgs) -> Result<()> {
             trainings: count(Fidelity::Train),
             best_score: best(|e| e.score),
             best_accuracy: best(|e| e.accuracy),
-            leaderboard: Leaderboard::of(&evaluations),
+            leaderboard: Leaderboard::of(&evaluations, &store.published(run.id)?),
             events: if args.name.is_some() { Some(store.events(run.id)?) } else { None },
             run,
         });
@@ -66,7 +66,7 @@ pub fn run(args: &RunsArgs) -> Result<()> {
 }
 
 fn print_tables(summaries: &[RunSummary], detailed: bool) {
-    let mut table = output::table(&["run", "policy", "status", "scores", "trainings", "best MGM", "best accuracy", "updated"]);
+    let mut table = output::table(&["run", "policy", "status", "scores", "trainings", "best score", "best accuracy", "updated"]);
     for s in summaries {
         table.add_row(vec![
             s.run.name.clone(),
@@ -74,7 +74,7 @@ fn print_tables(summaries: &[RunSummary], detailed: bool) {
             format!("{:?}", s.run.status).to_lowercase(),
             format!("{}/{}", s.scores, s.run.search.budget.scores),
             format!("{}/{}", s.trainings, s.run.search.budget.trainings),
-            s.best_score.map_or("–".into(), output::sci),
+            s.best_score.map_or("–".into(), output::score),
             s.best_accuracy.map_or("–".into(), output::percent),
             s.run.updated_at.clone(),
         ]);
@@ -93,25 +93,30 @@ fn print_tables(summaries: &[RunSummary], detailed: bool) {
     }
 }
 
-/// Prints the trained finalists (or, without any, the best scores).
+/// Prints the trained finalists (or, without any, the best scores); with a published
+/// column when the run was annotated with a benchmark table.
 pub fn print_leaderboard(board: &Leaderboard) {
-    if board.trained.is_empty() {
-        let mut table = output::table(&["#", "architecture", "MGM"]);
-        for (i, s) in board.top_scores.iter().enumerate() {
-            table.add_row(vec![(i + 1).to_string(), s.candidate.to_string(), s.score.map_or("–".into(), output::sci)]);
+    let published = board.trained.iter().chain(&board.top_scores).any(|s| s.published_accuracy.is_some());
+    let (title, rows, mut header) = if board.trained.is_empty() {
+        ("Best scores (nothing trained)", &board.top_scores, vec!["#", "architecture", "score"])
+    } else {
+        ("Leaderboard (trained candidates)", &board.trained, vec!["#", "architecture", "accuracy", "held-out loss", "score"])
+    };
+    if published {
+        header.push("published accuracy");
+    }
+    let mut table = output::table(&header);
+    for (i, s) in rows.iter().enumerate() {
+        let mut cells = vec![(i + 1).to_string(), s.candidate.to_string()];
+        if !board.trained.is_empty() {
+            cells.push(s.accuracy.map_or("–".into(), output::percent));
+            cells.push(s.loss.map_or("–".into(), |l| format!("{l:.4}")));
         }
-        println!("Best scores (nothing trained):\n{table}");
-        return;
+        cells.push(s.score.map_or("–".into(), output::score));
+        if published {
+            cells.push(s.published_accuracy.map_or("–".into(), |a| format!("{a:.2}")));
+        }
+        table.add_row(cells);
     }
-    let mut table = output::table(&["#", "architecture", "accuracy", "held-out loss", "MGM"]);
-    for (i, s) in board.trained.iter().enumerate() {
-        table.add_row(vec![
-            (i + 1).to_string(),
-            s.candidate.to_string(),
-            s.accuracy.map_or("–".into(), output::percent),
-            s.loss.map_or("–".into(), |l| format!("{l:.4}")),
-            s.score.map_or("–".into(), output::sci),
-        ]);
-    }
-    println!("Leaderboard (trained candidates):\n{table}");
+    println!("{title}:\n{table}");
 }

@@ -10,6 +10,7 @@ use knas::config::{RunConfig, SearchSettings, load_yaml};
 use knas::policy::{Budget, PolicyLimits, PolicyRuntime};
 use knas::search::{Finish, Leaderboard, Search, SearchObserver, Step};
 use knas::store::EvaluationRecord;
+use knas::table::BenchmarkTable;
 
 use super::output::{self, Report};
 use super::{ComputeArgs, ExperimentArgs, StoreArgs};
@@ -38,6 +39,15 @@ pub struct SearchArgs {
     /// The policy's parameters, as a JSON object (e.g. '{"population": 20}').
     #[arg(long, value_name = "JSON")]
     params: Option<String>,
+    /// Annotate the run with a published benchmark table (one JSON object per line with
+    /// `arch` and an accuracy, e.g. NAS-Bench-201's): each candidate's published accuracy
+    /// is stored and shown beside what knas measured, and the report says where the pick
+    /// stands in the table. The policy never sees it.
+    #[arg(long, value_name = "FILE.jsonl")]
+    table: Option<PathBuf>,
+    /// The table's accuracy field [default: the first of acc, accuracy, test_accuracy, …]
+    #[arg(long, value_name = "NAME", requires = "table")]
+    table_field: Option<String>,
     #[command(flatten)]
     limits: LimitArgs,
     #[command(flatten)]
@@ -90,12 +100,45 @@ struct SearchReport {
     /// Evaluations this process computed (the rest came from the store).
     computed_now: Budget,
     leaderboard: Leaderboard,
+    /// Where the picks stand in the published table (with --table).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    published: Option<PublishedStanding>,
     wall_seconds: f64,
     evaluation_seconds: f64,
     policy_calls: u64,
     policy_seconds: f64,
     /// Time inside the policy relative to time evaluating, in percent.
     policy_overhead_percent: f64,
+}
+
+/// Where a run's picks stand in a published table: the yardstick, not what knas measured.
+#[derive(Debug, serde::Serialize)]
+struct PublishedStanding {
+    table: PathBuf,
+    field: String,
+    /// The table's best and median accuracy.
+    best: f64,
+    median: f64,
+    /// The run's winner (most accurate after training; without training, best score).
+    winner: Option<Pick>,
+    /// The best candidate by score alone, before any training.
+    best_by_score: Option<Pick>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Pick {
+    candidate: knas::space::Candidate,
+    accuracy: f64,
+    #[serde(flatten)]
+    standing: knas::table::Standing,
+}
+
+impl Pick {
+    fn of(table: &BenchmarkTable, candidate: Option<&knas::space::Candidate>) -> Option<Pick> {
+        let candidate = *candidate?;
+        let accuracy = table.accuracy(&candidate.to_arch().ok()?)?;
+        Some(Pick { candidate, accuracy, standing: table.standing(accuracy) })
+    }
 }
 
 /// Progress bar and best-so-far, fed by the search loop.
@@ -115,7 +158,7 @@ impl SearchObserver for Progress {
             self.best_accuracy = self.best_accuracy.max(accuracy);
         }
         let accuracy = if self.best_accuracy >= 0.0 { output::percent(self.best_accuracy) } else { "–".into() };
-        self.bar.set_message(format!("best MGM {} acc {accuracy}", output::sci(self.best_score)));
+        self.bar.set_message(format!("best score {:.4} acc {accuracy}", self.best_score));
     }
 
     fn training_step(&mut self, done: usize, total: usize) {
@@ -143,14 +186,21 @@ pub fn run(args: &SearchArgs) -> Result<()> {
     anyhow::ensure!(params.is_object(), "policy parameters must be a JSON object, got {params}");
     let spec = settings.spec(params, args.limits.apply(config.limits));
 
+    let table = args.table.as_deref().map(|path| BenchmarkTable::load(path, args.table_field.as_deref())).transpose()?.map(std::sync::Arc::new);
     let runtime = PolicyRuntime::new()?;
     let module = runtime.load_file(&args.policy)?;
     let name = args.name.clone().unwrap_or_else(|| module.name().to_owned());
     let store = args.store.open()?;
-    let engine = args.compute.engine(&experiment)?;
+    let mut engine = args.compute.engine(&experiment)?;
+    let bar = output::bar(experiment.reference as u64, "reference sample");
+    knas::search::anchor(&mut engine, &store, &mut |done, _| bar.set_position(done as u64))?;
+    bar.finish_and_clear();
 
     let start = Instant::now();
     let mut search = Search::start(&store, &runtime, &module, &name, &experiment, &spec)?;
+    if let Some(table) = &table {
+        search.annotate_with(&store, table.clone())?;
+    }
     let total = u64::from(spec.budget.scores + spec.budget.trainings);
     let spent = store.spent(search.run().id)?;
     let mut progress = Progress { bar: output::bar(total, "searching"), best_score: f64::NEG_INFINITY, best_accuracy: -1.0 };
@@ -176,6 +226,22 @@ pub fn run(args: &SearchArgs) -> Result<()> {
 
     let run = store.run(&name)?.context("the run vanished from the store")?;
     let evaluations = store.evaluations(run.id)?;
+    let leaderboard = Leaderboard::of(&evaluations, &store.published(run.id)?);
+    let published = table.as_deref().map(|t| PublishedStanding {
+        table: t.path().to_owned(),
+        field: t.field().to_owned(),
+        best: t.best(),
+        median: t.median(),
+        winner: Pick::of(t, leaderboard.winner.as_ref().map(|w| &w.candidate)),
+        best_by_score: Pick::of(
+            t,
+            evaluations
+                .iter()
+                .filter(|e| e.fidelity == knas::policy::Fidelity::Score && e.candidate.is_single() && e.score.is_some())
+                .max_by(|a, b| a.score.unwrap_or(f64::NEG_INFINITY).total_cmp(&b.score.unwrap_or(f64::NEG_INFINITY)))
+                .map(|e| &e.candidate),
+        ),
+    });
     let (policy_calls, policy_time) = search.policy_calls();
     let evaluation_time = search.evaluation_time();
     let report = SearchReport {
@@ -186,7 +252,8 @@ pub fn run(args: &SearchArgs) -> Result<()> {
         budget: spec.budget,
         recorded: store.spent(run.id)?,
         computed_now: search.fresh(),
-        leaderboard: Leaderboard::of(&evaluations),
+        leaderboard,
+        published,
         wall_seconds: start.elapsed().as_secs_f64(),
         evaluation_seconds: evaluation_time.as_secs_f64(),
         policy_calls,
@@ -230,6 +297,17 @@ fn print_report(r: &SearchReport) {
         Some(w) if w.accuracy.is_some() => println!("Winner: {}", w.candidate),
         Some(w) => println!("Best by score (nothing trained): {}", w.candidate),
         None => println!("No candidate was evaluated."),
+    }
+    if let Some(p) = &r.published {
+        println!("In the published table {} (`{}`; best {:.2}, median {:.2}):", p.table.display(), p.field, p.best, p.median);
+        for (what, pick) in [("winner", &p.winner), ("best by score alone", &p.best_by_score)] {
+            if let Some(pick) = pick {
+                println!(
+                    "  {what}: {:.2} — rank {} of {} (top {:.2}%)",
+                    pick.accuracy, pick.standing.rank, pick.standing.of, pick.standing.top_percent
+                );
+            }
+        }
     }
 }
 

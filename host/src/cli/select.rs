@@ -1,5 +1,6 @@
 //! `knas select`: KNAS as the paper runs it. Coarse: sample M candidates and rank them by
-//! MGM. Fine: train the top k briefly and keep the most accurate.
+//! the experiment's score (the aggregate, or `--score mgm` for the paper's). Fine: train
+//! the top k briefly and keep the most accurate.
 
 use std::time::Instant;
 
@@ -9,7 +10,7 @@ use knas::space::Arch;
 use knas::train::TrainResult;
 
 use super::output::{self, Report};
-use super::{ComputeArgs, ExperimentArgs, sample_archs};
+use super::{ComputeArgs, ExperimentArgs, StoreArgs, sample_archs};
 
 #[derive(Debug, Args)]
 pub struct SelectArgs {
@@ -23,6 +24,9 @@ pub struct SelectArgs {
     experiment: ExperimentArgs,
     #[command(flatten)]
     compute: ComputeArgs,
+    /// The aggregate's reference sample is cached here.
+    #[command(flatten)]
+    store: StoreArgs,
     /// Output: tables, or one JSON document.
     #[arg(long, value_enum, default_value_t = Report::Table)]
     format: Report,
@@ -56,15 +60,19 @@ struct Selection {
 pub fn run(args: &SelectArgs) -> Result<()> {
     anyhow::ensure!(args.top_k >= 1 && args.top_k <= args.candidates, "--top-k must be between 1 and --candidates");
     let experiment = args.experiment.experiment();
-    let engine = args.compute.engine(&experiment)?;
+    let mut engine = args.compute.engine(&experiment)?;
     let archs = sample_archs(args.candidates, experiment.seed)?;
+    let bar = output::bar(experiment.reference as u64, "reference sample");
+    knas::search::anchor(&mut engine, &args.store.open()?, &mut |done, _| bar.set_position(done as u64))?;
+    bar.finish_and_clear();
 
     let start = Instant::now();
     let bar = output::bar(archs.len() as u64, "coarse: scoring");
     let mut candidates = Vec::with_capacity(archs.len());
     for arch in archs {
-        let score = engine.score(&arch.into()).with_context(|| format!("scoring {arch}"))?;
-        candidates.push(Candidate { rank: 0, arch, score: score.mgm, params: score.info.params });
+        let scored = engine.score(&arch.into()).with_context(|| format!("scoring {arch}"))?;
+        let score = scored.score.unwrap_or(f64::NEG_INFINITY);
+        candidates.push(Candidate { rank: 0, arch, score, params: scored.measured.info.params });
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -103,18 +111,18 @@ pub fn run(args: &SelectArgs) -> Result<()> {
 }
 
 fn print_tables(s: &Selection, m: usize) {
-    let mut table = output::table(&["MGM rank", "architecture", "MGM", "accuracy", "held-out loss", "train s"]);
+    let mut table = output::table(&["score rank", "architecture", "score", "accuracy", "held-out loss", "train s"]);
     for f in &s.finalists {
         table.add_row(vec![
             f.rank.to_string(),
             f.arch.to_string(),
-            output::sci(f.score),
+            format!("{:.4}", f.score),
             output::percent(f.result.heldout_accuracy),
             format!("{:.4}", f.result.heldout_loss),
             format!("{:.1}", f.result.seconds),
         ]);
     }
-    println!("Leaderboard: top {} of {m} candidates by MGM, after brief training", s.finalists.len());
+    println!("Leaderboard: top {} of {m} candidates by score, after brief training", s.finalists.len());
     println!("{table}");
     println!("Scored {m} candidates in {:.1}s; trained {} in {:.1}s.", s.scoring_seconds, s.finalists.len(), s.training_seconds);
     println!("Winner: {}", s.winner);

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{Augment, DataError, Dataset, ImageShape, Part, read_maybe_gzipped};
+use super::{Augment, DataError, Dataset, ImageShape, Part, find_maybe_gzipped, read_maybe_gzipped};
 
 const IMAGE_BYTES: usize = 3 * 32 * 32;
 const SHAPE: ImageShape = ImageShape { channels: 3, height: 32, width: 32 };
@@ -33,40 +33,53 @@ fn parse(bytes: &[u8], label_bytes: usize, num_classes: usize, path: &Path, name
         labels.push(chunk[label_bytes - 1]);
         images.extend_from_slice(&chunk[label_bytes..]);
     }
-    let dataset = Dataset { name: name.into(), shape: SHAPE, num_classes, augment: Augment::CropFlip, images, labels };
+    let dataset =
+        Dataset { name: name.into(), shape: SHAPE, num_classes, augment: Augment::CropFlip, images, labels, files: vec![] };
     dataset.validate(path)?;
     Ok(dataset)
 }
 
-fn load_files(dir: &Path, files: &[String], label_bytes: usize, classes: usize, name: &str) -> Result<Dataset, DataError> {
+/// Reads `path` as records of `label_bytes` label bytes and an image.
+fn load_file(path: &Path, label_bytes: usize, classes: usize, name: &str) -> Result<Dataset, DataError> {
+    let mut dataset = parse(&read_maybe_gzipped(path)?, label_bytes, classes, path, name)?;
+    dataset.files = vec![path.to_owned()];
+    Ok(dataset)
+}
+
+/// CIFAR-10: `data_batch_1.bin` … `data_batch_5.bin` and `test_batch.bin`, each possibly
+/// gzipped (`.bin.gz`). The training part is every training batch present: a folder with
+/// only some of them is a smaller training set (the dataset's `files` say which were read).
+pub(super) fn load_cifar10(dir: &Path, part: Part) -> Result<Dataset, DataError> {
+    let dir = bin_dir(dir, "cifar-10-batches-bin");
     let mut parts = Vec::new();
-    for file in files {
-        let path = dir.join(file);
-        if !path.exists() {
-            return Err(DataError::Missing { path, hint: format!("expected the {name} binary version here") });
+    match part {
+        Part::Train => {
+            for i in 1..=5 {
+                if let Ok(path) = find_maybe_gzipped(&dir, &format!("data_batch_{i}.bin")) {
+                    parts.push(load_file(&path, 1, 10, "cifar10")?);
+                }
+            }
+            if parts.is_empty() {
+                return Err(DataError::Missing {
+                    path: dir.join("data_batch_1.bin"),
+                    hint: "expected the CIFAR-10 binary version here: data_batch_1.bin … data_batch_5.bin, or .bin.gz".into(),
+                });
+            }
         }
-        parts.push(parse(&read_maybe_gzipped(&path)?, label_bytes, classes, &path, name)?);
+        Part::Test => parts.push(load_file(&find_maybe_gzipped(&dir, "test_batch.bin")?, 1, 10, "cifar10")?),
     }
     Ok(Dataset::concat(parts))
 }
 
-/// CIFAR-10: `data_batch_1.bin` … `data_batch_5.bin` and `test_batch.bin`.
-pub(super) fn load_cifar10(dir: &Path, part: Part) -> Result<Dataset, DataError> {
-    let files: Vec<String> = match part {
-        Part::Train => (1..=5).map(|i| format!("data_batch_{i}.bin")).collect(),
-        Part::Test => vec!["test_batch.bin".into()],
-    };
-    load_files(&bin_dir(dir, "cifar-10-batches-bin"), &files, 1, 10, "cifar10")
-}
-
-/// CIFAR-100: `train.bin` and `test.bin`, records carry the coarse then the fine label; we
-/// classify the 100 fine labels.
+/// CIFAR-100: `train.bin` and `test.bin` (or `.bin.gz`); records carry the coarse then the
+/// fine label; we classify the 100 fine labels.
 pub(super) fn load_cifar100(dir: &Path, part: Part) -> Result<Dataset, DataError> {
     let file = match part {
         Part::Train => "train.bin",
         Part::Test => "test.bin",
     };
-    load_files(&bin_dir(dir, "cifar-100-binary"), &[file.into()], 2, 100, "cifar100")
+    let dir = bin_dir(dir, "cifar-100-binary");
+    load_file(&find_maybe_gzipped(&dir, file)?, 2, 100, "cifar100")
 }
 
 #[cfg(test)]
@@ -97,6 +110,31 @@ mod tests {
         assert_eq!(train.images[IMAGE_BYTES], 1, "second record's first pixel");
         assert_eq!(train.augment, Augment::CropFlip);
         assert_eq!(load_cifar10(&nested, Part::Test).unwrap().len(), 1);
+        assert_eq!(train.files.len(), 5);
+    }
+
+    #[test]
+    fn cifar10_reads_gzipped_batches_and_a_partial_training_set() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let gz = |name: &str, bytes: &[u8]| {
+            let file = std::fs::File::create(dir.path().join(name)).unwrap();
+            let mut encoder = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+            encoder.write_all(bytes).unwrap();
+            encoder.finish().unwrap();
+        };
+        gz("data_batch_1.bin.gz", &records(&[&[3], &[4]]));
+        std::fs::write(dir.path().join("data_batch_3.bin"), records(&[&[5]])).unwrap();
+        gz("test_batch.bin.gz", &records(&[&[7]]));
+        let train = load_cifar10(dir.path(), Part::Train).unwrap();
+        assert_eq!(train.labels, vec![3, 4, 5]);
+        let names: Vec<String> = train.files.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        assert_eq!(names, ["data_batch_1.bin.gz", "data_batch_3.bin"]);
+        assert_eq!(load_cifar10(dir.path(), Part::Test).unwrap().labels, vec![7]);
+        // A truncated gzip stream is named as such.
+        std::fs::write(dir.path().join("data_batch_1.bin.gz"), &std::fs::read(dir.path().join("test_batch.bin.gz")).unwrap()[..20]).unwrap();
+        let err = load_cifar10(dir.path(), Part::Train).unwrap_err().to_string();
+        assert!(err.contains("data_batch_1.bin.gz: gzip data is truncated or corrupt"), "{err}");
     }
 
     #[test]
@@ -120,11 +158,8 @@ mod tests {
         let err = load_cifar100(dir.path(), Part::Train).unwrap_err().to_string();
         assert!(err.contains("train.bin: label 100 of record 0 is out of range 0..100"), "{err}");
 
-        for i in 1..=4 {
-            std::fs::write(dir.path().join(format!("data_batch_{i}.bin")), records(&[&[1]])).unwrap();
-        }
         let err = load_cifar10(dir.path(), Part::Train).unwrap_err().to_string();
-        assert!(err.contains("data_batch_5.bin: not found"), "{err}");
+        assert!(err.contains("data_batch_1.bin: not found"), "{err}");
         std::fs::write(dir.path().join("data_batch_5.bin"), records(&[&[10]])).unwrap();
         let err = load_cifar10(dir.path(), Part::Train).unwrap_err().to_string();
         assert!(err.contains("data_batch_5.bin: label 10 of record 0 is out of range 0..10"), "{err}");

@@ -1,9 +1,9 @@
 //! MNIST and Fashion-MNIST in the IDX format (LeCun et al.): big-endian header
 //! `0x00 0x00 <type> <dims>` then one u32 per dimension, then the data. Files may be gzipped.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use super::{Augment, DataError, Dataset, ImageShape, Part, read_maybe_gzipped};
+use super::{Augment, DataError, Dataset, ImageShape, Part, find_maybe_gzipped as find, read_maybe_gzipped};
 
 /// IDX type code for unsigned bytes, the only one these datasets use.
 const UBYTE: u8 = 0x08;
@@ -48,19 +48,6 @@ fn parse(bytes: &[u8], want_dims: usize, path: &Path) -> Result<Idx, DataError> 
     }
 }
 
-/// Finds `name` or `name.gz` in `dir`.
-fn find(dir: &Path, name: &str) -> Result<PathBuf, DataError> {
-    let plain = dir.join(name);
-    if plain.exists() {
-        return Ok(plain);
-    }
-    let gz = dir.join(format!("{name}.gz"));
-    if gz.exists() {
-        return Ok(gz);
-    }
-    Err(DataError::Missing { path: plain, hint: "nor a .gz version of it".into() })
-}
-
 /// Loads one part of an MNIST-layout folder.
 pub(super) fn load(dir: &Path, part: Part, name: &str) -> Result<Dataset, DataError> {
     let prefix = match part {
@@ -84,6 +71,7 @@ pub(super) fn load(dir: &Path, part: Part, name: &str) -> Result<Dataset, DataEr
         augment: Augment::None,
         images: images.data,
         labels: labels.data,
+        files: vec![images_path.clone(), labels_path.clone()],
     };
     dataset.validate(&labels_path)?;
     Ok(dataset)

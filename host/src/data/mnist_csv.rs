@@ -43,6 +43,7 @@ pub fn parse_mnist_csv(bytes: &[u8], origin: &Path) -> Result<Dataset, DataError
         augment: Augment::None,
         images,
         labels,
+        files: vec![],
     };
     dataset.validate(origin)?;
     Ok(dataset)

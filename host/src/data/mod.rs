@@ -82,6 +82,8 @@ pub struct Dataset {
     pub augment: Augment,
     pub images: Vec<u8>,
     pub labels: Vec<u8>,
+    /// The files the images were read from (empty for the embedded subset).
+    pub files: Vec<PathBuf>,
 }
 
 impl Dataset {
@@ -109,6 +111,7 @@ impl Dataset {
             augment: self.augment,
             images,
             labels: indices.iter().map(|&i| self.labels[i]).collect(),
+            files: self.files.clone(),
         }
     }
 
@@ -137,6 +140,7 @@ impl Dataset {
         for part in parts {
             all.images.extend(part.images);
             all.labels.extend(part.labels);
+            all.files.extend(part.files);
         }
         all
     }
@@ -230,6 +234,19 @@ impl DatasetSpec {
         };
         Ok(dataset)
     }
+}
+
+/// Finds `name` or, failing that, `name.gz` in `dir`.
+fn find_maybe_gzipped(dir: &Path, name: &str) -> Result<PathBuf, DataError> {
+    let plain = dir.join(name);
+    if plain.exists() {
+        return Ok(plain);
+    }
+    let gz = dir.join(format!("{name}.gz"));
+    if gz.exists() {
+        return Ok(gz);
+    }
+    Err(DataError::Missing { path: plain, hint: "nor a .gz version of it".into() })
 }
 
 /// Reads a whole file, transparently gunzipping it when it starts with the gzip magic.

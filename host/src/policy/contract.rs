@@ -6,14 +6,18 @@ use wasmparser::{Encoding, Parser, Payload};
 
 /// The WIT package of the contract.
 pub const CONTRACT_PACKAGE: &str = "knas:policy";
-/// The contract version this host implements (`sdk/wit/policy.wit`).
-pub const CONTRACT_VERSION: &str = "0.1.0";
+/// The current contract version: the package version of `sdk/wit/policy.wit`, read from
+/// that file at build time (see `host/build.rs`).
+pub const CONTRACT_VERSION: &str = env!("KNAS_CONTRACT_VERSION");
+/// Every contract version this host runs, newest first: the current one and each frozen
+/// one under `sdk/wit/past/` it keeps an adapter for (`super::versions`).
+pub const SUPPORTED_VERSIONS: [&str; 2] = [CONTRACT_VERSION, super::versions::V0_1];
 /// Custom section the Rust SDK embeds (`knas-policy-sdk <version>`).
 pub const SDK_SECTION: &str = "knas-policy-sdk";
 
-/// Interfaces a policy may import: the contract's own.
-fn allowed_import(name: &str) -> bool {
-    name == format!("{CONTRACT_PACKAGE}/host@{CONTRACT_VERSION}") || name == format!("{CONTRACT_PACKAGE}/types@{CONTRACT_VERSION}")
+/// Interfaces a policy of contract `version` may import: that contract's own.
+fn allowed_import(name: &str, version: &str) -> bool {
+    name == format!("{CONTRACT_PACKAGE}/host@{version}") || name == format!("{CONTRACT_PACKAGE}/types@{version}")
 }
 
 /// Why a file is not a loadable policy.
@@ -32,7 +36,8 @@ pub enum LoadError {
     #[error("not a knas policy: it exports no `{CONTRACT_PACKAGE}/policy` interface (it exports: {0})")]
     NotAPolicy(String),
     #[error(
-        "built against contract {CONTRACT_PACKAGE}@{found}, but this host implements {CONTRACT_PACKAGE}@{CONTRACT_VERSION}: rebuild it with a matching knas-policy-sdk"
+        "built against contract {CONTRACT_PACKAGE}@{found}, which this host does not run (it runs {}): rebuild it with a knas-policy-sdk of one of those",
+        SUPPORTED_VERSIONS.join(", ")
     )]
     WrongContract { found: String },
     #[error(
@@ -110,10 +115,10 @@ pub fn inspect(bytes: &[u8]) -> Result<ContractInfo, LoadError> {
     let Some(version) = exports.iter().find_map(|e| e.strip_prefix(&prefix)) else {
         return Err(LoadError::NotAPolicy(if exports.is_empty() { "nothing".into() } else { exports.join(", ") }));
     };
-    if version != CONTRACT_VERSION {
+    if !SUPPORTED_VERSIONS.contains(&version) {
         return Err(LoadError::WrongContract { found: version.to_owned() });
     }
-    if let Some(forbidden) = imports.iter().find(|name| !allowed_import(name)) {
+    if let Some(forbidden) = imports.iter().find(|name| !allowed_import(name, version)) {
         return Err(LoadError::ForbiddenImport(forbidden.clone()));
     }
     Ok(ContractInfo {
@@ -139,5 +144,14 @@ mod tests {
         assert!(matches!(inspect(b"\0asm\x0d\0\x01\0\xff"), Err(LoadError::Malformed(_))));
         // An empty component exports nothing.
         assert_eq!(inspect(b"\0asm\x0d\0\x01\0"), Err(LoadError::NotAPolicy("nothing".into())));
+    }
+
+    #[test]
+    fn the_current_version_is_the_wit_files_and_older_ones_are_listed() {
+        let wit = include_str!("../../../sdk/wit/policy.wit");
+        assert!(wit.contains(&format!("package knas:policy@{CONTRACT_VERSION};")));
+        assert_eq!(SUPPORTED_VERSIONS[0], CONTRACT_VERSION);
+        let message = LoadError::WrongContract { found: "9.0.0".into() }.to_string();
+        assert!(message.contains("knas:policy@9.0.0") && message.contains(&format!("runs {CONTRACT_VERSION}, 0.1.0")), "{message}");
     }
 }

@@ -1,25 +1,30 @@
 //! Search policies: sandboxed WebAssembly components that decide what to evaluate next.
 //!
-//! The contract is `sdk/wit/policy.wit` (`knas:policy@0.1.0`); the host side is generated
-//! from it in [`runtime`]. This module holds the host's view of the contract's values and
-//! the errors a policy can cause, each naming the policy (`name@hash`) and the cause.
+//! The contract is `sdk/wit/policy.wit` (its package version is the contract version);
+//! [`versions`] generates the host side of it and of every frozen older version, and is
+//! the one place that converts between their records and the host's types below. This
+//! module holds the host's view of the contract's values and the errors a policy can
+//! cause, each naming the policy (`name@hash`) and the cause.
 
 pub mod contract;
 pub mod package;
 pub mod runtime;
 mod validate;
+pub mod versions;
 
 pub use contract::{CONTRACT_VERSION, ContractInfo, LoadError};
 pub use runtime::{PolicyInstance, PolicyLimits, PolicyModule, PolicyRuntime};
 pub use validate::validate;
 
+use crate::measures::{Measure, Values};
 use crate::space::Candidate;
 
 /// How much to spend on a candidate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Fidelity {
-    /// The gradient-kernel score.
+    /// Training-free scoring.
+    #[default]
     Score,
     /// A short training run.
     Train,
@@ -52,6 +57,14 @@ pub struct Budget {
     pub trainings: u32,
 }
 
+/// A measure the host computes for every score evaluation, as a policy is told of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OfferedMeasure {
+    pub measure: Measure,
+    /// Its weight in the aggregate score (0 when not part of it).
+    pub weight: f64,
+}
+
 /// What a policy is told at `init`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
@@ -59,6 +72,14 @@ pub struct Settings {
     pub max_batch: u32,
     /// The policy's parameters (a JSON object).
     pub params: serde_json::Value,
+    /// What a score is: `aggregate` or a measure's name.
+    pub score: String,
+    /// The measures every score evaluation carries.
+    pub measures: Vec<OfferedMeasure>,
+    /// Epochs of a training whose request names none.
+    pub epochs: u32,
+    /// The most epochs a training may ask for.
+    pub max_epochs: u32,
 }
 
 /// A candidate as a policy proposed it, before validation.
@@ -66,6 +87,8 @@ pub struct Settings {
 pub struct RawCandidate {
     pub ops: Vec<Vec<u32>>,
     pub fidelity: Fidelity,
+    /// Epochs asked for a training (`None`: the run's default).
+    pub epochs: Option<u32>,
 }
 
 /// A policy's answer to `propose`, before validation.
@@ -80,6 +103,16 @@ pub enum RawProposal {
 pub struct Request {
     pub candidate: Candidate,
     pub fidelity: Fidelity,
+    /// Epochs asked for a training (`None`: the run's default).
+    pub epochs: Option<u32>,
+}
+
+impl Request {
+    /// Whether two requests ask for the same evaluation (a candidate is evaluated at most
+    /// once per fidelity in a run, whatever epochs a training asks for).
+    pub fn same_evaluation(&self, other: &Request) -> bool {
+        self.candidate == other.candidate && self.fidelity == other.fidelity
+    }
 }
 
 /// A result handed back to a policy.
@@ -88,8 +121,14 @@ pub struct Observation {
     pub candidate: Candidate,
     pub fidelity: Fidelity,
     pub score: Option<f64>,
+    /// Every measure computed for the candidate's score evaluation.
+    pub measures: Values,
+    pub params: Option<i64>,
+    pub flops: Option<i64>,
     pub accuracy: Option<f64>,
     pub loss: Option<f64>,
+    /// Epochs trained.
+    pub epochs: Option<u32>,
     pub error: Option<String>,
 }
 

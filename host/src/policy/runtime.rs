@@ -2,8 +2,8 @@
 //!
 //! Every call into a policy runs with a wall-clock deadline (epoch interruption, driven by
 //! a ticker thread), a fuel allowance (a deterministic bound on instructions) and a memory
-//! limit; logging is capped per call. The world's imports are the only ones linked, so a
-//! policy has no way to reach files, network, clocks or the environment.
+//! limit; logging is capped per call. The contract worlds' imports are the only ones
+//! linked, so a policy has no way to reach files, network, clocks or the environment.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,22 +11,12 @@ use std::time::{Duration, Instant};
 
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap};
 
 use super::contract::{self, ContractInfo, LoadError};
-use super::{Budget, Fidelity, Observation, PolicyError, RawCandidate, RawProposal, Settings};
-use crate::space::{EDGES, Op};
-
-mod bindings {
-    wasmtime::component::bindgen!({
-        world: "search-policy",
-        path: "../sdk/wit",
-    });
-}
-
-use bindings::SearchPolicy;
-use bindings::knas::policy::types as wit;
+use super::versions::{self, Bindings, Call};
+use super::{Budget, Observation, PolicyError, RawProposal, Settings};
 
 /// How often the epoch ticker advances; deadlines are multiples of it.
 const TICK: Duration = Duration::from_millis(5);
@@ -104,8 +94,7 @@ impl PolicyRuntime {
         config.wasm_component_model(true).consume_fuel(true).epoch_interruption(true).max_wasm_stack(1 << 20);
         let engine = Engine::new(&config).map_err(|e| PolicyError::Runtime(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
-        SearchPolicy::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
-            .map_err(|e| PolicyError::Runtime(format!("{e:#}")))?;
+        versions::add_to_linker(&mut linker).map_err(|e| PolicyError::Runtime(format!("{e:#}")))?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let (weak_engine, stop) = (engine.weak(), ticker_stop.clone());
         std::thread::Builder::new()
@@ -168,7 +157,7 @@ impl PolicyRuntime {
         store.limiter(|state| &mut state.limiter);
         let mut instance = PolicyInstance { store, bindings: None, label, limits, calls: 0, call_time: Duration::ZERO };
         instance.arm();
-        match SearchPolicy::instantiate(&mut instance.store, &module.component, &self.linker) {
+        match Bindings::instantiate(&mut instance.store, &module.component, &self.linker, &module.info.contract_version) {
             Ok(bindings) => instance.bindings = Some(bindings),
             Err(e) => {
                 return Err(match instance.classify("instantiate", e) {
@@ -216,8 +205,9 @@ impl ResourceLimiter for Limiter {
     }
 }
 
-/// Per-instance host state: what the imports need.
-struct PolicyState {
+/// Per-instance host state: what the imports need (each contract version's adapter in
+/// [`versions`] implements its imports with these methods).
+pub struct PolicyState {
     policy: String,
     limiter: Limiter,
     rng: ChaCha8Rng,
@@ -229,10 +219,9 @@ struct PolicyState {
     panic_message: Option<String>,
 }
 
-impl wit::Host for PolicyState {}
-
-impl bindings::knas::policy::host::Host for PolicyState {
-    fn log(&mut self, level: wit::Level, mut message: String) {
+impl PolicyState {
+    /// A log record from the policy: attributed to it, capped per call and in length.
+    pub(super) fn log(&mut self, level: tracing::Level, mut message: String) {
         if let Some(panic) = message.strip_prefix("policy panicked: ") {
             self.panic_message = Some(panic.to_owned());
         }
@@ -251,15 +240,16 @@ impl bindings::knas::policy::host::Host for PolicyState {
         }
         let policy = self.policy.as_str();
         match level {
-            wit::Level::Trace => tracing::trace!(policy, "{message}"),
-            wit::Level::Debug => tracing::debug!(policy, "{message}"),
-            wit::Level::Info => tracing::info!(policy, "{message}"),
-            wit::Level::Warn => tracing::warn!(policy, "{message}"),
-            wit::Level::Error => tracing::error!(policy, "{message}"),
+            tracing::Level::TRACE => tracing::trace!(policy, "{message}"),
+            tracing::Level::DEBUG => tracing::debug!(policy, "{message}"),
+            tracing::Level::INFO => tracing::info!(policy, "{message}"),
+            tracing::Level::WARN => tracing::warn!(policy, "{message}"),
+            tracing::Level::ERROR => tracing::error!(policy, "{message}"),
         }
     }
 
-    fn random(&mut self) -> u64 {
+    /// 64 bits from the run's seeded generator.
+    pub(super) fn random(&mut self) -> u64 {
         self.rng.next_u64()
     }
 }
@@ -267,7 +257,7 @@ impl bindings::knas::policy::host::Host for PolicyState {
 /// One live policy instance. After any failure it refuses further calls.
 pub struct PolicyInstance {
     store: Store<PolicyState>,
-    bindings: Option<SearchPolicy>,
+    bindings: Option<Bindings>,
     label: String,
     limits: PolicyLimits,
     calls: u64,
@@ -300,11 +290,7 @@ impl PolicyInstance {
     }
 
     /// Runs one export call with the limits armed, mapping every failure to its cause.
-    fn call<T>(
-        &mut self,
-        name: &'static str,
-        f: impl FnOnce(&SearchPolicy, &mut Store<PolicyState>) -> wasmtime::Result<Result<T, String>>,
-    ) -> Result<T, PolicyError> {
+    fn call<T>(&mut self, name: &'static str, f: impl FnOnce(&Bindings, &mut Store<PolicyState>) -> Call<T>) -> Result<T, PolicyError> {
         let Some(bindings) = self.bindings.take() else {
             return Err(PolicyError::Trap {
                 policy: self.label.clone(),
@@ -353,59 +339,35 @@ impl PolicyInstance {
 
     /// `init`: hands the policy its settings.
     pub fn init(&mut self, settings: &Settings) -> Result<(), PolicyError> {
-        let settings = wit::Settings {
-            space: wit::Space {
-                name: "nas-bench-201".into(),
-                ops: Op::ALL.iter().map(|op| op.name().to_owned()).collect(),
-                edges: EDGES.iter().map(|&(src, dst)| wit::Edge { src: src as u32, dst: dst as u32 }).collect(),
-            },
-            budget: wit::Budget { scores: settings.budget.scores, trainings: settings.budget.trainings },
-            max_batch: settings.max_batch,
-            params: settings.params.to_string(),
-        };
-        self.call("init", |b, store| b.knas_policy_policy().call_init(store, &settings))
+        self.call("init", |b, store| b.init(store, settings))
     }
 
     /// `observe`: results, in proposal order.
     pub fn observe(&mut self, results: &[Observation]) -> Result<(), PolicyError> {
-        let results: Vec<wit::Evaluation> = results.iter().map(to_wit).collect();
-        self.call("observe", |b, store| b.knas_policy_policy().call_observe(store, &results))
+        self.call("observe", |b, store| b.observe(store, results))
     }
 
     /// `propose`: the policy's next move, not yet validated.
     pub fn propose(&mut self, remaining: Budget) -> Result<RawProposal, PolicyError> {
-        let remaining = wit::Budget { scores: remaining.scores, trainings: remaining.trainings };
-        let proposal = self.call("propose", |b, store| b.knas_policy_policy().call_propose(store, remaining))?;
-        Ok(match proposal {
-            wit::Proposal::Done => RawProposal::Done,
-            wit::Proposal::Evaluate(candidates) => RawProposal::Evaluate(
-                candidates
-                    .into_iter()
-                    .map(|c| RawCandidate {
-                        ops: c.ops,
-                        fidelity: match c.fidelity {
-                            wit::Fidelity::Score => Fidelity::Score,
-                            wit::Fidelity::Train => Fidelity::Train,
-                        },
-                    })
-                    .collect(),
-            ),
-        })
+        self.call("propose", |b, store| b.propose(store, remaining))
     }
-}
 
-fn to_wit(o: &Observation) -> wit::Evaluation {
-    wit::Evaluation {
-        candidate: wit::Candidate {
-            ops: o.candidate.edges().iter().map(|set| set.ops().map(|op| op.index() as u32).collect()).collect(),
-            fidelity: match o.fidelity {
-                Fidelity::Score => wit::Fidelity::Score,
-                Fidelity::Train => wit::Fidelity::Train,
-            },
-        },
-        score: o.score,
-        accuracy: o.accuracy,
-        loss: o.loss,
-        error: o.error.clone(),
+    /// `checkpoint`: the policy's state (`None` when it keeps none, or its contract has no
+    /// checkpoints).
+    pub fn checkpoint(&mut self) -> Result<Option<Vec<u8>>, PolicyError> {
+        if !self.checkpoints() {
+            return Ok(None);
+        }
+        self.call("checkpoint", |b, store| b.checkpoint(store))
+    }
+
+    /// `restore`: resumes from a checkpoint.
+    pub fn restore(&mut self, state: &[u8]) -> Result<(), PolicyError> {
+        self.call("restore", |b, store| b.restore(store, state))
+    }
+
+    /// Whether the policy's contract has checkpoints.
+    pub fn checkpoints(&self) -> bool {
+        self.bindings.as_ref().is_some_and(Bindings::checkpoints)
     }
 }

@@ -3,19 +3,26 @@
 use super::{Fidelity, RawCandidate, Request};
 use crate::space::{Candidate, EDGES, NUM_EDGES, NUM_OPS, Op, OpSet};
 
-/// Checks a proposal against the space and the batch limit; the error says which
-/// candidate and edge are wrong, and how.
-pub fn validate(raw: &[RawCandidate], max_batch: u32) -> Result<Vec<Request>, String> {
+/// Checks a proposal against the space, the batch limit and the epochs limit; the error
+/// says which candidate and edge are wrong, and how.
+pub fn validate(raw: &[RawCandidate], max_batch: u32, max_epochs: u32) -> Result<Vec<Request>, String> {
     if raw.is_empty() {
         return Err("an empty batch (a policy with nothing to propose answers `done`)".into());
     }
     if raw.len() > max_batch as usize {
         return Err(format!("{} candidates in one batch, more than max-batch {max_batch}", raw.len()));
     }
-    raw.iter().enumerate().map(|(i, c)| request(i, c)).collect()
+    raw.iter().enumerate().map(|(i, c)| request(i, c, max_epochs)).collect()
 }
 
-fn request(i: usize, raw: &RawCandidate) -> Result<Request, String> {
+fn request(i: usize, raw: &RawCandidate, max_epochs: u32) -> Result<Request, String> {
+    match raw.epochs {
+        Some(0) => return Err(format!("candidate {i}: a training of 0 epochs")),
+        Some(epochs) if epochs > max_epochs => {
+            return Err(format!("candidate {i}: {epochs} epochs asked, more than max-epochs {max_epochs}"));
+        }
+        _ => {}
+    }
     if raw.ops.len() != NUM_EDGES {
         return Err(format!("candidate {i} lists {} edges; the space has {NUM_EDGES}", raw.ops.len()));
     }
@@ -39,7 +46,8 @@ fn request(i: usize, raw: &RawCandidate) -> Result<Request, String> {
         }
     }
     let candidate = Candidate::new(edges).map_err(|e| format!("candidate {i}: {e}"))?;
-    Ok(Request { candidate, fidelity: raw.fidelity })
+    let epochs = if raw.fidelity == Fidelity::Train { raw.epochs } else { None };
+    Ok(Request { candidate, fidelity: raw.fidelity, epochs })
 }
 
 #[cfg(test)]
@@ -47,7 +55,7 @@ mod tests {
     use super::*;
 
     fn raw(ops: Vec<Vec<u32>>, fidelity: Fidelity) -> RawCandidate {
-        RawCandidate { ops, fidelity }
+        RawCandidate { ops, fidelity, epochs: None }
     }
 
     fn single() -> Vec<Vec<u32>> {
@@ -57,14 +65,14 @@ mod tests {
     #[test]
     fn accepts_architectures_and_supernets() {
         let full: Vec<Vec<u32>> = (0..6).map(|_| (0..5).collect()).collect();
-        let ok = validate(&[raw(single(), Fidelity::Train), raw(full, Fidelity::Score)], 2).unwrap();
+        let ok = validate(&[raw(single(), Fidelity::Train), raw(full, Fidelity::Score)], 2, 10).unwrap();
         assert_eq!(ok[0].candidate.to_string(), "|nor_conv_3x3~0|+|skip_connect~0|none~1|+|nor_conv_1x1~0|avg_pool_3x3~1|nor_conv_3x3~2|");
         assert!(!ok[1].candidate.is_single());
     }
 
     #[test]
     fn says_what_is_wrong_and_where() {
-        let err = |c: RawCandidate, max| validate(&[raw(single(), Fidelity::Score), c], max).unwrap_err();
+        let err = |c: RawCandidate, max| validate(&[raw(single(), Fidelity::Score), c], max, 10).unwrap_err();
         let mut bad = single();
         bad[4] = vec![9];
         assert_eq!(err(raw(bad, Fidelity::Score), 8), "candidate 1, edge 4 (1→3): op index 9 is out of range 0..5");
@@ -82,6 +90,12 @@ mod tests {
             "candidate 1, edge 5 (2→3): training needs one op per edge, this edge has 2"
         );
         assert_eq!(err(raw(single(), Fidelity::Score), 1), "2 candidates in one batch, more than max-batch 1");
-        assert!(validate(&[], 4).unwrap_err().contains("empty batch"));
+        assert!(validate(&[], 4, 10).unwrap_err().contains("empty batch"));
+        let long = RawCandidate { epochs: Some(11), ..raw(single(), Fidelity::Train) };
+        assert_eq!(err(long, 8), "candidate 1: 11 epochs asked, more than max-epochs 10");
+        let none = RawCandidate { epochs: Some(0), ..raw(single(), Fidelity::Train) };
+        assert_eq!(err(none, 8), "candidate 1: a training of 0 epochs");
+        let ok = validate(&[RawCandidate { epochs: Some(3), ..raw(single(), Fidelity::Train) }], 1, 10).unwrap();
+        assert_eq!(ok[0].epochs, Some(3));
     }
 }

@@ -97,6 +97,7 @@ struct RunDetail {
 fn view(store: &RunStore, run: RunRecord, active: bool) -> Result<(RunView, Vec<Event>, Leaderboard), String> {
     let evaluations = store.evaluations(run.id).map_err(|e| e.to_string())?;
     let events = store.events(run.id).map_err(|e| e.to_string())?;
+    let published = store.published(run.id).map_err(|e| e.to_string())?;
     let count = |f: Fidelity| evaluations.iter().filter(|e| e.fidelity == f).count() as u32;
     let recorded = Budget { scores: count(Fidelity::Score), trainings: count(Fidelity::Train) };
     let budget = run.search.budget;
@@ -117,7 +118,7 @@ fn view(store: &RunStore, run: RunRecord, active: bool) -> Result<(RunView, Vec<
         updated_at: run.updated_at.clone(),
         name: run.name,
     };
-    Ok((view, events, Leaderboard::of(&evaluations)))
+    Ok((view, events, Leaderboard::of(&evaluations, &published)))
 }
 
 fn internal(message: String) -> Response {

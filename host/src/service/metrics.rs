@@ -15,7 +15,7 @@ pub struct Metrics {
     registry: Registry,
     pub evaluations: IntCounterVec,
     pub evaluation_seconds: HistogramVec,
-    pub score_log10: HistogramVec,
+    pub score: HistogramVec,
     pub best_score: GaugeVec,
     pub best_accuracy: GaugeVec,
     pub budget_total: IntGaugeVec,
@@ -28,6 +28,9 @@ pub struct Metrics {
     pub watcher_events: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub build_info: IntGaugeVec,
+    /// Runs whose best-score gauge holds a recorded score (a fresh gauge reads 0, which is
+    /// above every aggregate).
+    scored_runs: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -75,14 +78,14 @@ impl Metrics {
                 &["run", "kind"],
                 seconds,
             ),
-            score_log10: histogram(
+            score: histogram(
                 &r,
-                "knas_score_log10",
-                "Distribution of log10 of gradient-kernel scores (MGM) computed, by run.",
+                "knas_score",
+                "Distribution of the scores computed (the rank aggregate, at most 0, or the run's measure), by run.",
                 &["run"],
-                (-8..=12).map(f64::from).collect(),
+                score_buckets(),
             ),
-            best_score: gauge(&r, "knas_best_score", "Highest gradient-kernel score (MGM) recorded in the run.", &["run"]),
+            best_score: gauge(&r, "knas_best_score", "Highest score recorded in the run.", &["run"]),
             best_accuracy: gauge(&r, "knas_best_accuracy_ratio", "Highest held-out accuracy (0-1) recorded in the run.", &["run"]),
             budget_total: int_gauge(&r, "knas_budget", "The run's budget, by kind (score|train).", &["run", "kind"]),
             budget_remaining: int_gauge(&r, "knas_budget_remaining", "What is left of the run's budget, by kind.", &["run", "kind"]),
@@ -126,6 +129,7 @@ impl Metrics {
             ),
             build_info: int_gauge(&r, "knas_build_info", "Always 1; labels say which knas is running.", &["version"]),
             registry: r,
+            scored_runs: Default::default(),
         };
         metrics.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         for outcome in ["applied", "rejected"] {
@@ -173,8 +177,8 @@ impl SearchObserver for RunMetrics<'_> {
             return;
         }
         m.evaluation_seconds.with_label_values(&[self.run, kind]).observe(record.seconds);
-        if let Some(score) = record.score.filter(|s| *s > 0.0) {
-            m.score_log10.with_label_values(&[self.run]).observe(score.log10());
+        if let Some(score) = record.score {
+            m.score.with_label_values(&[self.run]).observe(score);
         }
         self.best(record);
     }
@@ -185,13 +189,25 @@ impl SearchObserver for RunMetrics<'_> {
     }
 }
 
+/// Buckets for scores of any scale and sign: the aggregate lives in (−20, 0], a single
+/// measure such as MGM anywhere from 10⁻⁶ to 10⁶ (either sign for some measures): 1, 2, 5
+/// steps per decade on both sides of 0.
+fn score_buckets() -> Vec<f64> {
+    let positive: Vec<f64> = (-6..6).flat_map(|e| [1.0, 2.0, 5.0].map(|m| m * 10f64.powi(e))).collect();
+    let mut buckets: Vec<f64> = positive.iter().rev().map(|v| -v).collect();
+    buckets.push(0.0);
+    buckets.extend(positive);
+    buckets
+}
+
 impl RunMetrics<'_> {
     /// Raises the best-score and best-accuracy gauges to `record`'s values.
     pub fn best(&self, record: &EvaluationRecord) {
         let m = self.metrics;
         if let Some(score) = record.score.filter(|_| record.fidelity == Fidelity::Score) {
             let g = m.best_score.with_label_values(&[self.run]);
-            if score > g.get() || g.get() == 0.0 {
+            let first = m.scored_runs.lock().unwrap_or_else(|e| e.into_inner()).insert(self.run.to_owned());
+            if first || score > g.get() {
                 g.set(score);
             }
         }

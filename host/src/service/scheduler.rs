@@ -198,11 +198,15 @@ impl Scheduler {
             };
             let key = experiment_key(&experiment);
             if !self.engines.contains_key(&key) {
-                match Engine::new(&experiment, self.device) {
+                let engine = Engine::new(&experiment, self.device).map_err(SearchError::from).and_then(|mut engine| {
+                    crate::search::anchor(&mut engine, &self.store, &mut |_, _| {})?;
+                    Ok(engine)
+                });
+                match engine {
                     Ok(engine) => {
                         self.engines.insert(key.clone(), engine);
                     }
-                    Err(error) => return self.run_failed(name, &error.into()),
+                    Err(error) => return self.run_failed(name, &error),
                 }
             }
             match Search::start(&self.store, &self.runtime, &module, name, &experiment, &spec) {

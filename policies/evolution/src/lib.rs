@@ -1,36 +1,62 @@
-//! Regularized (aging) evolution (Real et al., AAAI 2019) with the gradient-kernel score as
-//! fitness, then training of the fittest few.
+//! Regularized (aging) evolution (Real et al., AAAI 2019) on training-free fitness, then
+//! training of the fittest few.
 //!
 //! A population of `population` architectures is seeded at random. Each step samples
-//! `sample` members uniformly, mutates the fittest of them (one edge gets a different
-//! op) and scores the child; the child joins the population and the *oldest* member
-//! leaves. When the score budget is spent, the `top_k` best-scored architectures seen are
-//! trained.
+//! `sample` members uniformly, mutates the fittest of them (one edge gets a different op)
+//! and scores the child; the child joins the population and the *oldest* member leaves.
+//! When the score budget is spent, the `top_k` fittest architectures of the whole archive
+//! are trained.
 //!
-//! Parameters (NAS-Bench-201's defaults): `population` 10, `sample` 3, `top_k` (default:
-//! the run's training budget), `children` per step 1.
+//! Fitness is `rank_by`: the run's `score` (default: the rank aggregate, anchored in the
+//! experiment's reference sample, so a member's fitness never changes), `aggregate`
+//! (AZ-NAS's aggregate of the measures' ranks among every architecture scored so far,
+//! recomputed as the archive grows) or one measure. Architectures over `max_params` or
+//! `max_flops` (known once scored) are never parents or finalists.
 //!
-//! The population is the last `population` scored architectures in order, so a fresh
-//! instance fed a run's history rebuilds it exactly.
+//! Parameters: `population` (20), `sample` (5), `children` per step (1), `top_k`
+//! (default: the run's training budget), `rank_by` (`score`), `max_params`, `max_flops`,
+//! `epochs` (the run's). The population is the last `population` scored architectures in
+//! order, so a fresh instance fed a run's history rebuilds it exactly.
 
 use std::collections::VecDeque;
 
-use knas_policy_sdk::nb201::{self, Arch, NUM_ARCHS, Scoreboard};
-use knas_policy_sdk::{Budget, Evaluation, Fidelity, Policy, Proposal, Settings, info, random};
+use knas_policy_sdk::archive::{Archive, Entry, Ranking};
+use knas_policy_sdk::nb201::{self, Arch, NUM_ARCHS};
+use knas_policy_sdk::{Budget, Candidate, Evaluation, Fidelity, Policy, Proposal, Settings, info, random};
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct Params {
     population: u32,
     sample: u32,
-    top_k: Option<u32>,
     children: u32,
+    top_k: Option<u32>,
+    rank_by: Option<String>,
+    max_params: Option<u64>,
+    max_flops: Option<u64>,
+    epochs: Option<u32>,
 }
 
 impl Default for Params {
     fn default() -> Params {
-        Params { population: 10, sample: 3, top_k: None, children: 1 }
+        Params {
+            population: 20,
+            sample: 5,
+            children: 1,
+            top_k: None,
+            rank_by: None,
+            max_params: None,
+            max_flops: None,
+            epochs: None,
+        }
     }
+}
+
+/// The parts of the state a checkpoint keeps.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct State {
+    archive: Archive,
+    population: VecDeque<Arch>,
 }
 
 struct Evolution {
@@ -38,32 +64,53 @@ struct Evolution {
     sample_size: usize,
     children: usize,
     top_k: usize,
+    ranking: Ranking,
+    max_params: Option<u64>,
+    max_flops: Option<u64>,
+    epochs: Option<u32>,
     max_batch: usize,
-    /// Members, oldest first, with their fitness.
-    population: VecDeque<(Arch, f64)>,
-    /// Every score seen in the run.
-    board: Scoreboard,
+    /// Members, oldest first.
+    population: VecDeque<Arch>,
+    archive: Archive,
 }
 
 impl Evolution {
+    fn within_limits(&self, entry: &Entry) -> bool {
+        self.max_params.is_none_or(|max| entry.params.is_none_or(|p| p <= max))
+            && self.max_flops.is_none_or(|max| entry.flops.is_none_or(|f| f <= max))
+    }
+
     /// Tournament selection of a parent and one mutation, retried until the child is new:
     /// a child already scored would be answered from the host's store for free, and a
     /// converged population could then loop forever without spending budget. After many
     /// failed tries (every neighbour of the population known) a random new architecture
     /// keeps the search moving.
-    fn child(&self, taken: &[Arch]) -> Arch {
-        let is_new = |arch: &Arch| self.board.score(arch).is_none() && !taken.contains(arch);
-        for _ in 0..1000 {
-            let parent = (0..self.sample_size)
-                .map(|_| self.population[random::below(self.population.len() as u64) as usize])
-                .max_by(|a, b| a.1.total_cmp(&b.1))
-                .expect("sample size is at least 1");
-            let child = parent.0.mutate();
-            if is_new(&child) {
-                return child;
+    fn children(&self, count: usize) -> Vec<Arch> {
+        let keys = self.archive.keys(&self.ranking);
+        let fitness = |arch: &Arch| {
+            let entry = self.archive.get(arch);
+            match entry {
+                Some(e) if self.within_limits(e) => keys[e.order],
+                _ => f64::NEG_INFINITY,
             }
+        };
+        let members: Vec<Arch> = self.population.iter().copied().collect();
+        let mut batch: Vec<Arch> = Vec::with_capacity(count);
+        let is_new = |arch: &Arch, batch: &[Arch]| !self.archive.is_scored(arch) && !batch.contains(arch);
+        while batch.len() < count {
+            let child = (0..1000)
+                .map(|_| {
+                    let parent = (0..self.sample_size)
+                        .map(|_| members[random::below(members.len() as u64) as usize])
+                        .max_by(|a, b| fitness(a).total_cmp(&fitness(b)))
+                        .expect("sample size is at least 1");
+                    parent.mutate(&mut random::rng())
+                })
+                .find(|child| is_new(child, &batch))
+                .unwrap_or_else(|| random_new(|a| is_new(a, &batch)));
+            batch.push(child);
         }
-        random_new(is_new)
+        batch
     }
 }
 
@@ -77,60 +124,86 @@ impl Policy for Evolution {
                 p.sample, p.population, p.children
             ));
         }
+        let ranking = Ranking::named(p.rank_by.as_deref(), &settings).map_err(|e| format!("rank_by: {e}"))?;
         let top_k = p.top_k.unwrap_or(settings.budget.trainings) as usize;
-        info(&format!("regularized evolution: population {}, sample {}, then train the top {top_k}", p.population, p.sample));
+        info(&format!(
+            "regularized evolution: population {}, sample {}, fitness {ranking:?}, then train the top {top_k}",
+            p.population, p.sample
+        ));
         Ok(Evolution {
             population_size: p.population as usize,
             sample_size: p.sample as usize,
             children: p.children as usize,
             top_k,
+            ranking,
+            max_params: p.max_params,
+            max_flops: p.max_flops,
+            epochs: p.epochs,
             max_batch: settings.max_batch.max(1) as usize,
             population: VecDeque::new(),
-            board: Scoreboard::default(),
+            archive: Archive::new(),
         })
     }
 
     fn observe(&mut self, results: Vec<Evaluation>) -> Result<(), String> {
-        self.board.record(&results);
-        for result in results.iter().filter(|r| r.candidate.fidelity == Fidelity::Score) {
-            let Some(arch) = Arch::from_candidate(&result.candidate) else { continue };
-            // A failed evaluation is the worst possible fitness.
-            self.population.push_back((arch, result.score.unwrap_or(f64::NEG_INFINITY)));
-            if self.population.len() > self.population_size {
-                self.population.pop_front();
+        for result in &results {
+            let Some(arch) = result.candidate.arch() else { continue };
+            if result.candidate.fidelity == Fidelity::Score && !self.archive.is_scored(&arch) {
+                self.population.push_back(arch);
+                if self.population.len() > self.population_size {
+                    self.population.pop_front();
+                }
             }
         }
+        self.archive.record(&results);
         Ok(())
     }
 
     fn propose(&mut self, remaining: Budget) -> Result<Proposal, String> {
         let room = (remaining.scores as usize).min(self.max_batch);
         // (Once every architecture is scored there is nothing new to propose.)
-        if room > 0 && self.board.scored() < NUM_ARCHS as usize {
-            let mut batch: Vec<Arch> = Vec::new();
-            if self.population.len() < self.population_size {
+        if room > 0 && self.archive.scored() < NUM_ARCHS {
+            let batch = if self.population.len() < self.population_size {
                 // Seed the population with random architectures not scored yet.
                 let missing = (self.population_size - self.population.len()).min(room);
+                let mut batch = Vec::with_capacity(missing);
                 while batch.len() < missing {
-                    let arch = random_new(|a| self.board.score(a).is_none() && !batch.contains(a));
+                    let arch = random_new(|a| !self.archive.is_scored(a) && !batch.contains(a));
                     batch.push(arch);
                 }
+                batch
             } else {
-                while batch.len() < self.children.min(room) {
-                    let child = self.child(&batch);
-                    batch.push(child);
-                }
-            }
-            return Ok(Proposal::Evaluate(batch.into_iter().map(|a| a.candidate(Fidelity::Score)).collect()));
+                self.children(self.children.min(room))
+            };
+            return Ok(Proposal::Evaluate(batch.into_iter().map(Candidate::score).collect()));
         }
-        Ok(self.board.train_best(self.top_k, &remaining, self.max_batch))
+        let finalists: Vec<Arch> = self.archive.top(self.top_k, &self.ranking, |e| self.within_limits(e));
+        let batch: Vec<Candidate> = finalists
+            .into_iter()
+            .filter(|a| !self.archive.get(a).is_some_and(|e| e.trained))
+            .take((remaining.trainings as usize).min(self.max_batch))
+            .map(|a| Candidate::train(a, self.epochs))
+            .collect();
+        Ok(if batch.is_empty() { Proposal::Done } else { Proposal::Evaluate(batch) })
+    }
+
+    fn checkpoint(&self) -> Result<Option<Vec<u8>>, String> {
+        let state = State { archive: self.archive.clone(), population: self.population.clone() };
+        serde_json::to_vec(&state).map(Some).map_err(|e| e.to_string())
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<(), String> {
+        let state: State = serde_json::from_slice(state).map_err(|e| format!("unreadable checkpoint: {e}"))?;
+        self.archive = state.archive;
+        self.population = state.population;
+        Ok(())
     }
 }
 
 /// A uniformly random architecture satisfying `is_new`.
 fn random_new(is_new: impl Fn(&Arch) -> bool) -> Arch {
     loop {
-        let arch = Arch::random();
+        let arch = Arch::random(&mut random::rng());
         if is_new(&arch) {
             return arch;
         }

@@ -1,128 +1,206 @@
-//! Supernet pruning with the gradient kernel: the TE-NAS procedure (Chen et al., ICLR
-//! 2021, §3.3) with MGM as the measure of an operation's importance.
+//! Supernet pruning: the TE-NAS procedure (Chen et al., ICLR 2021, §3.3) with knas's
+//! training-free measures, then a short local search and fine selection.
 //!
-//! Start from the supernet with every operation on every edge (an edge sums its ops).
-//! Each round scores the current supernet and, for every op on every edge that still has
-//! a choice, the supernet without that op. An op's importance is how much the score drops
-//! without it; on each edge, the least important op is pruned. When one op per edge is
-//! left, that architecture is trained.
+//! Start from the supernet with every operation on every edge (an edge sums its ops). Each
+//! round scores, for every op on every edge that still has a choice, the supernet without
+//! that op. The removals are ranked against each other by `rank_by` — by default the
+//! aggregate of the host's measures' ranks within the round, as TE-NAS sums the ranks of
+//! its two measures — and on each edge the op whose removal ranks best (the least
+//! important op) is pruned. When one op per edge is left, that architecture is scored.
 //!
-//! Parameters: none. The procedure is deterministic, so a fresh instance fed a run's
-//! history retraces it exactly and re-proposes nothing the run already scored.
+//! With `refine` (default on), the rest of the score budget climbs from there: score the
+//! best architecture's untried neighbours (one edge changed), move to the best, repeat.
+//! Finally the `top_k` best-scored architectures are trained.
+//!
+//! Parameters: `rank_by` (`aggregate`, `score` or a measure's name), `refine` (true),
+//! `top_k` (the run's training budget), `epochs` (the run's). The procedure is
+//! deterministic given the results, so a fresh instance fed a run's history retraces it
+//! and re-proposes nothing the run already scored.
 
 use std::collections::HashMap;
 
-use knas_policy_sdk::nb201::{self, Arch, Supernet};
+use knas_policy_sdk::archive::{self, Archive, Ranking};
+use knas_policy_sdk::nb201::{self, Arch, NUM_EDGES, Supernet};
 use knas_policy_sdk::{Budget, Candidate, Evaluation, Fidelity, Policy, Proposal, Settings, info, warn};
 
-#[derive(serde::Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct Params {}
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Params {
+    rank_by: Option<String>,
+    refine: bool,
+    top_k: Option<u32>,
+    epochs: Option<u32>,
+}
+
+impl Default for Params {
+    fn default() -> Params {
+        Params { rank_by: None, refine: true, top_k: None, epochs: None }
+    }
+}
+
+/// What was measured for a supernet.
+struct Measured {
+    score: Option<f64>,
+    measures: std::collections::BTreeMap<String, Option<f64>>,
+}
 
 struct Pruning {
+    ranking: Ranking,
+    refine: bool,
+    top_k: usize,
+    epochs: Option<u32>,
     max_batch: usize,
     /// The supernet being pruned.
     current: Supernet,
     round: usize,
-    /// Every supernet score seen, by edge op sets.
-    scores: HashMap<Vec<Vec<u32>>, f64>,
-    trained: bool,
+    /// Every supernet measured in the run.
+    supernets: HashMap<Supernet, Measured>,
+    /// Every single architecture scored or trained in the run.
+    archive: Archive,
 }
 
 impl Pruning {
-    /// Candidates this round needs: the current supernet and every one-op removal.
-    fn round_candidates(&self) -> Vec<Supernet> {
-        let mut nets = vec![self.current.clone()];
-        for (edge, ops) in self.current.0.iter().enumerate() {
-            if ops.len() > 1 {
-                nets.extend(ops.iter().map(|&op| self.current.without(edge, op)));
+    /// Removals this round needs: every op of every edge that still has a choice.
+    fn removals(&self) -> Vec<(usize, nb201::Op, Supernet)> {
+        let mut out = Vec::new();
+        for (edge, set) in self.current.edges().iter().enumerate() {
+            if set.len() > 1 {
+                for op in set.ops() {
+                    if let Ok(net) = self.current.without(edge, op) {
+                        out.push((edge, op, net));
+                    }
+                }
             }
         }
-        nets
+        out
     }
 
-    fn score(&self, net: &Supernet) -> Option<f64> {
-        self.scores.get(&net.0.to_vec()).copied()
-    }
-
-    /// Prunes, on every edge with a choice, the op whose removal lowers the score least.
-    /// Unscored removals (budget ran out) count as the worst, so they are kept.
+    /// Prunes, on every edge with a choice, the op whose removal ranks best. Unmeasured
+    /// removals (budget ran out) rank worst, so those ops are kept.
     fn prune(&mut self) {
-        let base = self.score(&self.current).unwrap_or(0.0);
-        let mut next = self.current.clone();
-        for (edge, ops) in self.current.0.iter().enumerate() {
-            if ops.len() <= 1 {
-                continue;
-            }
-            let importance = |op: u32| base - self.score(&self.current.without(edge, op)).unwrap_or(f64::NEG_INFINITY);
-            let least = ops
+        let removals = self.removals();
+        let keys = self.keys(&removals.iter().map(|r| &r.2).collect::<Vec<_>>());
+        let mut next = self.current;
+        for edge in 0..NUM_EDGES {
+            let best = removals
                 .iter()
-                .copied()
-                .min_by(|&a, &b| importance(a).total_cmp(&importance(b)).then(a.cmp(&b)))
-                .expect("edge has ops");
-            next = next.without(edge, least);
+                .zip(&keys)
+                .filter(|((e, _, _), _)| *e == edge)
+                .max_by(|a, b| a.1.total_cmp(b.1).then(b.0.1.cmp(&a.0.1)))
+                .map(|((_, op, _), _)| *op);
+            if let Some(op) = best {
+                next = next.without(edge, op).unwrap_or(next);
+            }
         }
         self.current = next;
         self.round += 1;
-        info(&format!("pruning round {}: {:?}", self.round, self.current.0.iter().map(Vec::len).collect::<Vec<_>>()));
+        info(&format!("pruning round {}: ops per edge {:?}", self.round, self.current.edges().iter().map(|s| s.len()).collect::<Vec<_>>()));
     }
 
-    fn finished(&self) -> Option<Arch> {
-        self.current.to_arch()
+    /// The ranking's key of each supernet, ranks taken among `nets`.
+    fn keys(&self, nets: &[&Supernet]) -> Vec<f64> {
+        let missing = f64::NEG_INFINITY;
+        let measured: Vec<Option<&Measured>> = nets.iter().map(|n| self.supernets.get(*n)).collect();
+        match &self.ranking {
+            Ranking::Score => measured.iter().map(|m| m.and_then(|m| m.score).unwrap_or(missing)).collect(),
+            Ranking::Measure(name) => {
+                measured.iter().map(|m| m.and_then(|m| m.measures.get(name).copied().flatten()).unwrap_or(missing)).collect()
+            }
+            Ranking::Aggregate(weights) => {
+                let empty = std::collections::BTreeMap::new();
+                let rows: Vec<&std::collections::BTreeMap<String, Option<f64>>> =
+                    measured.iter().map(|m| m.map_or(&empty, |m| &m.measures)).collect();
+                archive::aggregate(&rows, weights)
+            }
+        }
+    }
+
+    /// The next architectures of the local search: the untried neighbours of the best
+    /// scored architecture that still has some.
+    fn climb(&self, room: usize) -> Vec<Arch> {
+        for arch in self.archive.top(self.archive.scored(), &Ranking::Score, |_| true) {
+            let fresh: Vec<Arch> = arch.neighbours().filter(|n| !self.archive.is_scored(n)).take(room).collect();
+            if !fresh.is_empty() {
+                return fresh;
+            }
+        }
+        Vec::new()
     }
 }
 
 impl Policy for Pruning {
     fn new(settings: Settings) -> Result<Self, String> {
         nb201::check_space(&settings.space)?;
-        let _: Params = settings.parse_params()?;
+        let p: Params = settings.parse_params()?;
+        let default = if settings.weights().is_empty() { "score" } else { "aggregate" };
+        let ranking = Ranking::named(Some(p.rank_by.as_deref().unwrap_or(default)), &settings).map_err(|e| format!("rank_by: {e}"))?;
         Ok(Pruning {
+            ranking,
+            refine: p.refine,
+            top_k: p.top_k.unwrap_or(settings.budget.trainings) as usize,
+            epochs: p.epochs,
             max_batch: settings.max_batch.max(1) as usize,
             current: Supernet::full(),
             round: 0,
-            scores: HashMap::new(),
-            trained: false,
+            supernets: HashMap::new(),
+            archive: Archive::new(),
         })
     }
 
     fn observe(&mut self, results: Vec<Evaluation>) -> Result<(), String> {
-        for result in results {
-            match result.candidate.fidelity {
-                Fidelity::Score => {
-                    self.scores.insert(result.candidate.ops, result.score.unwrap_or(0.0));
+        for result in &results {
+            if result.candidate.fidelity == Fidelity::Score && result.candidate.arch().is_none() {
+                if let Some(net) = result.candidate.supernet() {
+                    let measures = result.measures.iter().map(|m| (m.name.clone(), m.value)).collect();
+                    self.supernets.insert(net, Measured { score: result.score, measures });
                 }
-                Fidelity::Train => self.trained = true,
             }
         }
+        self.archive.record(&results);
         Ok(())
     }
 
     fn propose(&mut self, remaining: Budget) -> Result<Proposal, String> {
+        let room = (remaining.scores as usize).min(self.max_batch);
         loop {
-            if let Some(arch) = self.finished() {
-                if self.trained || remaining.trainings == 0 {
-                    return Ok(Proposal::Done);
+            let Ok(arch) = self.current.to_arch() else {
+                let missing: Vec<Candidate> = self
+                    .removals()
+                    .into_iter()
+                    .filter(|(_, _, net)| !self.supernets.contains_key(net))
+                    .map(|(_, _, net)| Candidate::score(net))
+                    .collect();
+                if missing.is_empty() {
+                    // Everything this round needs is known (also when replaying history).
+                    self.prune();
+                    continue;
                 }
-                return Ok(Proposal::Evaluate(vec![arch.candidate(Fidelity::Train)]));
+                if room == 0 {
+                    warn("score budget spent before pruning finished: pruning on what was measured");
+                    self.prune();
+                    continue;
+                }
+                return Ok(Proposal::Evaluate(missing.into_iter().take(room).collect()));
+            };
+            if !self.archive.is_scored(&arch) {
+                if room > 0 {
+                    return Ok(Proposal::Evaluate(vec![Candidate::score(arch)]));
+                }
+                // No score left to spend on it: train the pruned architecture as it is.
+                let trained = self.archive.get(&arch).is_some_and(|e| e.trained);
+                return Ok(if remaining.trainings > 0 && !trained {
+                    Proposal::Evaluate(vec![Candidate::train(arch, self.epochs)])
+                } else {
+                    Proposal::Done
+                });
             }
-            let missing: Vec<Candidate> = self
-                .round_candidates()
-                .into_iter()
-                .filter(|net| self.score(net).is_none())
-                .map(|net| net.candidate(Fidelity::Score))
-                .collect();
-            if missing.is_empty() {
-                // Everything this round needs is known (also when replaying history).
-                self.prune();
-                continue;
+            if room > 0 && self.refine {
+                let next = self.climb(room);
+                if !next.is_empty() {
+                    return Ok(Proposal::Evaluate(next.into_iter().map(Candidate::score).collect()));
+                }
             }
-            if remaining.scores == 0 {
-                warn("score budget spent before pruning finished: pruning on what was measured");
-                self.prune();
-                continue;
-            }
-            let take = missing.len().min(self.max_batch).min(remaining.scores as usize);
-            return Ok(Proposal::Evaluate(missing.into_iter().take(take).collect()));
+            return Ok(self.archive.train_best(self.top_k.max(1), &Ranking::Score, &remaining, self.max_batch, self.epochs));
         }
     }
 }

@@ -16,7 +16,7 @@
 use std::collections::HashSet;
 
 use knas_policy_sdk::nb201::Arch;
-use knas_policy_sdk::{Budget, Candidate, Evaluation, Fidelity, Level, Policy, Proposal, Settings, log};
+use knas_policy_sdk::{Budget, Candidate, Evaluation, Fidelity, Level, Policy, Proposal, Settings, Training, log, random};
 
 #[derive(serde::Deserialize, Clone)]
 #[serde(tag = "act", rename_all = "kebab-case")]
@@ -38,6 +38,8 @@ struct Raw {
     ops: Vec<Vec<u32>>,
     #[serde(default)]
     train: bool,
+    #[serde(default)]
+    epochs: Option<u32>,
 }
 
 #[derive(serde::Deserialize, Clone, Copy, PartialEq)]
@@ -99,17 +101,17 @@ impl Hostile {
             Act::Trap => core::arch::wasm32::unreachable(),
             Act::Error { message } => return Err(message),
             Act::Propose { candidates } => {
-                let fidelity = |train| if train { Fidelity::Train } else { Fidelity::Score };
+                let fidelity = |raw: &Raw| if raw.train { Fidelity::Train(Training { epochs: raw.epochs }) } else { Fidelity::Score };
                 return Ok(Some(Proposal::Evaluate(
-                    candidates.into_iter().map(|raw| Candidate { ops: raw.ops, fidelity: fidelity(raw.train) }).collect(),
+                    candidates.into_iter().map(|raw| Candidate { fidelity: fidelity(&raw), ops: raw.ops }).collect(),
                 )));
             }
             Act::Batch { count } => {
                 let mut batch = Vec::new();
                 while batch.len() < count as usize {
-                    let arch = Arch::random();
+                    let arch = Arch::random(&mut random::rng());
                     if self.seen.insert(arch) {
-                        batch.push(arch.candidate(Fidelity::Score));
+                        batch.push(Candidate::score(arch));
                     }
                 }
                 return Ok(Some(Proposal::Evaluate(batch)));
@@ -121,7 +123,7 @@ impl Hostile {
                 }
             }
             Act::Repeat => {
-                return Ok(Some(Proposal::Evaluate(vec![Arch::from_index(1).expect("valid").candidate(Fidelity::Score)])));
+                return Ok(Some(Proposal::Evaluate(vec![Candidate::score(Arch::from_index(1).expect("valid"))])));
             }
             Act::Nothing => {}
         }
@@ -139,7 +141,7 @@ impl Policy for Hostile {
 
     fn observe(&mut self, results: Vec<Evaluation>) -> Result<(), String> {
         for result in &results {
-            if let Some(arch) = Arch::from_candidate(&result.candidate) {
+            if let Some(arch) = result.candidate.arch() {
                 self.seen.insert(arch);
             }
         }
@@ -154,9 +156,9 @@ impl Policy for Hostile {
             return Ok(Proposal::Done);
         }
         loop {
-            let arch = Arch::random();
+            let arch = Arch::random(&mut random::rng());
             if self.seen.insert(arch) {
-                return Ok(Proposal::Evaluate(vec![arch.candidate(Fidelity::Score)]));
+                return Ok(Proposal::Evaluate(vec![Candidate::score(arch)]));
             }
         }
     }

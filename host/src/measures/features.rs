@@ -1,0 +1,233 @@
+//! Measures read from feature maps and from the Jacobians between them.
+//!
+//! **AZ-NAS** (Lee & Ham, "AZ-NAS: Assembling Zero-Cost Proxies for Network Architecture
+//! Search", CVPR 2024), on the stem's output and every block's (cells and reductions), in
+//! the batch-statistics forward pass:
+//!
+//! - **expressivity**: per map, reshape to (B·H·W) × C, centre, take the eigenvalues of the
+//!   channel covariance, normalise them to a distribution and take its entropy; sum over
+//!   the maps. Features spread over many directions score higher.
+//! - **progressivity**: the smallest increase of that entropy from one map to the next.
+//! - **trainability**: for each block, push random ±1 signs from its output back to its
+//!   input (space-to-depth when the block halves the resolution); σ is the largest
+//!   singular value of G_inᵀ G_out / (B·H·W) and the block scores −σ − 1/σ + 2, which is 0
+//!   at σ = 1 and falls for exploding (σ > 1) and vanishing (σ < 1) gradients alike. A
+//!   block that passes the signs back unchanged (an identity cell) fails the measure, as
+//!   in the paper. The mean over blocks is the score.
+//!
+//! **MeCo** (Jiang et al., NeurIPS 2023): one image alone (BN on its own statistics, as a
+//! batch of one in training mode), every layer's output reshaped to C × (H·W); the score
+//! is the sum over layers of the smallest eigenvalue of the channels' Pearson correlation
+//! matrix, each layer counted as often as NB201's PyTorch modules return it. Channels that
+//! carry different information score higher.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tch::{Kind, Tensor};
+
+use super::{MeasureError, finite};
+use crate::model::{Network, NormMode, Pass, Tap};
+
+/// The entropy of each feature map's normalised covariance spectrum; `None` for a map with
+/// no variance at all.
+fn spectral_entropies(features: &[Tensor]) -> Result<Vec<Option<f64>>, tch::TchError> {
+    let _no_grad = tch::no_grad_guard();
+    let mut out = Vec::with_capacity(features.len());
+    for f in features {
+        let size = f.size();
+        let c = size[1];
+        // Channels-last rows; centred, the product is accurate in the features' own
+        // precision, and only the small C×C covariance goes to double.
+        let rows = f.f_permute([0, 2, 3, 1])?.f_reshape([-1, c])?;
+        let centred = rows.f_sub(&rows.f_mean_dim(0, true, rows.kind())?)?;
+        let cov = centred.f_transpose(0, 1)?.f_mm(&centred)?.f_to_kind(Kind::Double)?.f_div_scalar(rows.size()[0] as f64)?;
+        // Covariances are positive semi-definite: negative eigenvalues are rounding.
+        let s = cov.f_linalg_eigvalsh("L")?.f_clamp_min(0.0)?;
+        let total = s.f_sum(Kind::Double)?.f_double_value(&[])?;
+        if !(total > 0.0 && total.is_finite()) {
+            out.push(None);
+            continue;
+        }
+        let p = s.f_div_scalar(total)?;
+        let entropy = p.f_neg()?.f_mul(&p.f_add_scalar(1e-8)?.f_log()?)?.f_sum(Kind::Double)?.f_double_value(&[])?;
+        out.push(finite(entropy));
+    }
+    Ok(out)
+}
+
+/// Expressivity and progressivity from the block outputs; both missing when a map has no
+/// variance.
+pub(super) fn expressivity(features: &[Tensor]) -> Result<(Option<f64>, Option<f64>), MeasureError> {
+    let Some(entropies) = spectral_entropies(features)?.into_iter().collect::<Option<Vec<f64>>>() else {
+        return Ok((None, None));
+    };
+    let progressivity = entropies.windows(2).map(|w| w[1] - w[0]).min_by(f64::total_cmp);
+    Ok((finite(entropies.iter().sum()), progressivity.and_then(finite)))
+}
+
+/// Random ±1 tensors, one per shape, each drawn from the seed and the shape alone.
+#[derive(Debug)]
+pub struct SignCache {
+    seed: u64,
+    cache: RefCell<HashMap<(Vec<i64>, Kind, tch::Device), Tensor>>,
+}
+
+impl SignCache {
+    pub(super) fn new(seed: u64) -> SignCache {
+        SignCache { seed, cache: RefCell::new(HashMap::new()) }
+    }
+
+    fn like(&self, t: &Tensor) -> Tensor {
+        let key = (t.size(), t.kind(), t.device());
+        let mut cache = self.cache.borrow_mut();
+        cache
+            .entry(key)
+            .or_insert_with(|| {
+                let shape_seed = t.size().iter().fold(self.seed ^ 0x5167_5e75, |h, &d| h.rotate_left(13) ^ d as u64);
+                let mut rng = ChaCha8Rng::seed_from_u64(shape_seed);
+                let signs: Vec<f32> = (0..t.numel()).map(|_| if rng.random::<bool>() { 1.0 } else { -1.0 }).collect();
+                Tensor::from_slice(&signs).view(t.size().as_slice()).to_kind(t.kind()).to_device(t.device())
+            })
+            .shallow_clone()
+    }
+}
+
+/// Trainability from the block outputs of a pass that kept its graph (see the module
+/// documentation). Missing when some block is an exact identity.
+pub(super) fn trainability(features: &[Tensor], signs: &SignCache) -> Result<Option<f64>, MeasureError> {
+    let mut total = 0.0;
+    let mut pairs = 0;
+    for i in (1..features.len()).rev() {
+        let (f_out, f_in) = (&features[i], &features[i - 1]);
+        let g_out = signs.like(f_out);
+        let g_in = if f_out.requires_grad() && f_in.requires_grad() {
+            let pushed = f_out.f_mul(&g_out)?.f_sum(Kind::Double)?;
+            Tensor::f_run_backward(&[&pushed], &[f_in], true, false)?.into_iter().next().filter(Tensor::defined)
+        } else {
+            None
+        };
+        let sigma = match g_in {
+            // Nothing flows back: the block's output ignores its input.
+            None => 0.0,
+            Some(g_in) => {
+                if g_in.size() == g_out.size() && g_in.f_equal(&g_out.f_to_kind(g_in.kind())?)? {
+                    return Ok(None);
+                }
+                largest_singular_value(&g_in, &g_out)?
+            }
+        };
+        total += -sigma - 1.0 / (sigma + 1e-6) + 2.0;
+        pairs += 1;
+    }
+    Ok(if pairs == 0 { None } else { finite(total / pairs as f64) })
+}
+
+/// σ_max of G_inᵀ G_out / (B·H·W), G the (B·H·W) × C rows of each gradient; a larger
+/// input is folded space-to-depth to the output's resolution first.
+fn largest_singular_value(g_in: &Tensor, g_out: &Tensor) -> Result<f64, tch::TchError> {
+    let (si, so) = (g_in.size(), g_out.size());
+    let g_in = if si[2] != so[2] { g_in.f_pixel_unshuffle(si[2] / so[2].max(1))? } else { g_in.shallow_clone() };
+    let rows = |g: &Tensor| -> Result<Tensor, tch::TchError> {
+        let c = g.size()[1];
+        g.f_permute([0, 2, 3, 1])?.f_reshape([-1, c])?.f_to_kind(Kind::Double)
+    };
+    let (gi, go) = (rows(&g_in)?, rows(g_out)?);
+    let n = go.size()[0] as f64;
+    let m = gi.f_transpose(0, 1)?.f_mm(&go)?.f_div_scalar(n)?;
+    // σ_max² is the largest eigenvalue of the smaller of MᵀM and MMᵀ.
+    let gram = if m.size()[0] < m.size()[1] { m.f_mm(&m.f_transpose(0, 1)?)? } else { m.f_transpose(0, 1)?.f_mm(&m)? };
+    Ok(gram.f_linalg_eigvalsh("L")?.f_max()?.f_double_value(&[])?.max(0.0).sqrt())
+}
+
+/// Collects every layer's output for one image (a [`Tap`]), grouped by shape.
+#[derive(Default)]
+struct LayerOutputs {
+    /// (channels, positions) → (C × H·W matrices, how often each counts). Ordered, so the
+    /// sum is taken in the same order every time.
+    by_shape: RefCell<BTreeMap<(i64, i64), (Vec<Tensor>, Vec<f64>)>>,
+}
+
+impl Tap for LayerOutputs {
+    fn layer_output(&self, x: &Tensor, times: u32) {
+        let size = x.size();
+        // Spatial maps only; a 1×1 map has no correlation (MeCo counts it as 0).
+        if size.len() != 4 || size[2] * size[3] < 2 {
+            return;
+        }
+        let mut groups = self.by_shape.borrow_mut();
+        let (maps, weights) = groups.entry((size[1], size[2] * size[3])).or_default();
+        maps.push(x.get(0).reshape([size[1], size[2] * size[3]]));
+        weights.push(f64::from(times));
+    }
+}
+
+/// MeCo on the batch's first image.
+pub(super) fn meco(net: &Network, images: &Tensor) -> Result<Option<f64>, MeasureError> {
+    let _no_grad = tch::no_grad_guard();
+    let outputs = LayerOutputs::default();
+    let first = images.f_narrow(0, 0, 1)?;
+    net.run(&first, Pass { mode: NormMode::Instance, all_nodes: true, tap: Some(&outputs) }, false);
+    let mut total = 0.0;
+    for (maps, weights) in outputs.by_shape.into_inner().into_values() {
+        // Pearson correlation of channels, batched over layers of the same shape.
+        let x = Tensor::f_stack(&maps, 0)?.f_to_kind(Kind::Double)?;
+        let centred = x.f_sub(&x.f_mean_dim(2, true, Kind::Double)?)?;
+        let cov = centred.f_bmm(&centred.f_transpose(1, 2)?)?;
+        let sd = cov.f_diagonal(0, 1, 2)?.f_sqrt()?;
+        let corr = cov.f_div(&sd.f_unsqueeze(2)?.f_mul(&sd.f_unsqueeze(1)?)?)?;
+        // Constant channels have no correlation: their rows become 0, as in the paper.
+        let corr = corr.f_nan_to_num(0.0, 0.0, 0.0)?;
+        let smallest = corr.f_linalg_eigvalsh("L")?.f_amin([1i64].as_slice(), false)?;
+        let smallest = Vec::<f64>::try_from(smallest.f_to_device(tch::Device::Cpu)?)?;
+        total += smallest.iter().zip(&weights).map(|(v, w)| v * w).sum::<f64>();
+    }
+    Ok(finite(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::measures::Measure;
+    use crate::measures::tests::{CONVS, tiny_suite};
+
+    #[test]
+    fn entropy_is_highest_for_spread_features() {
+        // Four channels that vary independently vs. four copies of one channel.
+        let spread = Tensor::randn([8, 4, 5, 5], (Kind::Double, tch::Device::Cpu));
+        let copy = spread.narrow(1, 0, 1).repeat([1, 4, 1, 1]);
+        let e = spectral_entropies(&[spread, copy, Tensor::zeros([2, 3, 4, 4], (Kind::Double, tch::Device::Cpu))]).unwrap();
+        assert!(e[0].unwrap() > 1.2 && e[0].unwrap() <= 4f64.ln() + 1e-9, "{e:?}");
+        assert!(e[1].unwrap() < 0.01, "one direction only: {e:?}");
+        assert_eq!(e[2], None, "no variance");
+    }
+
+    #[test]
+    fn singular_value_of_an_identity_block_is_one_and_a_scaled_block_more() {
+        let g = Tensor::from_slice(&[1.0f64, -1.0, 1.0, 1.0, -1.0, -1.0, 1.0, -1.0]).view([2, 1, 2, 2]);
+        assert!((largest_singular_value(&g, &g).unwrap() - 1.0).abs() < 1e-12);
+        assert!((largest_singular_value(&(&g * 3.0), &g).unwrap() - 3.0).abs() < 1e-12);
+        // A 2×2 map folded into 4 channels of a 1×1 map.
+        let out = Tensor::from_slice(&[1.0f64, -1.0]).view([2, 1, 1, 1]);
+        assert!(largest_singular_value(&g, &out).unwrap() > 0.0);
+    }
+
+    #[test]
+    fn an_identity_cell_fails_trainability_and_convolutions_pass_it() {
+        let s = tiny_suite(8, Kind::Float, 6);
+        let identity = "|none~0|+|none~0|none~1|+|skip_connect~0|none~1|none~2|";
+        let value = |arch: &str| s.measure(&arch.parse().unwrap(), &[Measure::Trainability]).unwrap().get(Measure::Trainability);
+        assert_eq!(value(identity), None);
+        let convs = value(CONVS).unwrap();
+        assert!(convs < 0.0 && convs > -100.0, "{convs}");
+    }
+
+    #[test]
+    fn meco_is_a_sum_of_eigenvalues_in_range() {
+        let s = tiny_suite(4, Kind::Float, 7);
+        let m = s.measure(&CONVS.parse().unwrap(), &[Measure::Meco]).unwrap().get(Measure::Meco).unwrap();
+        assert!(m > 0.0 && m < 200.0, "{m}");
+    }
+}
