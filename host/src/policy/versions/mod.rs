@@ -11,11 +11,11 @@
 /// `log` and `random` mean the same, only their generated types differ.
 macro_rules! host_imports {
     () => {
-        impl knas::policy::types::Host for PolicyState {}
+        impl self::knas::policy::types::Host for PolicyState {}
 
-        impl knas::policy::host::Host for PolicyState {
-            fn log(&mut self, level: knas::policy::types::Level, message: String) {
-                use knas::policy::types::Level;
+        impl self::knas::policy::host::Host for PolicyState {
+            fn log(&mut self, level: self::knas::policy::types::Level, message: String) {
+                use self::knas::policy::types::Level;
                 let level = match level {
                     Level::Trace => tracing::Level::TRACE,
                     Level::Debug => tracing::Level::DEBUG,

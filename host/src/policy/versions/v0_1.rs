@@ -11,7 +11,7 @@ wasmtime::component::bindgen!({
     path: "../sdk/wit/past/0.1.0",
 });
 
-use knas::policy::types as wit;
+use self::knas::policy::types as wit;
 
 host_imports!();
 

@@ -11,7 +11,7 @@ wasmtime::component::bindgen!({
     path: "../sdk/wit",
 });
 
-use knas::policy::types as wit;
+use self::knas::policy::types as wit;
 
 host_imports!();
 
