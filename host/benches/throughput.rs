@@ -158,7 +158,7 @@ fn main() {
         let mut rates = Vec::new();
         // Index 0 is the all-`none` cell, nearly free to train: start at 1.
         for i in 1..=2 {
-            rates.push(trainer.run(&arch(i), 0, 0, &mut |_, _| {}).expect("train").images_per_second);
+            rates.push(trainer.run(&arch(i), 0, 0, &mut |_, _| {}, &|| false).expect("train").images_per_second);
         }
         println!(
             "{}",

@@ -117,6 +117,12 @@ pub struct ServiceConfig {
     pub policies: BTreeMap<String, serde_json::Value>,
     /// How long a file must stay unchanged before it is (re)loaded, in ms.
     pub debounce_ms: u64,
+    /// A published benchmark table (one JSON object per line with `arch` and an
+    /// accuracy): each candidate's published accuracy is stored beside what the runs
+    /// measure and shown by the API. A yardstick; policies never see it.
+    pub table: Option<PathBuf>,
+    /// The table's accuracy field (default: the first of acc, accuracy, test_accuracy, …).
+    pub table_field: Option<String>,
 }
 
 impl Default for ServiceConfig {
@@ -132,6 +138,8 @@ impl Default for ServiceConfig {
             limits: PolicyLimits::default(),
             policies: BTreeMap::new(),
             debounce_ms: 500,
+            table: None,
+            table_field: None,
         }
     }
 }
@@ -141,7 +149,7 @@ impl ServiceConfig {
     pub fn load(path: &Path) -> Result<ServiceConfig, ConfigError> {
         let mut config: ServiceConfig = load_yaml(path)?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for relative in [&mut config.policy_dir, &mut config.store] {
+        for relative in [&mut config.policy_dir, &mut config.store].into_iter().chain(config.table.as_mut()) {
             if relative.is_relative() {
                 *relative = base.join(&*relative);
             }

@@ -394,16 +394,18 @@ impl Engine {
     /// Trains `arch` from the same initial weights it was scored with, for the
     /// experiment's epochs; `train_seed` drives shuffling and augmentation.
     pub fn train(&self, arch: &Arch, train_seed: u64, on_step: &mut dyn FnMut(usize, usize)) -> Result<TrainResult, TrainError> {
-        self.train_for(arch, train_seed, self.experiment.train.epochs, on_step)
+        self.train_for(arch, train_seed, self.experiment.train.epochs, on_step, &|| false)
     }
 
-    /// Trains `arch` as [`Self::train`] does, for `epochs` epochs.
+    /// Trains `arch` as [`Self::train`] does, for `epochs` epochs, stopping between steps
+    /// once `cancelled()` holds.
     pub fn train_for(
         &self,
         arch: &Arch,
         train_seed: u64,
         epochs: usize,
         on_step: &mut dyn FnMut(usize, usize),
+        cancelled: &dyn Fn() -> bool,
     ) -> Result<TrainResult, TrainError> {
         Trainer {
             spec: self.spec,
@@ -412,7 +414,7 @@ impl Engine {
             heldout: &self.heldout,
             augment: self.augment,
         }
-        .run(arch, self.experiment.seed, train_seed, on_step)
+        .run(arch, self.experiment.seed, train_seed, on_step, cancelled)
     }
 }
 

@@ -41,6 +41,15 @@ pub enum SearchError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// The host itself failed while stepping the run (a libtorch error that panicked, a
+    /// bug): the run fails with the message, the process goes on.
+    #[error("the host failed while stepping the run: {0}")]
+    Crashed(String),
+    /// The caller asked to stop (shutdown, the policy file changed): the evaluation in
+    /// progress was abandoned, nothing of it recorded. Not a failure: the run goes on when
+    /// stepped again.
+    #[error("interrupted: the evaluation in progress was abandoned, nothing of it recorded")]
+    Interrupted,
 }
 
 impl SearchError {
@@ -50,6 +59,8 @@ impl SearchError {
             SearchError::Policy(e) => e.cause(),
             SearchError::Store(_) => "store",
             SearchError::Engine(_) => "engine",
+            SearchError::Crashed(_) => "host-panic",
+            SearchError::Interrupted => "interrupted",
         }
     }
 }
@@ -62,6 +73,11 @@ pub trait SearchObserver {
     fn training_step(&mut self, _done: usize, _total: usize) {}
     /// A policy call returned (successfully or not) after `seconds`.
     fn policy_called(&mut self, _call: &'static str, _seconds: f64) {}
+    /// Whether to abandon the evaluation in progress (checked between training steps and
+    /// between the evaluations of a batch).
+    fn interrupted(&self) -> bool {
+        false
+    }
 }
 
 /// The no-op observer.
@@ -387,6 +403,11 @@ impl Search {
 
         let mut records = Vec::with_capacity(requests.len());
         for (request, known) in requests.iter().zip(known) {
+            if observer.interrupted() {
+                // What was evaluated of this batch is recorded; the policy, not told of it
+                // yet, learns it from the history when the run goes on.
+                return Err(SearchError::Interrupted);
+            }
             let record = match known {
                 Some(record) => {
                     observer.evaluated(&record, false);
@@ -436,6 +457,7 @@ impl Search {
         policy: &str,
         observer: &mut dyn SearchObserver,
     ) -> Result<EvaluationRecord, SearchError> {
+        fail::fail_point!("search::evaluate");
         let start = Instant::now();
         let measured = match request.fidelity {
             Fidelity::Score => engine
@@ -454,8 +476,21 @@ impl Search {
             Fidelity::Train => {
                 let arch = request.candidate.to_arch().map_err(|e| PolicyError::InvalidProposal { policy: policy.into(), problem: e.to_string() })?;
                 let epochs = request.epochs.map_or(self.run.experiment.train.epochs, |e| e as usize);
-                engine
-                    .train_for(&arch, self.run.experiment.seed, epochs, &mut |done, total| observer.training_step(done, total))
+                let interrupted = std::cell::Cell::new(false);
+                let trained = engine.train_for(
+                    &arch,
+                    self.run.experiment.seed,
+                    epochs,
+                    &mut |done, total| {
+                        observer.training_step(done, total);
+                        interrupted.set(observer.interrupted());
+                    },
+                    &|| interrupted.get(),
+                );
+                if let Err(crate::train::TrainError::Cancelled(..)) = trained {
+                    return Err(SearchError::Interrupted);
+                }
+                trained
                     .map(|t| NewEvaluation {
                         accuracy: Some(t.heldout_accuracy),
                         loss: Some(t.heldout_loss),

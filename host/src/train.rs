@@ -59,6 +59,8 @@ pub enum TrainError {
     Diverged(f64, usize),
     #[error("nothing to train on: {0}")]
     Empty(&'static str),
+    #[error("training cancelled after {0} of {1} steps")]
+    Cancelled(usize, usize),
 }
 
 /// One training job: an architecture, its data, its settings.
@@ -72,13 +74,16 @@ pub struct Trainer<'a> {
 
 impl Trainer<'_> {
     /// Trains `arch` from the weights `init_seed` gives, shuffling and augmenting with
-    /// `train_seed`. `on_step(done, total)` is called after every optimiser step.
+    /// `train_seed`. `on_step(done, total)` is called after every optimiser step; when
+    /// `cancelled()` turns true the run stops at the next step with
+    /// [`TrainError::Cancelled`].
     pub fn run(
         &self,
         arch: &Arch,
         init_seed: u64,
         train_seed: u64,
         on_step: &mut dyn FnMut(usize, usize),
+        cancelled: &dyn Fn() -> bool,
     ) -> Result<TrainResult, TrainError> {
         let start = Instant::now();
         let n = self.train.labels.size()[0] as usize;
@@ -105,6 +110,10 @@ impl Trainer<'_> {
             order.shuffle(&mut rng);
             let mut epoch_loss = Tensor::zeros([], (Kind::Double, device));
             for chunk in order.chunks(batch) {
+                if cancelled() {
+                    return Err(TrainError::Cancelled(step, total_steps));
+                }
+                fail::fail_point!("train::step");
                 let index = Tensor::from_slice(chunk).to_device(device);
                 let x = self.augmented(&self.train.images.f_index_select(0, &index)?, &mut rng)?;
                 let y = self.train.labels.f_index_select(0, &index)?;
@@ -204,17 +213,42 @@ mod tests {
             .parse()
             .unwrap();
         let mut steps = 0;
-        let a = trainer.run(&arch, 0, 0, &mut |done, total| {
-            steps = done;
-            assert_eq!(total, 3 * 20);
-        }).unwrap();
+        let a = trainer
+            .run(
+                &arch,
+                0,
+                0,
+                &mut |done, total| {
+                    steps = done;
+                    assert_eq!(total, 3 * 20);
+                },
+                &|| false,
+            )
+            .unwrap();
         assert_eq!(steps, 3 * 20);
         // Far better than chance (10%) after three short epochs on real digits.
         assert!(a.heldout_accuracy > 0.5, "{a:?}");
         assert!(a.heldout_loss < 2.0 && a.train_loss < 2.0, "{a:?}");
-        let b = trainer.run(&arch, 0, 0, &mut |_, _| {}).unwrap();
+        let b = trainer.run(&arch, 0, 0, &mut |_, _| {}, &|| false).unwrap();
         assert_eq!(a.heldout_accuracy, b.heldout_accuracy);
         assert!((a.train_loss - b.train_loss).abs() < 1e-9);
+        // Cancelled between steps: after the step that asked, nothing more is done.
+        let mut done = 0;
+        let cancelled = std::cell::Cell::new(false);
+        let err = trainer
+            .run(
+                &arch,
+                0,
+                0,
+                &mut |step, _| {
+                    done = step;
+                    cancelled.set(step == 5);
+                },
+                &|| cancelled.get(),
+            )
+            .unwrap_err();
+        assert!(matches!(err, TrainError::Cancelled(5, 60)), "{err}");
+        assert_eq!(done, 5);
     }
 
     #[test]

@@ -29,6 +29,11 @@ pub fn config(budget: u32, top_k: u32) -> String {
 impl Service {
     /// Starts a service in `dir` (created with `knas.yaml` = `config` if new).
     pub fn start_in(dir: &Path, config: &str) -> Service {
+        Service::start_with(dir, config, &[])
+    }
+
+    /// As [`Service::start_in`], with extra environment variables (e.g. `FAILPOINTS`).
+    pub fn start_with(dir: &Path, config: &str, env: &[(&str, &str)]) -> Service {
         std::fs::create_dir_all(dir.join("policies")).unwrap();
         let config_path = dir.join("knas.yaml");
         if !config_path.exists() {
@@ -38,6 +43,7 @@ impl Service {
         let mut child = Command::new(env!("CARGO_BIN_EXE_knas"))
             .args(["serve", "--log", "info", "--config"])
             .arg(&config_path)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
@@ -97,15 +103,21 @@ impl Service {
 
     /// SIGTERM, then the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("running");
+        let child = self.child.as_ref().expect("running");
         let sent = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
         assert!(sent.success());
-        let deadline = Instant::now() + Duration::from_secs(60);
+        self.wait_exit(Duration::from_secs(60))
+    }
+
+    /// Waits for the process to exit on its own (at most `limit`); its exit status.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "no clean exit after SIGTERM; log:\n{}", self.log());
+            assert!(Instant::now() < deadline, "no exit within {limit:?}; log:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -127,6 +139,21 @@ fn recorded(run: &Value) -> u64 {
 /// The sample value of the metric line starting with `series`, if present.
 pub fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines().find(|l| l.starts_with(series)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn a_configured_table_annotates_the_runs_in_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = (0..knas::space::NUM_ARCHS)
+        .map(|i| serde_json::json!({"arch": knas::space::Arch::from_index(i).unwrap().to_string(), "top1": (i % 89) as f64}).to_string())
+        .collect();
+    std::fs::write(dir.path().join("table.jsonl"), lines.join("\n")).unwrap();
+    let service = Service::start_in(dir.path(), &(config(4, 1) + "table: table.jsonl\ntable-field: top1\n"));
+    service.drop_policy("random", "random");
+    service.wait_for("the run to finish", |s| s.run("random").is_some_and(|r| r["status"] == "done"));
+    let winner = &service.run("random").unwrap()["leaderboard"]["winner"];
+    let index = winner["candidate"].as_str().unwrap().parse::<knas::space::Arch>().unwrap().index();
+    assert_eq!(winner["published_accuracy"].as_f64(), Some((index % 89) as f64), "{winner}");
 }
 
 #[test]
@@ -245,6 +272,71 @@ fn deleting_stops_a_run_sigterm_exits_cleanly_and_a_restart_resumes() {
     let b_after = store.evaluations(b.id).unwrap();
     assert_eq!(&b_after[..b_before.len()], &b_before[..], "results from before the restart are intact");
     assert!(store.events(b.id).unwrap().iter().any(|e| e.kind == "resume"));
+}
+
+#[test]
+fn a_panic_while_stepping_a_run_fails_that_run_only() {
+    let dir = tempfile::tempdir().unwrap();
+    // The third evaluation the service makes panics, as a libtorch error or a bug would.
+    let faults = [("FAILPOINTS", "search::evaluate=2*off->1*panic(injected fault)->off")];
+    let service = Service::start_with(dir.path(), &config(6, 0), &faults);
+    service.drop_policy("random", "a");
+    service.drop_policy("random", "b");
+    service.wait_for("both runs to end", |s| {
+        ["a", "b"].iter().all(|n| s.run(n).is_some_and(|r| r["status"] == "done" || r["status"] == "failed"))
+    });
+    let (a, b) = (service.run("a").unwrap(), service.run("b").unwrap());
+    let (failed, done) = if a["status"] == "failed" { (a, b) } else { (b, a) };
+    assert_eq!(done["status"], "done", "the other run is unaffected: {done}");
+    assert_eq!(done["recorded"]["scores"], 6);
+    let error = failed["last_error"].as_str().unwrap();
+    assert!(error.contains("the host failed while stepping the run: injected fault"), "{error}");
+    assert!(failed["events"].as_array().unwrap().iter().any(|e| e["kind"] == "error"), "{failed}");
+    assert_eq!(service.get("/healthz").0, 200, "the service goes on serving");
+}
+
+#[test]
+fn a_dead_compute_thread_is_never_reported_healthy() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = [("FAILPOINTS", "scheduler::loop=3*off->panic(compute thread killed)")];
+    let mut service = Service::start_with(dir.path(), &config(50, 0), &faults);
+    service.drop_policy("random", "a");
+    let status = service.wait_exit(Duration::from_secs(60));
+    assert!(!status.success(), "the process exits with an error");
+    let log = service.log();
+    assert!(log.contains("the compute thread died: compute thread killed"), "{log}");
+}
+
+#[test]
+fn sigterm_during_a_long_training_stops_at_once_and_the_restart_redoes_only_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two scores, then a training of many epochs: tens of seconds.
+    let long = "listen: 127.0.0.1:0\npolicy-dir: policies\nstore: runs.db\ndevice: cpu\nthreads: 1\ndebounce-ms: 200\n\
+                experiment: { channels: 4, cells: 1, score-batch: 4, limit: 512, reference: 6, train: { epochs: 200 } }\n\
+                search: { budget: 2, top-k: 1, max-batch: 4 }\n";
+    let mut service = Service::start_in(dir.path(), long);
+    service.drop_policy("random", "r");
+    service.wait_for("the training to start", |s| {
+        metric(&s.metrics(), r#"knas_evaluations_total{kind="score",outcome="ok",run="r"}"#) == Some(2.0)
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let asked = Instant::now();
+    assert!(service.terminate().success(), "clean exit on SIGTERM");
+    let took = asked.elapsed();
+    assert!(took < Duration::from_secs(10), "stopped {took:?} after SIGTERM, mid-training");
+    let store = knas::store::RunStore::open(&dir.path().join("runs.db")).unwrap();
+    let run = store.run("r").unwrap().unwrap();
+    assert_eq!(run.status, knas::store::RunStatus::Stopped);
+    assert_eq!(store.spent(run.id).unwrap(), knas::policy::Budget { scores: 2, trainings: 0 }, "nothing half-done recorded");
+    drop(store);
+    // The restart recomputes only the training: both scores come from the store.
+    let fast = long.replace("epochs: 200", "epochs: 1");
+    std::fs::write(dir.path().join("knas.yaml"), &fast).unwrap();
+    let service = Service::start_in(dir.path(), "");
+    service.wait_for("the run to finish", |s| s.run("r").is_some_and(|r| r["status"] == "done"));
+    let metrics = service.metrics();
+    assert_eq!(metric(&metrics, r#"knas_evaluations_total{kind="train",outcome="ok",run="r"}"#), Some(1.0));
+    assert_eq!(metric(&metrics, r#"knas_evaluations_total{kind="score",outcome="ok",run="r"}"#), None, "no score computed again");
 }
 
 #[test]

@@ -54,6 +54,7 @@ enum Command {
     /// of the suite, or all of them.
     ///
     /// Example: knas score --sample 20 --measure all --format jsonl
+    #[command(after_long_help = knas::measures::help_text())]
     Score(score::ScoreArgs),
     /// Train architectures briefly and report held-out accuracy and loss.
     ///

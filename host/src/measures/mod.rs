@@ -237,6 +237,21 @@ impl Measure {
     }
 }
 
+/// Every measure with its family, what it computes and its paper: the list `--help` shows.
+pub fn help_text() -> String {
+    let mut text = String::from("Measures (each oriented so that higher predicts better):\n");
+    for m in Measure::ALL {
+        let info = m.info();
+        let family = serde_json::to_value(info.family).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        text.push_str(&format!("\n  {} ({family}): {}.\n      {}\n", info.name, info.summary, info.paper));
+    }
+    text.push_str(&format!(
+        "\nThe aggregate (default score): {} with equal weights, each as ln of its percentile within the experiment's reference sample.",
+        aggregate::DEFAULT_MEASURES.iter().map(|m| m.name()).collect::<Vec<_>>().join(", ")
+    ));
+    text
+}
+
 impl fmt::Display for Measure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())

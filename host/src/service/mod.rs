@@ -8,8 +8,16 @@
 //! - the [`http`] API (axum) serves health, readiness, `/metrics` and the runs, reading the
 //!   store through its own connection.
 //!
-//! SIGTERM or SIGINT: the scheduler finishes the evaluation in progress, marks the active
-//! runs stopped (they resume at the next start), and the process exits.
+//! SIGTERM or SIGINT: the evaluation in progress is cut short (a training stops at its next
+//! optimiser step; nothing of it is recorded), the active runs are marked stopped (they
+//! resume at the next start, recomputing only that evaluation), and the process exits.
+//!
+//! If the compute thread dies (a fault outside any run's step), `/healthz` turns 503 and
+//! the process exits with an error: never a healthy answer from a service that does no
+//! work.
+//!
+//! Fault injection for the tests: `FAILPOINTS` (the `fail` crate's syntax) configures the
+//! fail points `scheduler::loop`, `search::evaluate` and `train::step`.
 
 pub mod http;
 pub mod metrics;
@@ -17,6 +25,7 @@ pub mod scheduler;
 pub mod watcher;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -46,13 +55,26 @@ pub fn serve(config: ServiceConfig, config_path: Option<&Path>) -> anyhow::Resul
         })
         .transpose()?;
 
+    // Fault injection, for the tests (inert unless FAILPOINTS is set).
+    std::mem::forget(fail::FailScenario::setup());
     let metrics = Arc::new(Metrics::new());
     let status = Arc::new(RwLock::new(Status::default()));
-    let scheduler = Scheduler::new(config.clone(), device, metrics.clone(), status.clone())?;
+    let interrupt = Arc::new(AtomicBool::new(false));
+    let scheduler = Scheduler::new(config.clone(), device, metrics.clone(), status.clone(), interrupt.clone())?;
     let reader = RunStore::open(&config.store)?;
     let (commands, inbox) = std::sync::mpsc::channel();
-    let scheduler_thread =
-        std::thread::Builder::new().name("knas-scheduler".into()).spawn(move || scheduler.run(inbox))?;
+    // Told when the compute thread ends, whether it returned or died.
+    let (ended_tx, mut ended) = tokio::sync::oneshot::channel::<Result<(), String>>();
+    let thread_status = status.clone();
+    let scheduler_thread = std::thread::Builder::new().name("knas-scheduler".into()).spawn(move || {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scheduler.run(inbox)))
+            .map_err(|panic| scheduler::panic_message(&*panic));
+        let mut status = thread_status.write().unwrap_or_else(|e| e.into_inner());
+        status.alive = false;
+        status.ready = false;
+        drop(status);
+        let _ = ended_tx.send(outcome);
+    })?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async move {
@@ -65,7 +87,13 @@ pub fn serve(config: ServiceConfig, config_path: Option<&Path>) -> anyhow::Resul
         tracing::info!(%address, device = ?device, policies = %policy_dir.display(), "knas serve started");
 
         let (stop_tx, stop_rx) = watch::channel(false);
-        let watched = watcher::Watched { policy_dir, config: config_path, debounce: Duration::from_millis(config.debounce_ms) };
+        let watched = watcher::Watched {
+            policy_dir,
+            config: config_path,
+            debounce: Duration::from_millis(config.debounce_ms),
+            interrupt: interrupt.clone(),
+            status: status.clone(),
+        };
         let watcher_task = tokio::spawn(watcher::run(watched, commands.clone(), metrics.clone(), stop_rx.clone()));
 
         let state = http::AppState { metrics, status, store: Arc::new(Mutex::new(reader)) };
@@ -78,10 +106,27 @@ pub fn serve(config: ServiceConfig, config_path: Option<&Path>) -> anyhow::Resul
                 .into_future(),
         );
 
-        shutdown_signal().await;
-        tracing::info!("shutting down: finishing the evaluation in progress");
+        let died = tokio::select! {
+            _ = shutdown_signal() => None,
+            outcome = &mut ended => Some(match outcome {
+                Ok(Err(panic)) => format!("the compute thread died: {panic}"),
+                _ => "the compute thread stopped unexpectedly".to_owned(),
+            }),
+        };
+        if let Some(reason) = died {
+            // Nothing computes any more: stop serving, and say so with the exit status.
+            tracing::error!("{reason}; shutting down");
+            let _ = stop_tx.send(true);
+            let _ = server.await;
+            anyhow::bail!("{reason}");
+        }
+        tracing::info!("shutting down: cutting the evaluation in progress short");
+        interrupt.store(true, Ordering::SeqCst);
         let _ = commands.send(Command::Shutdown);
-        tokio::task::spawn_blocking(move || scheduler_thread.join()).await?.map_err(|_| anyhow::anyhow!("the scheduler panicked"))?;
+        if let Ok(Err(panic)) = ended.await {
+            tracing::error!("the compute thread died while shutting down: {panic}");
+        }
+        let _ = tokio::task::spawn_blocking(move || scheduler_thread.join()).await;
         let _ = stop_tx.send(true);
         if let Ok(Err(error)) = watcher_task.await {
             tracing::warn!("file watcher: {error}");

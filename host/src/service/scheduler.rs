@@ -1,10 +1,18 @@
 //! The compute thread: owns the device, the policy runtime and the store's writer, and
 //! steps every active run in turn — one proposal each, round robin — so runs share the
 //! device fairly. It takes commands (policy file changed or removed, new configuration,
-//! shutdown) between steps.
+//! shutdown) between steps; a shared interrupt flag cuts a long step short (a training
+//! stops at its next optimiser step, nothing of it recorded) so that shutdown, hot swap
+//! and removal never wait for a whole batch of trainings.
+//!
+//! Faults stay inside the run that caused them: a panic while stepping a run (a libtorch
+//! error, a bug) fails that run with the message recorded in the store, and the thread
+//! goes on serving the others.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, RwLock};
 
@@ -14,8 +22,9 @@ use super::metrics::Metrics;
 use crate::config::ServiceConfig;
 use crate::engine::{Engine, Experiment};
 use crate::policy::{Fidelity, PolicyError, PolicyRuntime};
-use crate::search::{Search, SearchError, Step};
+use crate::search::{Search, SearchError, SearchObserver, Step};
 use crate::store::{RunStatus, RunStore};
+use crate::table::BenchmarkTable;
 
 /// What the scheduler is asked to do.
 #[derive(Debug)]
@@ -53,6 +62,8 @@ pub struct Status {
     pub policies: BTreeMap<String, PolicyFile>,
     /// Runs currently being stepped.
     pub active: Vec<String>,
+    /// The run whose step is running right now, if any.
+    pub evaluating: Option<String>,
 }
 
 /// Shared handle to [`Status`].
@@ -72,6 +83,10 @@ pub struct Scheduler {
     turn: VecDeque<String>,
     metrics: Arc<Metrics>,
     status: SharedStatus,
+    /// The published table runs are annotated with (from the configuration), if any.
+    table: Option<Arc<BenchmarkTable>>,
+    /// Set from outside to cut the step in progress short.
+    interrupt: Arc<AtomicBool>,
 }
 
 fn experiment_key(experiment: &Experiment) -> String {
@@ -81,9 +96,16 @@ fn experiment_key(experiment: &Experiment) -> String {
 impl Scheduler {
     /// Opens the store and the policy runtime; runs start when [`Scheduler::run`] takes
     /// commands.
-    pub fn new(config: ServiceConfig, device: Device, metrics: Arc<Metrics>, status: SharedStatus) -> anyhow::Result<Scheduler> {
+    pub fn new(
+        config: ServiceConfig,
+        device: Device,
+        metrics: Arc<Metrics>,
+        status: SharedStatus,
+        interrupt: Arc<AtomicBool>,
+    ) -> anyhow::Result<Scheduler> {
         let store = RunStore::open(&config.store)?;
         let runtime = PolicyRuntime::new()?;
+        let table = load_table(&config)?;
         let scheduler = Scheduler {
             config,
             device,
@@ -94,6 +116,8 @@ impl Scheduler {
             turn: VecDeque::new(),
             metrics,
             status,
+            table,
+            interrupt,
         };
         scheduler.refresh_run_counts();
         Ok(scheduler)
@@ -119,9 +143,15 @@ impl Scheduler {
                     Err(TryRecvError::Disconnected) => break,
                 }
             };
+            fail::fail_point!("scheduler::loop");
             match command {
                 Some(Command::Shutdown) => break,
-                Some(command) => self.handle(command),
+                Some(command) => {
+                    let what = format!("{command:?}");
+                    if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| self.handle(command))) {
+                        tracing::error!("the service failed while handling {what}: {}", panic_message(&*panic));
+                    }
+                }
                 None => self.step_next(),
             }
         }
@@ -145,6 +175,15 @@ impl Scheduler {
                     || config.device != self.config.device
                 {
                     tracing::warn!("listen, store, policy-dir and device changes take effect after a restart");
+                }
+                if config.table != self.config.table || config.table_field != self.config.table_field {
+                    match load_table(&config) {
+                        Ok(table) => self.table = table,
+                        Err(error) => {
+                            tracing::error!("configuration rejected: {error:#}");
+                            return;
+                        }
+                    }
                 }
                 tracing::info!("configuration applied; it governs runs started from now on");
                 self.config = *config;
@@ -209,7 +248,13 @@ impl Scheduler {
                     Err(error) => return self.run_failed(name, &error),
                 }
             }
-            match Search::start(&self.store, &self.runtime, &module, name, &experiment, &spec) {
+            let started = Search::start(&self.store, &self.runtime, &module, name, &experiment, &spec).and_then(|mut search| {
+                if let Some(table) = &self.table {
+                    search.annotate_with(&self.store, table.clone())?;
+                }
+                Ok(search)
+            });
+            match started {
                 Ok(search) => {
                     self.metrics.policy_loads.with_label_values(&[name, "loaded"]).inc();
                     for (kind, total) in [("score", spec.budget.scores), ("train", spec.budget.trainings)] {
@@ -254,8 +299,22 @@ impl Scheduler {
         let Some(name) = self.turn.pop_front() else { return };
         let Some((search, key)) = self.runs.get_mut(&name) else { return };
         let Some(engine) = self.engines.get(key.as_str()) else { return };
-        let mut observer = self.metrics.for_run(&name);
-        match search.step(engine, &self.store, &mut observer) {
+        let status = &self.status;
+        let set_evaluating = |run: Option<&str>| {
+            status.write().unwrap_or_else(|e| e.into_inner()).evaluating = run.map(str::to_owned);
+        };
+        set_evaluating(Some(&name));
+        let mut observer = Stepping { metrics: self.metrics.for_run(&name), interrupt: &self.interrupt };
+        let stepped = std::panic::catch_unwind(AssertUnwindSafe(|| search.step(engine, &self.store, &mut observer)))
+            .unwrap_or_else(|panic| Err(SearchError::Crashed(panic_message(&*panic))));
+        set_evaluating(None);
+        match stepped {
+            Err(SearchError::Interrupted) => {
+                // Its turn again once the command that interrupted it is handled.
+                tracing::info!(run = %name, "step interrupted; nothing of the evaluation in progress was recorded");
+                self.interrupt.store(false, Ordering::SeqCst);
+                self.turn.push_front(name);
+            }
             Ok(Step::Continue) => {
                 self.turn.push_back(name.clone());
                 self.update_budget(&name);
@@ -337,3 +396,63 @@ impl Scheduler {
     }
 }
 
+
+/// The configured benchmark table, read and checked.
+fn load_table(config: &ServiceConfig) -> anyhow::Result<Option<Arc<BenchmarkTable>>> {
+    config
+        .table
+        .as_deref()
+        .map(|path| BenchmarkTable::load(path, config.table_field.as_deref()).map(Arc::new))
+        .transpose()
+        .map_err(anyhow::Error::from)
+}
+
+/// The scheduler's view of a run's step: the run's metrics, and the interrupt flag.
+struct Stepping<'a> {
+    metrics: super::metrics::RunMetrics<'a>,
+    interrupt: &'a AtomicBool,
+}
+
+impl SearchObserver for Stepping<'_> {
+    fn evaluated(&mut self, record: &crate::store::EvaluationRecord, fresh: bool) {
+        self.metrics.evaluated(record, fresh);
+    }
+
+    fn training_step(&mut self, done: usize, total: usize) {
+        self.metrics.training_step(done, total);
+    }
+
+    fn policy_called(&mut self, call: &'static str, seconds: f64) {
+        self.metrics.policy_called(call, seconds);
+    }
+
+    fn interrupted(&self) -> bool {
+        self.interrupt.load(Ordering::SeqCst)
+    }
+}
+
+/// The message of a caught panic. Pass the payload (`&*boxed`), not the box: a
+/// `&Box<dyn Any>` coerces to `&dyn Any` too, and then no message is ever found.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::panic_message;
+
+    #[test]
+    fn panic_messages_are_found_for_literal_and_formatted_panics() {
+        let literal = std::panic::catch_unwind(|| panic!("literal")).unwrap_err();
+        assert_eq!(panic_message(&*literal), "literal");
+        let what = "formatted";
+        let formatted = std::panic::catch_unwind(|| panic!("{what} {}", 1)).unwrap_err();
+        assert_eq!(panic_message(&*formatted), "formatted 1");
+        let other = std::panic::catch_unwind(|| std::panic::panic_any(7_u8)).unwrap_err();
+        assert_eq!(panic_message(&*other), "a panic without a message");
+    }
+}
