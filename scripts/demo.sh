@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: installs what is missing (scripts/setup.sh), builds knas
 # and the policies, and runs a KNAS search with the evolution policy on the embedded MNIST
-# data: regularized evolution on the gradient-kernel score, then brief training of the
+# data: regularized evolution on the rank-aggregate score, then brief training of the
 # top 3. Extra arguments go to `knas search` (e.g. --budget 200 --top-k 5). Rerunning it
 # resumes (or shows) the run stored in knas-runs.db.
 set -euo pipefail
