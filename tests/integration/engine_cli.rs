@@ -353,3 +353,29 @@ fn help_explains_the_commands() {
         .stdout(predicate::str::contains("--archs <FILE>"))
         .stdout(predicate::str::contains("trainability"));
 }
+
+#[test]
+fn a_closed_stdout_ends_quietly_and_errors_say_each_cause_once() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_knas"))
+        .args(["score", "--sample", "15625", "--measure", "params", "--format", "jsonl"])
+        .args(TINY)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert!(first.contains("\"params\""), "{first}");
+    // The reader is gone (as with `| head -1`): the next write fails with a broken pipe.
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{:?}: {stderr}", output.status);
+    assert!(!stderr.contains("error"), "{stderr}");
+
+    let missing = knas().args(["serve", "--config", "/nonexistent/knas.yaml"]).assert().failure();
+    let stderr = String::from_utf8_lossy(&missing.get_output().stderr).into_owned();
+    assert_eq!(stderr.matches("No such file").count(), 1, "{stderr}");
+    assert!(stderr.contains("/nonexistent/knas.yaml"), "{stderr}");
+}
