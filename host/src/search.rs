@@ -403,27 +403,22 @@ impl Search {
 
         let mut records = Vec::with_capacity(requests.len());
         for (request, known) in requests.iter().zip(known) {
-            if observer.interrupted() {
-                // What was evaluated of this batch is recorded; the policy, not told of it
-                // yet, learns it from the history when the run goes on.
-                return Err(SearchError::Interrupted);
-            }
-            let record = match known {
-                Some(record) => {
-                    observer.evaluated(&record, false);
-                    record
-                }
-                // A duplicate inside this batch was recorded a moment ago.
-                None => match store.find(run_id, &request.candidate, request.fidelity)? {
-                    Some(record) => record,
-                    None => {
-                        let record = self.evaluate(engine, store, request, &label, observer)?;
-                        observer.evaluated(&record, true);
-                        record
-                    }
-                },
+            let interrupted = if observer.interrupted() {
+                Err(SearchError::Interrupted)
+            } else {
+                self.record_one(engine, store, request, known, &label, observer)
             };
-            records.push(record);
+            match interrupted {
+                Ok(record) => records.push(record),
+                Err(SearchError::Interrupted) => {
+                    // What was recorded of this batch is told to the policy now: the same
+                    // instance may be asked to propose again, and a later checkpoint must
+                    // not cover records it never saw.
+                    self.tell(store, &records, observer)?;
+                    return Err(SearchError::Interrupted);
+                }
+                Err(error) => return Err(error),
+            }
         }
         if wanted == Budget::default() {
             self.stale_proposals += 1;
@@ -433,11 +428,48 @@ impl Search {
         } else {
             self.stale_proposals = 0;
         }
-        let observations: Vec<Observation> = records.iter().map(|r| observation(store, run_id, r)).collect::<Result<_, _>>()?;
-        let instance = self.instance.as_mut().expect("checked above");
-        timed(observer, "observe", || instance.observe(&observations))?;
+        self.tell(store, &records, observer)?;
         self.checkpoint(store, observer)?;
         Ok(Step::Continue)
+    }
+
+    /// One request of a proposal: answered from the store when already recorded, else
+    /// evaluated and recorded.
+    fn record_one(
+        &mut self,
+        engine: &Engine,
+        store: &RunStore,
+        request: &Request,
+        known: Option<EvaluationRecord>,
+        label: &str,
+        observer: &mut dyn SearchObserver,
+    ) -> Result<EvaluationRecord, SearchError> {
+        Ok(match known {
+                Some(record) => {
+                    observer.evaluated(&record, false);
+                    record
+                }
+                // A duplicate inside this batch was recorded a moment ago.
+                None => match store.find(self.run.id, &request.candidate, request.fidelity)? {
+                    Some(record) => record,
+                    None => {
+                        let record = self.evaluate(engine, store, request, label, observer)?;
+                        observer.evaluated(&record, true);
+                        record
+                    }
+                },
+        })
+    }
+
+    /// Reports `records` to the live policy instance in one `observe` call.
+    fn tell(&mut self, store: &RunStore, records: &[EvaluationRecord], observer: &mut dyn SearchObserver) -> Result<(), SearchError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let observations: Vec<Observation> = records.iter().map(|r| observation(store, self.run.id, r)).collect::<Result<_, _>>()?;
+        let Some(instance) = self.instance.as_mut() else { return Ok(()) };
+        timed(observer, "observe", || instance.observe(&observations))?;
+        Ok(())
     }
 
     fn finish(&mut self, store: &RunStore, finish: Finish) -> Result<Step, SearchError> {

@@ -292,6 +292,13 @@ fn init_logging(cli: &Cli) {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli);
+    if !matches!(cli.command, Command::Serve(_)) {
+        // A reader that stops reading (`knas score … | head`) ends the command quietly, as
+        // it ends other Unix tools, instead of an error (or a panic inside `println!`).
+        // Not for the service, whose sockets must never kill it.
+        // SAFETY: called before any other thread exists; restores the default action.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result = match &cli.command {
         Command::Score(args) => score::run(args),
         Command::Train(args) => train::run(args),
@@ -304,8 +311,6 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        // A reader that stopped reading (`knas score … | head`) is not a failure.
-        Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {}", describe(&error));
             ExitCode::FAILURE
@@ -326,13 +331,6 @@ pub fn describe(error: &anyhow::Error) -> String {
         }
     }
     text
-}
-
-fn is_broken_pipe(error: &anyhow::Error) -> bool {
-    error
-        .chain()
-        .filter_map(|cause| cause.downcast_ref::<std::io::Error>())
-        .any(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 #[cfg(test)]

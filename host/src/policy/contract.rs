@@ -72,6 +72,11 @@ impl ContractInfo {
     }
 }
 
+/// The SHA-256 of `bytes` in hex: a module's content version.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Inspects `bytes` and checks them against the contract.
 pub fn inspect(bytes: &[u8]) -> Result<ContractInfo, LoadError> {
     if !bytes.starts_with(b"\0asm") {
@@ -127,7 +132,7 @@ pub fn inspect(bytes: &[u8]) -> Result<ContractInfo, LoadError> {
         imports,
         exports,
         size: bytes.len(),
-        sha256: Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect(),
+        sha256: sha256_hex(bytes),
     })
 }
 

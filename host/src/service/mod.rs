@@ -10,7 +10,7 @@
 //!
 //! SIGTERM or SIGINT: the evaluation in progress is cut short (a training stops at its next
 //! optimiser step; nothing of it is recorded), the active runs are marked stopped (they
-//! resume at the next start, recomputing only that evaluation), and the process exits.
+//! resume at the next start, where the policy is asked again), and the process exits.
 //!
 //! If the compute thread dies (a fault outside any run's step), `/healthz` turns 503 and
 //! the process exits with an error: never a healthy answer from a service that does no
@@ -25,7 +25,6 @@ pub mod scheduler;
 pub mod watcher;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -55,12 +54,10 @@ pub fn serve(config: ServiceConfig, config_path: Option<&Path>) -> anyhow::Resul
         })
         .transpose()?;
 
-    // Fault injection, for the tests (inert unless FAILPOINTS is set).
-    std::mem::forget(fail::FailScenario::setup());
+    configure_failpoints()?;
     let metrics = Arc::new(Metrics::new());
     let status = Arc::new(RwLock::new(Status::default()));
-    let interrupt = Arc::new(AtomicBool::new(false));
-    let scheduler = Scheduler::new(config.clone(), device, metrics.clone(), status.clone(), interrupt.clone())?;
+    let scheduler = Scheduler::new(config.clone(), device, metrics.clone(), status.clone())?;
     let reader = RunStore::open(&config.store)?;
     let (commands, inbox) = std::sync::mpsc::channel();
     // Told when the compute thread ends, whether it returned or died.
@@ -91,8 +88,6 @@ pub fn serve(config: ServiceConfig, config_path: Option<&Path>) -> anyhow::Resul
             policy_dir,
             config: config_path,
             debounce: Duration::from_millis(config.debounce_ms),
-            interrupt: interrupt.clone(),
-            status: status.clone(),
         };
         let watcher_task = tokio::spawn(watcher::run(watched, commands.clone(), metrics.clone(), stop_rx.clone()));
 
@@ -120,8 +115,9 @@ pub fn serve(config: ServiceConfig, config_path: Option<&Path>) -> anyhow::Resul
             let _ = server.await;
             anyhow::bail!("{reason}");
         }
+        // The compute thread sees it between training steps too: a training in progress
+        // is cut short.
         tracing::info!("shutting down: cutting the evaluation in progress short");
-        interrupt.store(true, Ordering::SeqCst);
         let _ = commands.send(Command::Shutdown);
         if let Ok(Err(panic)) = ended.await {
             tracing::error!("the compute thread died while shutting down: {panic}");
@@ -158,4 +154,17 @@ async fn shutdown_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// Fault injection for the tests: `FAILPOINTS="name=actions;name=actions"` (the `fail`
+/// crate's syntax, e.g. `search::evaluate=2*off->1*panic(boom)`). Inert when unset; each
+/// point costs one map lookup when reached.
+fn configure_failpoints() -> anyhow::Result<()> {
+    let Ok(points) = std::env::var("FAILPOINTS") else { return Ok(()) };
+    for point in points.split(';').filter(|p| !p.trim().is_empty()) {
+        let (name, actions) =
+            point.split_once('=').with_context(|| format!("FAILPOINTS: {point:?} is not NAME=ACTIONS"))?;
+        fail::cfg(name.trim(), actions.trim()).map_err(|error| anyhow::anyhow!("FAILPOINTS: {}: {error}", name.trim()))?;
+    }
+    Ok(())
 }

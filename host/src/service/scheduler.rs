@@ -1,18 +1,19 @@
 //! The compute thread: owns the device, the policy runtime and the store's writer, and
 //! steps every active run in turn — one proposal each, round robin — so runs share the
 //! device fairly. It takes commands (policy file changed or removed, new configuration,
-//! shutdown) between steps; a shared interrupt flag cuts a long step short (a training
-//! stops at its next optimiser step, nothing of it recorded) so that shutdown, hot swap
-//! and removal never wait for a whole batch of trainings.
+//! shutdown) between steps, and looks for them during a step too: a command that concerns
+//! the run being stepped (shutdown, its file removed or replaced by different bytes) cuts
+//! the step short — a training stops at its next optimiser step, nothing of it recorded —
+//! so that shutdown, hot swap and removal never wait for a whole batch of trainings.
 //!
 //! Faults stay inside the run that caused them: a panic while stepping a run (a libtorch
 //! error, a bug) fails that run with the message recorded in the store, and the thread
 //! goes on serving the others.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, RwLock};
 
@@ -62,8 +63,6 @@ pub struct Status {
     pub policies: BTreeMap<String, PolicyFile>,
     /// Runs currently being stepped.
     pub active: Vec<String>,
-    /// The run whose step is running right now, if any.
-    pub evaluating: Option<String>,
 }
 
 /// Shared handle to [`Status`].
@@ -85,8 +84,8 @@ pub struct Scheduler {
     status: SharedStatus,
     /// The published table runs are annotated with (from the configuration), if any.
     table: Option<Arc<BenchmarkTable>>,
-    /// Set from outside to cut the step in progress short.
-    interrupt: Arc<AtomicBool>,
+    /// Commands that arrived during a step, handled before any newer one.
+    arrived: VecDeque<Command>,
 }
 
 fn experiment_key(experiment: &Experiment) -> String {
@@ -101,7 +100,6 @@ impl Scheduler {
         device: Device,
         metrics: Arc<Metrics>,
         status: SharedStatus,
-        interrupt: Arc<AtomicBool>,
     ) -> anyhow::Result<Scheduler> {
         let store = RunStore::open(&config.store)?;
         let runtime = PolicyRuntime::new()?;
@@ -117,7 +115,7 @@ impl Scheduler {
             metrics,
             status,
             table,
-            interrupt,
+            arrived: VecDeque::new(),
         };
         scheduler.refresh_run_counts();
         Ok(scheduler)
@@ -131,7 +129,9 @@ impl Scheduler {
         });
         loop {
             // Block for a command when idle; between steps, only look.
-            let command = if self.turn.is_empty() {
+            let command = if let Some(command) = self.arrived.pop_front() {
+                Some(command)
+            } else if self.turn.is_empty() {
                 match commands.recv() {
                     Ok(command) => Some(command),
                     Err(_) => break,
@@ -148,11 +148,20 @@ impl Scheduler {
                 Some(Command::Shutdown) => break,
                 Some(command) => {
                     let what = format!("{command:?}");
+                    let run = match &command {
+                        Command::PolicyChanged { name, .. } | Command::PolicyRemoved { name } => Some(name.clone()),
+                        _ => None,
+                    };
                     if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| self.handle(command))) {
-                        tracing::error!("the service failed while handling {what}: {}", panic_message(&*panic));
+                        let message = panic_message(&*panic);
+                        tracing::error!("the service failed while handling {what}: {message}");
+                        // The run may be marked running by now: it must not stay so.
+                        if let Some(run) = run {
+                            self.run_failed(&run, &SearchError::Crashed(message));
+                        }
                     }
                 }
-                None => self.step_next(),
+                None => self.step_next(&commands),
             }
         }
         self.shutdown();
@@ -295,24 +304,25 @@ impl Scheduler {
     }
 
     /// One step of the next run in turn.
-    fn step_next(&mut self) {
+    fn step_next(&mut self, inbox: &Receiver<Command>) {
         let Some(name) = self.turn.pop_front() else { return };
         let Some((search, key)) = self.runs.get_mut(&name) else { return };
         let Some(engine) = self.engines.get(key.as_str()) else { return };
-        let status = &self.status;
-        let set_evaluating = |run: Option<&str>| {
-            status.write().unwrap_or_else(|e| e.into_inner()).evaluating = run.map(str::to_owned);
+        let label = search.policy_label().to_owned();
+        let mut observer = Stepping {
+            metrics: self.metrics.for_run(&name),
+            run: &name,
+            label: &label,
+            inbox,
+            arrived: RefCell::new(std::mem::take(&mut self.arrived)),
         };
-        set_evaluating(Some(&name));
-        let mut observer = Stepping { metrics: self.metrics.for_run(&name), interrupt: &self.interrupt };
         let stepped = std::panic::catch_unwind(AssertUnwindSafe(|| search.step(engine, &self.store, &mut observer)))
             .unwrap_or_else(|panic| Err(SearchError::Crashed(panic_message(&*panic))));
-        set_evaluating(None);
+        self.arrived = observer.arrived.into_inner();
         match stepped {
             Err(SearchError::Interrupted) => {
                 // Its turn again once the command that interrupted it is handled.
                 tracing::info!(run = %name, "step interrupted; nothing of the evaluation in progress was recorded");
-                self.interrupt.store(false, Ordering::SeqCst);
                 self.turn.push_front(name);
             }
             Ok(Step::Continue) => {
@@ -340,7 +350,12 @@ impl Scheduler {
                 tracing::error!(run = name, "cannot record the failure: {store_error}");
             }
         } else if let Ok(Some(run)) = self.store.run(name) {
-            let _ = self.store.add_event(run.id, "error", &error.to_string());
+            // Not (or no longer) stepped, e.g. it failed while being loaded.
+            let message = error.to_string();
+            let recorded = self.store.set_status(run.id, RunStatus::Failed, Some(&message));
+            if let Err(store_error) = recorded.and_then(|()| self.store.add_event(run.id, "error", &message)) {
+                tracing::error!(run = name, "cannot record the failure: {store_error}");
+            }
         }
         self.turn.retain(|n| n != name);
         self.publish_active();
@@ -407,10 +422,33 @@ fn load_table(config: &ServiceConfig) -> anyhow::Result<Option<Arc<BenchmarkTabl
         .map_err(anyhow::Error::from)
 }
 
-/// The scheduler's view of a run's step: the run's metrics, and the interrupt flag.
+/// The scheduler's view of a run's step: the run's metrics, and the commands that arrive
+/// meanwhile (kept, in order, for the scheduler to handle after the step).
 struct Stepping<'a> {
     metrics: super::metrics::RunMetrics<'a>,
-    interrupt: &'a AtomicBool,
+    run: &'a str,
+    /// `name@hash` of the module driving the run.
+    label: &'a str,
+    inbox: &'a Receiver<Command>,
+    arrived: RefCell<VecDeque<Command>>,
+}
+
+impl Stepping<'_> {
+    /// Whether `command` makes the step in progress pointless.
+    fn cuts_short(&self, command: &Command) -> bool {
+        match command {
+            Command::Shutdown => true,
+            Command::PolicyRemoved { name } => name == self.run,
+            // A touch or an identical copy is not a new policy: let the step finish.
+            Command::PolicyChanged { name, path } => {
+                name == self.run
+                    && std::fs::read(path).map_or(true, |bytes| {
+                        format!("{name}@{}", &crate::policy::contract::sha256_hex(&bytes)[..8]) != self.label
+                    })
+            }
+            Command::Reconfigure(_) => false,
+        }
+    }
 }
 
 impl SearchObserver for Stepping<'_> {
@@ -427,7 +465,16 @@ impl SearchObserver for Stepping<'_> {
     }
 
     fn interrupted(&self) -> bool {
-        self.interrupt.load(Ordering::SeqCst)
+        let mut arrived = self.arrived.borrow_mut();
+        loop {
+            match self.inbox.try_recv() {
+                Ok(command) => arrived.push_back(command),
+                Err(TryRecvError::Empty) => break,
+                // Nobody is left to send commands: the service is going away.
+                Err(TryRecvError::Disconnected) => return true,
+            }
+        }
+        arrived.iter().any(|command| self.cuts_short(command))
     }
 }
 

@@ -26,11 +26,6 @@ pub struct Watched {
     /// The configuration file (canonical), when the service has one.
     pub config: Option<PathBuf>,
     pub debounce: Duration,
-    /// Set to cut the scheduler's step short when the file of the run it is stepping
-    /// changes or goes away, so a hot swap or a removal does not wait for a training.
-    pub interrupt: Arc<std::sync::atomic::AtomicBool>,
-    /// Which run the scheduler is stepping.
-    pub status: super::scheduler::SharedStatus,
 }
 
 /// The policy name for `path`, if it is a policy file of the folder.
@@ -148,12 +143,6 @@ fn settle(watched: &Watched, path: &Path, commands: &Sender<Command>, metrics: &
         return;
     }
     let Some(name) = policy_name(&watched.policy_dir, path) else { return };
-    // The run being stepped right now is about to be swapped or stopped: cut its step
-    // short instead of letting the command wait for it.
-    let stepping = watched.status.read().is_ok_and(|s| s.evaluating.as_deref() == Some(name.as_str()));
-    if stepping {
-        watched.interrupt.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
     let command = if path.exists() {
         Command::PolicyChanged { name, path: path.to_owned() }
     } else {
