@@ -61,6 +61,14 @@ impl Default for SearchSettings {
 }
 
 impl SearchSettings {
+    /// Checks the settings; the message starts with the offending key.
+    pub fn validate(&self) -> Result<(), String> {
+        match [("budget", self.budget), ("max-batch", self.max_batch)].iter().find(|(_, value)| *value == 0) {
+            Some((key, _)) => Err(format!("{key} must be at least 1, got 0")),
+            None => Ok(()),
+        }
+    }
+
     /// The run's full search specification with these settings.
     pub fn spec(&self, params: serde_json::Value, limits: PolicyLimits) -> SearchSpec {
         SearchSpec {
@@ -154,6 +162,16 @@ impl ServiceConfig {
                 *relative = base.join(&*relative);
             }
         }
+        let checks = [
+            ("experiment", config.experiment.validate()),
+            ("search", config.search.validate()),
+            ("limits", config.limits.validate()),
+            ("threads", if config.threads < 0 { Err(format!("must not be negative, got {}", config.threads)) } else { Ok(()) }),
+        ];
+        if let Some((section, Err(problem))) = checks.into_iter().find(|(_, check)| check.is_err()) {
+            let separator = if section == "threads" { ": " } else { "." };
+            return Err(ConfigError::Semantic { path: path.to_owned(), message: format!("{section}{separator}{problem}") });
+        }
         if let Some((name, params)) = config.policies.iter().find(|(_, p)| !p.is_object() && !p.is_null()) {
             return Err(ConfigError::Semantic {
                 path: path.to_owned(),
@@ -219,5 +237,17 @@ mod tests {
         std::fs::write(&path, "listen: nowhere\n").unwrap();
         let err = ServiceConfig::load(&path).unwrap_err().to_string();
         assert!(err.contains("knas.yaml:1:9: listen: invalid socket address"), "{err}");
+        for (text, message) in [
+            ("search: { budget: 0 }\n", "search.budget must be at least 1, got 0"),
+            ("experiment: { limit: 0 }\n", "experiment.limit must be at least 1 training image"),
+            ("experiment: { score-batch: 0 }\n", "experiment.score-batch must be at least 1, got 0"),
+            ("experiment: { train: { momentum: 1.5 } }\n", "experiment.train.momentum is out of range: 1.5"),
+            ("limits: { call-timeout-ms: 0 }\n", "limits.call-timeout-ms must be at least 1, got 0"),
+            ("threads: -2\n", "threads: must not be negative, got -2"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = ServiceConfig::load(&path).unwrap_err().to_string();
+            assert_eq!(err, format!("{}: {message}", path.display()), "{text}");
+        }
     }
 }

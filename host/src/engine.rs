@@ -75,6 +75,31 @@ impl Experiment {
             Holdout::Official => "test".into(),
         }
     }
+
+    /// Checks every value without loading anything, so that a bad configuration is refused
+    /// when it is read rather than when a run first needs the engine. The message names the
+    /// key as it is written in configuration files.
+    pub fn validate(&self) -> Result<(), String> {
+        // The reference sample only anchors the aggregate.
+        let reference_least = if self.score == ScoreChoice::Aggregate { 2 } else { 0 };
+        let least = [("channels", self.channels, 1), ("score-batch", self.score_batch as i64, 1), ("reference", self.reference as i64, reference_least)];
+        if let Some((key, value, least)) = least.iter().find(|(_, value, least)| value < least) {
+            return Err(format!("{key} must be at least {least}, got {value}"));
+        }
+        if self.cells < 0 {
+            return Err(format!("cells must not be negative, got {}", self.cells));
+        }
+        if self.limit == Some(0) {
+            return Err("limit must be at least 1 training image".into());
+        }
+        if let Holdout::Fraction(f) = self.holdout {
+            if !(f > 0.0 && f < 1.0) {
+                return Err(format!("holdout must be `test` or a fraction strictly between 0 and 1, got {f}"));
+            }
+        }
+        self.aggregate.validate().map_err(|problem| format!("aggregate: {problem}"))?;
+        self.train.validate().map_err(|problem| format!("train.{problem}"))
+    }
 }
 
 impl Default for Experiment {
@@ -236,12 +261,7 @@ impl Engine {
     /// Loads the experiment's data onto `device`.
     pub fn new(experiment: &Experiment, device: Device) -> Result<Engine, EngineError> {
         let e = experiment;
-        if e.channels < 1 || e.cells < 0 || e.score_batch == 0 || e.train.batch_size == 0 {
-            return Err(EngineError::Invalid(format!(
-                "channels ({}) and batch sizes ({}, {}) must be positive, cells ({}) not negative",
-                e.channels, e.score_batch, e.train.batch_size, e.cells
-            )));
-        }
+        e.validate().map_err(EngineError::Invalid)?;
         let split = Split::load(&e.dataset, e.holdout, e.limit, e.seed)?;
         let norm = Normalization::of(&split.train);
         let train = norm.apply(&split.train, device, Kind::Float);
@@ -257,12 +277,6 @@ impl Engine {
         // The split is already a seeded shuffle: its first images are a seeded sample.
         let n = (e.score_batch as i64).min(split.train.len() as i64);
         let suite = Suite::new(spec, train.images.narrow(0, 0, n), train.labels.narrow(0, 0, n), e.seed);
-        if let Err(problem) = e.aggregate.validate() {
-            return Err(EngineError::Invalid(format!("aggregate: {problem}")));
-        }
-        if e.score == ScoreChoice::Aggregate && e.reference < 2 {
-            return Err(EngineError::Invalid(format!("the reference sample needs at least 2 architectures, got {}", e.reference)));
-        }
         let mut files = split.train.files.clone();
         files.extend(split.heldout.files.iter().filter(|f| !files.contains(f)).cloned().collect::<Vec<_>>());
         Ok(Engine { reference: None, experiment: e.clone(), spec, suite, train, heldout, augment: split.train.augment, device, files })

@@ -160,6 +160,10 @@ impl Search {
             return Ok(search);
         }
         if resumed {
+            if search.run.policy != module.label() {
+                store.set_policy(search.run.id, &module.label())?;
+                search.run.policy = module.label();
+            }
             let spent = store.spent(search.run.id)?;
             let message = format!("resumed with {} scores and {} trainings recorded, policy {}", spent.scores, spent.trainings, module.label());
             store.add_event(search.run.id, "resume", &message)?;

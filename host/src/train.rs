@@ -34,6 +34,25 @@ impl Default for TrainConfig {
     }
 }
 
+impl TrainConfig {
+    /// Checks the settings; the message starts with the offending key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.epochs == 0 || self.batch_size == 0 {
+            let key = if self.epochs == 0 { "epochs" } else { "batch-size" };
+            return Err(format!("{key} must be at least 1, got 0"));
+        }
+        let ranges = [
+            ("learning-rate", self.learning_rate, self.learning_rate > 0.0),
+            ("momentum", self.momentum, (0.0..1.0).contains(&self.momentum)),
+            ("weight-decay", self.weight_decay, self.weight_decay >= 0.0),
+        ];
+        match ranges.iter().find(|(_, value, ok)| !(value.is_finite() && *ok)) {
+            Some((key, value, _)) => Err(format!("{key} is out of range: {value}")),
+            None => Ok(()),
+        }
+    }
+}
+
 /// What a training run measured.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TrainResult {

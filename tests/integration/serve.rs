@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::policy;
+use crate::common::{knas, policy};
 
 /// A running `knas serve` in its own temporary folder.
 pub struct Service {
@@ -200,8 +200,31 @@ fn dropped_policies_run_and_broken_files_are_reported_without_harm() {
     });
     assert!(service.log().contains("knas.yaml:2:3: search: unknown field `budgett`"), "{}", service.log());
     assert_eq!(service.get("/healthz").0, 200);
-
+    let events = service.run("hostile").unwrap()["events"].as_array().unwrap().len();
     assert!(service.terminate().success());
+
+    // A run that failed is not re-executed on restart while its policy file is the same.
+    std::fs::write(dir.path().join("knas.yaml"), config(8, 1) + "policies:\n  hostile: {act: trap, at: observe}\n").unwrap();
+    let mut service = Service::start_in(dir.path(), "");
+    service.wait_for("the failed run to be listed", |s| s.json("/api/policies")["hostile"]["state"] == "failed");
+    let file = &service.json("/api/policies")["hostile"];
+    assert!(file["error"].as_str().unwrap().contains("trapped in `observe`"), "{file}");
+    let again = service.run("hostile").unwrap();
+    assert_eq!(again["status"], "failed");
+    assert_eq!(again["events"].as_array().unwrap().len(), events, "no resume, no second failure: {again}");
+    assert!(service.terminate().success());
+
+    // Values out of range are refused when the configuration is read, naming the key.
+    for (edit, message) in [
+        ("experiment: { channels: -4 }\n", "experiment.channels must be at least 1, got -4"),
+        ("limits: { memory-mib: 0 }\n", "limits.memory-mib must be between 1 and 4096, got 0"),
+        ("experiment: { train: { learning-rate: 0 } }\n", "experiment.train.learning-rate is out of range: 0"),
+    ] {
+        std::fs::write(dir.path().join("knas.yaml"), edit).unwrap();
+        let out = knas().args(["serve", "--config"]).arg(dir.path().join("knas.yaml")).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(message), "{edit}: {stderr}");
+    }
 }
 
 #[test]

@@ -184,7 +184,12 @@ pub fn run(args: &SearchArgs) -> Result<()> {
         None => config.params.clone().unwrap_or_else(|| serde_json::json!({})),
     };
     anyhow::ensure!(params.is_object(), "policy parameters must be a JSON object, got {params}");
-    let spec = settings.spec(params, args.limits.apply(config.limits));
+    let limits = args.limits.apply(config.limits);
+    // Refused before any data is loaded or any run is recorded.
+    settings.validate().map_err(|problem| anyhow::anyhow!("invalid search settings: {problem}"))?;
+    limits.validate().map_err(|problem| anyhow::anyhow!("invalid policy limits: {problem}"))?;
+    experiment.validate().map_err(|problem| anyhow::anyhow!("invalid experiment: {problem}"))?;
+    let spec = settings.spec(params, limits);
 
     let table = args.table.as_deref().map(|path| BenchmarkTable::load(path, args.table_field.as_deref())).transpose()?.map(std::sync::Arc::new);
     let runtime = PolicyRuntime::new()?;

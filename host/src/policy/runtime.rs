@@ -49,6 +49,24 @@ impl Default for PolicyLimits {
     }
 }
 
+impl PolicyLimits {
+    /// Checks the limits; the message starts with the offending key. Memory is capped at
+    /// 4 GiB, all a 32-bit guest can address.
+    pub fn validate(&self) -> Result<(), String> {
+        let ranges = [
+            ("call-timeout-ms", self.call_timeout_ms, 1, u64::MAX),
+            ("fuel-per-call", self.fuel_per_call, 1, u64::MAX),
+            ("memory-mib", self.memory_mib as u64, 1, 4096),
+            ("log-record-bytes", self.log_record_bytes as u64, 16, u64::MAX),
+        ];
+        match ranges.iter().find(|(_, value, least, most)| value < least || value > most) {
+            Some((key, value, least, most)) if *most == u64::MAX => Err(format!("{key} must be at least {least}, got {value}")),
+            Some((key, value, least, most)) => Err(format!("{key} must be between {least} and {most}, got {value}")),
+            None => Ok(()),
+        }
+    }
+}
+
 /// The shared wasmtime engine and its epoch ticker.
 pub struct PolicyRuntime {
     engine: Engine,

@@ -45,7 +45,8 @@ pub enum Command {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PolicyFile {
     pub path: PathBuf,
-    /// `loaded` (driving its run) or `rejected` (see `error`).
+    /// `loaded` (driving its run), `rejected` (see `error`) or `failed` (its run failed
+    /// with this very file and waits for a different one; see `error`).
     pub state: &'static str,
     /// `name@hash` of the module driving the run.
     pub module: Option<String>,
@@ -236,6 +237,16 @@ impl Scheduler {
             }
         } else {
             let (experiment, spec) = match self.store.run(name) {
+                // A run that failed with this very module would only fail again: it waits
+                // for a different policy file instead of re-running on every restart.
+                Ok(Some(run)) if run.status == RunStatus::Failed && run.policy == label => {
+                    let error = run.error.unwrap_or_default();
+                    tracing::warn!(run = name, policy = %label, "not restarted: it failed with this policy file ({error}); replace the file to retry");
+                    self.with_status(|s| {
+                        s.policies.insert(name.to_owned(), PolicyFile { path, state: "failed", module: Some(label), error: Some(error) });
+                    });
+                    return self.refresh_run_counts();
+                }
                 // A known run resumes with the settings it was started with.
                 Ok(Some(run)) => (run.experiment, crate::store::SearchSpec { limits: self.config.limits, ..run.search }),
                 Ok(None) => (
@@ -254,7 +265,13 @@ impl Scheduler {
                     Ok(engine) => {
                         self.engines.insert(key.clone(), engine);
                     }
-                    Err(error) => return self.run_failed(name, &error),
+                    Err(error) => {
+                        // Listed as failed with its reason, not missing from the API.
+                        if let Err(store_error) = self.store.begin_run(name, &label, &experiment, &spec) {
+                            tracing::error!(run = name, "cannot record the run: {store_error}");
+                        }
+                        return self.run_failed(name, &error);
+                    }
                 }
             }
             let started = Search::start(&self.store, &self.runtime, &module, name, &experiment, &spec).and_then(|mut search| {
