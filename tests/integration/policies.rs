@@ -321,6 +321,21 @@ fn log_floods_are_capped_and_long_records_truncated() {
     hostile(json!({"act": "log", "count": 1, "bytes": 10000}), &["--log", "info"])
         .success()
         .stderr(predicate::str::contains("[truncated]"));
+    // Over time: 100 records of 1,000 bytes against 10,000 bytes a minute.
+    let out = hostile(json!({"act": "log", "count": 100, "bytes": 1000}), &["--log", "info", "--policy-log-bytes-per-minute", "10000"]).success();
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    let kept = stderr.lines().filter(|l| l.contains(&"x".repeat(1000))).count();
+    assert!((9..=11).contains(&kept), "{kept} records kept of 100:\n{stderr}");
+    assert!(stderr.contains(&format!("policy logged more than 10000 bytes in a minute; {} records were dropped", 100 - kept)), "{stderr}");
+}
+
+#[test]
+fn a_policy_cannot_forge_log_lines() {
+    let forged = "fine\n2026-01-01T00:00:00Z ERROR knas: forged line\u{1b}[31m";
+    let out = hostile(json!({"act": "log", "count": 1, "bytes": 0, "text": forged}), &["--log", "info"]).success();
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(stderr.contains(r"fine\n2026-01-01T00:00:00Z ERROR knas: forged line\u{1b}[31m"), "{stderr}");
+    assert!(!stderr.lines().any(|line| line.starts_with("2026-01-01")), "{stderr}");
 }
 
 #[test]

@@ -179,6 +179,9 @@ fn dropped_policies_run_and_broken_files_are_reported_without_harm() {
     assert!(body.contains("not a WebAssembly file"), "{body}");
     let metrics = service.metrics();
     assert_eq!(metric(&metrics, r#"knas_policy_errors_total{cause="load",policy="broken"}"#), Some(1.0));
+    // A file name that could forge log lines or labels is ignored, and said so on one line.
+    std::fs::write(dir.path().join("policies").join("odd\nname.wasm"), b"x").unwrap();
+    service.wait_for("the odd name to be ignored", |s| s.log().contains(r"ignoring") && s.log().contains(r"odd\nname.wasm"));
     assert_eq!(service.get("/healthz").0, 200);
 
     // A policy that misbehaves at run time fails its own run only.

@@ -74,6 +74,9 @@ pub struct LimitArgs {
     /// Memory one policy instance may use, in MiB [default: 64]
     #[arg(long)]
     policy_memory_mib: Option<usize>,
+    /// Log bytes one policy instance may write per minute, across calls [default: 1048576]
+    #[arg(long)]
+    policy_log_bytes_per_minute: Option<usize>,
 }
 
 impl LimitArgs {
@@ -82,6 +85,7 @@ impl LimitArgs {
             call_timeout_ms: self.policy_timeout_ms.unwrap_or(base.call_timeout_ms),
             fuel_per_call: self.policy_fuel.unwrap_or(base.fuel_per_call),
             memory_mib: self.policy_memory_mib.unwrap_or(base.memory_mib),
+            log_bytes_per_minute: self.policy_log_bytes_per_minute.unwrap_or(base.log_bytes_per_minute),
             ..base
         }
     }

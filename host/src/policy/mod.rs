@@ -13,7 +13,7 @@ mod validate;
 pub mod versions;
 
 pub use contract::{CONTRACT_VERSION, ContractInfo, LoadError};
-pub use runtime::{PolicyInstance, PolicyLimits, PolicyModule, PolicyRuntime};
+pub use runtime::{PolicyInstance, PolicyLimits, PolicyModule, PolicyRuntime, escape_controls};
 pub use validate::validate;
 
 use crate::measures::{Measure, Values};

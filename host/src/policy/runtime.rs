@@ -35,6 +35,9 @@ pub struct PolicyLimits {
     pub log_records_per_call: u32,
     /// Longest log record kept, in bytes; longer ones are truncated.
     pub log_record_bytes: usize,
+    /// Log bytes one instance may write per minute, across calls (a token bucket that
+    /// allows this much in a burst); the rest are dropped, with one notice per minute.
+    pub log_bytes_per_minute: usize,
 }
 
 impl Default for PolicyLimits {
@@ -45,6 +48,7 @@ impl Default for PolicyLimits {
             memory_mib: 64,
             log_records_per_call: 200,
             log_record_bytes: 4_096,
+            log_bytes_per_minute: 1 << 20,
         }
     }
 }
@@ -58,6 +62,7 @@ impl PolicyLimits {
             ("fuel-per-call", self.fuel_per_call, 1, u64::MAX),
             ("memory-mib", self.memory_mib as u64, 1, 4096),
             ("log-record-bytes", self.log_record_bytes as u64, 16, u64::MAX),
+            ("log-bytes-per-minute", self.log_bytes_per_minute as u64, 1, u64::MAX),
         ];
         match ranges.iter().find(|(_, value, least, most)| value < least || value > most) {
             Some((key, value, least, most)) if *most == u64::MAX => Err(format!("{key} must be at least {least}, got {value}")),
@@ -169,6 +174,7 @@ impl PolicyRuntime {
             logs_this_call: 0,
             dropped_logs: 0,
             log_limits: (limits.log_records_per_call, limits.log_record_bytes),
+            log_budget: LogBudget::new(limits.log_bytes_per_minute, Instant::now()),
             panic_message: None,
         };
         let mut store = Store::new(&self.engine, state);
@@ -233,6 +239,7 @@ pub struct PolicyState {
     dropped_logs: u32,
     /// (records per call, bytes per record)
     log_limits: (u32, usize),
+    log_budget: LogBudget,
     /// The SDK logs a panic's message before the instance aborts.
     panic_message: Option<String>,
 }
@@ -256,6 +263,11 @@ impl PolicyState {
             message.truncate(cut);
             message.push_str("… [truncated]");
         }
+        if !self.log_budget.take(message.len(), Instant::now()) {
+            return;
+        }
+        // A policy's text must not be able to start a log line of its own.
+        let message = escape_controls(&message);
         let policy = self.policy.as_str();
         match level {
             tracing::Level::TRACE => tracing::trace!(policy, "{message}"),
@@ -270,6 +282,56 @@ impl PolicyState {
     pub(super) fn random(&mut self) -> u64 {
         self.rng.next_u64()
     }
+}
+
+/// A token bucket over the bytes an instance logs: it holds at most a minute's allowance
+/// and refills continuously.
+#[derive(Debug)]
+struct LogBudget {
+    per_minute: f64,
+    tokens: f64,
+    refilled: Instant,
+    /// Records dropped since the last notice, and when that notice was given.
+    dropped: u64,
+    noticed: Option<Instant>,
+}
+
+impl LogBudget {
+    fn new(per_minute: usize, now: Instant) -> LogBudget {
+        LogBudget { per_minute: per_minute as f64, tokens: per_minute as f64, refilled: now, dropped: 0, noticed: None }
+    }
+
+    /// Spends `bytes` if the budget has them; otherwise counts a dropped record.
+    fn take(&mut self, bytes: usize, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_minute / 60.0).min(self.per_minute);
+        self.refilled = now;
+        if self.tokens >= bytes as f64 {
+            self.tokens -= bytes as f64;
+            true
+        } else {
+            self.dropped += 1;
+            false
+        }
+    }
+
+    /// The number of records dropped since the last notice, at most once a minute.
+    fn notice(&mut self, now: Instant) -> Option<u64> {
+        let due = self.noticed.is_none_or(|at| now.saturating_duration_since(at) >= Duration::from_secs(60));
+        (self.dropped > 0 && due).then(|| {
+            self.noticed = Some(now);
+            std::mem::take(&mut self.dropped)
+        })
+    }
+}
+
+/// `text` with newlines and other control characters written as escapes (`\n`, `\u{1b}`),
+/// so that untrusted text (a policy's messages, a file name) stays on its log line.
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    text.chars().map(|c| if c.is_control() { c.escape_debug().to_string() } else { c.to_string() }).collect::<String>().into()
 }
 
 /// One live policy instance. After any failure it refuses further calls.
@@ -324,6 +386,14 @@ impl PolicyInstance {
         let dropped = self.store.data().dropped_logs;
         if dropped > 0 {
             tracing::warn!(policy = %self.label, dropped, "policy logged more than {} records in `{name}`; the rest were dropped", self.limits.log_records_per_call);
+        }
+        if let Some(dropped) = self.store.data_mut().log_budget.notice(Instant::now()) {
+            tracing::warn!(
+                policy = %self.label,
+                dropped,
+                "policy logged more than {} bytes in a minute; {dropped} records were dropped since the last notice",
+                self.limits.log_bytes_per_minute
+            );
         }
         match outcome {
             Ok(Ok(value)) => {
@@ -387,5 +457,36 @@ impl PolicyInstance {
     /// Whether the policy's contract has checkpoints.
     pub fn checkpoints(&self) -> bool {
         self.bindings.as_ref().is_some_and(Bindings::checkpoints)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_budget_refills_over_a_minute_and_notices_once_a_minute() {
+        let start = Instant::now();
+        let mut budget = LogBudget::new(600, start);
+        assert!(budget.take(600, start), "a full minute's allowance in a burst");
+        assert!(!budget.take(1, start));
+        assert!(!budget.take(1, start));
+        assert_eq!(budget.notice(start), Some(2));
+        // 10 s refill 100 bytes.
+        let later = start + Duration::from_secs(10);
+        assert!(budget.take(100, later));
+        assert!(!budget.take(1, later));
+        assert_eq!(budget.notice(later), None, "at most one notice a minute");
+        assert_eq!(budget.notice(start + Duration::from_secs(61)), Some(1));
+        // Never more than a minute's worth, however long it was quiet.
+        let much_later = start + Duration::from_secs(3600);
+        assert!(budget.take(600, much_later));
+        assert!(!budget.take(1, much_later));
+    }
+
+    #[test]
+    fn control_characters_are_escaped_and_other_text_kept() {
+        assert!(matches!(escape_controls("plain ünïcode"), std::borrow::Cow::Borrowed("plain ünïcode")));
+        assert_eq!(escape_controls("a\nb\r\tc\u{1b}[0m"), r"a\nb\r\tc\u{1b}[0m");
     }
 }

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 use super::metrics::Metrics;
 use super::scheduler::Command;
 use crate::config::ServiceConfig;
+use crate::policy::escape_controls;
 
 /// What is watched.
 pub struct Watched {
@@ -143,6 +144,12 @@ fn settle(watched: &Watched, path: &Path, commands: &Sender<Command>, metrics: &
         return;
     }
     let Some(name) = policy_name(&watched.policy_dir, path) else { return };
+    // The name becomes a run name, a URL path segment and a metric label.
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        let file = path.display().to_string();
+        tracing::warn!("ignoring {}: policy file names may only use letters, digits, '-', '_' and '.'", escape_controls(&file));
+        return;
+    }
     let command = if path.exists() {
         Command::PolicyChanged { name, path: path.to_owned() }
     } else {

@@ -28,7 +28,12 @@ enum Act {
     Error { message: String },
     Propose { candidates: Vec<Raw> },
     Batch { count: u32 },
-    Log { count: u32, bytes: u32 },
+    Log {
+        count: u32,
+        bytes: u32,
+        #[serde(default)]
+        text: Option<String>,
+    },
     Repeat,
     Nothing,
 }
@@ -116,8 +121,8 @@ impl Hostile {
                 }
                 return Ok(Some(Proposal::Evaluate(batch)));
             }
-            Act::Log { count, bytes } => {
-                let line = "x".repeat(bytes as usize);
+            Act::Log { count, bytes, text } => {
+                let line = text.unwrap_or_else(|| "x".repeat(bytes as usize));
                 for _ in 0..count {
                     log(Level::Info, &line);
                 }
