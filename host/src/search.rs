@@ -3,9 +3,14 @@
 //!
 //! A [`Search`] advances one proposal per [`Search::step`], so a caller can interleave
 //! several runs on one device, stop between steps, or swap the policy module under a run.
-//! A fresh policy instance (new run, restart, hot swap) is initialised and then fed the
-//! run's whole history through `observe`; candidates already in the store are never
-//! evaluated again.
+//! A fresh policy instance is brought up to date in one of two ways. On a restart of a run
+//! whose whole history this very module wrote, it is *re-executed*: initialised with the
+//! run's seed and asked to propose again, each proposal answered from the store, until it
+//! proposes something new — so a resumed run goes on exactly as an uninterrupted one would
+//! (same seed, same answers, same proposals). Otherwise (a hot swap, a history written by
+//! other modules) it is restored from its checkpoint, if it keeps one, and fed the rest of
+//! the history through `observe` in bounded chunks. Either way, candidates already in the
+//! store are never evaluated again.
 
 use std::time::{Duration, Instant};
 
@@ -104,12 +109,22 @@ pub enum Step {
     Finished(Finish),
 }
 
+/// A proposal a re-executed instance made that the store could not answer: the next step
+/// carries it out instead of asking again.
+#[derive(Debug)]
+enum Pending {
+    Evaluate(Vec<Request>),
+    Done,
+}
+
 /// A run in progress, driven by one policy instance.
 pub struct Search {
     run: RunRecord,
     /// Sandbox limits for the instances this process creates.
     limits: crate::policy::PolicyLimits,
     instance: Option<PolicyInstance>,
+    /// What the instance proposed while it was re-executed and is not recorded yet.
+    pending: Option<Pending>,
     finished: Option<Finish>,
     stale_proposals: u32,
     /// Evaluations computed (not answered from the store) by this process.
@@ -146,6 +161,7 @@ impl Search {
             run,
             limits: spec.limits,
             instance: None,
+            pending: None,
             finished: None,
             stale_proposals: 0,
             fresh: Budget::default(),
@@ -170,7 +186,10 @@ impl Search {
             tracing::info!(run = %search.run.name, "{message}");
         }
         match search.fresh_instance(store, runtime, module, &mut ()) {
-            Ok(instance) => search.instance = Some(instance),
+            Ok((instance, pending)) => {
+                search.instance = Some(instance);
+                search.pending = pending;
+            }
             Err(error) => {
                 // A policy that cannot start leaves its run failed, not running.
                 search.fail(store, &error)?;
@@ -244,21 +263,31 @@ impl Search {
         (calls + self.retired_calls.0, time + self.retired_calls.1)
     }
 
-    /// A new instance of `module`, initialised and brought up to date: restored from the
-    /// run's checkpoint and fed what was recorded since, or fed the whole history — either
-    /// way in bounded `observe` calls.
+    /// A new instance of `module`, initialised and brought up to date (see the module
+    /// documentation): re-executed over a history it wrote itself, or restored from the
+    /// run's checkpoint and fed what was recorded since, or fed the whole history — in
+    /// bounded calls every way. Also what a re-executed instance proposed that is not
+    /// recorded yet.
     fn fresh_instance(
         &self,
         store: &RunStore,
         runtime: &PolicyRuntime,
         module: &PolicyModule,
         observer: &mut dyn SearchObserver,
-    ) -> Result<PolicyInstance, SearchError> {
+    ) -> Result<(PolicyInstance, Option<Pending>), SearchError> {
         let history = store.evaluations(self.run.id)?;
-        // Seeded by the run's seed and how far the run got: a run is reproducible from its
-        // seed, and a resumed run from its seed and the point it resumed at.
-        let seed = self.run.experiment.seed ^ (history.len() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let settings = self.settings();
+        let label = module.label();
+        if history.iter().all(|r| r.policy == label) {
+            // The seed the run started with: the instance retraces the run's own steps.
+            let mut instance = runtime.instantiate(module, self.run.experiment.seed, self.limits)?;
+            timed(observer, "init", || instance.init(&settings))?;
+            let pending = if history.is_empty() { None } else { self.reexecute(store, &mut instance, &history, observer)? };
+            return Ok((instance, pending));
+        }
+        // Seeded by the run's seed and how far the run got: a history written by other
+        // modules cannot be retraced, so the new instance gets a stream of its own.
+        let seed = self.run.experiment.seed ^ (history.len() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         if let Some((seq, written_by, state)) = store.checkpoint(self.run.id)? {
             let mut instance = runtime.instantiate(module, seed, self.limits)?;
             timed(observer, "init", || instance.init(&settings))?;
@@ -268,7 +297,7 @@ impl Search {
                         let since: Vec<&EvaluationRecord> = history.iter().filter(|r| r.seq > seq).collect();
                         tracing::info!(run = %self.run.name, seq, %written_by, replayed = since.len(), "policy restored from its checkpoint");
                         self.replay(store, &mut instance, &since, observer)?;
-                        return Ok(instance);
+                        return Ok((instance, None));
                     }
                     // The policy declined (e.g. a new version with another state format).
                     Err(PolicyError::Guest { message, .. }) => {
@@ -281,7 +310,73 @@ impl Search {
         let mut instance = runtime.instantiate(module, seed, self.limits)?;
         timed(observer, "init", || instance.init(&settings))?;
         self.replay(store, &mut instance, &history.iter().collect::<Vec<_>>(), observer)?;
-        Ok(instance)
+        Ok((instance, None))
+    }
+
+    /// Asks a fresh instance to propose again over a history it wrote, answering each
+    /// proposal from the store and telling it the answers as the run once did, until it
+    /// proposes something not recorded (returned, to be carried out by the next step) or
+    /// answers `done`. Should it stop retracing the history (it was resumed differently
+    /// once), whatever it was not told is fed to it in bounded chunks first.
+    fn reexecute(
+        &self,
+        store: &RunStore,
+        instance: &mut PolicyInstance,
+        history: &[EvaluationRecord],
+        observer: &mut dyn SearchObserver,
+    ) -> Result<Option<Pending>, SearchError> {
+        let budget = self.run.search.budget;
+        let mut told = std::collections::HashSet::new();
+        let mut spent = Budget::default();
+        // A run never made more proposals than this: each brought something new, or was
+        // one of fewer than NO_PROGRESS_LIMIT in a row that did not.
+        let most = (history.len() + 1) * NO_PROGRESS_LIMIT as usize;
+        let mut pending = None;
+        for _ in 0..most {
+            let remaining = Budget { scores: budget.scores.saturating_sub(spent.scores), trainings: budget.trainings.saturating_sub(spent.trainings) };
+            if remaining == Budget::default() {
+                break;
+            }
+            let requests = match timed(observer, "propose", || instance.propose(remaining))? {
+                RawProposal::Done => {
+                    pending = Some(Pending::Done);
+                    break;
+                }
+                RawProposal::Evaluate(raw) => validate(&raw, self.run.search.max_batch, self.run.search.max_epochs)
+                    .map_err(|problem| PolicyError::InvalidProposal { policy: instance.label().to_owned(), problem })?,
+            };
+            let answers: Option<Vec<EvaluationRecord>> =
+                requests.iter().map(|r| store.find(self.run.id, &r.candidate, r.fidelity)).collect::<Result<_, _>>()?;
+            let Some(answers) = answers else {
+                pending = Some(Pending::Evaluate(requests));
+                break;
+            };
+            for record in &answers {
+                if told.insert(record.seq) {
+                    match record.fidelity {
+                        Fidelity::Score => spent.scores += 1,
+                        Fidelity::Train => spent.trainings += 1,
+                    }
+                }
+            }
+            let observations: Vec<Observation> = answers.iter().map(|r| observation(store, self.run.id, r)).collect::<Result<_, _>>()?;
+            timed(observer, "observe", || instance.observe(&observations))?;
+        }
+        // Recorded but never told, leaving out what the pending proposal will report (a batch
+        // the run was stopped in the middle of).
+        let in_pending = |r: &EvaluationRecord| match &pending {
+            Some(Pending::Evaluate(requests)) => requests.iter().any(|q| q.candidate == r.candidate && q.fidelity == r.fidelity),
+            _ => false,
+        };
+        if history.iter().all(|r| told.contains(&r.seq) || in_pending(r)) {
+            return Ok(pending);
+        }
+        // It did not retrace the run (resumed differently once): its proposal was made
+        // without knowing everything recorded, so it is dropped and asked for again.
+        let untold: Vec<&EvaluationRecord> = history.iter().filter(|r| !told.contains(&r.seq)).collect();
+        tracing::info!(run = %self.run.name, untold = untold.len(), "the policy did not retrace the whole history; the rest is replayed");
+        self.replay(store, instance, &untold, observer)?;
+        Ok(None)
     }
 
     /// Feeds `records` to `instance`, oldest first, [`REPLAY_CHUNK`] per call.
@@ -329,7 +424,8 @@ impl Search {
         module: &PolicyModule,
         observer: &mut dyn SearchObserver,
     ) -> Result<(), SearchError> {
-        let instance = self.fresh_instance(store, runtime, module, observer)?;
+        let (instance, pending) = self.fresh_instance(store, runtime, module, observer)?;
+        self.pending = pending;
         if let Some(old) = self.instance.replace(instance) {
             let (calls, time) = old.call_stats();
             self.retired_calls = (self.retired_calls.0 + calls, self.retired_calls.1 + time);
@@ -374,10 +470,14 @@ impl Search {
             return Err(PolicyError::Runtime(format!("run {} has no live policy instance", self.run.name)).into());
         };
         let label = instance.label().to_owned();
-        let requests = match timed(observer, "propose", || instance.propose(remaining))? {
-            RawProposal::Done => return self.finish(store, Finish::PolicyDone),
-            RawProposal::Evaluate(raw) => validate(&raw, self.run.search.max_batch, self.run.search.max_epochs)
-                .map_err(|problem| PolicyError::InvalidProposal { policy: label.clone(), problem })?,
+        let requests = match self.pending.take() {
+            Some(Pending::Done) => return self.finish(store, Finish::PolicyDone),
+            Some(Pending::Evaluate(requests)) => requests,
+            None => match timed(observer, "propose", || instance.propose(remaining))? {
+                RawProposal::Done => return self.finish(store, Finish::PolicyDone),
+                RawProposal::Evaluate(raw) => validate(&raw, self.run.search.max_batch, self.run.search.max_epochs)
+                    .map_err(|problem| PolicyError::InvalidProposal { policy: label.clone(), problem })?,
+            },
         };
 
         // What is new, and does the budget cover it?
@@ -449,19 +549,19 @@ impl Search {
         observer: &mut dyn SearchObserver,
     ) -> Result<EvaluationRecord, SearchError> {
         Ok(match known {
-                Some(record) => {
-                    observer.evaluated(&record, false);
+            Some(record) => {
+                observer.evaluated(&record, false);
+                record
+            }
+            // A duplicate inside this batch was recorded a moment ago.
+            None => match store.find(self.run.id, &request.candidate, request.fidelity)? {
+                Some(record) => record,
+                None => {
+                    let record = self.evaluate(engine, store, request, label, observer)?;
+                    observer.evaluated(&record, true);
                     record
                 }
-                // A duplicate inside this batch was recorded a moment ago.
-                None => match store.find(self.run.id, &request.candidate, request.fidelity)? {
-                    Some(record) => record,
-                    None => {
-                        let record = self.evaluate(engine, store, request, label, observer)?;
-                        observer.evaluated(&record, true);
-                        record
-                    }
-                },
+            },
         })
     }
 

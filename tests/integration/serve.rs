@@ -109,6 +109,13 @@ impl Service {
         self.wait_exit(Duration::from_secs(60))
     }
 
+    /// SIGKILL: no chance to clean up.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
     /// Waits for the process to exit on its own (at most `limit`); its exit status.
     pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
@@ -394,4 +401,101 @@ fn prometheus_scrapes_the_service() {
     assert!(value.iter().any(|s| s["metric"]["run"] == "random"), "{value:?}");
     let up = server.query_until(r#"up{job="knas"}"#, |r| r.first().is_some_and(|s| s["value"][1] == "1"));
     assert_eq!(up[0]["value"][1], "1");
+}
+
+/// Every row of the store's evaluations table, each column as SQLite holds it.
+fn evaluation_rows(db: &Path) -> Vec<String> {
+    let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let mut statement = conn.prepare("SELECT * FROM evaluations ORDER BY run_id, seq").unwrap();
+    let columns = statement.column_count();
+    statement
+        .query_map([], |row| {
+            let values: rusqlite::Result<Vec<rusqlite::types::Value>> = (0..columns).map(|i| row.get(i)).collect();
+            Ok(format!("{:?}", values?))
+        })
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap()
+}
+
+/// `value` with every non-integer number written to 12 digits (see [`findings`]).
+fn rounded(value: &Value) -> Value {
+    match value {
+        Value::Number(n) if n.is_f64() => Value::String(format!("{:.11e}", n.as_f64().unwrap_or_default())),
+        Value::Array(items) => Value::Array(items.iter().map(rounded).collect()),
+        Value::Object(fields) => Value::Object(fields.iter().map(|(k, v)| (k.clone(), rounded(v))).collect()),
+        other => other.clone(),
+    }
+}
+
+/// What a run found, independent of timing: each evaluation's candidate, fidelity and results.
+fn findings(db: &Path, run: &str) -> Vec<String> {
+    let store = knas::store::RunStore::open(db).unwrap();
+    let run = store.run(run).unwrap().unwrap();
+    let mut found: Vec<String> = store
+        .evaluations(run.id)
+        .unwrap()
+        .iter()
+        // To 12 digits: BLAS kernels may round the last bit differently in another process.
+        .map(|e| format!("{} {:?} {:?} {:?}", e.candidate, e.fidelity, e.score.map(|s| format!("{s:.11e}")), e.accuracy))
+        .collect();
+    found.sort();
+    found
+}
+
+#[test]
+fn twenty_kills_at_random_moments_lose_nothing_and_change_nothing() {
+    use rand::{Rng, SeedableRng};
+    let settings = config(600, 3);
+
+    // The same search, uninterrupted.
+    let calm = tempfile::tempdir().unwrap();
+    let mut service = Service::start_in(calm.path(), &settings);
+    service.drop_policy("evolution", "evo");
+    service.wait_for("the calm run to finish", |s| s.run("evo").is_some_and(|r| r["status"] == "done"));
+    let expected = service.run("evo").unwrap()["leaderboard"].clone();
+    assert!(service.terminate().success());
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("runs.db");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(20);
+    let mut service = Service::start_in(dir.path(), &settings);
+    service.drop_policy("evolution", "evo");
+    let (mut kills, mut during_work, mut rows_checked) = (0, 0, 0);
+    while kills < 20 {
+        // A random moment once the run is back at work: scoring, training, writing.
+        service.wait_for("the run to be loaded", |s| metric(&s.metrics(), r#"knas_policy_loads_total{outcome="loaded",policy="evo"}"#).is_some());
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..800)));
+        let before = evaluation_rows(&db);
+        let working = service.run("evo").is_some_and(|r| r["status"] == "running");
+        service.kill();
+        kills += 1;
+        during_work += usize::from(working);
+        let after = evaluation_rows(&db);
+        assert!(after.len() >= before.len(), "kill {kills}: {} rows before, {} after", before.len(), after.len());
+        assert_eq!(&after[..before.len()], &before[..], "kill {kills}: a recorded row changed or vanished");
+        rows_checked += before.len();
+        service = Service::start_in(dir.path(), "");
+    }
+    service.wait_for("the run to finish", |s| s.run("evo").is_some_and(|r| r["status"] == "done"));
+    assert!(during_work >= 15, "only {during_work} of 20 kills came while the run was working");
+    assert_eq!(rounded(&service.run("evo").unwrap()["leaderboard"]), rounded(&expected), "the same leaderboard as without kills");
+    assert!(service.terminate().success());
+
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let integrity: String = conn.query_row("PRAGMA integrity_check", [], |row| row.get(0)).unwrap();
+    assert_eq!(integrity, "ok");
+    let duplicates: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM evaluations GROUP BY run_id, candidate, fidelity HAVING COUNT(*) > 1)",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(duplicates, 0, "an evaluation recorded twice");
+    let (found, expected) = (findings(&db, "evo"), findings(&calm.path().join("runs.db"), "evo"));
+    let only = |a: &[String], b: &[String]| a.iter().filter(|x| !b.contains(x)).cloned().collect::<Vec<_>>();
+    assert_eq!(found.len(), expected.len(), "only after kills: {:?}\nonly without: {:?}", only(&found, &expected), only(&expected, &found));
+    assert_eq!(found, expected, "only after kills: {:?}\nonly without: {:?}", only(&found, &expected), only(&expected, &found));
+    eprintln!("chaos: {kills} kills ({during_work} while working), {rows_checked} rows checked, 0 duplicates");
 }
