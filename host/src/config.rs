@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use crate::engine::{DeviceChoice, Experiment};
 use crate::policy::{Budget, PolicyLimits};
 use crate::store::SearchSpec;
+use crate::table::BenchmarkTable;
 
 /// Why a configuration file was rejected.
 #[derive(Debug, thiserror::Error)]
@@ -179,6 +180,11 @@ impl ServiceConfig {
             });
         }
         Ok(config)
+    }
+
+    /// The configured benchmark table, read and checked (every line, see [`BenchmarkTable`]).
+    pub fn load_table(&self) -> Result<Option<std::sync::Arc<BenchmarkTable>>, crate::table::TableError> {
+        self.table.as_deref().map(|path| BenchmarkTable::load(path, self.table_field.as_deref()).map(std::sync::Arc::new)).transpose()
     }
 
     /// The parameters for policy `name` (an empty object when none are configured).

@@ -204,18 +204,22 @@ impl Search {
     /// the run, never shown to the policy).
     pub fn annotate_with(&mut self, store: &RunStore, table: std::sync::Arc<crate::table::BenchmarkTable>) -> Result<(), SearchError> {
         // Candidates recorded before the table was given get their accuracy now.
-        for record in store.evaluations(self.run.id)? {
-            self.annotate(store, &record.candidate, &table)?;
-        }
+        let history = store.evaluations(self.run.id)?;
+        let accuracies: Vec<(&Candidate, f64)> =
+            history.iter().filter_map(|r| Some((&r.candidate, r.candidate.to_arch().ok().and_then(|arch| table.accuracy(&arch))?))).collect();
+        store.record_published(self.run.id, &table.path().display().to_string(), &accuracies)?;
         self.table = Some(table);
         Ok(())
     }
 
-    fn annotate(&self, store: &RunStore, candidate: &Candidate, table: &crate::table::BenchmarkTable) -> Result<(), SearchError> {
+    /// Records `candidate`'s published accuracy, if the table has it. A yardstick only: a
+    /// failure to write it is logged, and the run goes on.
+    fn annotate(&self, store: &RunStore, candidate: &Candidate, table: &crate::table::BenchmarkTable) {
         if let Some(accuracy) = candidate.to_arch().ok().and_then(|arch| table.accuracy(&arch)) {
-            store.record_published(self.run.id, candidate, &table.path().display().to_string(), accuracy)?;
+            if let Err(error) = store.record_published(self.run.id, &table.path().display().to_string(), &[(candidate, accuracy)]) {
+                tracing::warn!(run = %self.run.name, %candidate, "cannot record the published accuracy: {error}");
+            }
         }
-        Ok(())
     }
 
     /// What the policy is told at `init`.
@@ -654,7 +658,7 @@ impl Search {
         let record = store.record(self.run.id, &request.candidate, request.fidelity, policy, &new)?;
         self.last_seq = record.seq;
         if let Some(table) = &self.table {
-            self.annotate(store, &request.candidate, table)?;
+            self.annotate(store, &request.candidate, table);
         }
         match request.fidelity {
             Fidelity::Score => self.fresh.scores += 1,

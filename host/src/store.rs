@@ -492,11 +492,17 @@ impl RunStore {
     }
 
     /// Records a candidate's accuracy in a published table (`source`), beside the run.
-    pub fn record_published(&self, run: i64, candidate: &Candidate, source: &str, accuracy: f64) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT OR REPLACE INTO published (run_id, candidate, source, accuracy) VALUES (?1, ?2, ?3, ?4)",
-            params![run, candidate.to_string(), source, accuracy],
-        )?;
+    pub fn record_published(&self, run: i64, source: &str, accuracies: &[(&Candidate, f64)]) -> Result<(), StoreError> {
+        // One transaction: a long history is annotated in one write, not one per row.
+        let tx = self.conn.unchecked_transaction()?;
+        {
+            let mut insert =
+                tx.prepare_cached("INSERT OR REPLACE INTO published (run_id, candidate, source, accuracy) VALUES (?1, ?2, ?3, ?4)")?;
+            for (candidate, accuracy) in accuracies {
+                insert.execute(params![run, candidate.to_string(), source, accuracy])?;
+            }
+        }
+        tx.commit()?;
         Ok(())
     }
 

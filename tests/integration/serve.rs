@@ -161,6 +161,16 @@ fn a_configured_table_annotates_the_runs_in_the_api() {
     let winner = &service.run("random").unwrap()["leaderboard"]["winner"];
     let index = winner["candidate"].as_str().unwrap().parse::<knas::space::Arch>().unwrap().index();
     assert_eq!(winner["published_accuracy"].as_f64(), Some((index % 89) as f64), "{winner}");
+
+    // Editing the table reloads the configuration with it; a broken table is a rejected
+    // reload that keeps the previous configuration.
+    let reloads = |s: &Service, outcome: &str| metric(&s.metrics(), &format!(r#"knas_config_reloads_total{{outcome="{outcome}"}}"#));
+    std::fs::write(dir.path().join("table.jsonl"), lines[..100].join("\n") + "\n").unwrap();
+    service.wait_for("the edited table to be applied", |s| reloads(s, "applied") == Some(1.0));
+    std::fs::write(dir.path().join("table.jsonl"), "{\"arch\": \"nonsense\"}\n").unwrap();
+    service.wait_for("the broken table to be rejected", |s| reloads(s, "rejected") == Some(1.0));
+    assert_eq!(reloads(&service, "applied"), Some(1.0));
+    assert!(service.log().contains("table.jsonl:1"), "{}", service.log());
 }
 
 #[test]

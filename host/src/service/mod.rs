@@ -87,6 +87,7 @@ pub fn serve(config: ServiceConfig, config_path: Option<&Path>) -> anyhow::Resul
         let watched = watcher::Watched {
             policy_dir,
             config: config_path,
+            table: config.table.clone(),
             debounce: Duration::from_millis(config.debounce_ms),
         };
         let watcher_task = tokio::spawn(watcher::run(watched, commands.clone(), metrics.clone(), stop_rx.clone()));

@@ -36,7 +36,8 @@ pub enum Command {
     /// `NAME.wasm` is gone: stop run NAME, keeping its results.
     PolicyRemoved { name: String },
     /// A new configuration; it applies to runs started from now on.
-    Reconfigure(Box<ServiceConfig>),
+    /// A new configuration, with its benchmark table read afresh.
+    Reconfigure(Box<ServiceConfig>, Option<Arc<BenchmarkTable>>),
     /// Finish the step in progress, stop every run cleanly, exit.
     Shutdown,
 }
@@ -104,7 +105,7 @@ impl Scheduler {
     ) -> anyhow::Result<Scheduler> {
         let store = RunStore::open(&config.store)?;
         let runtime = PolicyRuntime::new()?;
-        let table = load_table(&config)?;
+        let table = config.load_table()?;
         let scheduler = Scheduler {
             config,
             device,
@@ -178,7 +179,7 @@ impl Scheduler {
         match command {
             Command::PolicyChanged { name, path } => self.policy_changed(&name, path),
             Command::PolicyRemoved { name } => self.policy_removed(&name),
-            Command::Reconfigure(config) => {
+            Command::Reconfigure(config, table) => {
                 if config.listen != self.config.listen
                     || config.store != self.config.store
                     || config.policy_dir != self.config.policy_dir
@@ -186,15 +187,9 @@ impl Scheduler {
                 {
                     tracing::warn!("listen, store, policy-dir and device changes take effect after a restart");
                 }
-                if config.table != self.config.table || config.table_field != self.config.table_field {
-                    match load_table(&config) {
-                        Ok(table) => self.table = table,
-                        Err(error) => {
-                            tracing::error!("configuration rejected: {error:#}");
-                            return;
-                        }
-                    }
-                }
+                // Runs started from now on are annotated from it; the file was re-read, so an
+                // edited table counts too.
+                self.table = table;
                 tracing::info!("configuration applied; it governs runs started from now on");
                 self.config = *config;
             }
@@ -429,16 +424,6 @@ impl Scheduler {
 }
 
 
-/// The configured benchmark table, read and checked.
-fn load_table(config: &ServiceConfig) -> anyhow::Result<Option<Arc<BenchmarkTable>>> {
-    config
-        .table
-        .as_deref()
-        .map(|path| BenchmarkTable::load(path, config.table_field.as_deref()).map(Arc::new))
-        .transpose()
-        .map_err(anyhow::Error::from)
-}
-
 /// The scheduler's view of a run's step: the run's metrics, and the commands that arrive
 /// meanwhile (kept, in order, for the scheduler to handle after the step).
 struct Stepping<'a> {
@@ -463,7 +448,7 @@ impl Stepping<'_> {
                         format!("{name}@{}", &crate::policy::contract::sha256_hex(&bytes)[..8]) != self.label
                     })
             }
-            Command::Reconfigure(_) => false,
+            Command::Reconfigure(..) => false,
         }
     }
 }

@@ -26,6 +26,9 @@ pub struct Watched {
     pub policy_dir: PathBuf,
     /// The configuration file (canonical), when the service has one.
     pub config: Option<PathBuf>,
+    /// The benchmark table the configuration names at start: editing it reloads the
+    /// configuration (and so re-reads the table).
+    pub table: Option<PathBuf>,
     pub debounce: Duration,
 }
 
@@ -73,8 +76,15 @@ pub async fn run(
         let _ = tx.blocking_send(event);
     })?;
     watcher.watch(&watched.policy_dir, RecursiveMode::NonRecursive)?;
-    if let Some(config_dir) = watched.config.as_ref().and_then(|c| c.parent()).filter(|d| *d != watched.policy_dir) {
-        watcher.watch(config_dir, RecursiveMode::NonRecursive)?;
+    let mut folders: Vec<&Path> = vec![watched.policy_dir.as_path()];
+    for file in [&watched.config, &watched.table].into_iter().flatten() {
+        match file.parent() {
+            Some(folder) if !folders.contains(&folder) => {
+                watcher.watch(folder, RecursiveMode::NonRecursive)?;
+                folders.push(folder);
+            }
+            _ => {}
+        }
     }
 
     let mut initial: Vec<PathBuf> = std::fs::read_dir(&watched.policy_dir)?
@@ -102,7 +112,7 @@ pub async fn run(
                 let Some(kind) = relevant(&event.kind) else { continue };
                 for path in event.paths {
                     let path = match &watched.config {
-                        Some(config) if touches_config(config, &path) => config.clone(),
+                        Some(config) if touches_config(config, &path) || watched.table.as_ref() == Some(&path) => config.clone(),
                         _ if policy_name(&watched.policy_dir, &path).is_some() => path,
                         _ => continue,
                     };
@@ -131,14 +141,18 @@ pub async fn run(
 /// Acts on a path that has settled.
 fn settle(watched: &Watched, path: &Path, commands: &Sender<Command>, metrics: &Metrics) {
     if watched.config.as_deref() == Some(path) {
-        match ServiceConfig::load(path) {
-            Ok(config) => {
+        // The table is part of the configuration: a bad one rejects the whole reload.
+        let loaded = ServiceConfig::load(path)
+            .map_err(anyhow::Error::from)
+            .and_then(|config| Ok((config.load_table()?, config)));
+        match loaded {
+            Ok((table, config)) => {
                 metrics.config_reloads.with_label_values(&["applied"]).inc();
-                let _ = commands.send(Command::Reconfigure(Box::new(config)));
+                let _ = commands.send(Command::Reconfigure(Box::new(config), table));
             }
             Err(error) => {
                 metrics.config_reloads.with_label_values(&["rejected"]).inc();
-                tracing::error!("configuration rejected, keeping the previous one: {error}");
+                tracing::error!("configuration rejected, keeping the previous one: {error:#}");
             }
         }
         return;
