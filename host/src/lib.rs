@@ -31,3 +31,6 @@ pub mod stats;
 pub mod store;
 pub mod table;
 pub mod train;
+
+#[cfg(test)]
+mod fuzz;

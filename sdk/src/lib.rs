@@ -373,4 +373,45 @@ mod tests {
         assert!(settings("").parse_params::<Params>().unwrap_err().contains("missing field `population`"));
         assert_eq!(settings("{}").weights(), vec![("zico".to_owned(), 1.0)]);
     }
+
+    /// Parameters shaped like the built-in policies' (defaults, options, a nested table).
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields, default)]
+    #[allow(dead_code)]
+    struct PolicyLike {
+        population: u32,
+        rank_by: Option<String>,
+        max_params: Option<u64>,
+        weights: std::collections::BTreeMap<String, f64>,
+    }
+
+    impl Default for PolicyLike {
+        fn default() -> PolicyLike {
+            PolicyLike { population: 20, rank_by: None, max_params: None, weights: Default::default() }
+        }
+    }
+
+    /// Cases: `KNAS_FUZZ_CASES`, else 200 (see the host's `fuzz` module).
+    fn fuzz_config() -> proptest::test_runner::Config {
+        let cases = std::env::var("KNAS_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+        proptest::test_runner::Config { cases, failure_persistence: None, ..Default::default() }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(fuzz_config())]
+
+        /// Any text as parameters: parsed, or an error that quotes the parameters.
+        #[test]
+        fn fuzz_params_parse_or_quote_the_input(
+            text in proptest::prop_oneof![
+                "\\PC{0,80}",
+                "\\{(\"(population|rank_by|max_params|weights|x)\": ?(-?[0-9]{1,20}|\"[a-z]{0,5}\"|null|\\{\\}|\\[\\]|[0-9]\\.[0-9]e[0-9]{1,3})(, )?){0,4}\\}",
+            ]
+        ) {
+            if let Err(error) = settings(&text).parse_params::<PolicyLike>() {
+                let shown = if text.trim().is_empty() { "{}" } else { text.as_str() };
+                proptest::prop_assert!(error.starts_with(&format!("invalid policy parameters {shown}")), "{}", error);
+            }
+        }
+    }
 }

@@ -457,3 +457,41 @@ fn long_histories_replay_in_chunks_and_checkpoints_shorten_restarts() {
     let (calls, _) = search.policy_calls();
     assert!(calls <= 3, "init and restore, no replay: {calls} calls");
 }
+
+/// Fuzzing `.wasm` bytes: random edits of a real policy and random bytes are loaded. No
+/// panic; every refusal names the file. Edits that still pass the contract check are
+/// compiled too (a few per run: compiling is the slow part). Cases: `KNAS_FUZZ_CASES`,
+/// else 200.
+#[test]
+fn fuzzed_policy_files_load_or_are_refused_by_name() {
+    use proptest::prelude::*;
+    let runtime = knas::policy::PolicyRuntime::new().unwrap();
+    let valid = std::fs::read(policy("random")).unwrap();
+    let cases = std::env::var("KNAS_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+    let config = proptest::test_runner::Config { cases, failure_persistence: None, ..Default::default() };
+    // Splices: a window of the file replaced by other bytes (none: a cut; past the end: cut short).
+    let splices = prop::collection::vec((any::<prop::sample::Index>(), 0usize..16, prop::collection::vec(any::<u8>(), 0..8)), 1..4);
+    let compiled = std::cell::Cell::new(0);
+    let mut runner = proptest::test_runner::TestRunner::new(config);
+    runner
+        .run(&(splices, prop::collection::vec(any::<u8>(), 0..64), any::<prop::sample::Index>()), |(splices, noise, end)| {
+            let mut bytes = valid.clone();
+            for (at, len, with) in splices {
+                let at = at.index(bytes.len());
+                let end = (at + len).min(bytes.len());
+                bytes.splice(at..end, with);
+            }
+            let cut = bytes[..end.index(bytes.len() + 1)].to_vec();
+            for input in [&bytes, &cut, &noise] {
+                if knas::policy::contract::inspect(input).is_ok() && compiled.get() >= 3 {
+                    continue;
+                }
+                compiled.set(compiled.get() + u32::from(knas::policy::contract::inspect(input).is_ok()));
+                if let Err(error) = runtime.load_bytes("fuzzed", input) {
+                    prop_assert!(error.to_string().contains("fuzzed"), "{}", error);
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+}

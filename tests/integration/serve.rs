@@ -509,3 +509,40 @@ fn twenty_kills_at_random_moments_lose_nothing_and_change_nothing() {
     assert_eq!(found, expected, "only after kills: {:?}\nonly without: {:?}", only(&found, &expected), only(&expected, &found));
     eprintln!("chaos: {kills} kills ({during_work} while working), {rows_checked} rows checked, 0 duplicates");
 }
+
+/// Fuzzing the HTTP API: random paths and query strings under every route. Never a 5xx,
+/// never a dropped connection, and the service stays healthy. Cases: `KNAS_FUZZ_CASES`,
+/// else 200.
+#[test]
+fn fuzzed_api_paths_and_queries_get_clear_answers() {
+    use proptest::prelude::*;
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start_in(dir.path(), &config(2, 0));
+    service.drop_policy("random", "random");
+    service.wait_for("a run to exist", |s| s.run("random").is_some());
+    let client = reqwest::blocking::Client::new();
+    let cases = std::env::var("KNAS_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+    let config = proptest::test_runner::Config { cases, failure_persistence: None, ..Default::default() };
+    let segment = prop_oneof![Just("random".to_owned()), "[a-zA-Z0-9._~-]{0,12}", "(%[0-9A-Fa-f]{2}|[a-z]|%|\\.\\.){0,8}", "\\PC{0,6}"];
+    let prefix = prop_oneof![Just("/api/runs/"), Just("/api/runs"), Just("/api/policies"), Just("/metrics"), Just("/healthz"), Just("/"), Just("/api/")];
+    let query = prop::option::of("[a-z_]{0,8}(=[-a-z0-9%.]{0,10})?(&[a-z_]{0,8}=[0-9a-z]{0,6}){0,3}");
+    let mut runner = proptest::test_runner::TestRunner::new(config);
+    runner
+        .run(&(prefix, segment, query), |(prefix, segment, query)| {
+            let mut url = format!("http://{}{prefix}{segment}", service.address);
+            if let Some(query) = query {
+                url = format!("{url}?{query}");
+            }
+            // Text that is no URL at all never reaches the service.
+            let Ok(request) = client.get(&url).build() else { return Ok(()) };
+            let response = client.execute(request).map_err(|e| TestCaseError::fail(format!("{url}: {e}")))?;
+            let status = response.status();
+            prop_assert!(!status.is_server_error(), "{url}: {status}");
+            if status.is_client_error() {
+                prop_assert!(!response.text().unwrap_or_default().is_empty(), "{url}: {status} without a message");
+            }
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(service.get("/healthz").0, 200);
+}

@@ -9,13 +9,13 @@ use super::{Augment, DataError, Dataset, ImageShape, Part, find_maybe_gzipped as
 const UBYTE: u8 = 0x08;
 
 /// A parsed IDX file: its dimensions and its bytes.
-struct Idx {
+pub(super) struct Idx {
     dims: Vec<usize>,
     data: Vec<u8>,
 }
 
 /// Parses an IDX file that must have `want_dims` dimensions of unsigned bytes.
-fn parse(bytes: &[u8], want_dims: usize, path: &Path) -> Result<Idx, DataError> {
+pub(super) fn parse(bytes: &[u8], want_dims: usize, path: &Path) -> Result<Idx, DataError> {
     let corrupt = |problem: String| DataError::corrupt(path, problem);
     if bytes.len() < 4 {
         return Err(corrupt(format!("file is {} bytes, too short for an IDX header", bytes.len())));

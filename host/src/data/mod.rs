@@ -4,6 +4,8 @@
 //! file and the problem; none of them panics on bad input.
 
 mod cifar;
+#[cfg(test)]
+mod fuzz;
 mod idx;
 mod mnist_csv;
 

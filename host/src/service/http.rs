@@ -42,7 +42,17 @@ pub fn router(state: AppState) -> Router {
         .route("/api/runs", get(runs))
         .route("/api/runs/{name}", get(run))
         .route("/api/policies", get(policies))
+        .fallback(unknown)
         .with_state(state)
+}
+
+/// Any other path: 404 with the endpoints that exist.
+async fn unknown(uri: axum::http::Uri) -> Response {
+    let message = format!(
+        "no endpoint {}; the API has /healthz, /readyz, /metrics, /api/runs, /api/runs/NAME and /api/policies",
+        crate::policy::escape_controls(uri.path())
+    );
+    (StatusCode::NOT_FOUND, Json(serde_json::json!({ "error": message }))).into_response()
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {
