@@ -1,6 +1,7 @@
 //! The compute thread: owns the device, the policy runtime and the store's writer, and
-//! steps every active run in turn — one proposal each, round robin — so runs share the
-//! device fairly. It takes commands (policy file changed or removed, new configuration,
+//! steps the active runs one proposal at a time, always the run that has used the least
+//! time so far ([`Turns`]) — so runs share the thread by time, and a policy that is slow to
+//! propose, or asks for trainings, does not take more than its share from its neighbours. It takes commands (policy file changed or removed, new configuration,
 //! shutdown) between steps, and looks for them during a step too: a command that concerns
 //! the run being stepped (shutdown, its file removed or replaced by different bytes) cuts
 //! the step short — a training stops at its next optimiser step, nothing of it recorded —
@@ -12,6 +13,7 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
 use std::path::PathBuf;
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -80,8 +82,8 @@ pub struct Scheduler {
     engines: HashMap<String, Engine>,
     /// Active runs and the engine key they use.
     runs: BTreeMap<String, (Search, String)>,
-    /// Round-robin order of active runs.
-    turn: VecDeque<String>,
+    /// Which active run goes next.
+    turn: Turns,
     metrics: Arc<Metrics>,
     status: SharedStatus,
     /// The published table runs are annotated with (from the configuration), if any.
@@ -113,7 +115,7 @@ impl Scheduler {
             store,
             engines: HashMap::new(),
             runs: BTreeMap::new(),
-            turn: VecDeque::new(),
+            turn: Turns::default(),
             metrics,
             status,
             table,
@@ -285,7 +287,7 @@ impl Scheduler {
                     if search.finished().is_none() {
                         tracing::info!(run = name, policy = %label, "run started");
                         self.runs.insert(name.to_owned(), (search, key));
-                        self.turn.push_back(name.to_owned());
+                        self.turn.join(name);
                     }
                     self.update_budget(name);
                 }
@@ -302,7 +304,8 @@ impl Scheduler {
 
     fn policy_removed(&mut self, name: &str) {
         if let Some((mut search, _)) = self.runs.remove(name) {
-            self.turn.retain(|n| n != name);
+            self.turn.leave(name);
+            self.free_engines();
             match search.stop(&self.store, "policy file removed") {
                 Ok(()) => tracing::info!(run = name, "run stopped: its policy file was removed"),
                 Err(error) => tracing::error!(run = name, "cannot record the stop: {error}"),
@@ -317,9 +320,9 @@ impl Scheduler {
 
     /// One step of the next run in turn.
     fn step_next(&mut self, inbox: &Receiver<Command>) {
-        let Some(name) = self.turn.pop_front() else { return };
-        let Some((search, key)) = self.runs.get_mut(&name) else { return };
-        let Some(engine) = self.engines.get(key.as_str()) else { return };
+        let Some(name) = self.turn.next() else { return };
+        let Some((search, key)) = self.runs.get_mut(&name) else { return self.turn.leave(&name) };
+        let Some(engine) = self.engines.get(key.as_str()) else { return self.turn.leave(&name) };
         let label = search.policy_label().to_owned();
         let mut observer = Stepping {
             metrics: self.metrics.for_run(&name),
@@ -328,22 +331,22 @@ impl Scheduler {
             inbox,
             arrived: RefCell::new(std::mem::take(&mut self.arrived)),
         };
+        let start = Instant::now();
         let stepped = std::panic::catch_unwind(AssertUnwindSafe(|| search.step(engine, &self.store, &mut observer)))
             .unwrap_or_else(|panic| Err(SearchError::Crashed(panic_message(&*panic))));
+        self.turn.charge(&name, start.elapsed());
         self.arrived = observer.arrived.into_inner();
         match stepped {
             Err(SearchError::Interrupted) => {
-                // Its turn again once the command that interrupted it is handled.
+                // It keeps its place; the command that interrupted it is handled first.
                 tracing::info!(run = %name, "step interrupted; nothing of the evaluation in progress was recorded");
-                self.turn.push_front(name);
             }
-            Ok(Step::Continue) => {
-                self.turn.push_back(name.clone());
-                self.update_budget(&name);
-            }
+            Ok(Step::Continue) => self.update_budget(&name),
             Ok(Step::Finished(finish)) => {
                 tracing::info!(run = %name, "run complete: {finish:?}");
                 self.runs.remove(&name);
+                self.turn.leave(&name);
+                self.free_engines();
                 self.update_budget(&name);
                 self.publish_active();
                 self.refresh_run_counts();
@@ -369,9 +372,17 @@ impl Scheduler {
                 tracing::error!(run = name, "cannot record the failure: {store_error}");
             }
         }
-        self.turn.retain(|n| n != name);
+        self.turn.leave(name);
+        self.free_engines();
         self.publish_active();
         self.refresh_run_counts();
+    }
+
+    /// Drops the engines no active run uses (their data and reference sample; a run that
+    /// needs one again reloads it, the reference from the store's cache).
+    fn free_engines(&mut self) {
+        let runs = &self.runs;
+        self.engines.retain(|key, _| runs.values().any(|(_, used)| used == key));
     }
 
     fn update_budget(&self, name: &str) {
@@ -412,7 +423,7 @@ impl Scheduler {
                 tracing::error!(run = %name, "cannot record the stop: {error}");
             }
         }
-        self.turn.clear();
+        self.turn = Turns::default();
         self.refresh_run_counts();
         self.with_status(|s| {
             s.alive = false;
@@ -423,6 +434,40 @@ impl Scheduler {
     }
 }
 
+
+/// Time-fair turns: the active run that has used the least compute time goes next. A run
+/// that joins starts level with the least-served one (it gets its share from now on, not
+/// a catch-up of everything it missed).
+#[derive(Debug, Default)]
+struct Turns {
+    used: BTreeMap<String, Duration>,
+}
+
+impl Turns {
+    fn join(&mut self, name: &str) {
+        let level = self.used.values().min().copied().unwrap_or_default();
+        self.used.entry(name.to_owned()).or_insert(level);
+    }
+
+    fn leave(&mut self, name: &str) {
+        self.used.remove(name);
+    }
+
+    fn charge(&mut self, name: &str, time: Duration) {
+        if let Some(used) = self.used.get_mut(name) {
+            *used += time;
+        }
+    }
+
+    /// The run to step next (it stays in the turns).
+    fn next(&self) -> Option<String> {
+        self.used.iter().min_by_key(|(_, used)| **used).map(|(name, _)| name.clone())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.used.is_empty()
+    }
+}
 
 /// The scheduler's view of a run's step: the run's metrics, and the commands that arrive
 /// meanwhile (kept, in order, for the scheduler to handle after the step).
@@ -492,7 +537,44 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::panic_message;
+    use std::time::Duration;
+
+    use super::{Turns, panic_message};
+
+    #[test]
+    fn turns_go_to_the_run_that_used_the_least_time() {
+        let ms = Duration::from_millis;
+        let mut turns = Turns::default();
+        turns.join("slow");
+        turns.join("quick");
+        // A slow proposer (100 ms a step) against a quick one (10 ms): over one simulated
+        // second each gets about half the time, not half the steps.
+        let mut steps = std::collections::BTreeMap::<String, u32>::new();
+        let mut clock = ms(0);
+        while clock < ms(1000) {
+            let name = turns.next().unwrap();
+            let cost = if name == "slow" { ms(100) } else { ms(10) };
+            turns.charge(&name, cost);
+            clock += cost;
+            *steps.entry(name).or_default() += 1;
+        }
+        assert!((4..=6).contains(&steps["slow"]), "{steps:?}");
+        assert!((45..=55).contains(&steps["quick"]), "{steps:?}");
+
+        // A newcomer starts level with the least served: no catch-up burst.
+        turns.join("new");
+        let mut next = Vec::new();
+        for _ in 0..4 {
+            let name = turns.next().unwrap();
+            turns.charge(&name, ms(10));
+            next.push(name);
+        }
+        assert!(next.iter().filter(|n| *n == "new").count() <= 2, "{next:?}");
+        turns.leave("new");
+        turns.leave("slow");
+        turns.leave("quick");
+        assert!(turns.is_empty() && turns.next().is_none());
+    }
 
     #[test]
     fn panic_messages_are_found_for_literal_and_formatted_panics() {
