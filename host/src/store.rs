@@ -14,7 +14,7 @@ use crate::policy::{Budget, Fidelity, PolicyLimits};
 use crate::space::Candidate;
 
 /// Current schema version (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// Schema 1, as the first release created it. A new store is created at version 1 and
 /// brought up to date by the same migrations an old one goes through, so there is one
@@ -83,6 +83,44 @@ CREATE TABLE published (
     accuracy    REAL NOT NULL,
     PRIMARY KEY (run_id, candidate)
 );
+";
+
+/// Version 2 → 3: a summary row per run (counts, bests, errors) kept current by triggers in
+/// the same transaction as each write, so listing runs reads one small row per run instead
+/// of every evaluation.
+const MIGRATE_2_TO_3: &str = "
+CREATE TABLE run_summaries (
+    run_id        INTEGER PRIMARY KEY REFERENCES runs(id),
+    scores        INTEGER NOT NULL DEFAULT 0,
+    trainings     INTEGER NOT NULL DEFAULT 0,
+    best_score    REAL,
+    best_accuracy REAL,
+    errors        INTEGER NOT NULL DEFAULT 0,
+    last_error    TEXT
+);
+INSERT INTO run_summaries (run_id, scores, trainings, best_score, best_accuracy, errors, last_error)
+SELECT r.id,
+       (SELECT COUNT(*) FROM evaluations e WHERE e.run_id = r.id AND e.fidelity = 'score'),
+       (SELECT COUNT(*) FROM evaluations e WHERE e.run_id = r.id AND e.fidelity <> 'score'),
+       (SELECT MAX(score) FROM evaluations e WHERE e.run_id = r.id),
+       (SELECT MAX(accuracy) FROM evaluations e WHERE e.run_id = r.id),
+       (SELECT COUNT(*) FROM events v WHERE v.run_id = r.id AND v.kind = 'error'),
+       (SELECT message FROM events v WHERE v.run_id = r.id AND v.kind = 'error' ORDER BY v.rowid DESC LIMIT 1)
+FROM runs r;
+CREATE TRIGGER run_summary_of_new_run AFTER INSERT ON runs BEGIN
+    INSERT INTO run_summaries (run_id) VALUES (NEW.id);
+END;
+CREATE TRIGGER run_summary_of_evaluation AFTER INSERT ON evaluations BEGIN
+    UPDATE run_summaries SET
+        scores = scores + (NEW.fidelity = 'score'),
+        trainings = trainings + (NEW.fidelity <> 'score'),
+        best_score = CASE WHEN best_score IS NULL OR NEW.score > best_score THEN COALESCE(NEW.score, best_score) ELSE best_score END,
+        best_accuracy = CASE WHEN best_accuracy IS NULL OR NEW.accuracy > best_accuracy THEN COALESCE(NEW.accuracy, best_accuracy) ELSE best_accuracy END
+    WHERE run_id = NEW.run_id;
+END;
+CREATE TRIGGER run_summary_of_error AFTER INSERT ON events WHEN NEW.kind = 'error' BEGIN
+    UPDATE run_summaries SET errors = errors + 1, last_error = NEW.message WHERE run_id = NEW.run_id;
+END;
 ";
 
 /// An experiment written by schema 1 in today's terms: its MGM mode becomes its score.
@@ -184,6 +222,28 @@ pub struct RunRecord {
     pub search: SearchSpec,
     pub created_at: String,
     pub updated_at: String,
+}
+
+/// What a run has recorded, kept current as it records (schema 3).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RunSummary {
+    pub recorded: Budget,
+    pub best_score: Option<f64>,
+    pub best_accuracy: Option<f64>,
+    /// Error events (a failure, a rejected policy file, …) and the latest one's message.
+    pub errors: u32,
+    pub last_error: Option<String>,
+}
+
+/// A [`RunSummary`] from the six summary columns starting at `first`.
+fn summary_from_row(row: &rusqlite::Row, first: usize) -> rusqlite::Result<RunSummary> {
+    Ok(RunSummary {
+        recorded: Budget { scores: row.get(first)?, trainings: row.get(first + 1)? },
+        best_score: row.get(first + 2)?,
+        best_accuracy: row.get(first + 3)?,
+        errors: row.get(first + 4)?,
+        last_error: row.get(first + 5)?,
+    })
 }
 
 /// One evaluation, as stored.
@@ -296,17 +356,19 @@ impl RunStore {
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(open_err)?;
-        let upgrade = |e: StoreError| StoreError::Open { path: path.to_owned(), message: format!("upgrading schema 1 to 2: {e}") };
+        let upgrade = |e: StoreError| StoreError::Open { path: path.to_owned(), message: format!("upgrading schema {version} to {SCHEMA_VERSION}: {e}") };
         match version {
-            0 => {
+            0..SCHEMA_VERSION => {
+                // Every step in one transaction: a store is upgraded wholly or not at all.
                 let tx = conn.unchecked_transaction().map_err(open_err)?;
-                tx.execute_batch(SCHEMA_1).map_err(open_err)?;
-                Self::migrate_from_1(&tx).map_err(upgrade)?;
-                tx.commit().map_err(open_err)?;
-            }
-            1 => {
-                let tx = conn.unchecked_transaction().map_err(open_err)?;
-                Self::migrate_from_1(&tx).map_err(upgrade)?;
+                if version == 0 {
+                    tx.execute_batch(SCHEMA_1).map_err(open_err)?;
+                }
+                if version <= 1 {
+                    Self::migrate_from_1(&tx).map_err(upgrade)?;
+                }
+                tx.execute_batch(MIGRATE_2_TO_3).map_err(|e| upgrade(e.into()))?;
+                tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(open_err)?;
                 tx.commit().map_err(open_err)?;
             }
             SCHEMA_VERSION => {}
@@ -329,7 +391,6 @@ impl RunStore {
         for (id, json) in experiments {
             tx.execute("UPDATE runs SET experiment = ?2 WHERE id = ?1", params![id, migrate_experiment(&json)?])?;
         }
-        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         Ok(())
     }
 
@@ -431,6 +492,29 @@ impl RunStore {
         let mut stmt = self.conn.prepare(&format!("SELECT {RUN_COLUMNS} FROM runs ORDER BY id"))?;
         let raws = stmt.query_map([], Self::run_from_row)?.collect::<Result<Vec<_>, _>>()?;
         raws.into_iter().map(Self::decode_run).collect()
+    }
+
+    /// Up to `limit` runs with their summaries, by name, starting after `after`.
+    pub fn summaries(&self, after: Option<&str>, limit: usize) -> Result<Vec<(RunRecord, RunSummary)>, StoreError> {
+        let columns = RUN_COLUMNS.split(", ").map(|c| format!("r.{c}")).collect::<Vec<_>>().join(", ");
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {columns}, s.scores, s.trainings, s.best_score, s.best_accuracy, s.errors, s.last_error \
+             FROM runs r JOIN run_summaries s ON s.run_id = r.id WHERE r.name > ?1 ORDER BY r.name LIMIT ?2"
+        ))?;
+        let rows = stmt.query_map(params![after.unwrap_or(""), limit as i64], |row| Ok((Self::run_from_row(row)?, summary_from_row(row, 9)?)))?;
+        rows.map(|row| {
+            let (raw, summary) = row?;
+            Ok((Self::decode_run(raw)?, summary))
+        })
+        .collect()
+    }
+
+    /// The summary of run `run`.
+    pub fn summary(&self, run: i64) -> Result<RunSummary, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT scores, trainings, best_score, best_accuracy, errors, last_error FROM run_summaries WHERE run_id = ?1",
+        )?;
+        Ok(stmt.query_row([run], |row| summary_from_row(row, 0))?)
     }
 
     /// The run's evaluations in recording order.
@@ -627,6 +711,35 @@ mod tests {
         assert_eq!(store.find(run.id, &a, Fidelity::Train).unwrap().unwrap().accuracy, Some(0.9));
         assert_eq!(store.spent(run.id).unwrap(), Budget { scores: 2, trainings: 1 });
         assert_eq!(store.events(run.id).unwrap()[0].message, "boom");
+        // The summary kept pace with every write.
+        let summary = RunSummary {
+            recorded: Budget { scores: 2, trainings: 1 },
+            best_score: Some(1.5),
+            best_accuracy: Some(0.9),
+            errors: 1,
+            last_error: Some("boom".into()),
+        };
+        assert_eq!(store.summary(run.id).unwrap(), summary);
+        let listed = store.summaries(None, 10).unwrap();
+        assert_eq!((listed.len(), &listed[0].0.name, &listed[0].1), (1, &run.name, &summary));
+    }
+
+    #[test]
+    fn summaries_list_runs_by_name_a_page_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RunStore::open(&dir.path().join("runs.db")).unwrap();
+        for name in ["c", "a", "b"] {
+            let (run, _) = store.begin_run(name, "p@1", &Experiment::default(), &spec()).unwrap();
+            let m = NewEvaluation { score: Some(f64::from(u8::try_from(name.as_bytes()[0]).unwrap())), ..NewEvaluation::default() };
+            store.record(run.id, &Candidate::from(Arch::from_index(3).unwrap()), Fidelity::Score, "p@1", &m).unwrap();
+            store.record(run.id, &Candidate::from(Arch::from_index(4).unwrap()), Fidelity::Score, "p@1", &NewEvaluation::default()).unwrap();
+        }
+        let names = |after, limit| store.summaries(after, limit).unwrap().into_iter().map(|(r, _)| r.name).collect::<Vec<_>>();
+        assert_eq!(names(None, 2), ["a", "b"]);
+        assert_eq!(names(Some("b"), 2), ["c"]);
+        assert!(names(Some("c"), 2).is_empty());
+        let (_, b) = &store.summaries(Some("a"), 1).unwrap()[0];
+        assert_eq!((b.recorded.scores, b.best_score), (2, Some(98.0)), "a missing score does not displace the best");
     }
 
     #[test]
@@ -662,8 +775,11 @@ mod tests {
         assert_eq!((evaluations.len(), evaluations[0].score, evaluations[0].measures.is_none()), (1, Some(2.5), true));
         store.cache("k", "v").unwrap();
         assert_eq!(store.cached("k").unwrap().as_deref(), Some("v"));
+        // Its summary was computed from what it had recorded.
+        assert_eq!(store.summary(run.id).unwrap().recorded, Budget { scores: 1, trainings: 0 });
+        assert_eq!(store.summary(run.id).unwrap().best_score, Some(2.5));
         drop(store);
-        // Opening again finds schema 2 and changes nothing.
+        // Opening again finds the current schema and changes nothing.
         assert_eq!(RunStore::open(&path).unwrap().evaluations(run.id).unwrap(), evaluations);
     }
 

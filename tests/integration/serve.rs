@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::common::{knas, policy};
 
@@ -212,6 +212,16 @@ fn dropped_policies_run_and_broken_files_are_reported_without_harm() {
     assert!(hostile["last_error"].as_str().unwrap().contains("trapped in `observe`"), "{hostile}");
     assert_eq!(metric(&service.metrics(), r#"knas_policy_errors_total{cause="trap",policy="hostile"}"#), Some(1.0));
     assert_eq!(service.run("random").unwrap()["status"], "done");
+
+    // The run list comes a page at a time, by name, with a cursor to the next page.
+    let page = service.json("/api/runs?limit=1");
+    assert_eq!(page["runs"].as_array().unwrap().len(), 1, "{page}");
+    assert_eq!((&page["runs"][0]["name"], &page["next"]), (&json!("hostile"), &json!("hostile")), "{page}");
+    let rest = service.json("/api/runs?after=hostile");
+    assert_eq!((&rest["runs"][0]["name"], &rest["runs"][0]["recorded"], &rest["next"]), (&json!("random"), &json!({"scores": 8, "trainings": 1}), &Value::Null));
+    assert_eq!(rest["runs"][0]["best_accuracy"], service.run("random").unwrap()["leaderboard"]["winner"]["accuracy"]);
+    let (status, body) = service.get("/api/runs?limit=0");
+    assert!(status == 400 && body.contains("limit must be between 1 and 1000, got 0"), "{status} {body}");
 
     // A bad configuration edit is rejected with file:line:column and changes nothing.
     std::fs::write(dir.path().join("knas.yaml"), "search:\n  budgett: 3\n").unwrap();

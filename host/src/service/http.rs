@@ -5,13 +5,15 @@
 //! | `GET /healthz`       | 200 while the scheduler thread is alive, else 503             |
 //! | `GET /readyz`        | 200 once the store is open and runs are being scheduled       |
 //! | `GET /metrics`       | Prometheus text format                                        |
-//! | `GET /api/runs`      | every run: status, progress, best score and accuracy, errors  |
+//! | `GET /api/runs`      | a page of runs (`?limit=100&after=NAME`, cursor in `next`):    |
+//! |                      | status, progress, best score and accuracy, errors — from the  |
+//! |                      | store's per-run summaries, never from all evaluations         |
 //! | `GET /api/runs/{n}`  | one run: the above plus leaderboard, events, policy file      |
 //! | `GET /api/policies`  | the watched policy files: loaded or rejected (with the error) |
 
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -20,9 +22,9 @@ use axum::{Json, Router};
 use super::metrics::Metrics;
 use super::scheduler::{PolicyFile, SharedStatus};
 use crate::engine::Experiment;
-use crate::policy::{Budget, Fidelity};
+use crate::policy::Budget;
 use crate::search::Leaderboard;
-use crate::store::{Event, RunRecord, RunStatus, RunStore};
+use crate::store::{Event, RunRecord, RunStatus, RunStore, RunSummary};
 
 /// What handlers share.
 #[derive(Clone)]
@@ -32,6 +34,13 @@ pub struct AppState {
     /// A reader connection (WAL: it never blocks the scheduler's writes).
     pub store: Arc<Mutex<RunStore>>,
 }
+
+/// Requests served at once; more wait for a turn (they are not refused).
+pub const MAX_CONCURRENT_REQUESTS: usize = 32;
+
+/// A request (its wait for a turn included) that takes longer is answered 503 and
+/// abandoned.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The API's routes (see the module documentation).
 pub fn router(state: AppState) -> Router {
@@ -44,6 +53,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/policies", get(policies))
         .fallback(unknown)
         .with_state(state)
+        .layer(tower::limit::ConcurrencyLimitLayer::new(MAX_CONCURRENT_REQUESTS))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT))
 }
 
 /// Any other path: 404 with the endpoints that exist.
@@ -87,7 +98,7 @@ struct RunView {
     progress: f64,
     best_score: Option<f64>,
     best_accuracy: Option<f64>,
-    errors: usize,
+    errors: u32,
     last_error: Option<String>,
     created_at: String,
     updated_at: String,
@@ -104,53 +115,75 @@ struct RunDetail {
     policy_file: Option<PolicyFile>,
 }
 
-fn view(store: &RunStore, run: RunRecord, active: bool) -> Result<(RunView, Vec<Event>, Leaderboard), String> {
-    let evaluations = store.evaluations(run.id).map_err(|e| e.to_string())?;
-    let events = store.events(run.id).map_err(|e| e.to_string())?;
-    let published = store.published(run.id).map_err(|e| e.to_string())?;
-    let count = |f: Fidelity| evaluations.iter().filter(|e| e.fidelity == f).count() as u32;
-    let recorded = Budget { scores: count(Fidelity::Score), trainings: count(Fidelity::Train) };
+/// A run as listed, from its stored summary (never from its evaluations).
+fn view(run: RunRecord, summary: RunSummary, active: bool) -> RunView {
     let budget = run.search.budget;
     let total = f64::from(budget.scores + budget.trainings).max(1.0);
-    let errors: Vec<&Event> = events.iter().filter(|e| e.kind == "error").collect();
-    let view = RunView {
-        policy: run.policy.clone(),
+    let recorded = summary.recorded;
+    RunView {
+        policy: run.policy,
         status: run.status,
         active,
         budget,
         recorded,
         progress: f64::from(recorded.scores + recorded.trainings) / total,
-        best_score: evaluations.iter().filter_map(|e| e.score).max_by(f64::total_cmp),
-        best_accuracy: evaluations.iter().filter_map(|e| e.accuracy).max_by(f64::total_cmp),
-        errors: errors.len(),
-        last_error: errors.last().map(|e| e.message.clone()).or(run.error.clone()),
-        created_at: run.created_at.clone(),
-        updated_at: run.updated_at.clone(),
+        best_score: summary.best_score,
+        best_accuracy: summary.best_accuracy,
+        errors: summary.errors,
+        last_error: summary.last_error.or(run.error),
+        created_at: run.created_at,
+        updated_at: run.updated_at,
         name: run.name,
-    };
-    Ok((view, events, Leaderboard::of(&evaluations, &published)))
+    }
 }
 
 fn internal(message: String) -> Response {
     (StatusCode::INTERNAL_SERVER_ERROR, Json(serde_json::json!({ "error": message }))).into_response()
 }
 
-async fn runs(State(state): State<AppState>) -> Response {
+/// `/api/runs` query: a page of at most `limit` runs (default 100, at most 1,000) whose
+/// names come after `after` (the `next` of the previous page).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Page {
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+/// One page of runs, by name; `next` is the cursor of the following page, if any.
+#[derive(Debug, serde::Serialize)]
+struct RunPage {
+    runs: Vec<RunView>,
+    next: Option<String>,
+}
+
+async fn runs(State(state): State<AppState>, Query(page): Query<Page>) -> Response {
+    let limit = page.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": format!("limit must be between 1 and 1000, got {limit}") })))
+            .into_response();
+    }
     let active: Vec<String> = state.status.read().map(|s| s.active.clone()).unwrap_or_default();
     let store = state.store.clone();
-    let result = tokio::task::spawn_blocking(move || -> Result<Vec<RunView>, String> {
+    let result = tokio::task::spawn_blocking(move || -> Result<RunPage, String> {
         let store = store.lock().map_err(|_| "store lock poisoned".to_owned())?;
-        let runs = store.runs().map_err(|e| e.to_string())?;
-        runs.into_iter()
-            .map(|run| {
+        // One more than asked: whether there is a next page.
+        let mut rows = store.summaries(page.after.as_deref(), limit + 1).map_err(|e| e.to_string())?;
+        let more = rows.len() > limit;
+        rows.truncate(limit);
+        let runs: Vec<RunView> = rows
+            .into_iter()
+            .map(|(run, summary)| {
                 let active = active.contains(&run.name);
-                view(&store, run, active).map(|(v, _, _)| v)
+                view(run, summary, active)
             })
-            .collect()
+            .collect();
+        let next = if more { runs.last().map(|r| r.name.clone()) } else { None };
+        Ok(RunPage { runs, next })
     })
     .await;
     match result {
-        Ok(Ok(views)) => Json(views).into_response(),
+        Ok(Ok(page)) => Json(page).into_response(),
         Ok(Err(message)) => internal(message),
         Err(join) => internal(join.to_string()),
     }
@@ -168,8 +201,12 @@ async fn run(State(state): State<AppState>, Path(name): Path<String>) -> Respons
         let store = store.lock().map_err(|_| "store lock poisoned".to_owned())?;
         let Some(run) = store.run(&lookup).map_err(|e| e.to_string())? else { return Ok(None) };
         let experiment = run.experiment.clone();
-        let (view, events, leaderboard) = view(&store, run, active)?;
-        Ok(Some(RunDetail { view, experiment, leaderboard, events, policy_file: policy_file.clone() }))
+        let summary = store.summary(run.id).map_err(|e| e.to_string())?;
+        let evaluations = store.evaluations(run.id).map_err(|e| e.to_string())?;
+        let published = store.published(run.id).map_err(|e| e.to_string())?;
+        let events = store.events(run.id).map_err(|e| e.to_string())?;
+        let leaderboard = Leaderboard::of(&evaluations, &published);
+        Ok(Some(RunDetail { view: view(run, summary, active), experiment, leaderboard, events, policy_file: policy_file.clone() }))
     })
     .await;
     match result {
