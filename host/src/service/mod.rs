@@ -73,7 +73,14 @@ pub fn serve(config: ServiceConfig, config_path: Option<&Path>) -> anyhow::Resul
         let _ = ended_tx.send(outcome);
     })?;
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    // The API's threads yield the CPU to the compute thread: a flood of requests slows the
+    // answers, not the search.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(4)
+        .on_thread_start(lower_this_threads_priority)
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -169,3 +176,15 @@ fn configure_failpoints() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Lowers the calling thread's scheduling priority (nice 10). On Linux the nice value is per
+/// thread, so the rest of the process (the compute thread) keeps its priority; elsewhere
+/// this does nothing.
+fn lower_this_threads_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority only reads its integer arguments; `0` names the calling thread.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+    }
+}
+
