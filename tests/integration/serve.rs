@@ -305,7 +305,10 @@ fn deleting_stops_a_run_sigterm_exits_cleanly_and_a_restart_resumes() {
     std::fs::remove_file(dir.path().join("policies").join("a.wasm")).unwrap();
     service.wait_for("run a to stop", |s| s.run("a").is_some_and(|r| r["status"] == "stopped"));
     let a_stopped = recorded(&service.run("a").unwrap());
-    std::thread::sleep(Duration::from_millis(500));
+    // Proof by the neighbour's progress, not by waiting: b takes several more turns…
+    let b_now = recorded(&service.run("b").unwrap());
+    service.wait_for("run b to go on", |s| s.run("b").is_some_and(|r| recorded(&r) >= b_now + 5));
+    // …and a took none of them.
     assert_eq!(recorded(&service.run("a").unwrap()), a_stopped, "a stopped run takes no more turns");
 
     assert!(service.terminate().success(), "clean exit on SIGTERM");
