@@ -336,7 +336,13 @@ impl Search {
         // one of fewer than NO_PROGRESS_LIMIT in a row that did not.
         let most = (history.len() + 1) * NO_PROGRESS_LIMIT as usize;
         let mut pending = None;
+        // Proposals in a row that told the policy nothing new: a live run would have been
+        // ended after NO_PROGRESS_LIMIT of them, so more means it no longer retraces the run.
+        let mut stale = 0;
         for _ in 0..most {
+            if stale >= NO_PROGRESS_LIMIT {
+                break;
+            }
             let remaining = Budget { scores: budget.scores.saturating_sub(spent.scores), trainings: budget.trainings.saturating_sub(spent.trainings) };
             if remaining == Budget::default() {
                 break;
@@ -355,8 +361,10 @@ impl Search {
                 pending = Some(Pending::Evaluate(requests));
                 break;
             };
+            stale += 1;
             for record in &answers {
                 if told.insert(record.seq) {
+                    stale = 0;
                     match record.fidelity {
                         Fidelity::Score => spent.scores += 1,
                         Fidelity::Train => spent.trainings += 1,

@@ -173,4 +173,10 @@ impl PolicyError {
             PolicyError::Runtime(_) => "runtime",
         }
     }
+
+    /// Whether the same module would fail the same way again: a fault of its own code
+    /// (not a wall-clock deadline on a busy machine, not the host's runtime).
+    pub fn repeats(&self) -> bool {
+        !matches!(self, PolicyError::Timeout { .. } | PolicyError::Runtime(_))
+    }
 }

@@ -67,6 +67,11 @@ impl PolicyLimits {
         match ranges.iter().find(|(_, value, least, most)| value < least || value > most) {
             Some((key, value, least, most)) if *most == u64::MAX => Err(format!("{key} must be at least {least}, got {value}")),
             Some((key, value, least, most)) => Err(format!("{key} must be between {least} and {most}, got {value}")),
+            // Else a long record could never be written.
+            None if self.log_bytes_per_minute < self.log_record_bytes => Err(format!(
+                "log-bytes-per-minute ({}) must be at least log-record-bytes ({})",
+                self.log_bytes_per_minute, self.log_record_bytes
+            )),
             None => Ok(()),
         }
     }
@@ -263,11 +268,12 @@ impl PolicyState {
             message.truncate(cut);
             message.push_str("… [truncated]");
         }
+        // A policy's text must not be able to start a log line of its own; the budget counts
+        // what is written, escapes included.
+        let message = escape_controls(&message);
         if !self.log_budget.take(message.len(), Instant::now()) {
             return;
         }
-        // A policy's text must not be able to start a log line of its own.
-        let message = escape_controls(&message);
         let policy = self.policy.as_str();
         match level {
             tracing::Level::TRACE => tracing::trace!(policy, "{message}"),
@@ -325,13 +331,26 @@ impl LogBudget {
     }
 }
 
+/// Untrusted `text` cut to `max_bytes` (at a character boundary) and escaped.
+fn printable(text: &str, max_bytes: usize) -> String {
+    let mut cut = text.len().min(max_bytes);
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let shown = escape_controls(&text[..cut]).into_owned();
+    if cut < text.len() { shown + "… [truncated]" } else { shown }
+}
+
 /// `text` with newlines and other control characters written as escapes (`\n`, `\u{1b}`),
 /// so that untrusted text (a policy's messages, a file name) stays on its log line.
 pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
+    // Control characters, and the Unicode line/paragraph separators and bidirectional
+    // overrides that can make a terminal show text other than what is there.
+    let hidden = |c: char| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !text.chars().any(hidden) {
         return std::borrow::Cow::Borrowed(text);
     }
-    text.chars().map(|c| if c.is_control() { c.escape_debug().to_string() } else { c.to_string() }).collect::<String>().into()
+    text.chars().map(|c| if hidden(c) { c.escape_debug().to_string() } else { c.to_string() }).collect::<String>().into()
 }
 
 /// One live policy instance. After any failure it refuses further calls.
@@ -402,10 +421,15 @@ impl PolicyInstance {
             }
             Ok(Err(message)) => {
                 self.bindings = Some(bindings);
-                Err(PolicyError::Guest { policy: self.label.clone(), call: name, message })
+                Err(PolicyError::Guest { policy: self.label.clone(), call: name, message: self.printable(&message) })
             }
             Err(error) => Err(self.classify(name, error)),
         }
+    }
+
+    /// A policy's own text (an error it returned) as it may appear in logs and events.
+    fn printable(&self, message: &str) -> String {
+        printable(message, self.limits.log_record_bytes)
     }
 
     /// Names the cause of a trap.
@@ -419,7 +443,7 @@ impl PolicyInstance {
             Some(Trap::OutOfFuel) => PolicyError::Fuel { policy, call, fuel: self.limits.fuel_per_call },
             Some(Trap::Interrupt) => PolicyError::Timeout { policy, call, limit_ms: self.limits.call_timeout_ms },
             _ => match state.panic_message.take() {
-                Some(message) => PolicyError::Panic { policy, call, message },
+                Some(message) => PolicyError::Panic { policy, call, message: printable(&message, self.limits.log_record_bytes) },
                 None => PolicyError::Trap { policy, call, message: format!("{error:#}") },
             },
         }
@@ -488,5 +512,7 @@ mod tests {
     fn control_characters_are_escaped_and_other_text_kept() {
         assert!(matches!(escape_controls("plain ünïcode"), std::borrow::Cow::Borrowed("plain ünïcode")));
         assert_eq!(escape_controls("a\nb\r\tc\u{1b}[0m"), r"a\nb\r\tc\u{1b}[0m");
+        assert_eq!(escape_controls("x\u{2028}y\u{202e}z"), r"x\u{2028}y\u{202e}z");
+        assert_eq!(printable("ab\ncd", 3), r"ab\n… [truncated]");
     }
 }

@@ -53,7 +53,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/policies", get(policies))
         .fallback(unknown)
         .with_state(state)
-        .layer(tower::limit::ConcurrencyLimitLayer::new(MAX_CONCURRENT_REQUESTS))
+        // Global: one limit for all routes (a per-route layer would give each its own).
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(MAX_CONCURRENT_REQUESTS))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT))
 }
 

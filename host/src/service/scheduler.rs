@@ -92,6 +92,11 @@ pub struct Scheduler {
     arrived: VecDeque<Command>,
 }
 
+/// Where the store remembers the module whose own fault failed run `name`.
+fn failed_by_key(name: &str) -> String {
+    format!("failed-by:{name}")
+}
+
 fn experiment_key(experiment: &Experiment) -> String {
     serde_json::to_string(experiment).unwrap_or_default()
 }
@@ -234,9 +239,10 @@ impl Scheduler {
             }
         } else {
             let (experiment, spec) = match self.store.run(name) {
-                // A run that failed with this very module would only fail again: it waits
-                // for a different policy file instead of re-running on every restart.
-                Ok(Some(run)) if run.status == RunStatus::Failed && run.policy == label => {
+                // A run its very module failed would only fail again: it waits for a
+                // different policy file instead of re-running on every restart. (Failures
+                // of the host or the data are retried.)
+                Ok(Some(run)) if run.status == RunStatus::Failed && self.store.cached(&failed_by_key(name)).ok().flatten() == Some(label.clone()) => {
                     let error = run.error.unwrap_or_default();
                     tracing::warn!(run = name, policy = %label, "not restarted: it failed with this policy file ({error}); replace the file to retry");
                     self.with_status(|s| {
@@ -359,6 +365,12 @@ impl Scheduler {
         tracing::error!(run = name, "{error}");
         if let SearchError::Policy(policy_error) = error {
             self.metrics.policy_errors.with_label_values(&[name, policy_error.cause()]).inc();
+            let label = self.runs.get(name).map(|(search, _)| search.policy_label().to_owned());
+            if let (true, Some(label)) = (policy_error.repeats(), label.or_else(|| self.store.run(name).ok().flatten().map(|r| r.policy))) {
+                if let Err(store_error) = self.store.cache(&failed_by_key(name), &label) {
+                    tracing::error!(run = name, "cannot record which module failed the run: {store_error}");
+                }
+            }
         }
         if let Some((mut search, _)) = self.runs.remove(name) {
             if let Err(store_error) = search.fail(&self.store, error) {
