@@ -166,7 +166,7 @@ fn runs_lists_the_store_and_shows_a_leaderboard() {
     assert_eq!(runs.as_array().unwrap().len(), 1);
     assert_eq!(runs[0]["name"], "first");
     assert_eq!(runs[0]["status"], "done");
-    assert_eq!(runs[0]["scores"], 4);
+    assert_eq!(runs[0]["recorded"]["scores"], 4);
     knas()
         .args(["runs", "first", "--store"])
         .arg(&store)

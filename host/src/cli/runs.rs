@@ -2,9 +2,8 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
-use knas::policy::Fidelity;
 use knas::search::Leaderboard;
-use knas::store::{Event, RunRecord};
+use knas::store::{Event, RunRecord, RunSummary};
 
 use super::StoreArgs;
 use super::output::{self, Report};
@@ -20,15 +19,14 @@ pub struct RunsArgs {
     format: Report,
 }
 
-/// A run with its standings, as listed.
+/// A run with its standings, as listed: the store's summary (the one the API shows too)
+/// and the leaderboard.
 #[derive(Debug, serde::Serialize)]
-struct RunSummary {
+struct RunStanding {
     #[serde(flatten)]
     run: RunRecord,
-    scores: usize,
-    trainings: usize,
-    best_score: Option<f64>,
-    best_accuracy: Option<f64>,
+    #[serde(flatten)]
+    summary: RunSummary,
     leaderboard: Leaderboard,
     #[serde(skip_serializing_if = "Option::is_none")]
     events: Option<Vec<Event>>,
@@ -43,15 +41,8 @@ pub fn run(args: &RunsArgs) -> Result<()> {
     let mut summaries = Vec::with_capacity(runs.len());
     for run in runs {
         let evaluations = store.evaluations(run.id)?;
-        let count = |f: Fidelity| evaluations.iter().filter(|e| e.fidelity == f).count();
-        let best = |pick: fn(&knas::store::EvaluationRecord) -> Option<f64>| {
-            evaluations.iter().filter_map(pick).max_by(f64::total_cmp)
-        };
-        summaries.push(RunSummary {
-            scores: count(Fidelity::Score),
-            trainings: count(Fidelity::Train),
-            best_score: best(|e| e.score),
-            best_accuracy: best(|e| e.accuracy),
+        summaries.push(RunStanding {
+            summary: store.summary(run.id)?,
             leaderboard: Leaderboard::of(&evaluations, &store.published(run.id)?),
             events: if args.name.is_some() { Some(store.events(run.id)?) } else { None },
             run,
@@ -65,17 +56,17 @@ pub fn run(args: &RunsArgs) -> Result<()> {
     Ok(())
 }
 
-fn print_tables(summaries: &[RunSummary], detailed: bool) {
+fn print_tables(summaries: &[RunStanding], detailed: bool) {
     let mut table = output::table(&["run", "policy", "status", "scores", "trainings", "best score", "best accuracy", "updated"]);
     for s in summaries {
         table.add_row(vec![
             s.run.name.clone(),
             s.run.policy.clone(),
             format!("{:?}", s.run.status).to_lowercase(),
-            format!("{}/{}", s.scores, s.run.search.budget.scores),
-            format!("{}/{}", s.trainings, s.run.search.budget.trainings),
-            s.best_score.map_or("–".into(), output::score),
-            s.best_accuracy.map_or("–".into(), output::percent),
+            format!("{}/{}", s.summary.recorded.scores, s.run.search.budget.scores),
+            format!("{}/{}", s.summary.recorded.trainings, s.run.search.budget.trainings),
+            s.summary.best_score.map_or("–".into(), output::score),
+            s.summary.best_accuracy.map_or("–".into(), output::percent),
             s.run.updated_at.clone(),
         ]);
     }
