@@ -467,12 +467,10 @@ fn fuzzed_policy_files_load_or_are_refused_by_name() {
     use proptest::prelude::*;
     let runtime = knas::policy::PolicyRuntime::new().unwrap();
     let valid = std::fs::read(policy("random")).unwrap();
-    let cases = std::env::var("KNAS_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
-    let config = proptest::test_runner::Config { cases, failure_persistence: None, ..Default::default() };
     // Splices: a window of the file replaced by other bytes (none: a cut; past the end: cut short).
     let splices = prop::collection::vec((any::<prop::sample::Index>(), 0usize..16, prop::collection::vec(any::<u8>(), 0..8)), 1..4);
     let compiled = std::cell::Cell::new(0);
-    let mut runner = proptest::test_runner::TestRunner::new(config);
+    let mut runner = proptest::test_runner::TestRunner::new(crate::common::fuzz_config());
     runner
         .run(&(splices, prop::collection::vec(any::<u8>(), 0..64), any::<prop::sample::Index>()), |(splices, noise, end)| {
             let mut bytes = valid.clone();

@@ -538,12 +538,10 @@ fn fuzzed_api_paths_and_queries_get_clear_answers() {
     service.drop_policy("random", "random");
     service.wait_for("a run to exist", |s| s.run("random").is_some());
     let client = reqwest::blocking::Client::new();
-    let cases = std::env::var("KNAS_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
-    let config = proptest::test_runner::Config { cases, failure_persistence: None, ..Default::default() };
     let segment = prop_oneof![Just("random".to_owned()), "[a-zA-Z0-9._~-]{0,12}", "(%[0-9A-Fa-f]{2}|[a-z]|%|\\.\\.){0,8}", "\\PC{0,6}"];
     let prefix = prop_oneof![Just("/api/runs/"), Just("/api/runs"), Just("/api/policies"), Just("/metrics"), Just("/healthz"), Just("/"), Just("/api/")];
     let query = prop::option::of("[a-z_]{0,8}(=[-a-z0-9%.]{0,10})?(&[a-z_]{0,8}=[0-9a-z]{0,6}){0,3}");
-    let mut runner = proptest::test_runner::TestRunner::new(config);
+    let mut runner = proptest::test_runner::TestRunner::new(crate::common::fuzz_config());
     runner
         .run(&(prefix, segment, query), |(prefix, segment, query)| {
             let mut url = format!("http://{}{prefix}{segment}", service.address);
