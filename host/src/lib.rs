@@ -21,6 +21,7 @@
 pub mod config;
 pub mod data;
 pub mod engine;
+pub mod katib;
 pub mod measures;
 pub mod model;
 pub mod policy;

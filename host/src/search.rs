@@ -19,7 +19,7 @@ use crate::policy::{
     Budget, Fidelity, Observation, OfferedMeasure, PolicyError, PolicyInstance, PolicyModule, PolicyRuntime, RawProposal,
     Request, Settings, validate,
 };
-use crate::space::Candidate;
+use crate::space::{Candidate, EDGES, NUM_EDGES, Op, OpSet};
 use crate::store::{EvaluationRecord, NewEvaluation, RunRecord, RunStatus, RunStore, SearchSpec, StoreError};
 
 /// Proposals in a row that ask only for known results before the run is ended: a policy
@@ -101,12 +101,16 @@ pub enum Finish {
 }
 
 /// The result of one step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
     /// More to do.
     Continue,
     /// The run is complete (recorded as done in the store).
     Finished(Finish),
+    /// The policy waits for trainings that run elsewhere (see [`Search::train_elsewhere`]):
+    /// these candidates, proposed for training, have no recorded result yet. Stepping
+    /// again asks for them again until the results are recorded.
+    Waiting(Vec<Candidate>),
 }
 
 /// A proposal a re-executed instance made that the store could not answer: the next step
@@ -139,6 +143,10 @@ pub struct Search {
     last_seq: i64,
     /// Where published accuracies beside the run's candidates come from, if anywhere.
     table: Option<std::sync::Arc<crate::table::BenchmarkTable>>,
+    /// Trainings are carried out elsewhere and recorded by the caller (Katib trials).
+    trains_elsewhere: bool,
+    /// The ops each edge may use, when the run's space is narrower than the whole space.
+    allowed: Option<[OpSet; NUM_EDGES]>,
 }
 
 impl Search {
@@ -170,6 +178,8 @@ impl Search {
             checkpoint_seq,
             last_seq,
             table: None,
+            trains_elsewhere: false,
+            allowed: None,
         };
         if search.run.status == RunStatus::Done {
             search.finished = Some(Finish::AlreadyDone);
@@ -220,6 +230,53 @@ impl Search {
                 tracing::warn!(run = %self.run.name, %candidate, "cannot record the published accuracy: {error}");
             }
         }
+    }
+
+    /// Leaves trainings to the caller: a proposal that asks to train a candidate with no
+    /// recorded training makes [`Search::step`] answer [`Step::Waiting`] instead of training
+    /// it here; the caller records the result (`RunStore::record`, fidelity train) when it
+    /// has one, and the policy is told on the next step.
+    pub fn train_elsewhere(&mut self) {
+        self.trains_elsewhere = true;
+    }
+
+    /// Narrows the run's space to `allowed` ops per edge: a candidate that uses any other
+    /// op is recorded with an error saying so (spending budget, so a policy that keeps
+    /// proposing outside still ends), never measured or trained.
+    pub fn restrict(&mut self, allowed: [OpSet; NUM_EDGES]) {
+        self.allowed = (allowed != [OpSet::FULL; NUM_EDGES]).then_some(allowed);
+    }
+
+    /// Scores `candidate` for the run outside the policy's proposals (what the Katib service
+    /// suggests when the policy has nothing to offer); answered from the store when it has
+    /// the score. Recorded under the run's policy, and spends score budget like any other.
+    pub fn score_extra(
+        &mut self,
+        engine: &Engine,
+        store: &RunStore,
+        candidate: &Candidate,
+        observer: &mut dyn SearchObserver,
+    ) -> Result<EvaluationRecord, SearchError> {
+        if let Some(record) = store.find(self.run.id, candidate, Fidelity::Score)? {
+            return Ok(record);
+        }
+        let label = self.policy_label().to_owned();
+        let request = Request { candidate: *candidate, fidelity: Fidelity::Score, epochs: None };
+        let record = self.evaluate(engine, store, &request, &label, observer)?;
+        observer.evaluated(&record, true);
+        Ok(record)
+    }
+
+    /// Why `candidate` is outside the run's space, if it is.
+    fn outside(&self, candidate: &Candidate) -> Option<String> {
+        let allowed = self.allowed.as_ref()?;
+        candidate.edges().iter().zip(allowed).zip(EDGES).find_map(|((ops, allowed), (src, dst))| {
+            let extra: Vec<&str> = ops.ops().filter(|op| !allowed.contains(*op)).map(Op::name).collect();
+            (!extra.is_empty()).then(|| {
+                let names: Vec<&str> = allowed.ops().map(Op::name).collect();
+                format!("outside the run's space: edge {src}->{dst} allows only {}, not {}", names.join(", "), extra.join(", "))
+            })
+        })
     }
 
     /// What the policy is told at `init`.
@@ -492,6 +549,21 @@ impl Search {
             },
         };
 
+        if self.trains_elsewhere {
+            let waiting: Vec<Candidate> = requests
+                .iter()
+                .filter(|r| r.fidelity == Fidelity::Train && self.outside(&r.candidate).is_none())
+                .map(|r| store.find(run_id, &r.candidate, Fidelity::Train).map(|found| found.is_none().then_some(r.candidate)))
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .flatten()
+                .collect();
+            if !waiting.is_empty() {
+                self.pending = Some(Pending::Evaluate(requests));
+                return Ok(Step::Waiting(waiting));
+            }
+        }
+
         // What is new, and does the budget cover it?
         let mut known: Vec<Option<EvaluationRecord>> = Vec::with_capacity(requests.len());
         let mut wanted = Budget::default();
@@ -607,7 +679,13 @@ impl Search {
     ) -> Result<EvaluationRecord, SearchError> {
         fail::fail_point!("search::evaluate");
         let start = Instant::now();
+        let outside = self.outside(&request.candidate);
         let measured = match request.fidelity {
+            _ if outside.is_some() => Err(outside.unwrap_or_default()),
+            Fidelity::Train if self.trains_elsewhere => {
+                // Unreachable through `step` (it waits instead); kept an error, not a panic.
+                Err("this run's trainings are carried out elsewhere".to_owned())
+            }
             Fidelity::Score => engine
                 .score(&request.candidate)
                 .map(|s| NewEvaluation {
@@ -731,7 +809,7 @@ fn observation(store: &RunStore, run: i64, record: &EvaluationRecord) -> Result<
 /// A run's standings.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Leaderboard {
-    /// Trained candidates, most accurate first.
+    /// Trained candidates, most accurate first (then lowest loss first).
     pub trained: Vec<Standing>,
     /// Best-scored candidates, highest score first (at most 10).
     pub top_scores: Vec<Standing>,
@@ -769,7 +847,8 @@ impl Leaderboard {
         };
         let mut trained: Vec<Standing> = evaluations
             .iter()
-            .filter(|e| e.fidelity == Fidelity::Train && e.accuracy.is_some())
+            // A training judged by a loss alone (a Katib objective to minimise) stands too.
+            .filter(|e| e.fidelity == Fidelity::Train && (e.accuracy.is_some() || e.loss.is_some()))
             .map(|e| Standing {
                 candidate: e.candidate,
                 score: score_of(&e.candidate),

@@ -3,6 +3,7 @@
 
 mod common;
 mod engine_cli;
+mod katib;
 mod policies;
 mod serve;
 mod deploy;

@@ -1,6 +1,7 @@
 //! The `knas` command line.
 
 mod correlate;
+mod katib;
 mod output;
 mod policy;
 mod runs;
@@ -91,6 +92,13 @@ enum Command {
     ///
     /// Example: knas serve --config examples/knas.yaml
     Serve(serve::ServeArgs),
+    /// Run the Kubeflow Katib suggestion service: Katib asks over gRPC for the next trials;
+    /// knas scores candidates here (coarse selection) and proposes the best for Katib to
+    /// train as trials (fine selection). See examples/katib/.
+    ///
+    /// Example: knas katib --policy-dir policies --store /opt/katib/data/knas.db
+    #[command(after_long_help = knas::katib::mapping::help_text())]
+    Katib(katib::KatibArgs),
 }
 
 /// Where runs are stored.
@@ -292,7 +300,7 @@ fn init_logging(cli: &Cli) {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli);
-    if !matches!(cli.command, Command::Serve(_)) {
+    if !matches!(cli.command, Command::Serve(_) | Command::Katib(_)) {
         // A reader that stops reading (`knas score … | head`) ends the command quietly, as
         // it ends other Unix tools, instead of an error (or a panic inside `println!`).
         // Not for the service, whose sockets must never kill it.
@@ -308,6 +316,7 @@ pub fn main() -> ExitCode {
         Command::Runs(args) => runs::run(args),
         Command::Policy(args) => policy::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Katib(args) => katib::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -218,6 +218,8 @@ pub fn run(args: &SearchArgs) -> Result<()> {
         match search.step(&engine, &store, &mut progress) {
             Ok(Step::Continue) => {}
             Ok(Step::Finished(finish)) => break finish,
+            // Only a run that trains elsewhere waits (`knas katib`); this command never sets that.
+            Ok(Step::Waiting(_)) => anyhow::bail!("run {name:?} waits for trainings done elsewhere"),
             Err(error) => {
                 progress.bar.finish_and_clear();
                 search.fail(&store, &error)?;

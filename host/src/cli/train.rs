@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use knas::space::Arch;
 
-use super::output::{self, Format};
+use super::output;
 use super::{ArchSource, ComputeArgs, ExperimentArgs};
 
 #[derive(Debug, Args)]
@@ -18,9 +18,19 @@ pub struct TrainArgs {
     /// Seed for shuffling and augmentation (initial weights come from --seed).
     #[arg(long, default_value_t = 0)]
     train_seed: u64,
-    /// Output: a table at the end, or one JSON object per architecture as it finishes.
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    format: Format,
+    /// Output: a table at the end, one JSON object per architecture as it finishes, or
+    /// `katib`: `NAME=VALUE` lines (accuracy, loss, train_loss, seconds) that Katib's StdOut
+    /// metrics collector reads, so a Katib trial can run `knas train` as is.
+    #[arg(long, value_enum, default_value_t = TrainFormat::Table)]
+    format: TrainFormat,
+}
+
+/// How `knas train` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum TrainFormat {
+    Table,
+    Jsonl,
+    Katib,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -59,12 +69,17 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             seconds: result.seconds,
             images_per_second: result.images_per_second,
         };
-        if args.format == Format::Jsonl {
-            output::json_line(&row)?;
+        match args.format {
+            TrainFormat::Jsonl => output::json_line(&row)?,
+            TrainFormat::Katib => {
+                // Katib's collector reads every NAME=VALUE on stdout; one line each.
+                println!("accuracy={}\nloss={}\ntrain_loss={}\nseconds={:.3}", row.accuracy, row.heldout_loss, row.train_loss, row.seconds);
+            }
+            TrainFormat::Table => {}
         }
         rows.push(row);
     }
-    if args.format == Format::Table {
+    if args.format == TrainFormat::Table {
         let mut table = output::table(&["architecture", "accuracy", "held-out loss", "train loss", "epochs", "seconds"]);
         for row in &rows {
             table.add_row(vec![

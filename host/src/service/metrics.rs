@@ -28,6 +28,12 @@ pub struct Metrics {
     pub watcher_events: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub build_info: IntGaugeVec,
+    /// Katib suggestion service (`knas katib`): gRPC requests by method and status code.
+    pub katib_requests: IntCounterVec,
+    pub katib_request_seconds: HistogramVec,
+    /// Candidates the suggestion service scored, and trials it proposed, by run.
+    pub katib_candidates_scored: IntCounterVec,
+    pub katib_trials_proposed: IntCounterVec,
     /// Runs whose best-score gauge holds a recorded score (a fresh gauge reads 0, which is
     /// above every aggregate).
     scored_runs: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -76,7 +82,7 @@ impl Metrics {
                 "knas_evaluation_duration_seconds",
                 "Wall time of one evaluation computed by the service, by run and kind.",
                 &["run", "kind"],
-                seconds,
+                seconds.clone(),
             ),
             score: histogram(
                 &r,
@@ -128,6 +134,26 @@ impl Metrics {
                 &["outcome"],
             ),
             build_info: int_gauge(&r, "knas_build_info", "Always 1; labels say which knas is running.", &["version"]),
+            katib_requests: counter(
+                &r,
+                "knas_katib_requests_total",
+                "Katib suggestion service requests, by method (GetSuggestions|ValidateAlgorithmSettings) and gRPC code.",
+                &["method", "code"],
+            ),
+            katib_request_seconds: histogram(
+                &r,
+                "knas_katib_request_duration_seconds",
+                "Wall time of one Katib suggestion service request, by method.",
+                &["method"],
+                seconds.clone(),
+            ),
+            katib_candidates_scored: counter(
+                &r,
+                "knas_katib_candidates_scored_total",
+                "Candidates scored at initialisation by the Katib suggestion service, by run.",
+                &["run"],
+            ),
+            katib_trials_proposed: counter(&r, "knas_katib_trials_proposed_total", "Trials proposed to Katib, by run.", &["run"]),
             registry: r,
             scored_runs: Default::default(),
         };

@@ -142,7 +142,7 @@ pub fn serve(config: ServiceConfig, config_path: Option<&Path>) -> anyhow::Resul
 }
 
 /// Resolves on SIGTERM (what Kubernetes sends) or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

@@ -358,6 +358,8 @@ impl Scheduler {
                 self.publish_active();
                 self.refresh_run_counts();
             }
+            // Only a run that trains elsewhere waits (`knas katib`); the service never sets that.
+            Ok(Step::Waiting(_)) => self.run_failed(&name, &SearchError::Crashed("the run waits for trainings done elsewhere".into())),
             Err(error) => self.run_failed(&name, &error),
         }
     }

@@ -1,0 +1,51 @@
+//! `knas katib`: the Kubeflow Katib suggestion service.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use knas::katib::server::{KatibService, serve};
+use knas::katib::suggest::Suggester;
+use knas::policy::PolicyLimits;
+use knas::service::metrics::Metrics;
+
+use super::{ComputeArgs, ExperimentArgs, StoreArgs};
+
+#[derive(Debug, Args)]
+pub struct KatibArgs {
+    /// gRPC address of the suggestion service (Katib calls port 6789).
+    #[arg(long, default_value = "0.0.0.0:6789")]
+    listen: SocketAddr,
+    /// HTTP address of /metrics (Prometheus) and /healthz.
+    #[arg(long, default_value = "0.0.0.0:9400")]
+    metrics_listen: SocketAddr,
+    /// Folder of policies: the algorithm setting `policy: NAME` loads NAME.wasm from it.
+    #[arg(long, default_value = "policies", value_name = "DIR")]
+    policy_dir: PathBuf,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The scoring experiment; the Experiment's algorithm settings (dataset, channels,
+    /// cells, batch-size, score, seed) override these flags.
+    #[command(flatten)]
+    experiment: ExperimentArgs,
+    #[command(flatten)]
+    compute: ComputeArgs,
+}
+
+pub fn run(args: &KatibArgs) -> Result<()> {
+    if args.compute.threads > 0 {
+        tch::set_num_threads(args.compute.threads);
+    }
+    let device = args.compute.device.resolve()?;
+    let store = args.store.open()?;
+    let metrics = Arc::new(Metrics::new());
+    let suggester = Suggester::new(store, args.policy_dir.clone(), device, PolicyLimits::default(), metrics.clone())
+        .map_err(|e| anyhow::anyhow!("cannot start the policy runtime: {e}"))?;
+    let service = KatibService::new(suggester, args.experiment.experiment(), metrics);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    runtime.block_on(serve(service, args.listen, Some(args.metrics_listen), |grpc, http| {
+        eprintln!("knas katib: suggestion service on {grpc} (gRPC), metrics on http://{}/metrics", http.map_or("-".into(), |h| h.to_string()));
+    }))
+}

@@ -1,0 +1,260 @@
+//! The suggestion logic: Katib's trial list in, the next architectures to train out.
+//!
+//! Each experiment is a run in the store (`katib-NAME`) driven by its policy, with two
+//! differences from `knas search`: its space may be narrowed by the experiment's
+//! parameters, and its trainings happen elsewhere — as Katib trials. A call records the
+//! results of the trials Katib reports, steps the policy (scoring what it asks for, here)
+//! until it asks to train candidates that have no result, and returns those that have no
+//! trial yet. When that is fewer than Katib asks for (the policy waits on running trials,
+//! or has finished), the best-scored candidates without a trial fill the request, and when
+//! none is left, new random candidates of the space are scored and the best taken.
+//!
+//! Everything is recomputed from the store and the trial list: after a restart, the run is
+//! re-executed from its seed (see `search.rs`), so the service answers as it would have.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rand::{Rng, SeedableRng};
+use tch::Device;
+
+use super::mapping::{Outcome, Plan, Trial};
+use crate::engine::{Engine, Experiment};
+use crate::policy::{Budget, Fidelity, PolicyLimits, PolicyModule, PolicyRuntime};
+use crate::search::{Search, Step, anchor};
+use crate::service::metrics::Metrics;
+use crate::space::{Arch, Candidate, NUM_ARCHS};
+use crate::store::{NewEvaluation, RunStore, SearchSpec};
+
+/// Candidates one policy proposal may hold.
+const MAX_BATCH: u32 = 16;
+
+/// Why a call could not be answered; each maps to a gRPC status code.
+#[derive(Debug, thiserror::Error)]
+pub enum SuggestError {
+    /// The request itself is wrong (`INVALID_ARGUMENT`).
+    #[error("{0}")]
+    Invalid(String),
+    /// The space has fewer architectures without a trial than asked for (`OUT_OF_RANGE`).
+    #[error("{0}")]
+    Exhausted(String),
+    /// The policy, data or store failed (`FAILED_PRECONDITION`); nothing recorded is lost.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// The state the service keeps between calls: all of it can be rebuilt from the store.
+pub struct Suggester {
+    store: RunStore,
+    runtime: PolicyRuntime,
+    policy_dir: PathBuf,
+    device: Device,
+    limits: PolicyLimits,
+    metrics: Arc<Metrics>,
+    /// Compiled policies by name, with the file's (modified time, length) when compiled.
+    modules: HashMap<String, (Option<std::time::SystemTime>, u64, PolicyModule)>,
+    /// The engine of the last experiment scored (the data stays loaded between calls).
+    engine: Option<(String, Engine)>,
+    /// Live runs by name.
+    searches: HashMap<String, Search>,
+}
+
+impl Suggester {
+    pub fn new(store: RunStore, policy_dir: PathBuf, device: Device, limits: PolicyLimits, metrics: Arc<Metrics>) -> Result<Suggester, String> {
+        let runtime = PolicyRuntime::new().map_err(|e| e.to_string())?;
+        Ok(Suggester { store, runtime, policy_dir, device, limits, metrics, modules: HashMap::new(), engine: None, searches: HashMap::new() })
+    }
+
+    /// Checks what `ValidateAlgorithmSettings` can check beyond the plan: the policy loads.
+    pub fn validate(&mut self, plan: &Plan) -> Result<(), SuggestError> {
+        self.module(&plan.policy).map(|_| ())
+    }
+
+    /// The policy `name`, compiled again only when its file changed.
+    fn module(&mut self, name: &str) -> Result<PolicyModule, SuggestError> {
+        let path = self.policy_dir.join(format!("{name}.wasm"));
+        let meta = std::fs::metadata(&path).map_err(|e| {
+            SuggestError::Invalid(format!("algorithm setting policy={name:?}: cannot read {}: {e}", path.display()))
+        })?;
+        let key = (meta.modified().ok(), meta.len());
+        if let Some((modified, len, module)) = self.modules.get(name) {
+            if (*modified, *len) == key {
+                return Ok(module.clone());
+            }
+        }
+        let module = self
+            .runtime
+            .load_file(&path)
+            .map_err(|e| SuggestError::Invalid(format!("algorithm setting policy={name:?}: {e}")))?;
+        self.modules.insert(name.to_owned(), (key.0, key.1, module.clone()));
+        Ok(module)
+    }
+
+    /// The engine for `experiment`, anchored (the reference sample comes from the store's
+    /// cache or is measured once).
+    fn engine(&mut self, experiment: &Experiment) -> Result<&Engine, SuggestError> {
+        let key = serde_json::to_string(experiment).map_err(|e| SuggestError::Failed(e.to_string()))?;
+        if self.engine.as_ref().is_none_or(|(k, _)| *k != key) {
+            self.engine = None;
+            let mut engine = Engine::new(experiment, self.device)
+                .map_err(|e| SuggestError::Failed(format!("cannot load the scoring data {}: {e}", experiment.dataset)))?;
+            anchor(&mut engine, &self.store, &mut |_, _| {}).map_err(|e| SuggestError::Failed(format!("cannot anchor the score: {e}")))?;
+            self.engine = Some((key, engine));
+        }
+        match &self.engine {
+            Some((_, engine)) => Ok(engine),
+            None => Err(SuggestError::Failed("no engine".to_owned())),
+        }
+    }
+
+    /// The next `wanted` architectures to train, none of which has a trial.
+    pub fn suggest(&mut self, plan: &Plan, trials: &[Trial], wanted: usize) -> Result<Vec<Arch>, SuggestError> {
+        let trialled: HashSet<Arch> = trials.iter().map(|t| t.arch).collect();
+        let free = plan.space_size() - trialled.iter().filter(|a| plan.contains(a)).count();
+        if wanted > free {
+            return Err(SuggestError::Exhausted(format!(
+                "{wanted} trials asked for, but only {free} of the experiment's {} architectures have no trial yet",
+                plan.space_size()
+            )));
+        }
+        let module = self.module(&plan.policy)?;
+        self.engine(&plan.experiment)?;
+        let run = plan.run_name();
+        let failed = |e: &dyn std::fmt::Display| SuggestError::Failed(format!("run {run}: {e}"));
+        let mut search = match self.searches.remove(&run) {
+            Some(search) if search.policy_label() == module.label() => search,
+            _ => {
+                let spec = SearchSpec {
+                    budget: Budget { scores: plan.candidates_per_trial.saturating_mul(plan.max_trials), trainings: plan.max_trials },
+                    max_batch: MAX_BATCH,
+                    max_epochs: crate::store::DEFAULT_MAX_EPOCHS,
+                    params: plan.params.clone(),
+                    limits: self.limits,
+                };
+                let mut search = Search::start(&self.store, &self.runtime, &module, &run, &plan.experiment, &spec).map_err(|e| failed(&e))?;
+                search.train_elsewhere();
+                search.restrict(plan.allowed);
+                search
+            }
+        };
+        let result = self.advance(plan, &mut search, trials, &trialled, wanted);
+        if result.is_ok() {
+            self.searches.insert(run.clone(), search);
+        }
+        let chosen = result?;
+        self.metrics.katib_trials_proposed.with_label_values(&[&run]).inc_by(chosen.len() as u64);
+        Ok(chosen)
+    }
+
+    /// Records the trials' results, steps the policy and picks the architectures.
+    fn advance(
+        &mut self,
+        plan: &Plan,
+        search: &mut Search,
+        trials: &[Trial],
+        trialled: &HashSet<Arch>,
+        wanted: usize,
+    ) -> Result<Vec<Arch>, SuggestError> {
+        let run = plan.run_name();
+        let failed = |e: &dyn std::fmt::Display| SuggestError::Failed(format!("run {run}: {e}"));
+        let run_id = search.run().id;
+        let label = search.policy_label().to_owned();
+        for trial in trials {
+            let candidate = Candidate::from(trial.arch);
+            let new = match &trial.outcome {
+                Outcome::Running => continue,
+                Outcome::Measured(value) => NewEvaluation {
+                    accuracy: plan.maximize.then_some(*value),
+                    loss: (!plan.maximize).then_some(*value),
+                    ..NewEvaluation::default()
+                },
+                Outcome::Failed(why) => NewEvaluation { error: Some(why.clone()), ..NewEvaluation::default() },
+            };
+            if self.store.find(run_id, &candidate, Fidelity::Train).map_err(|e| failed(&e))?.is_none() {
+                self.store.record(run_id, &candidate, Fidelity::Train, &label, &new).map_err(|e| failed(&e))?;
+            }
+        }
+
+        let Some((_, engine)) = &self.engine else { return Err(SuggestError::Failed("no engine".to_owned())) };
+        let scored_before = search.fresh().scores;
+        let mut observer = self.metrics.for_run(&run);
+        let waiting = loop {
+            match search.step(engine, &self.store, &mut observer) {
+                Ok(Step::Continue) => {}
+                Ok(Step::Waiting(candidates)) => break candidates,
+                Ok(Step::Finished(_)) => break Vec::new(),
+                Err(error) => {
+                    let _ = search.fail(&self.store, &error);
+                    return Err(failed(&error));
+                }
+            }
+        };
+        let mut chosen: Vec<Arch> = Vec::with_capacity(wanted);
+        let take = |arch: Arch, chosen: &mut Vec<Arch>| {
+            if chosen.len() < wanted && plan.contains(&arch) && !trialled.contains(&arch) && !chosen.contains(&arch) {
+                chosen.push(arch);
+            }
+        };
+        for candidate in waiting {
+            if let Ok(arch) = candidate.to_arch() {
+                take(arch, &mut chosen);
+            }
+        }
+        // Fill: the best-scored candidates without a trial.
+        if chosen.len() < wanted {
+            let mut scored: Vec<(f64, i64, Arch)> = self
+                .store
+                .evaluations(run_id)
+                .map_err(|e| failed(&e))?
+                .into_iter()
+                .filter(|r| r.fidelity == Fidelity::Score)
+                .filter_map(|r| Some((r.score?, r.seq, r.candidate.to_arch().ok()?)))
+                .collect();
+            scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            for (_, _, arch) in scored {
+                take(arch, &mut chosen);
+            }
+        }
+        // Then new random candidates of the space, scored here, the best of each draw.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(plan.experiment.seed ^ (trials.len() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        while chosen.len() < wanted {
+            let mut best: Option<(f64, Arch)> = None;
+            let draws = plan.candidates_per_trial as usize;
+            let mut drawn = 0;
+            for _ in 0..draws.saturating_mul(20) {
+                if drawn >= draws {
+                    break;
+                }
+                let ops = std::array::from_fn(|edge| {
+                    let allowed: Vec<_> = plan.allowed[edge].ops().collect();
+                    allowed[rng.random_range(0..allowed.len())]
+                });
+                let arch = Arch::new(ops);
+                if trialled.contains(&arch) || chosen.contains(&arch) {
+                    continue;
+                }
+                let record = search.score_extra(engine, &self.store, &Candidate::from(arch), &mut observer).map_err(|e| failed(&e))?;
+                drawn += 1;
+                if let Some(score) = record.score {
+                    if best.is_none_or(|(b, _)| score > b) {
+                        best = Some((score, arch));
+                    }
+                }
+            }
+            // Nothing scored (a tiny space, or scores not finite): the first free one.
+            let pick = best.map(|(_, arch)| arch).or_else(|| {
+                (0..NUM_ARCHS)
+                    .filter_map(|i| Arch::from_index(i).ok())
+                    .find(|a| plan.contains(a) && !trialled.contains(a) && !chosen.contains(a))
+            });
+            match pick {
+                Some(arch) => take(arch, &mut chosen),
+                None => break,
+            }
+        }
+        let scored = search.fresh().scores - scored_before;
+        self.metrics.katib_candidates_scored.with_label_values(&[&run]).inc_by(u64::from(scored));
+        Ok(chosen)
+    }
+}

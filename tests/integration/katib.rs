@@ -1,0 +1,172 @@
+//! `knas katib`, the Kubeflow Katib suggestion service: driven by Katib's own Python
+//! client stubs through a whole simulated experiment, and by a tonic client in Rust.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use knas::katib::proto::suggestion_client::SuggestionClient;
+use knas::katib::proto::{self as api, GetSuggestionsRequest, ValidateAlgorithmSettingsRequest};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+use crate::common::{policy, tool};
+
+const EDGES: [&str; 6] = ["edge-0-1", "edge-0-2", "edge-1-2", "edge-0-3", "edge-1-3", "edge-2-3"];
+const OPS: [&str; 5] = ["none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3"];
+
+/// The whole experiment of `tests/katib/simulate.py` (see its header), with Katib's stubs
+/// from `kubeflow-katib==0.19.0` in the venv `scripts/install-test-tools.sh` makes.
+#[test]
+fn a_whole_experiment_through_katibs_python_client() {
+    let Some(python) = tool("katib-python") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let policies = policy("random").parent().unwrap().to_owned();
+    let script = crate::common::workspace().join("tests").join("katib").join("simulate.py");
+    let out = Command::new(python).arg(script).arg(env!("CARGO_BIN_EXE_knas")).arg(&policies).arg(dir.path()).output().unwrap();
+    let log = std::fs::read_to_string(dir.path().join("katib.log")).unwrap_or_default();
+    assert!(out.status.success(), "{}\n{}\nservice log:\n{log}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Three rounds of two, every architecture new.
+    let archs: Vec<&str> = summary["rounds"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap()).map(|a| a.as_str().unwrap()).collect();
+    assert_eq!(archs.len(), 6);
+    assert_eq!(archs.iter().collect::<std::collections::HashSet<_>>().len(), 6, "{archs:?}");
+    assert_eq!(summary["restart_same_answer"], true);
+    assert_eq!(summary["recomputed_same_answer"], true);
+    // Four trials reported before the last round: three succeeded, one failed.
+    assert_eq!((summary["trained"].as_u64(), summary["failed_trials"].as_u64()), (Some(3), Some(1)), "{summary}");
+    assert!(archs[..4].contains(&summary["winner"]["candidate"].as_str().unwrap()), "{summary}");
+    for case in ["unknown setting", "missing policy", "unknown op", "trial with unknown op", "0 trials", "100000 trials", "truncated message"] {
+        assert!(summary["bad_input"][case].is_string(), "{case}: {summary}");
+    }
+}
+
+/// A running `knas katib` on free ports, stopped when dropped.
+struct Service {
+    child: Child,
+    address: String,
+}
+
+impl Service {
+    fn start(store: &Path) -> Service {
+        let policies = policy("random").parent().unwrap().to_owned();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_knas"))
+            .args(["katib", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--device", "cpu", "--threads", "1", "--policy-dir"])
+            .arg(policies)
+            .arg("--store")
+            .arg(store)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        let address = line.split("suggestion service on ").nth(1).and_then(|rest| rest.split_whitespace().next()).unwrap_or_else(|| panic!("{line}")).to_owned();
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        Service { child, address: format!("http://{address}") }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn experiment(name: &str, allowed: &[&[&str]; 6], settings: &[(&str, &str)], max_trials: i32) -> api::Experiment {
+    api::Experiment {
+        name: name.into(),
+        spec: Some(api::ExperimentSpec {
+            parameter_specs: Some(api::experiment_spec::ParameterSpecs {
+                parameters: EDGES
+                    .iter()
+                    .zip(allowed)
+                    .map(|(name, ops)| api::ParameterSpec {
+                        name: (*name).into(),
+                        parameter_type: api::ParameterType::Categorical as i32,
+                        feasible_space: Some(api::FeasibleSpace { list: ops.iter().map(|s| s.to_string()).collect(), ..Default::default() }),
+                    })
+                    .collect(),
+            }),
+            objective: Some(api::ObjectiveSpec { r#type: api::ObjectiveType::Minimize as i32, objective_metric_name: "loss".into(), ..Default::default() }),
+            algorithm: Some(api::AlgorithmSpec {
+                algorithm_name: "knas".into(),
+                algorithm_settings: [("channels", "2"), ("cells", "1"), ("batch-size", "4"), ("score", "synflow")]
+                    .iter()
+                    .chain(settings)
+                    .map(|(n, v)| api::AlgorithmSetting { name: (*n).into(), value: (*v).into() })
+                    .collect(),
+            }),
+            max_trial_count: max_trials,
+            ..Default::default()
+        }),
+    }
+}
+
+fn request(experiment: &api::Experiment, trials: Vec<api::Trial>, n: i32) -> GetSuggestionsRequest {
+    GetSuggestionsRequest { experiment: Some(experiment.clone()), trials, current_request_number: n, total_request_number: n }
+}
+
+fn trial(name: &str, assignments: Vec<api::ParameterAssignment>, loss: &str) -> api::Trial {
+    api::Trial {
+        name: name.into(),
+        spec: Some(api::TrialSpec { parameter_assignments: Some(api::trial_spec::ParameterAssignments { assignments }), ..Default::default() }),
+        status: Some(api::TrialStatus {
+            condition: api::trial_status::TrialConditionType::Succeeded as i32,
+            observation: Some(api::Observation { metrics: vec![api::Metric { name: "loss".into(), value: loss.into() }] }),
+            ..Default::default()
+        }),
+    }
+}
+
+/// A narrowed space, exhausted; a minimised objective; health answering during a long
+/// scoring request.
+#[test]
+fn a_tonic_client_narrows_the_space_and_health_answers_during_scoring() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(&dir.path().join("knas.db"));
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async {
+        let mut client = SuggestionClient::connect(service.address.clone()).await.unwrap();
+        // Two ops on edge 0-1, one elsewhere: a space of two architectures.
+        let narrow: [&[&str]; 6] = [&["nor_conv_3x3", "skip_connect"], &["none"], &["skip_connect"], &["none"], &["none"], &["nor_conv_1x1"]];
+        let exp = experiment("narrow", &narrow, &[("candidates-per-trial", "4")], 2);
+        client.validate_algorithm_settings(ValidateAlgorithmSettingsRequest { experiment: Some(exp.clone()) }).await.unwrap();
+        let first = client.get_suggestions(request(&exp, vec![], 1)).await.unwrap().into_inner();
+        let assignments = first.parameter_assignments[0].assignments.clone();
+        assert_eq!(assignments.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), EDGES);
+        assert!(["nor_conv_3x3", "skip_connect"].contains(&assignments[0].value.as_str()), "{assignments:?}");
+        assert_eq!(assignments[5].value, "nor_conv_1x1");
+        let trials = vec![trial("t0", assignments.clone(), "0.7")];
+        let second = client.get_suggestions(request(&exp, trials.clone(), 1)).await.unwrap().into_inner();
+        assert_ne!(second.parameter_assignments[0].assignments[0].value, assignments[0].value, "a trialled architecture came back");
+        let trials = [trials, vec![trial("t1", second.parameter_assignments[0].assignments.clone(), "0.5")]].concat();
+        let exhausted = client.get_suggestions(request(&exp, trials, 1)).await.unwrap_err();
+        assert_eq!(exhausted.code(), tonic::Code::OutOfRange, "{exhausted:?}");
+        assert!(exhausted.message().contains("only 0 of the experiment's 2 architectures have no trial"), "{}", exhausted.message());
+
+        // A long request: 600 candidates scored before the first trial is proposed.
+        let full = [&OPS[..]; 6];
+        let long = experiment("long", &full, &[("candidates-per-trial", "600")], 1);
+        let mut busy = client.clone();
+        let started = Instant::now();
+        let scoring = tokio::spawn(async move { busy.get_suggestions(request(&long, vec![], 1)).await });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let channel = tonic::transport::Channel::from_shared(service.address.clone()).unwrap().connect().await.unwrap();
+        let mut health = HealthClient::new(channel);
+        let mut slowest = Duration::ZERO;
+        for name in ["", "manager.v1beta1.Suggestion"] {
+            let asked = Instant::now();
+            let status = health.check(HealthCheckRequest { service: name.into() }).await.unwrap().into_inner().status;
+            slowest = slowest.max(asked.elapsed());
+            assert_eq!(status, ServingStatus::Serving as i32);
+        }
+        assert!(!scoring.is_finished(), "the scoring request ended before the health checks ({:?}); make it longer", started.elapsed());
+        assert!(slowest < Duration::from_secs(1), "a health check took {slowest:?} during scoring");
+        let reply = scoring.await.unwrap().unwrap().into_inner();
+        assert_eq!(reply.parameter_assignments.len(), 1);
+    });
+}
