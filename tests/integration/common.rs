@@ -85,7 +85,7 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// A throwaway Prometheus server scraping one target every second.
+/// A throwaway Prometheus server scraping its targets every second.
 pub struct Prometheus {
     child: std::process::Child,
     pub address: String,
@@ -93,10 +93,19 @@ pub struct Prometheus {
 
 impl Prometheus {
     pub fn start(binary: &Path, dir: &Path, target: &str) -> Prometheus {
+        Prometheus::start_scraping(binary, dir, &[target])
+    }
+
+    /// A server scraping several targets (one job).
+    pub fn start_scraping(binary: &Path, dir: &Path, targets: &[&str]) -> Prometheus {
         let config = dir.join("prometheus.yml");
+        let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
         std::fs::write(
             &config,
-            format!("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: knas\n    static_configs:\n      - targets: ['{target}']\n"),
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: knas\n    static_configs:\n      - targets: [{}]\n",
+                targets.join(", ")
+            ),
         )
         .unwrap();
         let address = format!("127.0.0.1:{}", free_port());

@@ -254,7 +254,16 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     std::fs::write(dir.path().join("policies").join("broken.wasm"), b"\0asm\x01\0\0\0").unwrap();
     service.wait_for("the long run", |s| s.run("long").is_some_and(|r| r["status"] == "running"));
 
-    let server = Prometheus::start(&prometheus, dir.path(), &service.address);
+    // The Katib suggestion service, asked for one trial.
+    let katib = crate::katib::Service::start(&dir.path().join("katib.db"));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let mut client = knas::katib::proto::suggestion_client::SuggestionClient::connect(katib.address.clone()).await.unwrap();
+        let experiment = crate::katib::experiment("dashboard", &[&crate::katib::OPS[..]; 6], &[("candidates-per-trial", "2")], 1);
+        client.get_suggestions(crate::katib::request(&experiment, vec![], 1)).await.unwrap();
+    });
+
+    let server = Prometheus::start_scraping(&prometheus, dir.path(), &[&service.address, &katib.metrics]);
     // Rates need a few scrapes.
     server.query_until("count_over_time(knas_build_info[1m])", |r| r.first().is_some_and(|s| s["value"][1].as_str().unwrap_or("0").parse::<f64>().unwrap_or(0.0) >= 4.0));
     for (panel, expr) in &queries {

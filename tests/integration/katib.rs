@@ -15,7 +15,7 @@ use tonic_health::pb::HealthCheckRequest;
 use crate::common::{policy, tool};
 
 const EDGES: [&str; 6] = ["edge-0-1", "edge-0-2", "edge-1-2", "edge-0-3", "edge-1-3", "edge-2-3"];
-const OPS: [&str; 5] = ["none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3"];
+pub const OPS: [&str; 5] = ["none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3"];
 
 /// The whole experiment of `tests/katib/simulate.py` (see its header), with Katib's stubs
 /// from `kubeflow-katib==0.19.0` in the venv `scripts/install-test-tools.sh` makes.
@@ -44,13 +44,16 @@ fn a_whole_experiment_through_katibs_python_client() {
 }
 
 /// A running `knas katib` on free ports, stopped when dropped.
-struct Service {
+pub struct Service {
     child: Child,
-    address: String,
+    /// `http://HOST:PORT` of the gRPC service.
+    pub address: String,
+    /// `HOST:PORT` of /metrics.
+    pub metrics: String,
 }
 
 impl Service {
-    fn start(store: &Path) -> Service {
+    pub fn start(store: &Path) -> Service {
         let policies = policy("random").parent().unwrap().to_owned();
         let mut child = Command::new(env!("CARGO_BIN_EXE_knas"))
             .args(["katib", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--device", "cpu", "--threads", "1", "--policy-dir"])
@@ -64,8 +67,9 @@ impl Service {
         let mut line = String::new();
         stderr.read_line(&mut line).unwrap();
         let address = line.split("suggestion service on ").nth(1).and_then(|rest| rest.split_whitespace().next()).unwrap_or_else(|| panic!("{line}")).to_owned();
+        let metrics = line.split("metrics on http://").nth(1).and_then(|rest| rest.strip_suffix("/metrics\n")).unwrap_or_else(|| panic!("{line}")).to_owned();
         std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-        Service { child, address: format!("http://{address}") }
+        Service { child, address: format!("http://{address}"), metrics }
     }
 }
 
@@ -76,7 +80,7 @@ impl Drop for Service {
     }
 }
 
-fn experiment(name: &str, allowed: &[&[&str]; 6], settings: &[(&str, &str)], max_trials: i32) -> api::Experiment {
+pub fn experiment(name: &str, allowed: &[&[&str]; 6], settings: &[(&str, &str)], max_trials: i32) -> api::Experiment {
     api::Experiment {
         name: name.into(),
         spec: Some(api::ExperimentSpec {
@@ -106,7 +110,7 @@ fn experiment(name: &str, allowed: &[&[&str]; 6], settings: &[(&str, &str)], max
     }
 }
 
-fn request(experiment: &api::Experiment, trials: Vec<api::Trial>, n: i32) -> GetSuggestionsRequest {
+pub fn request(experiment: &api::Experiment, trials: Vec<api::Trial>, n: i32) -> GetSuggestionsRequest {
     GetSuggestionsRequest { experiment: Some(experiment.clone()), trials, current_request_number: n, total_request_number: n }
 }
 
