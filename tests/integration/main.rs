@@ -4,6 +4,7 @@
 mod common;
 mod engine_cli;
 mod katib;
+mod languages;
 mod policies;
 mod serve;
 mod deploy;

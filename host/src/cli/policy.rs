@@ -17,13 +17,17 @@ pub struct PolicyArgs {
 
 #[derive(Debug, Subcommand)]
 enum PolicyCommand {
-    /// Compile Rust policy crates to WebAssembly components.
+    /// Compile policies to WebAssembly components: Rust crates, and Python folders.
     ///
-    /// Each crate is built for wasm32-unknown-unknown and wrapped into a component named
-    /// after its `[package.metadata.knas] policy` key: `<out-dir>/<policy>.wasm`.
+    /// A Rust crate is built for wasm32-unknown-unknown and wrapped into a component named
+    /// after its `[package.metadata.knas] policy` key: `<out-dir>/<policy>.wasm`. A folder
+    /// with an `app.py` (whose `Policy` class implements the contract) is built with
+    /// componentize-py (pip install componentize-py==0.25.1; `KNAS_COMPONENTIZE_PY` names
+    /// another binary) into `<out-dir>/<folder>.wasm`.
     ///
     /// Example: knas policy build --all          (the built-in policies and examples)
     /// Example: knas policy build my-policy/ --out-dir policies
+    /// Example: knas policy build examples/python-evolution --out-dir policies
     Build(BuildArgs),
     /// Check policy files against the contract and show what they declare.
     Inspect(InspectArgs),
@@ -31,8 +35,8 @@ enum PolicyCommand {
 
 #[derive(Debug, Args)]
 struct BuildArgs {
-    /// Crate folders to build.
-    #[arg(value_name = "CRATE_DIR")]
+    /// Policy folders to build: Rust crates, or Python folders with an `app.py`.
+    #[arg(value_name = "DIR")]
     crates: Vec<PathBuf>,
     /// Build every policy crate of the current workspace (test fixtures excepted).
     #[arg(long)]

@@ -17,7 +17,10 @@ pub const SDK_SECTION: &str = "knas-policy-sdk";
 
 /// Interfaces a policy of contract `version` may import: that contract's own.
 fn allowed_import(name: &str, version: &str) -> bool {
-    name == format!("{CONTRACT_PACKAGE}/host@{version}") || name == format!("{CONTRACT_PACKAGE}/types@{version}")
+    name == format!("{CONTRACT_PACKAGE}/host@{version}")
+        || name == format!("{CONTRACT_PACKAGE}/types@{version}")
+        // What other languages' tool-chains import, linked to grant nothing (wasi.rs).
+        || super::wasi::allowed_import(name)
 }
 
 /// Why a file is not a loadable policy.
@@ -41,7 +44,7 @@ pub enum LoadError {
     )]
     WrongContract { found: String },
     #[error(
-        "imports `{0}`, which knas does not provide: policies may import only {CONTRACT_PACKAGE}/host (no filesystem, network, clock or environment)"
+        "imports `{0}`, which knas does not provide: policies may import {CONTRACT_PACKAGE}/host and WASI 0.2's io, clocks, random, cli, filesystem and sockets interfaces (linked to grant nothing: no files, network, environment or real clocks)"
     )]
     ForbiddenImport(String),
     #[error("does not compile: {0}")]

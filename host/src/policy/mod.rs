@@ -11,6 +11,7 @@ pub mod package;
 pub mod runtime;
 mod validate;
 pub mod versions;
+pub mod wasi;
 
 pub use contract::{CONTRACT_VERSION, ContractInfo, LoadError};
 pub use runtime::{PolicyInstance, PolicyLimits, PolicyModule, PolicyRuntime, escape_controls};

@@ -1,4 +1,5 @@
-//! `knas policy build`: compiles Rust policy crates to WebAssembly components.
+//! `knas policy build`: compiles policies to WebAssembly components: Rust crates, and
+//! Python folders (an `app.py`) through componentize-py.
 //!
 //! A policy crate is a `cdylib` built for `wasm32-unknown-unknown` against the SDK. Cargo
 //! produces a core module carrying the world's type in a custom section; `wit-component`
@@ -35,6 +36,62 @@ pub enum PackageError {
     Contract { crate_name: String, source: contract::LoadError },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("{dir}: cannot run {tool} ({source}); install it with `pip install componentize-py=={COMPONENTIZE_PY_VERSION}`")]
+    NoComponentizePy { dir: PathBuf, tool: String, source: std::io::Error },
+    #[error("{dir}: componentize-py failed (see its output above)")]
+    ComponentizePy { dir: PathBuf },
+}
+
+/// The componentize-py release Python policies are built and tested with.
+pub const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
+
+/// The contract's WIT, for tool-chains that read it (componentize-py).
+const CONTRACT_WIT: &str = include_str!("../../../sdk/wit/policy.wit");
+
+/// Whether `dir` holds a Python policy (an `app.py` and no `Cargo.toml`).
+pub fn is_python(dir: &Path) -> bool {
+    dir.join("app.py").is_file() && !dir.join("Cargo.toml").exists()
+}
+
+/// Builds the Python policy in `dir` (its module `app` defines `class Policy`) with
+/// componentize-py (`KNAS_COMPONENTIZE_PY`, else `componentize-py` on the PATH) into
+/// `<out_dir>/<folder name>.wasm`.
+pub fn build_python(dir: &Path, options: &BuildOptions) -> Result<Built, PackageError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| PackageError::Io { path, source }
+    };
+    let dir = dir.canonicalize().map_err(io(dir))?;
+    let policy = dir.file_name().map_or_else(|| "policy".to_owned(), |n| n.to_string_lossy().into_owned());
+    std::fs::create_dir_all(&options.out_dir).map_err(io(&options.out_dir))?;
+    // The contract as componentize-py reads it: a folder holding the WIT file.
+    let wit = std::env::temp_dir().join(format!("knas-wit-{}-{policy}", std::process::id()));
+    std::fs::create_dir_all(&wit).map_err(io(&wit))?;
+    std::fs::write(wit.join("policy.wit"), CONTRACT_WIT).map_err(io(&wit))?;
+    let partial = options.out_dir.join(format!(".{policy}.wasm.partial"));
+    let tool = std::env::var("KNAS_COMPONENTIZE_PY").unwrap_or_else(|_| "componentize-py".to_owned());
+    let status = Command::new(&tool)
+        .arg("-d")
+        .arg(&wit)
+        .args(["-w", "search-policy", "componentize", "app", "-p"])
+        .arg(&dir)
+        .arg("-o")
+        .arg(&partial)
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .status();
+    let _ = std::fs::remove_dir_all(&wit);
+    let status = status.map_err(|source| PackageError::NoComponentizePy { dir: dir.clone(), tool: tool.clone(), source })?;
+    if !status.success() {
+        return Err(PackageError::ComponentizePy { dir });
+    }
+    let component = std::fs::read(&partial).map_err(io(&partial))?;
+    if options.check_contract {
+        contract::inspect(&component).map_err(|source| PackageError::Contract { crate_name: policy.clone(), source })?;
+    }
+    let path = options.out_dir.join(format!("{policy}.wasm"));
+    std::fs::rename(&partial, &path).map_err(io(&path))?;
+    Ok(Built { crate_name: dir.display().to_string(), policy, path, size: component.len() })
 }
 
 /// How to build.
@@ -119,7 +176,12 @@ pub fn workspace_policies(dir: &Path) -> Result<Vec<PathBuf>, PackageError> {
 /// one workspace are built by one cargo invocation.
 pub fn build(dirs: &[PathBuf], options: &BuildOptions) -> Result<Vec<Built>, PackageError> {
     let mut by_workspace: BTreeMap<PathBuf, Vec<PolicyCrate>> = BTreeMap::new();
+    let mut python = Vec::new();
     for dir in dirs {
+        if is_python(dir) {
+            python.push(dir);
+            continue;
+        }
         let described = describe(dir)?;
         by_workspace.entry(described.workspace_root.clone()).or_default().push(described);
     }
@@ -131,6 +193,9 @@ pub fn build(dirs: &[PathBuf], options: &BuildOptions) -> Result<Vec<Built>, Pac
             let module = modules.get(&krate.package).ok_or_else(|| PackageError::NoArtifact(krate.package.clone()))?;
             built.push(componentize(krate, module, options)?);
         }
+    }
+    for dir in python {
+        built.push(build_python(dir, options)?);
     }
     Ok(built)
 }

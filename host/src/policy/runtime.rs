@@ -2,8 +2,9 @@
 //!
 //! Every call into a policy runs with a wall-clock deadline (epoch interruption, driven by
 //! a ticker thread), a fuel allowance (a deterministic bound on instructions) and a memory
-//! limit; logging is capped per call. The contract worlds' imports are the only ones
-//! linked, so a policy has no way to reach files, network, clocks or the environment.
+//! limit; logging is capped per call. Besides the contract worlds' imports, only WASI
+//! linked to grant nothing (`wasi.rs`: no files, network, environment or real clocks) is
+//! there, so a policy has no way to reach the machine.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,6 +16,11 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap};
 
 use super::contract::{self, ContractInfo, LoadError};
+use super::wasi::PolicyWasi;
+
+/// Lines of stderr kept to explain a failed call (an uncaught exception's traceback ends
+/// with its type and message).
+const STDERR_TAIL_LINES: usize = 6;
 use super::versions::{self, Bindings, Call};
 use super::{Budget, Observation, PolicyError, RawProposal, Settings};
 
@@ -123,6 +129,7 @@ impl PolicyRuntime {
         let engine = Engine::new(&config).map_err(|e| PolicyError::Runtime(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
         versions::add_to_linker(&mut linker).map_err(|e| PolicyError::Runtime(format!("{e:#}")))?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| PolicyError::Runtime(format!("{e:#}")))?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let (weak_engine, stop) = (engine.weak(), ticker_stop.clone());
         std::thread::Builder::new()
@@ -181,6 +188,8 @@ impl PolicyRuntime {
             log_limits: (limits.log_records_per_call, limits.log_record_bytes),
             log_budget: LogBudget::new(limits.log_bytes_per_minute, Instant::now()),
             panic_message: None,
+            wasi: PolicyWasi::new(seed),
+            stderr_tail: Vec::new(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
@@ -247,6 +256,34 @@ pub struct PolicyState {
     log_budget: LogBudget,
     /// The SDK logs a panic's message before the instance aborts.
     panic_message: Option<String>,
+    /// WASI, granting nothing; stdout and stderr become log records.
+    wasi: PolicyWasi,
+    /// The last lines the current call wrote to stderr (an interpreter's traceback).
+    stderr_tail: Vec<String>,
+}
+
+impl wasmtime_wasi::WasiView for PolicyState {
+    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+        self.wasi.view()
+    }
+}
+
+impl PolicyState {
+    /// Turns what the policy wrote to stdout and stderr into its log records; `all` also
+    /// takes a last line without a newline (the call failed: nothing more will follow).
+    fn drain_output(&mut self, all: bool) {
+        for (stream, line) in self.wasi.drain(all) {
+            if stream == "stderr" {
+                self.stderr_tail.push(line.clone());
+                if self.stderr_tail.len() > STDERR_TAIL_LINES {
+                    self.stderr_tail.remove(0);
+                }
+                self.log(tracing::Level::WARN, format!("stderr: {line}"));
+            } else {
+                self.log(tracing::Level::INFO, format!("stdout: {line}"));
+            }
+        }
+    }
 }
 
 impl PolicyState {
@@ -331,6 +368,16 @@ impl LogBudget {
     }
 }
 
+/// What a failed call's stderr says went wrong: the last lines before the guest runtime's
+/// own panic notice (`thread '…' panicked`), which for an interpreter's uncaught exception
+/// are the raising line and `Type: message`.
+fn uncaught(stderr: &[String]) -> String {
+    let before_runtime: Vec<&str> =
+        stderr.iter().map(|l| l.trim()).take_while(|l| !l.starts_with("thread '")).filter(|l| !l.is_empty()).collect();
+    let lines = if before_runtime.is_empty() { stderr.iter().map(|l| l.trim()).filter(|l| !l.is_empty()).collect() } else { before_runtime };
+    lines[lines.len().saturating_sub(2)..].join(" / ")
+}
+
 /// Untrusted `text` cut to `max_bytes` (at a character boundary) and escaped.
 fn printable(text: &str, max_bytes: usize) -> String {
     let mut cut = text.len().min(max_bytes);
@@ -386,6 +433,7 @@ impl PolicyInstance {
         state.dropped_logs = 0;
         state.limiter.denied = None;
         state.panic_message = None;
+        state.stderr_tail.clear();
     }
 
     /// Runs one export call with the limits armed, mapping every failure to its cause.
@@ -402,6 +450,7 @@ impl PolicyInstance {
         let outcome = f(&bindings, &mut self.store);
         self.call_time += start.elapsed();
         self.calls += 1;
+        self.store.data_mut().drain_output(!matches!(outcome, Ok(Ok(_))));
         let dropped = self.store.data().dropped_logs;
         if dropped > 0 {
             tracing::warn!(policy = %self.label, dropped, "policy logged more than {} records in `{name}`; the rest were dropped", self.limits.log_records_per_call);
@@ -444,6 +493,12 @@ impl PolicyInstance {
             Some(Trap::Interrupt) => PolicyError::Timeout { policy, call, limit_ms: self.limits.call_timeout_ms },
             _ => match state.panic_message.take() {
                 Some(message) => PolicyError::Panic { policy, call, message: printable(&message, self.limits.log_record_bytes) },
+                // An interpreter's uncaught exception: its traceback went to stderr.
+                None if !state.stderr_tail.is_empty() => PolicyError::Panic {
+                    policy,
+                    call,
+                    message: printable(&uncaught(&std::mem::take(&mut state.stderr_tail)), self.limits.log_record_bytes),
+                },
                 None => PolicyError::Trap { policy, call, message: format!("{error:#}") },
             },
         }
@@ -506,6 +561,22 @@ mod tests {
         let much_later = start + Duration::from_secs(3600);
         assert!(budget.take(600, much_later));
         assert!(!budget.take(1, much_later));
+    }
+
+    #[test]
+    fn an_uncaught_exception_is_told_by_its_last_lines_before_the_runtime_notice() {
+        let stderr: Vec<String> = [
+            "Traceback (most recent call last):",
+            "  File \"/0/app.py\", line 44, in propose",
+            "ValueError: out of ideas",
+            "",
+            "thread '<unnamed>' (1) panicked at runtime/src/lib.rs:1293:29:",
+            "Python function threw an unexpected exception",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(uncaught(&stderr), "File \"/0/app.py\", line 44, in propose / ValueError: out of ideas");
+        assert_eq!(uncaught(&["only a runtime notice".to_owned()]), "only a runtime notice");
     }
 
     #[test]

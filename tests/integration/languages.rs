@@ -1,0 +1,160 @@
+//! Policies written in Python (componentize-py): built by `knas policy build`, run by
+//! `knas search` and `knas serve` under the same sandbox as Rust ones, with the deny-all
+//! WASI their tool-chain needs; and a hostile Python fixture, contained case by case.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use serde_json::{Value, json};
+
+use crate::common::{TINY, knas, tool, workspace};
+
+/// The Python components (the example and the hostile fixture), built once per test
+/// process by the real `knas policy build`; `None` when componentize-py is not installed
+/// (and not required).
+fn python_policies() -> Option<PathBuf> {
+    static BUILT: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let componentize = tool("componentize-py")?;
+            let out = workspace().join("target").join("test-python-policies");
+            let status = std::process::Command::new(env!("CARGO_BIN_EXE_knas"))
+                .current_dir(workspace())
+                .env("KNAS_COMPONENTIZE_PY", componentize)
+                .args(["policy", "build", "examples/python-evolution", "tests/guests/python-hostile", "--out-dir"])
+                .arg(&out)
+                .status()
+                .unwrap();
+            assert!(status.success(), "knas policy build failed for the Python policies");
+            Some(out)
+        })
+        .clone()
+}
+
+fn search(policy: &std::path::Path, store: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    knas()
+        .args(["search", "--policy"])
+        .arg(policy)
+        .arg("--store")
+        .arg(store)
+        .args(["--limit", "64", "--epochs", "1", "--reference", "6", "--format", "json", "--log", "info"])
+        .args(TINY)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_python_policy_completes_a_search() {
+    let Some(dir) = python_policies() else { return };
+    let inspect = knas().args(["policy", "inspect", "--format", "json"]).arg(dir.join("python-evolution.wasm")).output().unwrap();
+    let info: Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    let imports: Vec<&str> = info[0]["imports"].as_array().unwrap().iter().map(|i| i.as_str().unwrap()).collect();
+    assert!(imports.iter().any(|i| i.starts_with("wasi:filesystem/")) && imports.iter().any(|i| i.starts_with("knas:policy/host")), "{imports:?}");
+
+    let store = tempfile::tempdir().unwrap();
+    let out = search(&dir.join("python-evolution.wasm"), &store.path().join("runs.db"), &["--budget", "12", "--top-k", "2", "--params", r#"{"population": 4, "sample": 2}"#]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["recorded"], json!({"scores": 12, "trainings": 2}), "{report}");
+    assert_eq!(report["leaderboard"]["trained"].as_array().unwrap().len(), 2);
+    // Its log goes through host.log, attributed to it.
+    assert!(stderr.contains("regularised evolution: population 4, sample 2") && stderr.contains("python-evolution@"), "{stderr}");
+
+    // Unknown parameters are its own error, named.
+    let out = search(&dir.join("python-evolution.wasm"), &store.path().join("other.db"), &["--params", r#"{"populace": 4}"#]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("returned an error from `init`: unknown parameters: populace"));
+}
+
+/// Every hostile case in one process (the 18 MB component is compiled once): each is
+/// contained with a message naming the policy, and the same runtime goes on.
+#[test]
+fn hostile_python_is_contained() {
+    use knas::config::SearchSettings;
+    use knas::engine::{Engine, Experiment};
+    use knas::policy::{PolicyLimits, PolicyRuntime};
+    use knas::search::{Search, Step};
+    use knas::store::RunStore;
+
+    let Some(dir) = python_policies() else { return };
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = RunStore::open(&store_dir.path().join("runs.db")).unwrap();
+    let runtime = PolicyRuntime::new().unwrap();
+    let experiment = Experiment { channels: 2, cells: 1, score_batch: 4, limit: Some(64), reference: 6, ..Experiment::default() };
+    let mut engine = Engine::new(&experiment, tch::Device::Cpu).unwrap();
+    knas::search::anchor(&mut engine, &store, &mut |_, _| {}).unwrap();
+    let module = runtime.load_file(&dir.join("python-hostile.wasm")).unwrap();
+    let settings = SearchSettings { budget: 2, top_k: 0, max_batch: 2 };
+    let run = |name: &str, params: Value| -> Result<Vec<knas::store::EvaluationRecord>, String> {
+        let spec = settings.spec(params, PolicyLimits::default());
+        let mut search = Search::start(&store, &runtime, &module, name, &experiment, &spec).map_err(|e| e.to_string())?;
+        loop {
+            match search.step(&engine, &store, &mut ()) {
+                Ok(Step::Continue) => {}
+                Ok(_) => break,
+                Err(error) => return Err(error.to_string()),
+            }
+        }
+        Ok(store.evaluations(search.run().id).unwrap())
+    };
+    let fails = |name: &str, params: Value, expected: &[&str]| {
+        let error = run(name, params).expect_err(name);
+        assert!(error.contains("python-hostile@"), "{name}: {error}");
+        assert!(expected.iter().any(|e| error.contains(e)), "{name}: {error:?} says none of {expected:?}");
+    };
+    fails("spin", json!({"act": "spin"}), &["ran out of fuel", "ran past its 2000 ms deadline"]);
+    fails("bomb", json!({"act": "allocate", "mib": 300}), &["exceeded its 64 MiB memory limit in `propose`"]);
+    fails("raise", json!({"act": "raise", "message": "out of ideas"}), &["ValueError: out of ideas"]);
+    // No preopened directory: the file does not exist for it.
+    fails("open", json!({"act": "open", "path": "/etc/passwd"}), &["FileNotFoundError", "No such file"]);
+    // Printing is logged, capped per call; the run goes on.
+    assert_eq!(run("print", json!({"act": "print", "lines": 1000})).unwrap().len(), 1);
+    // Clocks and random are the same on every run: the same candidate twice.
+    let first = run("time-1", json!({"act": "time"})).unwrap();
+    let second = run("time-2", json!({"act": "time"})).unwrap();
+    assert_eq!(first[0].candidate, second[0].candidate);
+    // The runtime still runs a well-behaved run.
+    assert_eq!(run("fine", json!({})).unwrap().len(), 1);
+}
+
+/// A component importing a WASI interface outside the allow-list (here `wasi:http`) is
+/// refused at load time, naming the interface.
+#[test]
+fn a_wasi_interface_outside_the_allow_list_is_refused_by_name() {
+    let Some(dir) = python_policies() else { return };
+    let mut bytes = std::fs::read(dir.join("python-evolution.wasm")).unwrap();
+    // Same length, so the component stays well-formed: an import of wasi:http instead.
+    let (from, to) = (b"wasi:sockets/tcp@0.2.", b"wasi:http/typesx@0.2.");
+    let mut replaced = 0;
+    for i in 0..bytes.len() - from.len() {
+        if &bytes[i..i + from.len()] == from {
+            bytes[i..i + to.len()].copy_from_slice(to);
+            replaced += 1;
+        }
+    }
+    assert!(replaced > 0);
+    let file = tempfile::tempdir().unwrap();
+    let path = file.path().join("http.wasm");
+    std::fs::write(&path, &bytes).unwrap();
+    let out = knas().args(["policy", "inspect"]).arg(&path).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("imports `wasi:http/typesx@0.2.") && stderr.contains("which knas does not provide"), "{stderr}");
+}
+
+/// Dropped into the service's watched folder, a Python policy drives its run to the end.
+#[test]
+fn a_python_policy_runs_in_the_service() {
+    let Some(dir) = python_policies() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let service = crate::serve::Service::start_in(work.path(), &crate::serve::config(8, 1));
+    let staging = work.path().join("py.staging");
+    std::fs::copy(dir.join("python-evolution.wasm"), &staging).unwrap();
+    std::fs::rename(&staging, work.path().join("policies").join("py.wasm")).unwrap();
+    service.wait_for("the Python run", |s| s.run("py").is_some_and(|r| r["status"] == "done"));
+    let run = service.json("/api/runs/py");
+    assert_eq!(run["recorded"]["scores"], 8, "{run}");
+    assert!(run["policy"].as_str().unwrap().starts_with("py@"), "{run}");
+}
