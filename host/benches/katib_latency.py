@@ -92,6 +92,7 @@ def main():
         reply = future.result()
         results["10 trials"] = round(time.perf_counter() - start, 2)
         results["health check during scoring, slowest (s)"] = round(max(probes), 4) if probes else None
+        results["health checks during scoring"] = len(probes)
         print(f"10 trials: {results['10 trials']:.2f} s", file=sys.stderr)
         trials = [api.Trial(name=f"t{i}", spec=api.TrialSpec(parameter_assignments=api.TrialSpec.ParameterAssignments(assignments=a.assignments)),
                             status=api.TrialStatus(condition=api.TrialStatus.SUCCEEDED, observation=api.Observation(
