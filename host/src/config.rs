@@ -122,6 +122,9 @@ pub struct ServiceConfig {
     pub search: SearchSettings,
     /// Sandbox limits for policy instances.
     pub limits: PolicyLimits,
+    /// Limits for one policy, by file name without `.wasm`: the keys given replace those
+    /// of `limits` (e.g. more memory and time for a Python policy).
+    pub policy_limits: BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
     /// Parameters per policy, by file name without `.wasm`.
     pub policies: BTreeMap<String, serde_json::Value>,
     /// How long a file must stay unchanged before it is (re)loaded, in ms.
@@ -145,6 +148,7 @@ impl Default for ServiceConfig {
             experiment: Experiment::default(),
             search: SearchSettings::default(),
             limits: PolicyLimits::default(),
+            policy_limits: BTreeMap::new(),
             policies: BTreeMap::new(),
             debounce_ms: 500,
             table: None,
@@ -173,6 +177,9 @@ impl ServiceConfig {
             let separator = if section == "threads" { ": " } else { "." };
             return Err(ConfigError::Semantic { path: path.to_owned(), message: format!("{section}{separator}{problem}") });
         }
+        for name in config.policy_limits.keys() {
+            config.limits_for(name).map_err(|message| ConfigError::Semantic { path: path.to_owned(), message })?;
+        }
         if let Some((name, params)) = config.policies.iter().find(|(_, p)| !p.is_object() && !p.is_null()) {
             return Err(ConfigError::Semantic {
                 path: path.to_owned(),
@@ -185,6 +192,19 @@ impl ServiceConfig {
     /// The configured benchmark table, read and checked (every line, see [`BenchmarkTable`]).
     pub fn load_table(&self) -> Result<Option<std::sync::Arc<BenchmarkTable>>, crate::table::TableError> {
         self.table.as_deref().map(|path| BenchmarkTable::load(path, self.table_field.as_deref()).map(std::sync::Arc::new)).transpose()
+    }
+
+    /// The limits for policy `name`: `limits` with its `policy-limits` entry laid over them;
+    /// the message names the entry's key at fault.
+    pub fn limits_for(&self, name: &str) -> Result<PolicyLimits, String> {
+        let Some(overrides) = self.policy_limits.get(name) else { return Ok(self.limits) };
+        let mut merged = serde_json::to_value(self.limits).map_err(|e| e.to_string())?;
+        if let Some(fields) = merged.as_object_mut() {
+            fields.extend(overrides.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        let limits: PolicyLimits = serde_json::from_value(merged).map_err(|e| format!("policy-limits.{name}: {e}"))?;
+        limits.validate().map_err(|problem| format!("policy-limits.{name}.{problem}"))?;
+        Ok(limits)
     }
 
     /// The parameters for policy `name` (an empty object when none are configured).
@@ -222,6 +242,7 @@ mod tests {
         let service = ServiceConfig::load(&examples.join("knas.yaml")).unwrap();
         assert_eq!(service.params_for("evolution"), serde_json::json!({"population": 10, "sample": 3}));
         assert_eq!(service.experiment, Experiment::default(), "the example documents the defaults");
+        assert_eq!(service.limits_for("python-evolution").unwrap().memory_mib, 256);
         let run: RunConfig = load_yaml(&examples.join("run.yaml")).unwrap();
         assert_eq!(run.search.top_k, 5);
         assert_eq!(run.experiment.train.epochs, 2);
@@ -240,6 +261,11 @@ mod tests {
         std::fs::write(&path, "policies:\n  evolution: 5\n").unwrap();
         let err = ServiceConfig::load(&path).unwrap_err().to_string();
         assert!(err.contains("policies.evolution: parameters must be a mapping"), "{err}");
+        std::fs::write(&path, "limits: { memory-mib: 32 }\npolicy-limits: { py: { memory-mib: 256, call-timeout-ms: 5000 } }\n").unwrap();
+        let config = ServiceConfig::load(&path).unwrap();
+        let py = config.limits_for("py").unwrap();
+        assert_eq!((py.memory_mib, py.call_timeout_ms, py.fuel_per_call), (256, 5000, PolicyLimits::default().fuel_per_call));
+        assert_eq!(config.limits_for("rust").unwrap().memory_mib, 32);
         std::fs::write(&path, "listen: nowhere\n").unwrap();
         let err = ServiceConfig::load(&path).unwrap_err().to_string();
         assert!(err.contains("knas.yaml:1:9: listen: invalid socket address"), "{err}");
@@ -249,6 +275,8 @@ mod tests {
             ("experiment: { score-batch: 0 }\n", "experiment.score-batch must be at least 1, got 0"),
             ("experiment: { train: { momentum: 1.5 } }\n", "experiment.train.momentum is out of range: 1.5"),
             ("limits: { call-timeout-ms: 0 }\n", "limits.call-timeout-ms must be at least 1, got 0"),
+            ("policy-limits: { py: { memory-mib: 0 } }\n", "policy-limits.py.memory-mib must be between 1 and 4096, got 0"),
+            ("policy-limits: { py: { memory: 9 } }\n", "policy-limits.py: unknown field `memory`, expected one of `call-timeout-ms`, `fuel-per-call`, `memory-mib`, `log-records-per-call`, `log-record-bytes`, `log-bytes-per-minute`"),
             ("threads: -2\n", "threads: must not be negative, got -2"),
         ] {
             std::fs::write(&path, text).unwrap();

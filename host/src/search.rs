@@ -318,6 +318,11 @@ impl Search {
         self.evaluation_time
     }
 
+    /// The live policy instance's instantiation time and peak linear memory (bytes).
+    pub fn policy_footprint(&self) -> Option<(Duration, usize)> {
+        self.instance.as_ref().map(PolicyInstance::footprint)
+    }
+
     /// Policy calls made by this process and the time spent inside them.
     pub fn policy_calls(&self) -> (u64, Duration) {
         let (calls, time) = self.instance.as_ref().map_or((0, Duration::ZERO), PolicyInstance::call_stats);
@@ -341,7 +346,7 @@ impl Search {
         let label = module.label();
         if history.iter().all(|r| r.policy == label) {
             // The seed the run started with: the instance retraces the run's own steps.
-            let mut instance = runtime.instantiate(module, self.run.experiment.seed, self.limits)?;
+            let mut instance = timed(observer, "instantiate", || runtime.instantiate(module, self.run.experiment.seed, self.limits))?;
             timed(observer, "init", || instance.init(&settings))?;
             let pending = if history.is_empty() { None } else { self.reexecute(store, &mut instance, &history, observer)? };
             return Ok((instance, pending));
@@ -350,7 +355,7 @@ impl Search {
         // modules cannot be retraced, so the new instance gets a stream of its own.
         let seed = self.run.experiment.seed ^ (history.len() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         if let Some((seq, written_by, state)) = store.checkpoint(self.run.id)? {
-            let mut instance = runtime.instantiate(module, seed, self.limits)?;
+            let mut instance = timed(observer, "instantiate", || runtime.instantiate(module, seed, self.limits))?;
             timed(observer, "init", || instance.init(&settings))?;
             if instance.checkpoints() {
                 match timed(observer, "restore", || instance.restore(&state)) {
@@ -368,7 +373,7 @@ impl Search {
                 }
             }
         }
-        let mut instance = runtime.instantiate(module, seed, self.limits)?;
+        let mut instance = timed(observer, "instantiate", || runtime.instantiate(module, seed, self.limits))?;
         timed(observer, "init", || instance.init(&settings))?;
         self.replay(store, &mut instance, &history.iter().collect::<Vec<_>>(), observer)?;
         Ok((instance, None))

@@ -17,17 +17,20 @@ pub struct PolicyArgs {
 
 #[derive(Debug, Subcommand)]
 enum PolicyCommand {
-    /// Compile policies to WebAssembly components: Rust crates, and Python folders.
+    /// Compile policies to WebAssembly components: Rust crates, Python and JavaScript
+    /// folders.
     ///
     /// A Rust crate is built for wasm32-unknown-unknown and wrapped into a component named
     /// after its `[package.metadata.knas] policy` key: `<out-dir>/<policy>.wasm`. A folder
     /// with an `app.py` (whose `Policy` class implements the contract) is built with
     /// componentize-py (pip install componentize-py==0.25.1; `KNAS_COMPONENTIZE_PY` names
-    /// another binary) into `<out-dir>/<folder>.wasm`.
+    /// another binary), one with an `app.js` (exporting `policy`) with ComponentizeJS (node,
+    /// and npm install @bytecodealliance/componentize-js@0.23.0 in the folder, or in the
+    /// folder `KNAS_COMPONENTIZE_JS` names), into `<out-dir>/<folder>.wasm`.
     ///
     /// Example: knas policy build --all          (the built-in policies and examples)
     /// Example: knas policy build my-policy/ --out-dir policies
-    /// Example: knas policy build examples/python-evolution --out-dir policies
+    /// Example: knas policy build examples/python-evolution examples/js-annealing --out-dir policies
     Build(BuildArgs),
     /// Check policy files against the contract and show what they declare.
     Inspect(InspectArgs),
@@ -35,7 +38,7 @@ enum PolicyCommand {
 
 #[derive(Debug, Args)]
 struct BuildArgs {
-    /// Policy folders to build: Rust crates, or Python folders with an `app.py`.
+    /// Policy folders to build: Rust crates, or folders with an `app.py` or an `app.js`.
     #[arg(value_name = "DIR")]
     crates: Vec<PathBuf>,
     /// Build every policy crate of the current workspace (test fixtures excepted).

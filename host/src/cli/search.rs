@@ -113,6 +113,14 @@ struct SearchReport {
     policy_seconds: f64,
     /// Time inside the policy relative to time evaluating, in percent.
     policy_overhead_percent: f64,
+    /// Checking and compiling the policy file.
+    policy_load_seconds: f64,
+    /// Instantiating the policy (its start functions included), apart from its calls.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    policy_instantiate_seconds: Option<f64>,
+    /// The most linear memory the policy instance held.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    policy_peak_memory_mib: Option<f64>,
 }
 
 /// Where a run's picks stand in a published table: the yardstick, not what knas measured.
@@ -197,7 +205,9 @@ pub fn run(args: &SearchArgs) -> Result<()> {
 
     let table = args.table.as_deref().map(|path| BenchmarkTable::load(path, args.table_field.as_deref())).transpose()?.map(std::sync::Arc::new);
     let runtime = PolicyRuntime::new()?;
+    let loading = Instant::now();
     let module = runtime.load_file(&args.policy)?;
+    let policy_load_seconds = loading.elapsed().as_secs_f64();
     let name = args.name.clone().unwrap_or_else(|| module.name().to_owned());
     let store = args.store.open()?;
     let mut engine = args.compute.engine(&experiment)?;
@@ -270,6 +280,9 @@ pub fn run(args: &SearchArgs) -> Result<()> {
         policy_calls,
         policy_seconds: policy_time.as_secs_f64(),
         policy_overhead_percent: 100.0 * policy_time.as_secs_f64() / evaluation_time.max(Duration::from_nanos(1)).as_secs_f64(),
+        policy_load_seconds,
+        policy_instantiate_seconds: search.policy_footprint().map(|(time, _)| time.as_secs_f64()),
+        policy_peak_memory_mib: search.policy_footprint().map(|(_, bytes)| bytes as f64 / f64::from(1 << 20)),
     };
     match args.format {
         Report::Json => output::json(&report)?,

@@ -1,5 +1,6 @@
-//! `knas policy build`: compiles policies to WebAssembly components: Rust crates, and
-//! Python folders (an `app.py`) through componentize-py.
+//! `knas policy build`: compiles policies to WebAssembly components: Rust crates, Python
+//! folders (an `app.py`) through componentize-py and JavaScript folders (an `app.js`)
+//! through ComponentizeJS.
 //!
 //! A policy crate is a `cdylib` built for `wasm32-unknown-unknown` against the SDK. Cargo
 //! produces a core module carrying the world's type in a custom section; `wit-component`
@@ -36,27 +37,96 @@ pub enum PackageError {
     Contract { crate_name: String, source: contract::LoadError },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("{dir}: cannot run {tool} ({source}); install it with `pip install componentize-py=={COMPONENTIZE_PY_VERSION}`")]
-    NoComponentizePy { dir: PathBuf, tool: String, source: std::io::Error },
-    #[error("{dir}: componentize-py failed (see its output above)")]
-    ComponentizePy { dir: PathBuf },
+    #[error("{dir}: cannot run {tool} ({source}); {install}")]
+    NoToolchain { dir: PathBuf, tool: String, install: &'static str, source: std::io::Error },
+    #[error("{dir}: {tool} failed (see its output above); {install}")]
+    Toolchain { dir: PathBuf, tool: String, install: &'static str },
 }
 
-/// The componentize-py release Python policies are built and tested with.
-pub const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
-
-/// The contract's WIT, for tool-chains that read it (componentize-py).
+/// The contract's WIT, for tool-chains that read it.
 const CONTRACT_WIT: &str = include_str!("../../../sdk/wit/policy.wit");
 
-/// Whether `dir` holds a Python policy (an `app.py` and no `Cargo.toml`).
-pub fn is_python(dir: &Path) -> bool {
-    dir.join("app.py").is_file() && !dir.join("Cargo.toml").exists()
+/// Builds `app.js` into a component with ComponentizeJS: `node … SOURCE WIT OUT`. The
+/// fetch/HTTP support ComponentizeJS adds by default is left out: it would import
+/// `wasi:http`, which policies may not. ComponentizeJS turns only a thrown `{ payload }`
+/// into the call's error (anything else aborts the instance, its message lost), so when
+/// the source declares `export const policy = …` its methods are wrapped to throw any
+/// exception as `{ payload: "Name: message" }`.
+const COMPONENTIZE_JS_SCRIPT: &str = r#"
+import { componentize } from '@bytecodealliance/componentize-js';
+import { readFileSync, writeFileSync } from 'node:fs';
+const [source, wit, out] = process.argv.slice(1);
+let code = readFileSync(source, 'utf8');
+const declared = /^export const policy\s*=/m;
+if (declared.test(code)) {
+  code = code.replace(declared, 'const knasPolicy =') + `
+const knasGuard = (call) => function (...args) {
+  try {
+    return call.apply(this, args);
+  } catch (error) {
+    if (error !== null && typeof error === 'object' && 'payload' in error) throw error;
+    throw { payload: error instanceof Error ? error.name + ': ' + error.message : String(error) };
+  }
+};
+export const policy = Object.fromEntries(Object.entries(knasPolicy).map(([name, call]) => [name, knasGuard(call)]));
+`;
+}
+const { component } = await componentize(code, {
+  witPath: wit, worldName: 'search-policy', sourceName: 'app.js', disableFeatures: ['http', 'fetch-event'],
+});
+writeFileSync(out, component);
+"#;
+
+/// A policy written in a language other than Rust, built by that language's tool-chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Language {
+    /// `app.py` defining `class Policy`, built by componentize-py.
+    Python,
+    /// `app.js` exporting `policy`, built by ComponentizeJS (npm).
+    JavaScript,
 }
 
-/// Builds the Python policy in `dir` (its module `app` defines `class Policy`) with
-/// componentize-py (`KNAS_COMPONENTIZE_PY`, else `componentize-py` on the PATH) into
+impl Language {
+    /// The language of the policy folder `dir`, if it is not a Rust crate.
+    pub fn of(dir: &Path) -> Option<Language> {
+        if dir.join("Cargo.toml").exists() {
+            return None;
+        }
+        [(Language::Python, "app.py"), (Language::JavaScript, "app.js")].into_iter().find(|(_, file)| dir.join(file).is_file()).map(|(l, _)| l)
+    }
+
+    /// How to get the tool-chain, for error messages.
+    fn install(self) -> &'static str {
+        match self {
+            Language::Python => "install it with `pip install componentize-py==0.25.1` (or set KNAS_COMPONENTIZE_PY to its path)",
+            Language::JavaScript => {
+                "it needs node and `npm install @bytecodealliance/componentize-js@0.23.0` in the policy folder (or set KNAS_COMPONENTIZE_JS to a folder where it is installed)"
+            }
+        }
+    }
+
+    /// The command that builds `dir`'s policy against the contract in `wit` into `out`.
+    fn command(self, dir: &Path, wit: &Path, out: &Path) -> Command {
+        match self {
+            Language::Python => {
+                let mut command = Command::new(std::env::var_os("KNAS_COMPONENTIZE_PY").unwrap_or_else(|| "componentize-py".into()));
+                command.arg("-d").arg(wit).args(["-w", "search-policy", "componentize", "app", "-p"]).arg(dir).arg("-o").arg(out);
+                command
+            }
+            Language::JavaScript => {
+                let mut command = Command::new("node");
+                // Bare imports resolve from the working folder's node_modules.
+                command.current_dir(std::env::var_os("KNAS_COMPONENTIZE_JS").map_or_else(|| dir.to_owned(), PathBuf::from));
+                command.args(["--input-type=module", "-e", COMPONENTIZE_JS_SCRIPT]).arg(dir.join("app.js")).arg(wit).arg(out);
+                command
+            }
+        }
+    }
+}
+
+/// Builds the policy in folder `dir` with its language's tool-chain into
 /// `<out_dir>/<folder name>.wasm`.
-pub fn build_python(dir: &Path, options: &BuildOptions) -> Result<Built, PackageError> {
+pub fn build_foreign(dir: &Path, language: Language, options: &BuildOptions) -> Result<Built, PackageError> {
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| PackageError::Io { path, source }
@@ -64,32 +134,26 @@ pub fn build_python(dir: &Path, options: &BuildOptions) -> Result<Built, Package
     let dir = dir.canonicalize().map_err(io(dir))?;
     let policy = dir.file_name().map_or_else(|| "policy".to_owned(), |n| n.to_string_lossy().into_owned());
     std::fs::create_dir_all(&options.out_dir).map_err(io(&options.out_dir))?;
-    // The contract as componentize-py reads it: a folder holding the WIT file.
+    let out_dir = options.out_dir.canonicalize().map_err(io(&options.out_dir))?;
+    // The contract as the tool-chains read it: a folder holding the WIT file.
     let wit = std::env::temp_dir().join(format!("knas-wit-{}-{policy}", std::process::id()));
     std::fs::create_dir_all(&wit).map_err(io(&wit))?;
     std::fs::write(wit.join("policy.wit"), CONTRACT_WIT).map_err(io(&wit))?;
-    let partial = options.out_dir.join(format!(".{policy}.wasm.partial"));
-    let tool = std::env::var("KNAS_COMPONENTIZE_PY").unwrap_or_else(|_| "componentize-py".to_owned());
-    let status = Command::new(&tool)
-        .arg("-d")
-        .arg(&wit)
-        .args(["-w", "search-policy", "componentize", "app", "-p"])
-        .arg(&dir)
-        .arg("-o")
-        .arg(&partial)
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
-        .status();
+    let partial = out_dir.join(format!(".{policy}.wasm.partial"));
+    let mut command = language.command(&dir, &wit, &partial);
+    let tool = command.get_program().to_string_lossy().into_owned();
+    let status = command.stdout(Stdio::inherit()).stderr(Stdio::inherit()).status();
     let _ = std::fs::remove_dir_all(&wit);
-    let status = status.map_err(|source| PackageError::NoComponentizePy { dir: dir.clone(), tool: tool.clone(), source })?;
+    let install = language.install();
+    let status = status.map_err(|source| PackageError::NoToolchain { dir: dir.clone(), tool: tool.clone(), install, source })?;
     if !status.success() {
-        return Err(PackageError::ComponentizePy { dir });
+        return Err(PackageError::Toolchain { dir, tool, install });
     }
     let component = std::fs::read(&partial).map_err(io(&partial))?;
     if options.check_contract {
         contract::inspect(&component).map_err(|source| PackageError::Contract { crate_name: policy.clone(), source })?;
     }
-    let path = options.out_dir.join(format!("{policy}.wasm"));
+    let path = out_dir.join(format!("{policy}.wasm"));
     std::fs::rename(&partial, &path).map_err(io(&path))?;
     Ok(Built { crate_name: dir.display().to_string(), policy, path, size: component.len() })
 }
@@ -176,10 +240,10 @@ pub fn workspace_policies(dir: &Path) -> Result<Vec<PathBuf>, PackageError> {
 /// one workspace are built by one cargo invocation.
 pub fn build(dirs: &[PathBuf], options: &BuildOptions) -> Result<Vec<Built>, PackageError> {
     let mut by_workspace: BTreeMap<PathBuf, Vec<PolicyCrate>> = BTreeMap::new();
-    let mut python = Vec::new();
+    let mut foreign = Vec::new();
     for dir in dirs {
-        if is_python(dir) {
-            python.push(dir);
+        if let Some(language) = Language::of(dir) {
+            foreign.push((dir, language));
             continue;
         }
         let described = describe(dir)?;
@@ -194,8 +258,8 @@ pub fn build(dirs: &[PathBuf], options: &BuildOptions) -> Result<Vec<Built>, Pac
             built.push(componentize(krate, module, options)?);
         }
     }
-    for dir in python {
-        built.push(build_python(dir, options)?);
+    for (dir, language) in foreign {
+        built.push(build_foreign(dir, language, options)?);
     }
     Ok(built)
 }

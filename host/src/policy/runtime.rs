@@ -181,6 +181,7 @@ impl PolicyRuntime {
                     .trap_on_grow_failure(true)
                     .build(),
                 denied: None,
+                peak: 0,
             },
             rng: ChaCha8Rng::seed_from_u64(seed),
             logs_this_call: 0,
@@ -193,9 +194,13 @@ impl PolicyRuntime {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
-        let mut instance = PolicyInstance { store, bindings: None, label, limits, calls: 0, call_time: Duration::ZERO };
+        let mut instance =
+            PolicyInstance { store, bindings: None, label, limits, calls: 0, call_time: Duration::ZERO, instantiate_time: Duration::ZERO };
         instance.arm();
-        match Bindings::instantiate(&mut instance.store, &module.component, &self.linker, &module.info.contract_version) {
+        let start = Instant::now();
+        let instantiated = Bindings::instantiate(&mut instance.store, &module.component, &self.linker, &module.info.contract_version);
+        instance.instantiate_time = start.elapsed();
+        match instantiated {
             Ok(bindings) => instance.bindings = Some(bindings),
             Err(e) => {
                 return Err(match instance.classify("instantiate", e) {
@@ -215,12 +220,16 @@ impl PolicyRuntime {
 struct Limiter {
     inner: StoreLimits,
     denied: Option<usize>,
+    /// The most linear memory granted (bytes).
+    peak: usize,
 }
 
 impl ResourceLimiter for Limiter {
     fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
         let verdict = self.inner.memory_growing(current, desired, maximum);
-        if !matches!(verdict, Ok(true)) {
+        if matches!(verdict, Ok(true)) {
+            self.peak = self.peak.max(desired);
+        } else {
             self.denied = Some(desired);
         }
         verdict
@@ -369,12 +378,19 @@ impl LogBudget {
 }
 
 /// What a failed call's stderr says went wrong: the last lines before the guest runtime's
-/// own panic notice (`thread '…' panicked`), which for an interpreter's uncaught exception
-/// are the raising line and `Type: message`.
+/// own abort notice (Rust's `thread '…' panicked`, SpiderMonkey's `Redirecting call to
+/// abort()`), leaving out stack frames (indented lines) and their headers — for an
+/// interpreter's uncaught exception, `Type: message`.
 fn uncaught(stderr: &[String]) -> String {
-    let before_runtime: Vec<&str> =
-        stderr.iter().map(|l| l.trim()).take_while(|l| !l.starts_with("thread '")).filter(|l| !l.is_empty()).collect();
-    let lines = if before_runtime.is_empty() { stderr.iter().map(|l| l.trim()).filter(|l| !l.is_empty()).collect() } else { before_runtime };
+    let notice = |l: &str| l.starts_with("thread '") || l.starts_with("Redirecting call to abort()");
+    let header = |l: &str| l == "Traceback (most recent call last):" || l == "Stack:";
+    let before_notice: Vec<&str> = stderr
+        .iter()
+        .map(String::as_str)
+        .take_while(|l| !notice(l))
+        .filter(|l| !l.trim().is_empty() && !l.starts_with(char::is_whitespace) && !header(l))
+        .collect();
+    let lines = if before_notice.is_empty() { stderr.iter().map(|l| l.trim()).filter(|l| !l.is_empty()).collect() } else { before_notice };
     lines[lines.len().saturating_sub(2)..].join(" / ")
 }
 
@@ -408,9 +424,16 @@ pub struct PolicyInstance {
     limits: PolicyLimits,
     calls: u64,
     call_time: Duration,
+    /// How long instantiating took (start functions included).
+    instantiate_time: Duration,
 }
 
 impl PolicyInstance {
+    /// How long instantiating took, and the most linear memory the instance has held.
+    pub fn footprint(&self) -> (Duration, usize) {
+        (self.instantiate_time, self.store.data().limiter.peak)
+    }
+
     /// `name@hash` of the module this instance runs.
     pub fn label(&self) -> &str {
         &self.label
@@ -575,7 +598,12 @@ mod tests {
         ]
         .map(String::from)
         .to_vec();
-        assert_eq!(uncaught(&stderr), "File \"/0/app.py\", line 44, in propose / ValueError: out of ideas");
+        assert_eq!(uncaught(&stderr), "ValueError: out of ideas");
+        let spidermonkey: Vec<String> =
+            ["expected a string, received [object]", "Stack:", "  propose@app.js:5:11", "", "Redirecting call to abort() to mozalloc_abort"]
+                .map(String::from)
+                .to_vec();
+        assert_eq!(uncaught(&spidermonkey), "expected a string, received [object]");
         assert_eq!(uncaught(&["only a runtime notice".to_owned()]), "only a runtime notice");
     }
 

@@ -99,7 +99,7 @@ impl Metrics {
             policy_calls: counter(
                 &r,
                 "knas_policy_calls_total",
-                "Calls into policies, by run and call (init|observe|propose).",
+                "Calls into policies, by run and call (instantiate|init|observe|propose|checkpoint|restore): instantiating (compiled code set up, start functions run) is counted apart from the calls.",
                 &["run", "call"],
             ),
             policy_call_seconds: histogram(

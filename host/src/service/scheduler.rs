@@ -239,6 +239,8 @@ impl Scheduler {
                 Err(error) => return self.run_failed(name, &error),
             }
         } else {
+            // Checked when the configuration was read; the service's limits otherwise.
+            let limits = self.config.limits_for(name).unwrap_or(self.config.limits);
             let (experiment, spec) = match self.store.run(name) {
                 // A run its very module failed would only fail again: it waits for a
                 // different policy file instead of re-running on every restart. (Failures
@@ -252,10 +254,10 @@ impl Scheduler {
                     return self.refresh_run_counts();
                 }
                 // A known run resumes with the settings it was started with.
-                Ok(Some(run)) => (run.experiment, crate::store::SearchSpec { limits: self.config.limits, ..run.search }),
+                Ok(Some(run)) => (run.experiment, crate::store::SearchSpec { limits, ..run.search }),
                 Ok(None) => (
                     self.config.experiment.clone(),
-                    self.config.search.spec(self.config.params_for(name), self.config.limits),
+                    self.config.search.spec(self.config.params_for(name), limits),
                 ),
                 Err(error) => return self.run_failed(name, &error.into()),
             };
