@@ -634,6 +634,16 @@ impl RunStore {
         self.touch(run)
     }
 
+    /// Replaces the run's budget (a Katib experiment whose `maxTrialCount` was raised to
+    /// resume it); everything else about the run stays.
+    pub fn set_budget(&self, run: i64, budget: Budget) -> Result<(), StoreError> {
+        let json: String = self.conn.query_row("SELECT search FROM runs WHERE id = ?1", params![run], |row| row.get(0))?;
+        let mut search: SearchSpec = serde_json::from_str(&json)?;
+        search.budget = budget;
+        self.conn.execute("UPDATE runs SET search = ?2 WHERE id = ?1", params![run, serde_json::to_string(&search)?])?;
+        self.touch(run)
+    }
+
     /// Appends an event to the run's log.
     pub fn add_event(&self, run: i64, kind: &str, message: &str) -> Result<(), StoreError> {
         self.conn.execute("INSERT INTO events (run_id, kind, message) VALUES (?1, ?2, ?3)", params![run, kind, message])?;

@@ -152,8 +152,19 @@ fn a_tonic_client_narrows_the_space_and_health_answers_during_scoring() {
         assert_eq!(exhausted.code(), tonic::Code::OutOfRange, "{exhausted:?}");
         assert!(exhausted.message().contains("only 0 of the experiment's 2 architectures have no trial"), "{}", exhausted.message());
 
-        // A long request: 600 candidates scored before the first trial is proposed.
+        // Raising maxTrialCount resumes an experiment (its budget grows); changing a
+        // setting is refused, saying so.
         let full = [&OPS[..]; 6];
+        let grow = |max_trials, seed: &'static str| experiment("grow", &full, &[("candidates-per-trial", "3"), ("seed", seed)], max_trials);
+        let first = client.get_suggestions(request(&grow(1, "0"), vec![], 1)).await.unwrap().into_inner();
+        let trials = vec![trial("g0", first.parameter_assignments[0].assignments.clone(), "0.4")];
+        let more = client.get_suggestions(request(&grow(2, "0"), trials.clone(), 1)).await.unwrap().into_inner();
+        assert_ne!(more.parameter_assignments[0].assignments, first.parameter_assignments[0].assignments);
+        let changed = client.get_suggestions(request(&grow(2, "9"), trials, 1)).await.unwrap_err();
+        assert_eq!(changed.code(), tonic::Code::FailedPrecondition, "{changed:?}");
+        assert!(changed.message().contains("experiment grow was first suggested with another experiment") && changed.message().contains("cannot change"), "{}", changed.message());
+
+        // A long request: 600 candidates scored before the first trial is proposed.
         let long = experiment("long", &full, &[("candidates-per-trial", "600")], 1);
         let mut busy = client.clone();
         let started = Instant::now();

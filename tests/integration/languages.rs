@@ -144,6 +144,13 @@ fn hostile(fixture: &str, raise: &str, raised: &str) {
         // No preopened directory: the file does not exist for it.
         fails("open", json!({"act": "open", "path": "/etc/passwd"}), &["FileNotFoundError", "No such file"]);
     }
+    if fixture.starts_with("python") {
+        // A sleep of a million seconds ends at once; the policy's clock moved by it.
+        let started = std::time::Instant::now();
+        let slept = run("sleep", json!({"act": "sleep", "seconds": 1_000_000})).unwrap();
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "{:?}", started.elapsed());
+        assert_eq!(slept[0].candidate.to_string(), "|avg_pool_3x3~0|+|avg_pool_3x3~0|avg_pool_3x3~1|+|avg_pool_3x3~0|avg_pool_3x3~1|avg_pool_3x3~2|");
+    }
     // Printing is logged, capped per call; the run goes on.
     assert_eq!(run("print", json!({"act": "print", "lines": 1000})).unwrap().len(), 1);
     // Clocks and random are the same on every run: the same candidate twice.

@@ -32,6 +32,9 @@ pub struct KatibArgs {
     experiment: ExperimentArgs,
     #[command(flatten)]
     compute: ComputeArgs,
+    /// Limits of the policies' sandbox (every experiment's policy).
+    #[command(flatten)]
+    limits: super::search::LimitArgs,
 }
 
 pub fn run(args: &KatibArgs) -> Result<()> {
@@ -39,9 +42,11 @@ pub fn run(args: &KatibArgs) -> Result<()> {
         tch::set_num_threads(args.compute.threads);
     }
     let device = args.compute.device.resolve()?;
+    let limits = args.limits.apply(PolicyLimits::default());
+    limits.validate().map_err(|problem| anyhow::anyhow!("invalid policy limits: {problem}"))?;
     let store = args.store.open()?;
     let metrics = Arc::new(Metrics::new());
-    let suggester = Suggester::new(store, args.policy_dir.clone(), device, PolicyLimits::default(), metrics.clone())
+    let suggester = Suggester::new(store, args.policy_dir.clone(), device, limits, metrics.clone())
         .map_err(|e| anyhow::anyhow!("cannot start the policy runtime: {e}"))?;
     let service = KatibService::new(suggester, args.experiment.experiment(), metrics);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;

@@ -137,6 +137,9 @@ impl Plan {
         fn number<T: std::str::FromStr>(value: &str) -> Result<T, String> {
             value.parse().map_err(|_| "not a number in range".to_owned())
         }
+        fn at_most<T: PartialOrd + std::fmt::Display>(value: T, most: T) -> Result<T, String> {
+            if value > most { Err(format!("at most {most} here")) } else { Ok(value) }
+        }
         match key {
             "policy" => {
                 if value.is_empty() || !value.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) || value.starts_with('.') {
@@ -160,9 +163,10 @@ impl Plan {
                 self.params = params;
             }
             "dataset" => self.experiment.dataset = value.parse::<DatasetSpec>().map_err(|e| e.to_string())?,
-            "channels" => self.experiment.channels = number(value)?,
-            "cells" => self.experiment.cells = number(value)?,
-            "batch-size" => self.experiment.score_batch = number(value)?,
+            // Bounded so that an Experiment cannot make the suggestion pod run out of memory.
+            "channels" => self.experiment.channels = at_most(number(value)?, 256)?,
+            "cells" => self.experiment.cells = at_most(number(value)?, 32)?,
+            "batch-size" => self.experiment.score_batch = at_most(number(value)?, 1024)?,
             _ => return Err("unknown setting".to_owned()),
         }
         Ok(())
@@ -416,6 +420,7 @@ mod tests {
             (full(), vec![("score", "nonsense")], "algorithm setting score=\"nonsense\""),
             (full(), vec![("policy", "../etc/x")], "algorithm setting policy="),
             (full(), vec![("channels", "-4")], "channels must be at least 1"),
+            (full(), vec![("channels", "100000")], "algorithm setting channels=\"100000\": at most 256 here"),
         ];
         for (parameters, settings, expected) in cases {
             let error = plan(parameters, &settings).expect_err(expected);

@@ -72,6 +72,7 @@ fn status(error: SuggestError) -> Status {
         SuggestError::Invalid(m) => Status::invalid_argument(m),
         SuggestError::Exhausted(m) => Status::out_of_range(m),
         SuggestError::Failed(m) => Status::failed_precondition(m),
+        SuggestError::Internal(m) => Status::internal(m),
     }
 }
 

@@ -10,7 +10,11 @@
 //! none is left, new random candidates of the space are scored and the best taken.
 //!
 //! Everything is recomputed from the store and the trial list: after a restart, the run is
-//! re-executed from its seed (see `search.rs`), so the service answers as it would have.
+//! re-executed from its seed (see `search.rs`), so the service answers as it would have —
+//! exactly so while the policy's own proposals fill the requests. Candidates the service
+//! filled in itself are recorded under the run's policy but told to a fresh instance only
+//! when it is brought up to date, so after a restart later fills may differ (never with an
+//! architecture that has a trial).
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -39,9 +43,12 @@ pub enum SuggestError {
     /// The space has fewer architectures without a trial than asked for (`OUT_OF_RANGE`).
     #[error("{0}")]
     Exhausted(String),
-    /// The policy, data or store failed (`FAILED_PRECONDITION`); nothing recorded is lost.
+    /// The policy or the data failed (`FAILED_PRECONDITION`); nothing recorded is lost.
     #[error("{0}")]
     Failed(String),
+    /// The run store failed (`INTERNAL`).
+    #[error("{0}")]
+    Internal(String),
 }
 
 /// The state the service keeps between calls: all of it can be rebuilt from the store.
@@ -122,17 +129,42 @@ impl Suggester {
         self.engine(&plan.experiment)?;
         let run = plan.run_name();
         let failed = |e: &dyn std::fmt::Display| SuggestError::Failed(format!("run {run}: {e}"));
+        let internal = |e: &dyn std::fmt::Display| SuggestError::Internal(format!("run {run}: the run store failed: {e}"));
+        let spec = SearchSpec {
+            budget: Budget { scores: plan.candidates_per_trial.saturating_mul(plan.max_trials), trainings: plan.max_trials },
+            max_batch: MAX_BATCH,
+            max_epochs: crate::store::DEFAULT_MAX_EPOCHS,
+            params: plan.params.clone(),
+            limits: self.limits,
+        };
+        // Raising maxTrialCount is how a Katib experiment is resumed: the run's budget grows
+        // with it. Any other change of settings is refused below, naming what changed.
+        if let Some(stored) = self.store.run(&run).map_err(|e| internal(&e))? {
+            if stored.search.budget != spec.budget && stored.experiment == plan.experiment && stored.search.params == spec.params {
+                self.store.set_budget(stored.id, spec.budget).map_err(|e| internal(&e))?;
+                let message = format!("budget now {} scores and {} trainings (maxTrialCount {})", spec.budget.scores, spec.budget.trainings, plan.max_trials);
+                self.store.add_event(stored.id, "budget", &message).map_err(|e| internal(&e))?;
+                tracing::info!(run = %run, "{message}");
+            }
+        }
         let mut search = match self.searches.remove(&run) {
-            Some(search) if search.policy_label() == module.label() => search,
+            // The live run, while nothing about the experiment changed.
+            Some(search)
+                if search.policy_label() == module.label()
+                    && search.run().search.budget == spec.budget
+                    && search.run().search.params == spec.params
+                    && search.run().experiment == plan.experiment =>
+            {
+                search
+            }
             _ => {
-                let spec = SearchSpec {
-                    budget: Budget { scores: plan.candidates_per_trial.saturating_mul(plan.max_trials), trainings: plan.max_trials },
-                    max_batch: MAX_BATCH,
-                    max_epochs: crate::store::DEFAULT_MAX_EPOCHS,
-                    params: plan.params.clone(),
-                    limits: self.limits,
-                };
-                let mut search = Search::start(&self.store, &self.runtime, &module, &run, &plan.experiment, &spec).map_err(|e| failed(&e))?;
+                let mut search = Search::start(&self.store, &self.runtime, &module, &run, &plan.experiment, &spec).map_err(|e| match e {
+                    crate::search::SearchError::Store(crate::store::StoreError::Mismatch { what, .. }) => SuggestError::Failed(format!(
+                        "experiment {} was first suggested with another {what} (run {run} in the store): its parameters and algorithm settings cannot change",
+                        plan.name
+                    )),
+                    e => failed(&e),
+                })?;
                 search.train_elsewhere();
                 search.restrict(plan.allowed);
                 search
@@ -158,6 +190,7 @@ impl Suggester {
     ) -> Result<Vec<Arch>, SuggestError> {
         let run = plan.run_name();
         let failed = |e: &dyn std::fmt::Display| SuggestError::Failed(format!("run {run}: {e}"));
+        let internal = |e: &dyn std::fmt::Display| SuggestError::Internal(format!("run {run}: the run store failed: {e}"));
         let run_id = search.run().id;
         let label = search.policy_label().to_owned();
         for trial in trials {
@@ -171,8 +204,8 @@ impl Suggester {
                 },
                 Outcome::Failed(why) => NewEvaluation { error: Some(why.clone()), ..NewEvaluation::default() },
             };
-            if self.store.find(run_id, &candidate, Fidelity::Train).map_err(|e| failed(&e))?.is_none() {
-                self.store.record(run_id, &candidate, Fidelity::Train, &label, &new).map_err(|e| failed(&e))?;
+            if self.store.find(run_id, &candidate, Fidelity::Train).map_err(|e| internal(&e))?.is_none() {
+                self.store.record(run_id, &candidate, Fidelity::Train, &label, &new).map_err(|e| internal(&e))?;
             }
         }
 
@@ -206,7 +239,7 @@ impl Suggester {
             let mut scored: Vec<(f64, i64, Arch)> = self
                 .store
                 .evaluations(run_id)
-                .map_err(|e| failed(&e))?
+                .map_err(|e| internal(&e))?
                 .into_iter()
                 .filter(|r| r.fidelity == Fidelity::Score)
                 .filter_map(|r| Some((r.score?, r.seq, r.candidate.to_arch().ok()?)))

@@ -50,8 +50,9 @@ const CONTRACT_WIT: &str = include_str!("../../../sdk/wit/policy.wit");
 /// fetch/HTTP support ComponentizeJS adds by default is left out: it would import
 /// `wasi:http`, which policies may not. ComponentizeJS turns only a thrown `{ payload }`
 /// into the call's error (anything else aborts the instance, its message lost), so when
-/// the source declares `export const policy = …` its methods are wrapped to throw any
-/// exception as `{ payload: "Name: message" }`.
+/// the source declares `export const policy = …` its methods (own and inherited, called on
+/// the object itself, so `this` is the policy) are wrapped to throw any exception as
+/// `{ payload: "Name: message" }`.
 const COMPONENTIZE_JS_SCRIPT: &str = r#"
 import { componentize } from '@bytecodealliance/componentize-js';
 import { readFileSync, writeFileSync } from 'node:fs';
@@ -60,15 +61,21 @@ let code = readFileSync(source, 'utf8');
 const declared = /^export const policy\s*=/m;
 if (declared.test(code)) {
   code = code.replace(declared, 'const knasPolicy =') + `
-const knasGuard = (call) => function (...args) {
+const knasGuard = (name) => (...args) => {
   try {
-    return call.apply(this, args);
+    return knasPolicy[name](...args);
   } catch (error) {
     if (error !== null && typeof error === 'object' && 'payload' in error) throw error;
     throw { payload: error instanceof Error ? error.name + ': ' + error.message : String(error) };
   }
 };
-export const policy = Object.fromEntries(Object.entries(knasPolicy).map(([name, call]) => [name, knasGuard(call)]));
+const knasMethods = new Set();
+for (let o = knasPolicy; o !== null && o !== Object.prototype; o = Object.getPrototypeOf(o)) {
+  for (const name of Object.getOwnPropertyNames(o)) {
+    if (name !== 'constructor' && typeof knasPolicy[name] === 'function') knasMethods.add(name);
+  }
+}
+export const policy = Object.fromEntries([...knasMethods].map((name) => [name, knasGuard(name)]));
 `;
 }
 const { component } = await componentize(code, {

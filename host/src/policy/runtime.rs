@@ -130,6 +130,8 @@ impl PolicyRuntime {
         let mut linker = Linker::new(&engine);
         versions::add_to_linker(&mut linker).map_err(|e| PolicyError::Runtime(format!("{e:#}")))?;
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| PolicyError::Runtime(format!("{e:#}")))?;
+        super::wasi::link_virtual_sleep(&mut linker, |state: &mut PolicyState| &mut state.wasi)
+            .map_err(|e| PolicyError::Runtime(format!("{e:#}")))?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let (weak_engine, stop) = (engine.weak(), ticker_stop.clone());
         std::thread::Builder::new()

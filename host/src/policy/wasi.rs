@@ -5,26 +5,27 @@
 //! |---|---|
 //! | `wasi:cli/environment` | no variables, no arguments, no working directory |
 //! | `wasi:cli/stdin` | closed (end of stream) |
-//! | `wasi:cli/stdout`, `stderr` | captured: each line becomes a log record of the policy (stdout at info, stderr at warn) under the same caps as `host.log`; at most [`STDIO_BYTES`] per instance, after which writes fail |
+//! | `wasi:cli/stdout`, `stderr` | captured: each line becomes a log record of the policy (stdout at info, stderr at warn) under the same caps as `host.log`; at most [`STDIO_BYTES`] per call, after which writes fail |
 //! | `wasi:cli/exit` | ends the instance: the call fails, naming the policy |
 //! | `wasi:random/*` | streams seeded from the run's seed, so a run stays reproducible |
 //! | `wasi:clocks/wall-clock` | frozen at 2000-01-01T00:00:00Z |
-//! | `wasi:clocks/monotonic-clock` | advances 1 µs per reading, so timing loops end and nothing depends on the machine's speed |
+//! | `wasi:clocks/monotonic-clock` | advances 1 µs per reading; a sleep or timeout (`subscribe-duration`, `subscribe-instant`) is ready at once and moves the clock forward by its length — so nothing waits in real time (where the call deadline could not reach it) and nothing depends on the machine's speed |
 //! | `wasi:filesystem/*` | no preopened directories: nothing to open |
 //! | `wasi:sockets/*` | every address refused, no name lookup |
 //!
 //! Any other WASI interface (`wasi:http`, …) is refused when the file is loaded
 //! (`contract.rs`), with its name.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rand10::SeedableRng;
-use wasmtime::component::ResourceTable;
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime::component::{Linker, Resource, ResourceTable};
+use wasmtime_wasi::p2::{DynPollable, OutputStream, Pollable, StreamError, subscribe};
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView};
 
-/// What one instance may write to stdout and to stderr, each, over its life.
+/// What one call may write to stdout and to stderr, each.
 pub const STDIO_BYTES: usize = 4 << 20;
 
 /// The WASI packages a policy may import (every one of them linked to deny).
@@ -39,17 +40,18 @@ pub fn allowed_import(import: &str) -> bool {
 pub struct PolicyWasi {
     ctx: WasiCtx,
     table: ResourceTable,
-    stdout: MemoryOutputPipe,
-    stderr: MemoryOutputPipe,
-    /// Bytes of stdout and stderr already turned into log records.
-    seen: [usize; 2],
+    stdout: Captured,
+    stderr: Captured,
+    /// The monotonic clock's reading (ns), shared with the clock WASI reads.
+    clock: Arc<AtomicU64>,
 }
 
 impl PolicyWasi {
     /// A context granting nothing, with random streams derived from `seed`.
     pub fn new(seed: u64) -> PolicyWasi {
-        let stdout = MemoryOutputPipe::new(STDIO_BYTES);
-        let stderr = MemoryOutputPipe::new(STDIO_BYTES);
+        let clock = Arc::new(AtomicU64::new(0));
+        let stdout = Captured::default();
+        let stderr = Captured::default();
         let ctx = WasiCtx::builder()
             .stdout(stdout.clone())
             .stderr(stderr.clone())
@@ -57,12 +59,19 @@ impl PolicyWasi {
             .insecure_random(rand10::rngs::StdRng::seed_from_u64(seed ^ 0x1_05ec_0e))
             .insecure_random_seed(u128::from(seed) << 64 | 0x7a11)
             .wall_clock(FrozenClock)
-            .monotonic_clock(StepClock(AtomicU64::new(0)))
+            .monotonic_clock(StepClock(clock.clone()))
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
-        PolicyWasi { ctx, table: ResourceTable::new(), stdout, stderr, seen: [0, 0] }
+        PolicyWasi { ctx, table: ResourceTable::new(), stdout, stderr, clock }
+    }
+
+    /// A pollable that is ready at once, with the clock moved forward to `until` (ns).
+    fn sleep_until(&mut self, until: u64) -> wasmtime::Result<Resource<DynPollable>> {
+        self.clock.fetch_max(until, Ordering::Relaxed);
+        let ready = self.table.push(Ready)?;
+        subscribe(&mut self.table, ready)
     }
 
     /// WASI's view of this state.
@@ -70,21 +79,118 @@ impl PolicyWasi {
         WasiCtxView { ctx: &mut self.ctx, table: &mut self.table }
     }
 
-    /// What was written since the last call, as (stream, line) pairs; a last line without
-    /// its newline is kept for later unless `all`.
+    /// What was written since the last call, as (stream, line) pairs, taken out of the
+    /// buffers; a last line without its newline is kept for later unless `all`.
     pub fn drain(&mut self, all: bool) -> Vec<(&'static str, String)> {
         let mut lines = Vec::new();
-        for (i, (name, pipe)) in [("stdout", &self.stdout), ("stderr", &self.stderr)].into_iter().enumerate() {
-            let contents = pipe.contents();
-            let new = &contents[self.seen[i].min(contents.len())..];
-            let end = if all { new.len() } else { new.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1) };
-            for line in String::from_utf8_lossy(&new[..end]).lines() {
-                lines.push((name, line.to_owned()));
-            }
-            self.seen[i] += end;
+        for (name, stream) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
+            let mut buffer = stream.lock();
+            let end = if all { buffer.len() } else { buffer.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1) };
+            let taken: Vec<u8> = buffer.drain(..end).collect();
+            lines.extend(String::from_utf8_lossy(&taken).lines().map(|line| (name, line.to_owned())));
         }
         lines
     }
+}
+
+/// A stdout or stderr whose bytes wait in memory until the host turns them into log
+/// records after each call; at most [`STDIO_BYTES`] may wait.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Captured {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Takes as much of `bytes` as fits.
+    fn take(&self, bytes: &[u8]) -> usize {
+        let mut buffer = self.lock();
+        let fits = bytes.len().min(STDIO_BYTES.saturating_sub(buffer.len()));
+        buffer.extend_from_slice(&bytes[..fits]);
+        fits
+    }
+}
+
+#[async_trait::async_trait]
+impl OutputStream for Captured {
+    fn write(&mut self, bytes: bytes::Bytes) -> Result<(), StreamError> {
+        if self.take(&bytes) < bytes.len() {
+            return Err(StreamError::Trap(wasmtime::format_err!("the policy wrote more than {STDIO_BYTES} bytes in one call")));
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), StreamError> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> Result<usize, StreamError> {
+        match STDIO_BYTES.saturating_sub(self.lock().len()) {
+            0 => Err(StreamError::Closed),
+            room => Ok(room),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for Captured {
+    async fn ready(&mut self) {}
+}
+
+impl tokio::io::AsyncWrite for Captured {
+    fn poll_write(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>, bytes: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
+        std::task::Poll::Ready(Ok(self.take(bytes)))
+    }
+
+    fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl wasmtime_wasi::cli::IsTerminal for Captured {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl wasmtime_wasi::cli::StdoutStream for Captured {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+/// Replaces wasmtime-wasi's `subscribe-duration` and `subscribe-instant` (which wait in
+/// real time, out of the call deadline's reach: a policy's `sleep` would hold the host's
+/// thread) with pollables that are ready at once, the step clock moved forward instead.
+/// `wasi` projects a store's state to its [`PolicyWasi`].
+pub fn link_virtual_sleep<T: 'static>(linker: &mut Linker<T>, wasi: fn(&mut T) -> &mut PolicyWasi) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    let mut clock = linker.instance("wasi:clocks/monotonic-clock@0.2.12")?;
+    clock.func_wrap("subscribe-duration", move |mut store, (nanos,): (u64,)| {
+        let wasi = wasi(store.data_mut());
+        let now = wasi.clock.load(Ordering::Relaxed);
+        Ok((wasi.sleep_until(now.saturating_add(nanos))?,))
+    })?;
+    clock.func_wrap("subscribe-instant", move |mut store, (when,): (u64,)| Ok((wasi(store.data_mut()).sleep_until(when)?,)))?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// Ready at once.
+struct Ready;
+
+#[async_trait::async_trait]
+impl Pollable for Ready {
+    async fn ready(&mut self) {}
 }
 
 /// A wall clock that always reads 2000-01-01T00:00:00Z.
@@ -100,8 +206,9 @@ impl HostWallClock for FrozenClock {
     }
 }
 
-/// A monotonic clock that advances one microsecond each time it is read.
-struct StepClock(AtomicU64);
+/// A monotonic clock that advances one microsecond each time it is read (and by the length
+/// of every sleep).
+struct StepClock(Arc<AtomicU64>);
 
 impl HostMonotonicClock for StepClock {
     fn resolution(&self) -> u64 {
@@ -130,14 +237,20 @@ mod tests {
     #[test]
     fn clocks_are_frozen_or_step_and_output_is_drained_by_line() {
         assert_eq!(FrozenClock.now(), FrozenClock.now());
-        let clock = StepClock(AtomicU64::new(0));
+        let clock = StepClock(Arc::new(AtomicU64::new(0)));
         assert_eq!((clock.now(), clock.now()), (1_000, 2_000));
         let mut wasi = PolicyWasi::new(7);
-        use wasmtime_wasi::p2::OutputStream;
-        let _ = <MemoryOutputPipe as OutputStream>::write(&mut wasi.stdout.clone(), bytes::Bytes::from_static(b"one\ntw"));
+        let _ = wasi.stdout.clone().write(bytes::Bytes::from_static(b"one\ntw"));
         assert_eq!(wasi.drain(false), vec![("stdout", "one".to_owned())]);
-        let _ = <MemoryOutputPipe as OutputStream>::write(&mut wasi.stdout.clone(), bytes::Bytes::from_static(b"o\n"));
+        let _ = wasi.stdout.clone().write(bytes::Bytes::from_static(b"o\n"));
         assert_eq!(wasi.drain(false), vec![("stdout", "two".to_owned())]);
+        // The cap is per call: what was drained no longer counts.
+        let mut stdout = wasi.stdout.clone();
+        for _ in 0..3 {
+            assert!(stdout.write(bytes::Bytes::from(vec![b'x'; STDIO_BYTES])).is_ok());
+            assert!(stdout.write(bytes::Bytes::from_static(b"y")).is_err());
+            assert_eq!(wasi.drain(true).len(), 1);
+        }
         assert!(wasi.drain(true).is_empty());
     }
 }

@@ -6,6 +6,8 @@
 {"act": "print", "lines": N}    prints N lines to stdout, then proposes normally
 {"act": "open", "path": P}      opens P (there is no filesystem: it fails, uncaught)
 {"act": "time"}                 proposes one candidate picked by the clocks and random
+{"act": "sleep", "seconds": S}  sleeps S seconds, then proposes op 4 on every edge if the
+                                monotonic clock moved by S (op 0 if not)
 """
 
 import json
@@ -48,6 +50,11 @@ class Policy(exports.Policy):
         elif act == "open":
             with open(self.params["path"]) as f:
                 f.read()
+        elif act == "sleep":
+            before = time.monotonic()
+            time.sleep(self.params["seconds"])
+            op = 4 if time.monotonic() - before >= self.params["seconds"] else 0
+            return Proposal_Evaluate([Candidate([[op]] * self.edges, Fidelity_Score())])
         elif act == "time":
             # Frozen wall clock, stepping monotonic clock, seeded random: the same every run.
             op = (int(time.time()) + time.monotonic_ns() + random.randrange(5)) % 5
