@@ -142,6 +142,10 @@ impl Suggester {
         if let Some(stored) = self.store.run(&run).map_err(|e| internal(&e))? {
             if stored.search.budget != spec.budget && stored.experiment == plan.experiment && stored.search.params == spec.params {
                 self.store.set_budget(stored.id, spec.budget).map_err(|e| internal(&e))?;
+                // A run that had spent its old budget goes on with the new one.
+                if stored.status == crate::store::RunStatus::Done {
+                    self.store.set_status(stored.id, crate::store::RunStatus::Running, None).map_err(|e| internal(&e))?;
+                }
                 let message = format!("budget now {} scores and {} trainings (maxTrialCount {})", spec.budget.scores, spec.budget.trainings, plan.max_trials);
                 self.store.add_event(stored.id, "budget", &message).map_err(|e| internal(&e))?;
                 tracing::info!(run = %run, "{message}");
