@@ -91,6 +91,9 @@ export const policy = {
           state.pending = cell;
           return { tag: "evaluate", val: [{ ops: cell.map((op) => [op]), fidelity: { tag: "score" } }] };
         }
+        // Already scored: a step without a new best, so a walk boxed in by scored
+        // neighbours restarts after `patience` of them.
+        state.stale += 1;
         if (state.current === null) state.current = state.scores.get(key(cell));
       }
     }
