@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo bench -p knas --bench throughput -- [--archs 20] [--threads 2] [--memory-archs 3000]
+//!     [--workers 1,2,4,8 --parallel-archs 200] [--device cuda]
 //! ```
 //!
 //! Settings match the PyTorch eager reference in `pytorch_reference.py`: C=16, N=5,
@@ -43,6 +44,13 @@ struct Args {
     /// Training images per architecture for the training figure; 0 skips.
     #[arg(long, default_value_t = 1024)]
     train_images: i64,
+    /// Worker counts to time the aggregate's measures with, several architectures in
+    /// flight at once (see `knas::measures::pool`); empty skips.
+    #[arg(long, value_delimiter = ',')]
+    workers: Vec<usize>,
+    /// Architectures measured for each worker count.
+    #[arg(long, default_value_t = 200)]
+    parallel_archs: usize,
     /// Device: cpu or cuda.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -96,7 +104,7 @@ fn main() {
         sets.extend(Measure::ALL.iter().map(|m| (m.name().to_owned(), vec![*m])));
     }
     let suite = Suite::new(spec, x.shallow_clone(), y.shallow_clone(), 0);
-    if args.archs > 0 {
+    if args.archs > 0 || !args.workers.is_empty() {
         suite.measure(&arch(0).into(), &Measure::ALL).expect("warm-up");
     }
     // Interleaved rounds, so that the machine's drift affects every set alike.
@@ -121,6 +129,10 @@ fn main() {
                 "relative_to_mgm": per_arch / mgm,
             })
         );
+    }
+
+    if !args.workers.is_empty() {
+        parallel(&suite, &args);
     }
 
     if args.reference_archs > 0 {
@@ -192,4 +204,45 @@ fn main() {
             })
         );
     }
+}
+
+/// The aggregate's measures with several architectures in flight: throughput per worker
+/// count, and whether every value equals the one-worker value bit for bit.
+fn parallel(suite: &Suite, args: &Args) {
+    let measures = AggregateSpec::default().measures();
+    let candidates: Vec<Candidate> = (0..args.parallel_archs).map(|i| arch(i).into()).collect();
+    let mut first: Option<Vec<Vec<Option<u64>>>> = None;
+    for &workers in &args.workers {
+        let start = Instant::now();
+        let mut values = Vec::with_capacity(candidates.len());
+        knas::measures::pool::measure_in_order::<knas::measures::MeasureError>(suite, &candidates, &measures, workers, &mut |_, m| {
+            let m = m?;
+            values.push(measures.iter().map(|k| m.get(*k).map(f64::to_bits)).collect::<Vec<_>>());
+            Ok(())
+        })
+        .expect("measure");
+        let seconds = start.elapsed().as_secs_f64();
+        let identical = first.as_ref().map(|f| *f == values);
+        let difference = first.as_ref().map(|f| largest_relative_difference(f, &values));
+        if first.is_none() {
+            first = Some(values);
+        }
+        println!(
+            "{}",
+            json!({
+                "benchmark": "parallel", "set": "aggregate", "device": args.device, "threads": args.threads, "workers": workers,
+                "archs": candidates.len(), "seconds": seconds, "archs_per_second": candidates.len() as f64 / seconds,
+                "identical_to_first": identical, "largest_relative_difference": difference, "first_workers": args.workers[0],
+            })
+        );
+    }
+}
+
+/// The largest |a − b| / max(|a|, |b|) over values present in both (bit patterns of f64).
+fn largest_relative_difference(a: &[Vec<Option<u64>>], b: &[Vec<Option<u64>>]) -> f64 {
+    let pairs = a.iter().flatten().zip(b.iter().flatten());
+    pairs
+        .filter_map(|(x, y)| Some((f64::from_bits((*x)?), f64::from_bits((*y)?))))
+        .map(|(x, y)| if x == y { 0.0 } else { (x - y).abs() / x.abs().max(y.abs()) })
+        .fold(0.0, f64::max)
 }

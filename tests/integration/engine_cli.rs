@@ -35,6 +35,11 @@ fn score_prints_one_json_line_per_architecture_deterministically() {
         assert_eq!(a["arch"], b["arch"]);
         assert_eq!(a["aggregate"], b["aggregate"], "same seed, same score");
     }
+    // Several architectures in flight (the reference sample too): the same lines, in order.
+    let parallel = score_jsonl(&["--sample", "3", "--workers", "3"]);
+    for (a, b) in first.iter().zip(&parallel) {
+        assert_eq!((&a["arch"], &a["aggregate"]), (&b["arch"], &b["aggregate"]), "--workers 3");
+    }
     // A smaller sample is a prefix of a larger one.
     let two = score_jsonl(&["--sample", "2"]);
     assert_eq!(two[1]["arch"], first[1]["arch"]);

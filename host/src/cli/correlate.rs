@@ -20,7 +20,7 @@ use clap::Args;
 use knas::engine::{Engine, Experiment};
 use knas::measures::aggregate::{self, AggregateSpec};
 use knas::measures::{Measure, Values};
-use knas::space::Arch;
+use knas::space::{Arch, Candidate};
 use knas::stats::{kendall, spearman, spearman_interval};
 use knas::table::BenchmarkTable;
 use plotters::prelude::*;
@@ -249,17 +249,20 @@ pub fn run(args: &CorrelateArgs) -> Result<()> {
     let bar = output::bar(archs.len() as u64, "measuring");
     let start = Instant::now();
     let mut rows = Vec::with_capacity(archs.len());
-    for arch in &archs {
-        let measured = engine.measure(&(*arch).into(), &computed).with_context(|| format!("measuring {arch}"))?;
+    let candidates: Vec<Candidate> = archs.iter().map(|a| (*a).into()).collect();
+    engine.measure_all(&candidates, &computed, &mut |i, measured| -> Result<()> {
+        let arch = archs[i];
+        let measured = measured.with_context(|| format!("measuring {arch}"))?;
         for (m, v) in &measured.values {
             if v.is_none() {
                 tracing::debug!(%arch, measure = m.name(), "not finite: recorded as missing");
             }
         }
         let aggregate = engine.score_of(&measured.values)?.unwrap_or(f64::NEG_INFINITY);
-        rows.push(Row { arch: *arch, values: measured.values, aggregate, aggregate_in_sample: 0.0, accuracy: vec![], loss: vec![] });
+        rows.push(Row { arch, values: measured.values, aggregate, aggregate_in_sample: 0.0, accuracy: vec![], loss: vec![] });
         bar.inc(1);
-    }
+        Ok(())
+    })?;
     let seconds_per_arch = start.elapsed().as_secs_f64() / archs.len() as f64;
     bar.finish_and_clear();
     let values: Vec<Values> = rows.iter().map(|r| r.values.clone()).collect();

@@ -210,6 +210,12 @@ pub struct ComputeArgs {
     /// CPU threads for libtorch (0: libtorch's default, one per core).
     #[arg(long, default_value_t = 0)]
     threads: i32,
+    /// Architectures measured at once, each on its own thread, when a command measures
+    /// many (`score`, `correlate`, an aggregate's reference sample). 0: one on a CPU,
+    /// 4 on a GPU. Values do not depend on it (on a GPU, beyond the last-bit rounding
+    /// noise CUDA has from run to run anyway).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    workers: usize,
 }
 
 impl ComputeArgs {
@@ -220,7 +226,10 @@ impl ComputeArgs {
         }
         let device = self.device.resolve()?;
         let spinner = output::spinner(format!("loading {} onto {device:?}", experiment.dataset));
-        let engine = Engine::new(experiment, device).with_context(|| format!("cannot start on {}", experiment.dataset))?;
+        let mut engine = Engine::new(experiment, device).with_context(|| format!("cannot start on {}", experiment.dataset))?;
+        if self.workers > 0 {
+            engine.set_workers(self.workers);
+        }
         spinner.finish_and_clear();
         let (train, heldout) = engine.sizes();
         tracing::info!(dataset = %experiment.dataset, train, heldout, device = ?device, "engine ready");

@@ -3,6 +3,7 @@
 use anyhow::{Context, Result};
 use clap::Args;
 use knas::measures::{Measure, ScoreChoice};
+use knas::space::Candidate;
 
 use super::output::{self, Format};
 use super::{ArchSource, ComputeArgs, ExperimentArgs, StoreArgs};
@@ -87,8 +88,10 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
 
     let bar = output::bar(archs.len() as u64, "measuring");
     let mut rows = Vec::with_capacity(archs.len());
-    for arch in &archs {
-        let measured = engine.measure(&(*arch).into(), &computed).with_context(|| format!("measuring {arch}"))?;
+    let candidates: Vec<Candidate> = archs.iter().map(|a| (*a).into()).collect();
+    engine.measure_all(&candidates, &computed, &mut |i, measured| -> Result<()> {
+        let arch = archs[i];
+        let measured = measured.with_context(|| format!("measuring {arch}"))?;
         let mut row = serde_json::Map::new();
         row.insert("arch".into(), arch.to_string().into());
         row.insert("index".into(), arch.index().into());
@@ -102,9 +105,10 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
         if args.format == Format::Jsonl {
             bar.suspend(|| output::json_line(&row))?;
         }
-        rows.push((*arch, row));
+        rows.push((arch, row));
         bar.inc(1);
-    }
+        Ok(())
+    })?;
     bar.finish_and_clear();
     if args.format == Format::Table {
         let mut columns: Vec<String> = vec!["#".into(), "architecture".into(), "index".into()];

@@ -23,6 +23,7 @@ pub mod aggregate;
 pub mod features;
 pub mod jacobian;
 pub mod kernel;
+pub mod pool;
 pub mod saliency;
 
 use std::collections::BTreeMap;
@@ -360,6 +361,12 @@ impl Suite {
     /// whose device and float kind decide where and in which precision measuring runs.
     pub fn new(spec: NetworkSpec, images: Tensor, labels: Tensor, seed: u64) -> Suite {
         Suite { spec, seed, images, labels, signs: features::SignCache::new(seed) }
+    }
+
+    /// Another suite on the same batch and seed, for a worker thread (see [`pool`]): it
+    /// measures every architecture exactly as this one does.
+    pub fn replica(&self) -> Suite {
+        Suite::new(self.spec, self.images.shallow_clone(), self.labels.shallow_clone(), self.seed)
     }
 
     /// Number of images in the batch.
