@@ -7,9 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
-use crate::engine::{DeviceChoice, Experiment};
-use crate::policy::{Budget, PolicyLimits};
-use crate::store::SearchSpec;
+use crate::engine::DeviceChoice;
+use crate::run::{Budget, Experiment, PolicyLimits, SearchSpec};
 use crate::table::BenchmarkTable;
 
 /// Why a configuration file was rejected.
@@ -75,7 +74,7 @@ impl SearchSettings {
         SearchSpec {
             budget: Budget { scores: self.budget, trainings: self.top_k },
             max_batch: self.max_batch,
-            max_epochs: crate::store::DEFAULT_MAX_EPOCHS,
+            max_epochs: crate::run::DEFAULT_MAX_EPOCHS,
             params,
             limits,
         }

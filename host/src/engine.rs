@@ -7,148 +7,13 @@ use std::str::FromStr;
 
 use tch::{Device, Kind};
 
-use crate::data::{Augment, DataError, DatasetSpec, Holdout, Normalization, Split, TensorData};
-use crate::measures::aggregate::{AggregateSpec, Reference};
+use crate::data::{Augment, DataError, Normalization, Split, TensorData};
+use crate::measures::aggregate::Reference;
 use crate::measures::{Measure, MeasureError, Measured, ScoreChoice, Suite};
 use crate::model::NetworkSpec;
+use crate::run::Experiment;
 use crate::space::{Arch, Candidate};
 use crate::train::{TrainConfig, TrainError, TrainResult, Trainer};
-
-/// Everything that determines an experiment's numbers (the device aside).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
-pub struct Experiment {
-    /// Dataset (see [`DatasetSpec`]).
-    pub dataset: DatasetSpec,
-    /// Held-out images: a fraction of the training part, or `test` for the official test part.
-    #[serde(with = "holdout_serde")]
-    pub holdout: Holdout,
-    /// Cap on training images (a seeded sample); none by default.
-    pub limit: Option<usize>,
-    /// Channels of the first stage, C.
-    pub channels: i64,
-    /// Cells per stage, N.
-    pub cells: i64,
-    /// Images in the scoring batch every measure reads.
-    pub score_batch: usize,
-    /// What a candidate's score is: the aggregate or one measure.
-    pub score: ScoreChoice,
-    /// The aggregate's measures and weights.
-    pub aggregate: AggregateSpec,
-    /// Architectures in the seeded reference sample that anchors the aggregate's ranks.
-    pub reference: usize,
-    /// Training of finalists.
-    pub train: TrainConfig,
-    /// Seed for the data split, the scoring batch and the network initialisation.
-    pub seed: u64,
-}
-
-impl Experiment {
-    /// The measures a score evaluation computes: what the score reads, and the network's
-    /// size.
-    pub fn score_measures(&self) -> Vec<Measure> {
-        let mut measures = match self.score {
-            ScoreChoice::Aggregate => self.aggregate.measures(),
-            ScoreChoice::Measure(m) => vec![m],
-        };
-        for m in [Measure::Params, Measure::Flops] {
-            if !measures.contains(&m) {
-                measures.push(m);
-            }
-        }
-        measures
-    }
-
-    /// The weight of `measure` in the score: its aggregate weight, 1 for the score's own
-    /// measure, 0 otherwise.
-    pub fn score_weight(&self, measure: Measure) -> f64 {
-        match self.score {
-            ScoreChoice::Aggregate => self.aggregate.terms.iter().find(|t| t.measure == measure).map_or(0.0, |t| t.weight),
-            ScoreChoice::Measure(m) => f64::from(u8::from(m == measure)),
-        }
-    }
-
-    /// The held-out setting as written in files and on the command line.
-    pub fn holdout_text(&self) -> String {
-        match self.holdout {
-            Holdout::Fraction(f) => f.to_string(),
-            Holdout::Official => "test".into(),
-        }
-    }
-
-    /// Checks every value without loading anything, so that a bad configuration is refused
-    /// when it is read rather than when a run first needs the engine. The message names the
-    /// key as it is written in configuration files.
-    pub fn validate(&self) -> Result<(), String> {
-        // The reference sample only anchors the aggregate.
-        let reference_least = if self.score == ScoreChoice::Aggregate { 2 } else { 0 };
-        let least = [("channels", self.channels, 1), ("score-batch", self.score_batch as i64, 1), ("reference", self.reference as i64, reference_least)];
-        if let Some((key, value, least)) = least.iter().find(|(_, value, least)| value < least) {
-            return Err(format!("{key} must be at least {least}, got {value}"));
-        }
-        if self.cells < 0 {
-            return Err(format!("cells must not be negative, got {}", self.cells));
-        }
-        if self.limit == Some(0) {
-            return Err("limit must be at least 1 training image".into());
-        }
-        if let Holdout::Fraction(f) = self.holdout {
-            if !(f > 0.0 && f < 1.0) {
-                return Err(format!("holdout must be `test` or a fraction strictly between 0 and 1, got {f}"));
-            }
-        }
-        self.aggregate.validate().map_err(|problem| format!("aggregate: {problem}"))?;
-        self.train.validate().map_err(|problem| format!("train.{problem}"))
-    }
-}
-
-impl Default for Experiment {
-    fn default() -> Experiment {
-        Experiment {
-            dataset: DatasetSpec::Mnist5k,
-            holdout: Holdout::Fraction(0.2),
-            limit: None,
-            channels: 16,
-            cells: 5,
-            score_batch: 64,
-            score: ScoreChoice::Aggregate,
-            aggregate: AggregateSpec::default(),
-            reference: DEFAULT_REFERENCE,
-            train: TrainConfig::default(),
-            seed: 0,
-        }
-    }
-}
-
-mod holdout_serde {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    use crate::data::Holdout;
-
-    pub fn serialize<S: Serializer>(holdout: &Holdout, s: S) -> Result<S::Ok, S::Error> {
-        match holdout {
-            Holdout::Fraction(f) => s.serialize_f64(*f),
-            Holdout::Official => s.serialize_str("test"),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Holdout, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Fraction(f64),
-            Name(String),
-        }
-        let text = match Raw::deserialize(d)? {
-            Raw::Fraction(f) => f.to_string(),
-            Raw::Name(name) => name,
-        };
-        text.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-/// Architectures in the reference sample by default.
-pub const DEFAULT_REFERENCE: usize = 64;
 
 /// Where tensors live: `auto` picks CUDA when libtorch sees a GPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -484,21 +349,6 @@ mod tests {
             let err = DeviceChoice::Cuda(0).resolve().unwrap_err().to_string();
             assert!(err.contains("libtorch sees no CUDA device"), "{err}");
         }
-    }
-
-    #[test]
-    fn experiments_read_from_yaml_reject_unknown_keys() {
-        let e: Experiment = serde_yaml::from_str("channels: 8\nholdout: test\nscore: mgm-batch\n").unwrap();
-        assert_eq!((e.channels, e.holdout, e.score), (8, Holdout::Official, ScoreChoice::Measure(Measure::MgmBatch)));
-        let e: Experiment = serde_yaml::from_str("aggregate: [{measure: params, weight: 2}]\n").unwrap();
-        assert_eq!(e.aggregate.terms[0].weight, 2.0);
-        let err = serde_yaml::from_str::<Experiment>("score: mgn\n").unwrap_err().to_string();
-        assert!(err.contains("unknown measure \"mgn\""), "{err}");
-        let e: Experiment = serde_yaml::from_str("holdout: 0.25\ntrain: {epochs: 3, batch-size: 32, learning-rate: 0.1, momentum: 0.9, weight-decay: 0.0005}").unwrap();
-        assert_eq!(e.holdout, Holdout::Fraction(0.25));
-        assert_eq!(e.train.epochs, 3);
-        let err = serde_yaml::from_str::<Experiment>("chanels: 8\n").unwrap_err().to_string();
-        assert!(err.contains("unknown field `chanels`"), "{err}");
     }
 
     #[test]

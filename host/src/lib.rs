@@ -3,6 +3,8 @@
 //! The pieces, in the order data flows through them:
 //!
 //! - [`space`]: the NAS-Bench-201 cell space (architectures, supernets, string form, index);
+//! - [`run`]: a run's own types (experiment, search settings, requests, observations),
+//!   which every module below that runs something shares;
 //! - [`data`]: datasets (embedded MNIST subset, CIFAR, IDX) and their seeded splits;
 //! - [`model`]: NB201 networks built with tch;
 //! - [`measures`]: the training-free measure suite (KNAS's gradient kernel, the published
@@ -25,6 +27,7 @@ pub mod katib;
 pub mod measures;
 pub mod model;
 pub mod policy;
+pub mod run;
 pub mod search;
 pub mod service;
 pub mod space;

@@ -15,12 +15,10 @@
 use std::time::{Duration, Instant};
 
 use crate::engine::{Engine, EngineError};
-use crate::policy::{
-    Budget, Fidelity, Observation, OfferedMeasure, PolicyError, PolicyInstance, PolicyModule, PolicyRuntime, RawProposal,
-    Request, Settings, validate,
-};
+use crate::policy::{OfferedMeasure, PolicyError, PolicyInstance, PolicyModule, PolicyRuntime, RawProposal, Settings, validate};
+use crate::run::{Budget, Fidelity, Observation, Request, SearchSpec};
 use crate::space::{Candidate, EDGES, NUM_EDGES, Op, OpSet};
-use crate::store::{EvaluationRecord, NewEvaluation, RunRecord, RunStatus, RunStore, SearchSpec, StoreError};
+use crate::store::{EvaluationRecord, NewEvaluation, RunRecord, RunStatus, RunStore, StoreError};
 
 /// Proposals in a row that ask only for known results before the run is ended: a policy
 /// that never spends budget would otherwise loop forever.
@@ -125,7 +123,7 @@ enum Pending {
 pub struct Search {
     run: RunRecord,
     /// Sandbox limits for the instances this process creates.
-    limits: crate::policy::PolicyLimits,
+    limits: crate::run::PolicyLimits,
     instance: Option<PolicyInstance>,
     /// What the instance proposed while it was re-executed and is not recorded yet.
     pending: Option<Pending>,
@@ -159,7 +157,7 @@ impl Search {
         runtime: &PolicyRuntime,
         module: &PolicyModule,
         name: &str,
-        experiment: &crate::engine::Experiment,
+        experiment: &crate::run::Experiment,
         spec: &SearchSpec,
     ) -> Result<Search, SearchError> {
         let (run, resumed) = store.begin_run(name, &module.label(), experiment, spec)?;

@@ -8,9 +8,8 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::engine::Experiment;
 use crate::measures::Values;
-use crate::policy::{Budget, Fidelity, PolicyLimits};
+use crate::run::{Budget, Experiment, Fidelity, SearchSpec};
 use crate::space::Candidate;
 
 /// Current schema version (`PRAGMA user_version`).
@@ -185,27 +184,6 @@ impl RunStatus {
             _ => RunStatus::Running,
         }
     }
-}
-
-/// How a run searches: everything besides the experiment and the policy's code.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct SearchSpec {
-    pub budget: Budget,
-    pub max_batch: u32,
-    /// The most epochs one training may ask for.
-    #[serde(default = "default_max_epochs")]
-    pub max_epochs: u32,
-    /// The policy's parameters (a JSON object).
-    pub params: serde_json::Value,
-    pub limits: PolicyLimits,
-}
-
-/// Epochs one training may ask for at most, by default.
-pub const DEFAULT_MAX_EPOCHS: u32 = 10;
-
-fn default_max_epochs() -> u32 {
-    DEFAULT_MAX_EPOCHS
 }
 
 /// A run as stored.
@@ -663,6 +641,7 @@ impl RunStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::run::PolicyLimits;
     use crate::space::Arch;
 
     fn spec() -> SearchSpec {

@@ -207,7 +207,7 @@ fn katib_example_is_complete_and_accepted() {
             ..Default::default()
         }),
     };
-    let plan = knas::katib::mapping::Plan::from_experiment(Some(&proto), &knas::engine::Experiment::default()).expect("the example is valid");
+    let plan = knas::katib::mapping::Plan::from_experiment(Some(&proto), &knas::run::Experiment::default()).expect("the example is valid");
     assert_eq!(plan.space_size(), 15_625);
     assert!(policy(&plan.policy).is_file(), "the example's policy {} is built in", plan.policy);
     // The trial command: `knas train` takes the NB201 string the template assembles.

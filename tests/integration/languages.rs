@@ -106,8 +106,9 @@ fn hostile_javascript_is_contained() {
 
 fn hostile(fixture: &str, raise: &str, raised: &str) {
     use knas::config::SearchSettings;
-    use knas::engine::{Engine, Experiment};
-    use knas::policy::{PolicyLimits, PolicyRuntime};
+    use knas::engine::Engine;
+    use knas::policy::PolicyRuntime;
+    use knas::run::{Experiment, PolicyLimits};
     use knas::search::{Search, Step};
     use knas::store::RunStore;
 

@@ -135,7 +135,7 @@ fn evaluations_carry_every_measure_and_the_search_reports_its_standing_in_a_tabl
     assert_eq!(r["leaderboard"]["winner"]["published_accuracy"], published["winner"]["accuracy"]);
     let s = knas::store::RunStore::open(&store).unwrap();
     let run = s.run("random").unwrap().unwrap();
-    for e in s.evaluations(run.id).unwrap().iter().filter(|e| e.fidelity == knas::policy::Fidelity::Score) {
+    for e in s.evaluations(run.id).unwrap().iter().filter(|e| e.fidelity == knas::run::Fidelity::Score) {
         let measures = e.measures.as_ref().unwrap();
         assert!(measures.len() >= 3, "{measures:?}");
         assert!(e.params.unwrap() > 0 && e.flops.unwrap() > 0);
@@ -235,7 +235,7 @@ fn kill_dash_nine_then_resume_loses_nothing_and_rescores_nothing() {
 
     let r = report(assert_cmd::Command::from_std(command(&args)).assert().success());
     assert_eq!(r["recorded"], json!({"scores": 150, "trainings": 1}));
-    let scored_before = before.iter().filter(|e| e.fidelity == knas::policy::Fidelity::Score).count() as u64;
+    let scored_before = before.iter().filter(|e| e.fidelity == knas::run::Fidelity::Score).count() as u64;
     assert_eq!(r["computed_now"]["scores"].as_u64().unwrap(), 150 - scored_before, "nothing re-scored");
     let after = {
         let s = knas::store::RunStore::open(&store).unwrap();
@@ -375,8 +375,9 @@ fn inspect_shows_the_contract_and_the_sdk() {
 #[test]
 fn a_failing_policy_leaves_the_host_and_other_runs_intact() {
     use knas::config::SearchSettings;
-    use knas::engine::{Engine, Experiment};
-    use knas::policy::{PolicyLimits, PolicyRuntime};
+    use knas::engine::Engine;
+    use knas::policy::PolicyRuntime;
+    use knas::run::{Experiment, PolicyLimits};
     use knas::search::{Search, Step};
     use knas::store::{RunStatus, RunStore};
 
@@ -421,8 +422,9 @@ fn a_failing_policy_leaves_the_host_and_other_runs_intact() {
 #[test]
 fn long_histories_replay_in_chunks_and_checkpoints_shorten_restarts() {
     use knas::config::SearchSettings;
-    use knas::engine::{Engine, Experiment};
-    use knas::policy::{Fidelity, PolicyLimits, PolicyRuntime};
+    use knas::engine::Engine;
+    use knas::policy::PolicyRuntime;
+    use knas::run::{Experiment, Fidelity, PolicyLimits};
     use knas::search::Search;
     use knas::space::{Arch, Candidate};
     use knas::store::{NewEvaluation, RunStore};

@@ -383,7 +383,7 @@ fn sigterm_during_a_long_training_stops_at_once_and_the_restart_redoes_only_it()
     let store = knas::store::RunStore::open(&dir.path().join("runs.db")).unwrap();
     let run = store.run("r").unwrap().unwrap();
     assert_eq!(run.status, knas::store::RunStatus::Stopped);
-    assert_eq!(store.spent(run.id).unwrap(), knas::policy::Budget { scores: 2, trainings: 0 }, "nothing half-done recorded");
+    assert_eq!(store.spent(run.id).unwrap(), knas::run::Budget { scores: 2, trainings: 0 }, "nothing half-done recorded");
     drop(store);
     // The restart recomputes only the training (the run keeps its settings, 60 epochs):
     // both scores come from the store.

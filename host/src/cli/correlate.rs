@@ -17,7 +17,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use knas::engine::{Engine, Experiment};
+use knas::engine::Engine;
+use knas::run::Experiment;
 use knas::measures::aggregate::{self, AggregateSpec};
 use knas::measures::{Measure, Values};
 use knas::space::{Arch, Candidate};

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use knas::katib::server::{KatibService, serve};
 use knas::katib::suggest::Suggester;
-use knas::policy::PolicyLimits;
+use knas::run::PolicyLimits;
 use knas::service::metrics::Metrics;
 
 use super::{ComputeArgs, ExperimentArgs, StoreArgs};

@@ -7,7 +7,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::ProgressBar;
 use knas::config::{RunConfig, SearchSettings, load_yaml};
-use knas::policy::{Budget, PolicyLimits, PolicyRuntime};
+use knas::policy::PolicyRuntime;
+use knas::run::{Budget, PolicyLimits};
 use knas::search::{Finish, Leaderboard, Search, SearchObserver, Step};
 use knas::store::EvaluationRecord;
 use knas::table::BenchmarkTable;
@@ -258,7 +259,7 @@ pub fn run(args: &SearchArgs) -> Result<()> {
             t,
             evaluations
                 .iter()
-                .filter(|e| e.fidelity == knas::policy::Fidelity::Score && e.candidate.is_single() && e.score.is_some())
+                .filter(|e| e.fidelity == knas::run::Fidelity::Score && e.candidate.is_single() && e.score.is_some())
                 .max_by(|a, b| a.score.unwrap_or(f64::NEG_INFINITY).total_cmp(&b.score.unwrap_or(f64::NEG_INFINITY)))
                 .map(|e| &e.candidate),
         ),

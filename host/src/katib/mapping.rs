@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use crate::engine::Experiment;
+use crate::run::Experiment;
 
 use super::proto;
 use crate::data::DatasetSpec;

@@ -12,7 +12,7 @@ use super::mapping::{MAX_REQUEST, Plan};
 use super::proto::suggestion_server::{Suggestion, SuggestionServer};
 use super::proto::{GetSuggestionsReply, GetSuggestionsRequest, ValidateAlgorithmSettingsReply, ValidateAlgorithmSettingsRequest};
 use super::suggest::{SuggestError, Suggester};
-use crate::engine::Experiment;
+use crate::run::Experiment;
 use crate::service::metrics::Metrics;
 
 /// The health service names Katib's suggestion client checks (besides the empty name).

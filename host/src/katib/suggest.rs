@@ -24,12 +24,14 @@ use rand::{Rng, SeedableRng};
 use tch::Device;
 
 use super::mapping::{Outcome, Plan, Trial};
-use crate::engine::{Engine, Experiment};
-use crate::policy::{Budget, Fidelity, PolicyLimits, PolicyModule, PolicyRuntime};
+use crate::engine::Engine;
+use crate::policy::{PolicyModule, PolicyRuntime};
+use crate::run::{Budget, Experiment, Fidelity, PolicyLimits};
 use crate::search::{Search, Step, anchor};
 use crate::service::metrics::Metrics;
 use crate::space::{Arch, Candidate, NUM_ARCHS};
-use crate::store::{NewEvaluation, RunStore, SearchSpec};
+use crate::run::SearchSpec;
+use crate::store::{NewEvaluation, RunStore};
 
 /// Candidates one policy proposal may hold.
 const MAX_BATCH: u32 = 16;
@@ -133,7 +135,7 @@ impl Suggester {
         let spec = SearchSpec {
             budget: Budget { scores: plan.candidates_per_trial.saturating_mul(plan.max_trials), trainings: plan.max_trials },
             max_batch: MAX_BATCH,
-            max_epochs: crate::store::DEFAULT_MAX_EPOCHS,
+            max_epochs: crate::run::DEFAULT_MAX_EPOCHS,
             params: plan.params.clone(),
             limits: self.limits,
         };

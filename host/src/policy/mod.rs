@@ -14,49 +14,11 @@ pub mod versions;
 pub mod wasi;
 
 pub use contract::{CONTRACT_VERSION, ContractInfo, LoadError};
-pub use runtime::{PolicyInstance, PolicyLimits, PolicyModule, PolicyRuntime, escape_controls};
+pub use runtime::{PolicyInstance, PolicyModule, PolicyRuntime, escape_controls};
 pub use validate::validate;
 
-use crate::measures::{Measure, Values};
-use crate::space::Candidate;
-
-/// How much to spend on a candidate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Fidelity {
-    /// Training-free scoring.
-    #[default]
-    Score,
-    /// A short training run.
-    Train,
-}
-
-impl Fidelity {
-    /// The name stores and metrics use.
-    pub fn name(self) -> &'static str {
-        match self {
-            Fidelity::Score => "score",
-            Fidelity::Train => "train",
-        }
-    }
-
-    /// Parses [`Fidelity::name`].
-    pub fn from_name(name: &str) -> Option<Fidelity> {
-        match name {
-            "score" => Some(Fidelity::Score),
-            "train" => Some(Fidelity::Train),
-            _ => None,
-        }
-    }
-}
-
-/// Evaluations per fidelity: a run's budget, or what is left of it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Budget {
-    pub scores: u32,
-    pub trainings: u32,
-}
+use crate::measures::Measure;
+use crate::run::{Budget, Fidelity};
 
 /// A measure the host computes for every score evaluation, as a policy is told of it.
 #[derive(Debug, Clone, PartialEq)]
@@ -97,40 +59,6 @@ pub struct RawCandidate {
 pub enum RawProposal {
     Evaluate(Vec<RawCandidate>),
     Done,
-}
-
-/// A validated request to evaluate a candidate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Request {
-    pub candidate: Candidate,
-    pub fidelity: Fidelity,
-    /// Epochs asked for a training (`None`: the run's default).
-    pub epochs: Option<u32>,
-}
-
-impl Request {
-    /// Whether two requests ask for the same evaluation (a candidate is evaluated at most
-    /// once per fidelity in a run, whatever epochs a training asks for).
-    pub fn same_evaluation(&self, other: &Request) -> bool {
-        self.candidate == other.candidate && self.fidelity == other.fidelity
-    }
-}
-
-/// A result handed back to a policy.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Observation {
-    pub candidate: Candidate,
-    pub fidelity: Fidelity,
-    pub score: Option<f64>,
-    /// Every measure computed for the candidate's score evaluation.
-    pub measures: Values,
-    pub params: Option<i64>,
-    pub flops: Option<i64>,
-    pub accuracy: Option<f64>,
-    pub loss: Option<f64>,
-    /// Epochs trained.
-    pub epochs: Option<u32>,
-    pub error: Option<String>,
 }
 
 /// Everything that can go wrong with a policy. Every variant names the policy.

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, Engine, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap};
+// wasmtime's compiler and code cache, named apart from knas's own (compute) `engine::Engine`.
+use wasmtime::{Config, Engine as WasmEngine, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap};
 
 use super::contract::{self, ContractInfo, LoadError};
 use super::wasi::PolicyWasi;
@@ -22,70 +23,15 @@ use super::wasi::PolicyWasi;
 /// with its type and message).
 const STDERR_TAIL_LINES: usize = 6;
 use super::versions::{self, Bindings, Call};
-use super::{Budget, Observation, PolicyError, RawProposal, Settings};
+use super::{PolicyError, RawProposal, Settings};
+use crate::run::{Budget, Observation, PolicyLimits};
 
 /// How often the epoch ticker advances; deadlines are multiples of it.
 const TICK: Duration = Duration::from_millis(5);
 
-/// Limits applied to every policy instance.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
-pub struct PolicyLimits {
-    /// Wall-clock deadline for one call, in milliseconds.
-    pub call_timeout_ms: u64,
-    /// Instructions (fuel units) one call may execute.
-    pub fuel_per_call: u64,
-    /// Linear memory one instance may grow to, in MiB.
-    pub memory_mib: usize,
-    /// Log records one call may write; the rest are dropped.
-    pub log_records_per_call: u32,
-    /// Longest log record kept, in bytes; longer ones are truncated.
-    pub log_record_bytes: usize,
-    /// Log bytes one instance may write per minute, across calls (a token bucket that
-    /// allows this much in a burst); the rest are dropped, with one notice per minute.
-    pub log_bytes_per_minute: usize,
-}
-
-impl Default for PolicyLimits {
-    fn default() -> PolicyLimits {
-        PolicyLimits {
-            call_timeout_ms: 2_000,
-            fuel_per_call: 2_000_000_000,
-            memory_mib: 64,
-            log_records_per_call: 200,
-            log_record_bytes: 4_096,
-            log_bytes_per_minute: 1 << 20,
-        }
-    }
-}
-
-impl PolicyLimits {
-    /// Checks the limits; the message starts with the offending key. Memory is capped at
-    /// 4 GiB, all a 32-bit guest can address.
-    pub fn validate(&self) -> Result<(), String> {
-        let ranges = [
-            ("call-timeout-ms", self.call_timeout_ms, 1, u64::MAX),
-            ("fuel-per-call", self.fuel_per_call, 1, u64::MAX),
-            ("memory-mib", self.memory_mib as u64, 1, 4096),
-            ("log-record-bytes", self.log_record_bytes as u64, 16, u64::MAX),
-            ("log-bytes-per-minute", self.log_bytes_per_minute as u64, 1, u64::MAX),
-        ];
-        match ranges.iter().find(|(_, value, least, most)| value < least || value > most) {
-            Some((key, value, least, most)) if *most == u64::MAX => Err(format!("{key} must be at least {least}, got {value}")),
-            Some((key, value, least, most)) => Err(format!("{key} must be between {least} and {most}, got {value}")),
-            // Else a long record could never be written.
-            None if self.log_bytes_per_minute < self.log_record_bytes => Err(format!(
-                "log-bytes-per-minute ({}) must be at least log-record-bytes ({})",
-                self.log_bytes_per_minute, self.log_record_bytes
-            )),
-            None => Ok(()),
-        }
-    }
-}
-
 /// The shared wasmtime engine and its epoch ticker.
 pub struct PolicyRuntime {
-    engine: Engine,
+    engine: WasmEngine,
     linker: Linker<PolicyState>,
     ticker_stop: Arc<AtomicBool>,
 }
@@ -126,7 +72,7 @@ impl PolicyRuntime {
     pub fn new() -> Result<PolicyRuntime, PolicyError> {
         let mut config = Config::new();
         config.wasm_component_model(true).consume_fuel(true).epoch_interruption(true).max_wasm_stack(1 << 20);
-        let engine = Engine::new(&config).map_err(|e| PolicyError::Runtime(format!("{e:#}")))?;
+        let engine = WasmEngine::new(&config).map_err(|e| PolicyError::Runtime(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
         versions::add_to_linker(&mut linker).map_err(|e| PolicyError::Runtime(format!("{e:#}")))?;
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| PolicyError::Runtime(format!("{e:#}")))?;

@@ -1,6 +1,7 @@
 //! Validation of proposals, before any compute is spent on them.
 
-use super::{Fidelity, RawCandidate, Request};
+use super::RawCandidate;
+use crate::run::{Fidelity, Request};
 use crate::space::{Candidate, EDGES, NUM_EDGES, NUM_OPS, Op, OpSet};
 
 /// Checks a proposal against the space, the batch limit and the epochs limit; the error

@@ -21,8 +21,7 @@ use axum::{Json, Router};
 
 use super::metrics::Metrics;
 use super::scheduler::{PolicyFile, SharedStatus};
-use crate::engine::Experiment;
-use crate::policy::Budget;
+use crate::run::{Budget, Experiment};
 use crate::search::Leaderboard;
 use crate::store::{Event, RunRecord, RunStatus, RunStore, RunSummary};
 

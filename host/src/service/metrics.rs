@@ -6,7 +6,7 @@ use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::policy::Fidelity;
+use crate::run::Fidelity;
 use crate::search::SearchObserver;
 use crate::store::EvaluationRecord;
 

@@ -24,8 +24,9 @@ use tch::Device;
 
 use super::metrics::Metrics;
 use crate::config::ServiceConfig;
-use crate::engine::{Engine, Experiment};
-use crate::policy::{Fidelity, PolicyError, PolicyRuntime};
+use crate::engine::Engine;
+use crate::policy::{PolicyError, PolicyRuntime};
+use crate::run::{Experiment, Fidelity};
 use crate::search::{Search, SearchError, SearchObserver, Step};
 use crate::store::{RunStatus, RunStore};
 use crate::table::BenchmarkTable;
@@ -254,7 +255,7 @@ impl Scheduler {
                     return self.refresh_run_counts();
                 }
                 // A known run resumes with the settings it was started with.
-                Ok(Some(run)) => (run.experiment, crate::store::SearchSpec { limits, ..run.search }),
+                Ok(Some(run)) => (run.experiment, crate::run::SearchSpec { limits, ..run.search }),
                 Ok(None) => (
                     self.config.experiment.clone(),
                     self.config.search.spec(self.config.params_for(name), limits),

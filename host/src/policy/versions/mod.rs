@@ -40,7 +40,8 @@ use wasmtime::Store;
 use wasmtime::component::{Component, HasSelf, Linker};
 
 use super::runtime::PolicyState;
-use super::{Budget, Observation, RawProposal, Settings};
+use super::{RawProposal, Settings};
+use crate::run::{Budget, Observation};
 
 /// The frozen contract version 0.1.0.
 pub const V0_1: &str = "0.1.0";

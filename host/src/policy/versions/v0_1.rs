@@ -3,7 +3,8 @@
 //! train for the run's default epochs.
 
 use crate::policy::runtime::PolicyState;
-use crate::policy::{Budget, Fidelity, Observation, RawCandidate, RawProposal, Settings};
+use crate::policy::{RawCandidate, RawProposal, Settings};
+use crate::run::{Budget, Fidelity, Observation};
 use crate::space::{EDGES, Op};
 
 wasmtime::component::bindgen!({

@@ -1,0 +1,320 @@
+//! A run's own types: what a run is asked to do (the experiment, how it searches, the
+//! limits of its policy) and what passes between its policy, its engine and its store
+//! (requests, fidelities, budgets, observations).
+//!
+//! Everything that runs something depends on this module: the store, the policy runtime,
+//! the search loop, the engine and the service. It depends only on the value types below
+//! it (the space, dataset names, measure names, training settings), so the store can
+//! read and write runs without knowing the engine or the sandbox.
+
+use crate::data::{DatasetSpec, Holdout};
+use crate::measures::aggregate::AggregateSpec;
+use crate::measures::{Measure, ScoreChoice, Values};
+use crate::space::Candidate;
+use crate::train::TrainConfig;
+
+/// Everything that determines an experiment's numbers (the device aside).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Experiment {
+    /// Dataset (see [`DatasetSpec`]).
+    pub dataset: DatasetSpec,
+    /// Held-out images: a fraction of the training part, or `test` for the official test part.
+    #[serde(with = "holdout_serde")]
+    pub holdout: Holdout,
+    /// Cap on training images (a seeded sample); none by default.
+    pub limit: Option<usize>,
+    /// Channels of the first stage, C.
+    pub channels: i64,
+    /// Cells per stage, N.
+    pub cells: i64,
+    /// Images in the scoring batch every measure reads.
+    pub score_batch: usize,
+    /// What a candidate's score is: the aggregate or one measure.
+    pub score: ScoreChoice,
+    /// The aggregate's measures and weights.
+    pub aggregate: AggregateSpec,
+    /// Architectures in the seeded reference sample that anchors the aggregate's ranks.
+    pub reference: usize,
+    /// Training of finalists.
+    pub train: TrainConfig,
+    /// Seed for the data split, the scoring batch and the network initialisation.
+    pub seed: u64,
+}
+
+impl Experiment {
+    /// The measures a score evaluation computes: what the score reads, and the network's
+    /// size.
+    pub fn score_measures(&self) -> Vec<Measure> {
+        let mut measures = match self.score {
+            ScoreChoice::Aggregate => self.aggregate.measures(),
+            ScoreChoice::Measure(m) => vec![m],
+        };
+        for m in [Measure::Params, Measure::Flops] {
+            if !measures.contains(&m) {
+                measures.push(m);
+            }
+        }
+        measures
+    }
+
+    /// The weight of `measure` in the score: its aggregate weight, 1 for the score's own
+    /// measure, 0 otherwise.
+    pub fn score_weight(&self, measure: Measure) -> f64 {
+        match self.score {
+            ScoreChoice::Aggregate => self.aggregate.terms.iter().find(|t| t.measure == measure).map_or(0.0, |t| t.weight),
+            ScoreChoice::Measure(m) => f64::from(u8::from(m == measure)),
+        }
+    }
+
+    /// The held-out setting as written in files and on the command line.
+    pub fn holdout_text(&self) -> String {
+        match self.holdout {
+            Holdout::Fraction(f) => f.to_string(),
+            Holdout::Official => "test".into(),
+        }
+    }
+
+    /// Checks every value without loading anything, so that a bad configuration is refused
+    /// when it is read rather than when a run first needs the engine. The message names the
+    /// key as it is written in configuration files.
+    pub fn validate(&self) -> Result<(), String> {
+        // The reference sample only anchors the aggregate.
+        let reference_least = if self.score == ScoreChoice::Aggregate { 2 } else { 0 };
+        let least = [("channels", self.channels, 1), ("score-batch", self.score_batch as i64, 1), ("reference", self.reference as i64, reference_least)];
+        if let Some((key, value, least)) = least.iter().find(|(_, value, least)| value < least) {
+            return Err(format!("{key} must be at least {least}, got {value}"));
+        }
+        if self.cells < 0 {
+            return Err(format!("cells must not be negative, got {}", self.cells));
+        }
+        if self.limit == Some(0) {
+            return Err("limit must be at least 1 training image".into());
+        }
+        if let Holdout::Fraction(f) = self.holdout {
+            if !(f > 0.0 && f < 1.0) {
+                return Err(format!("holdout must be `test` or a fraction strictly between 0 and 1, got {f}"));
+            }
+        }
+        self.aggregate.validate().map_err(|problem| format!("aggregate: {problem}"))?;
+        self.train.validate().map_err(|problem| format!("train.{problem}"))
+    }
+}
+
+impl Default for Experiment {
+    fn default() -> Experiment {
+        Experiment {
+            dataset: DatasetSpec::Mnist5k,
+            holdout: Holdout::Fraction(0.2),
+            limit: None,
+            channels: 16,
+            cells: 5,
+            score_batch: 64,
+            score: ScoreChoice::Aggregate,
+            aggregate: AggregateSpec::default(),
+            reference: DEFAULT_REFERENCE,
+            train: TrainConfig::default(),
+            seed: 0,
+        }
+    }
+}
+
+mod holdout_serde {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::data::Holdout;
+
+    pub fn serialize<S: Serializer>(holdout: &Holdout, s: S) -> Result<S::Ok, S::Error> {
+        match holdout {
+            Holdout::Fraction(f) => s.serialize_f64(*f),
+            Holdout::Official => s.serialize_str("test"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Holdout, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Fraction(f64),
+            Name(String),
+        }
+        let text = match Raw::deserialize(d)? {
+            Raw::Fraction(f) => f.to_string(),
+            Raw::Name(name) => name,
+        };
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Architectures in the reference sample by default.
+pub const DEFAULT_REFERENCE: usize = 64;
+
+/// How much to spend on a candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fidelity {
+    /// Training-free scoring.
+    #[default]
+    Score,
+    /// A short training run.
+    Train,
+}
+
+impl Fidelity {
+    /// The name stores and metrics use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fidelity::Score => "score",
+            Fidelity::Train => "train",
+        }
+    }
+
+    /// Parses [`Fidelity::name`].
+    pub fn from_name(name: &str) -> Option<Fidelity> {
+        match name {
+            "score" => Some(Fidelity::Score),
+            "train" => Some(Fidelity::Train),
+            _ => None,
+        }
+    }
+}
+
+/// Evaluations per fidelity: a run's budget, or what is left of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    pub scores: u32,
+    pub trainings: u32,
+}
+
+/// A validated request to evaluate a candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Request {
+    pub candidate: Candidate,
+    pub fidelity: Fidelity,
+    /// Epochs asked for a training (`None`: the run's default).
+    pub epochs: Option<u32>,
+}
+
+impl Request {
+    /// Whether two requests ask for the same evaluation (a candidate is evaluated at most
+    /// once per fidelity in a run, whatever epochs a training asks for).
+    pub fn same_evaluation(&self, other: &Request) -> bool {
+        self.candidate == other.candidate && self.fidelity == other.fidelity
+    }
+}
+
+/// A result handed back to a policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    pub candidate: Candidate,
+    pub fidelity: Fidelity,
+    pub score: Option<f64>,
+    /// Every measure computed for the candidate's score evaluation.
+    pub measures: Values,
+    pub params: Option<i64>,
+    pub flops: Option<i64>,
+    pub accuracy: Option<f64>,
+    pub loss: Option<f64>,
+    /// Epochs trained.
+    pub epochs: Option<u32>,
+    pub error: Option<String>,
+}
+
+/// Limits applied to every policy instance.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct PolicyLimits {
+    /// Wall-clock deadline for one call, in milliseconds.
+    pub call_timeout_ms: u64,
+    /// Instructions (fuel units) one call may execute.
+    pub fuel_per_call: u64,
+    /// Linear memory one instance may grow to, in MiB.
+    pub memory_mib: usize,
+    /// Log records one call may write; the rest are dropped.
+    pub log_records_per_call: u32,
+    /// Longest log record kept, in bytes; longer ones are truncated.
+    pub log_record_bytes: usize,
+    /// Log bytes one instance may write per minute, across calls (a token bucket that
+    /// allows this much in a burst); the rest are dropped, with one notice per minute.
+    pub log_bytes_per_minute: usize,
+}
+
+impl Default for PolicyLimits {
+    fn default() -> PolicyLimits {
+        PolicyLimits {
+            call_timeout_ms: 2_000,
+            fuel_per_call: 2_000_000_000,
+            memory_mib: 64,
+            log_records_per_call: 200,
+            log_record_bytes: 4_096,
+            log_bytes_per_minute: 1 << 20,
+        }
+    }
+}
+
+impl PolicyLimits {
+    /// Checks the limits; the message starts with the offending key. Memory is capped at
+    /// 4 GiB, all a 32-bit guest can address.
+    pub fn validate(&self) -> Result<(), String> {
+        let ranges = [
+            ("call-timeout-ms", self.call_timeout_ms, 1, u64::MAX),
+            ("fuel-per-call", self.fuel_per_call, 1, u64::MAX),
+            ("memory-mib", self.memory_mib as u64, 1, 4096),
+            ("log-record-bytes", self.log_record_bytes as u64, 16, u64::MAX),
+            ("log-bytes-per-minute", self.log_bytes_per_minute as u64, 1, u64::MAX),
+        ];
+        match ranges.iter().find(|(_, value, least, most)| value < least || value > most) {
+            Some((key, value, least, most)) if *most == u64::MAX => Err(format!("{key} must be at least {least}, got {value}")),
+            Some((key, value, least, most)) => Err(format!("{key} must be between {least} and {most}, got {value}")),
+            // Else a long record could never be written.
+            None if self.log_bytes_per_minute < self.log_record_bytes => Err(format!(
+                "log-bytes-per-minute ({}) must be at least log-record-bytes ({})",
+                self.log_bytes_per_minute, self.log_record_bytes
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+/// How a run searches: everything besides the experiment and the policy's code.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SearchSpec {
+    pub budget: Budget,
+    pub max_batch: u32,
+    /// The most epochs one training may ask for.
+    #[serde(default = "default_max_epochs")]
+    pub max_epochs: u32,
+    /// The policy's parameters (a JSON object).
+    pub params: serde_json::Value,
+    pub limits: PolicyLimits,
+}
+
+/// Epochs one training may ask for at most, by default.
+pub const DEFAULT_MAX_EPOCHS: u32 = 10;
+
+fn default_max_epochs() -> u32 {
+    DEFAULT_MAX_EPOCHS
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn experiments_read_from_yaml_reject_unknown_keys() {
+        let e: Experiment = serde_yaml::from_str("channels: 8\nholdout: test\nscore: mgm-batch\n").unwrap();
+        assert_eq!((e.channels, e.holdout, e.score), (8, Holdout::Official, ScoreChoice::Measure(Measure::MgmBatch)));
+        let e: Experiment = serde_yaml::from_str("aggregate: [{measure: params, weight: 2}]\n").unwrap();
+        assert_eq!(e.aggregate.terms[0].weight, 2.0);
+        let err = serde_yaml::from_str::<Experiment>("score: mgn\n").unwrap_err().to_string();
+        assert!(err.contains("unknown measure \"mgn\""), "{err}");
+        let e: Experiment = serde_yaml::from_str("holdout: 0.25\ntrain: {epochs: 3, batch-size: 32, learning-rate: 0.1, momentum: 0.9, weight-decay: 0.0005}").unwrap();
+        assert_eq!(e.holdout, Holdout::Fraction(0.25));
+        assert_eq!(e.train.epochs, 3);
+        let err = serde_yaml::from_str::<Experiment>("chanels: 8\n").unwrap_err().to_string();
+        assert!(err.contains("unknown field `chanels`"), "{err}");
+    }
+}
