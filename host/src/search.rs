@@ -809,12 +809,15 @@ fn observation(store: &RunStore, run: i64, record: &EvaluationRecord) -> Result<
     })
 }
 
+/// Best-scored candidates a leaderboard lists.
+pub const TOP_SCORES: usize = 10;
+
 /// A run's standings.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Leaderboard {
     /// Trained candidates, most accurate first (then lowest loss first).
     pub trained: Vec<Standing>,
-    /// Best-scored candidates, highest score first (at most 10).
+    /// Best-scored candidates, highest score first (at most [`TOP_SCORES`]).
     pub top_scores: Vec<Standing>,
     /// The most accurate trained candidate; without training, the best-scored one.
     pub winner: Option<Standing>,
@@ -871,8 +874,47 @@ impl Leaderboard {
             .map(|e| Standing { candidate: e.candidate, score: e.score, accuracy: None, loss: None, published_accuracy: None })
             .collect();
         top_scores.sort_by(|a, b| b.score.unwrap_or(f64::NEG_INFINITY).total_cmp(&a.score.unwrap_or(f64::NEG_INFINITY)));
-        top_scores.truncate(10);
+        top_scores.truncate(TOP_SCORES);
         let winner = trained.first().or(top_scores.first()).cloned();
         Leaderboard { trained, top_scores, winner }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::{Experiment, PolicyLimits};
+    use crate::space::Arch;
+
+    #[test]
+    fn a_leaderboard_from_the_rows_the_store_picks_equals_one_from_every_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RunStore::open(&dir.path().join("runs.db")).unwrap();
+        let spec = SearchSpec {
+            budget: Budget { scores: 100, trainings: 5 },
+            max_batch: 4,
+            max_epochs: 10,
+            params: serde_json::json!({}),
+            limits: PolicyLimits::default(),
+        };
+        let (run, _) = store.begin_run("r", "p@1", &Experiment::default(), &spec).unwrap();
+        for i in 0..60 {
+            let c: Candidate = Arch::from_index(i * 13).unwrap().into();
+            // Eleven distinct scores over sixty candidates: ties at the cut; some missing.
+            let score = (i % 5 != 4).then(|| ((i * 37) % 11) as f64);
+            store.record(run.id, &c, Fidelity::Score, "p@1", &NewEvaluation { score, seconds: 0.1, ..Default::default() }).unwrap();
+            // Trainings of candidates in and out of the top scores.
+            if i % 20 == 3 || i == 59 {
+                let trained = NewEvaluation { accuracy: Some(0.5 + i as f64 / 100.0), seconds: 1.0, ..Default::default() };
+                store.record(run.id, &c, Fidelity::Train, "p@1", &trained).unwrap();
+            }
+        }
+        let published = store.published(run.id).unwrap();
+        let every = Leaderboard::of(&store.evaluations(run.id).unwrap(), &published);
+        let picked = store.leaderboard_evaluations(run.id, TOP_SCORES).unwrap();
+        let board = Leaderboard::of(&picked, &published);
+        assert_eq!(serde_json::to_value(&board).unwrap(), serde_json::to_value(&every).unwrap());
+        assert_eq!(every.trained.len(), 4);
+        assert!(picked.len() <= TOP_SCORES + 2 * 4, "{} of 64 rows read", picked.len());
     }
 }

@@ -503,6 +503,23 @@ impl RunStore {
         Ok(rows)
     }
 
+    /// The evaluations a run's leaderboard reads, in recording order: every training, the
+    /// score evaluations of trained candidates, and the `top` best-scored ones (ties to
+    /// the earlier). A leaderboard built from these equals one built from every
+    /// evaluation, without reading a long run's thousands of scores out of the store.
+    pub fn leaderboard_evaluations(&self, run: i64, top: usize) -> Result<Vec<EvaluationRecord>, StoreError> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {EVALUATION_COLUMNS} FROM evaluations WHERE run_id = ?1 AND (
+                 fidelity = 'train'
+                 OR candidate IN (SELECT candidate FROM evaluations WHERE run_id = ?1 AND fidelity = 'train')
+                 OR seq IN (SELECT seq FROM evaluations WHERE run_id = ?1 AND fidelity = 'score' AND score IS NOT NULL
+                            ORDER BY score DESC, seq LIMIT ?2))
+             ORDER BY seq"
+        ))?;
+        let rows = stmt.query_map(params![run, top as i64], evaluation_from_row)?.collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
     /// The recorded evaluation of `candidate` at `fidelity`, if any.
     pub fn find(&self, run: i64, candidate: &Candidate, fidelity: Fidelity) -> Result<Option<EvaluationRecord>, StoreError> {
         Ok(self

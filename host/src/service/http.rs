@@ -22,7 +22,7 @@ use axum::{Json, Router};
 use super::metrics::Metrics;
 use super::scheduler::{PolicyFile, SharedStatus};
 use crate::run::{Budget, Experiment};
-use crate::search::Leaderboard;
+use crate::search::{Leaderboard, TOP_SCORES};
 use crate::store::{Event, RunRecord, RunStatus, RunStore, RunSummary};
 
 /// What handlers share.
@@ -202,7 +202,8 @@ async fn run(State(state): State<AppState>, Path(name): Path<String>) -> Respons
         let Some(run) = store.run(&lookup).map_err(|e| e.to_string())? else { return Ok(None) };
         let experiment = run.experiment.clone();
         let summary = store.summary(run.id).map_err(|e| e.to_string())?;
-        let evaluations = store.evaluations(run.id).map_err(|e| e.to_string())?;
+        // Only what the leaderboard shows: a long run has hundreds of thousands of scores.
+        let evaluations = store.leaderboard_evaluations(run.id, TOP_SCORES).map_err(|e| e.to_string())?;
         let published = store.published(run.id).map_err(|e| e.to_string())?;
         let events = store.events(run.id).map_err(|e| e.to_string())?;
         let leaderboard = Leaderboard::of(&evaluations, &published);
