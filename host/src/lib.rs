@@ -3,13 +3,13 @@
 //! The pieces, in the order data flows through them:
 //!
 //! - [`space`]: the NAS-Bench-201 cell space (architectures, supernets, string form, index);
-//! - [`run`]: a run's own types (experiment, search settings, requests, observations),
-//!   which every module below that runs something shares;
 //! - [`data`]: datasets (embedded MNIST subset, CIFAR, IDX) and their seeded splits;
 //! - [`model`]: NB201 networks built with tch;
 //! - [`measures`]: the training-free measure suite (KNAS's gradient kernel, the published
 //!   measures, AZ-NAS, MeCo…) and their rank aggregate;
 //! - [`train`]: short training of finalists;
+//! - [`run`]: a run's own types (experiment, search settings, requests, observations),
+//!   shared by everything from here down that runs something;
 //! - [`engine`]: one experiment on one device, tying the above together;
 //! - [`stats`]: rank correlations;
 //! - [`table`]: published benchmark tables (NAS-Bench-201's), the yardstick;

@@ -3,9 +3,10 @@
 //! (requests, fidelities, budgets, observations).
 //!
 //! Everything that runs something depends on this module: the store, the policy runtime,
-//! the search loop, the engine and the service. It depends only on the value types below
-//! it (the space, dataset names, measure names, training settings), so the store can
-//! read and write runs without knowing the engine or the sandbox.
+//! the search loop, the engine and the service. It names only plain values from the
+//! modules below it (the space, dataset names, measure names, training settings) and
+//! calls nothing that computes, so the store can read and write runs without knowing the
+//! engine or the sandbox.
 
 use crate::data::{DatasetSpec, Holdout};
 use crate::measures::aggregate::AggregateSpec;

@@ -69,12 +69,15 @@ pub fn run(args: &SelectArgs) -> Result<()> {
     let start = Instant::now();
     let bar = output::bar(archs.len() as u64, "coarse: scoring");
     let mut candidates = Vec::with_capacity(archs.len());
-    for arch in archs {
-        let scored = engine.score(&arch.into()).with_context(|| format!("scoring {arch}"))?;
-        let score = scored.score.unwrap_or(f64::NEG_INFINITY);
-        candidates.push(Candidate { rank: 0, arch, score, params: scored.measured.info.params });
+    let sampled: Vec<knas::space::Candidate> = archs.iter().map(|a| (*a).into()).collect();
+    engine.measure_all(&sampled, &engine.score_measures(), &mut |i, measured| -> Result<()> {
+        let arch = archs[i];
+        let measured = measured.with_context(|| format!("scoring {arch}"))?;
+        let score = engine.score_of(&measured.values)?.unwrap_or(f64::NEG_INFINITY);
+        candidates.push(Candidate { rank: 0, arch, score, params: measured.info.params });
         bar.inc(1);
-    }
+        Ok(())
+    })?;
     bar.finish_and_clear();
     candidates.sort_by(|a, b| b.score.total_cmp(&a.score));
     for (i, c) in candidates.iter_mut().enumerate() {

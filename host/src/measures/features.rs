@@ -199,6 +199,27 @@ mod tests {
     use crate::measures::tests::{CONVS, tiny_suite};
 
     #[test]
+    fn sigma_is_that_of_the_channels_last_product_in_double() {
+        // The formula as first written: (B·H·W) × C rows in double, Mᵀ-side Gram matrix.
+        let reference = |g_in: &Tensor, g_out: &Tensor| -> f64 {
+            let (si, so) = (g_in.size(), g_out.size());
+            let g_in = if si[2] != so[2] { g_in.pixel_unshuffle(si[2] / so[2]) } else { g_in.shallow_clone() };
+            let rows = |g: &Tensor| g.permute([0, 2, 3, 1]).reshape([-1, g.size()[1]]).to_kind(Kind::Double);
+            let (gi, go) = (rows(&g_in), rows(g_out));
+            let m = gi.transpose(0, 1).mm(&go) / go.size()[0] as f64;
+            m.transpose(0, 1).mm(&m).linalg_eigvalsh("L").max().double_value(&[]).sqrt()
+        };
+        tch::manual_seed(7);
+        let float = (Kind::Float, tch::Device::Cpu);
+        // Same resolution, and an input at twice the output's resolution with other channels.
+        for (shape_in, shape_out) in [([4i64, 6, 5, 5], [4i64, 6, 5, 5]), ([4, 3, 8, 8], [4, 5, 4, 4])] {
+            let (g_in, g_out) = (Tensor::randn(shape_in, float), Tensor::randn(shape_out, float));
+            let (fast, slow) = (largest_singular_value(&g_in, &g_out).unwrap(), reference(&g_in, &g_out));
+            assert!((fast - slow).abs() <= 1e-5 * slow, "{fast} vs {slow} for {shape_in:?} → {shape_out:?}");
+        }
+    }
+
+    #[test]
     fn entropy_is_highest_for_spread_features() {
         // Four channels that vary independently vs. four copies of one channel.
         let spread = Tensor::randn([8, 4, 5, 5], (Kind::Double, tch::Device::Cpu));

@@ -336,6 +336,10 @@ impl Measured {
 pub enum MeasureError {
     #[error("libtorch failed while measuring: {0}")]
     Torch(#[from] tch::TchError),
+    /// A panic on a worker thread (see [`pool`]), caught so that the other workers stop
+    /// and the results before it are still handed on.
+    #[error("measuring panicked: {0}")]
+    Panicked(String),
 }
 
 /// `Some(value)` when finite.
@@ -367,6 +371,16 @@ impl Suite {
     /// measures every architecture exactly as this one does.
     pub fn replica(&self) -> Suite {
         Suite::new(self.spec, self.images.shallow_clone(), self.labels.shallow_clone(), self.seed)
+    }
+
+    /// Loads what libtorch loads lazily on first use on this suite's device: its linear
+    /// algebra (on CUDA a separate library, whose loading fails when two threads race to
+    /// it). Every decomposition the measures call is run once on a small matrix.
+    pub fn warm_up(&self) -> Result<(), MeasureError> {
+        let spd = Tensor::f_eye(2, (Kind::Double, self.images.device()))?;
+        let _eigenvalues = spd.f_linalg_eigvalsh("L")?;
+        let _sign_and_log = Tensor::f_linalg_slogdet(&spd)?;
+        Ok(())
     }
 
     /// Number of images in the batch.

@@ -7,10 +7,14 @@
 //! among the operations of one network, so one worker is the default there.
 //!
 //! Every worker measures with its own replica of the suite (the same batch, seed and
-//! random signs), so an architecture's values depend neither on which worker measured
-//! it nor on how many there were, and results are handed on in the candidates' order.
+//! random signs), so on a CPU an architecture's values depend neither on which worker
+//! measured it nor on how many there were (bit for bit, tested); on a GPU they differ in
+//! the last bit at most, as two one-worker CUDA runs already do. Results are handed on in
+//! the candidates' order. A panic on a worker is caught and handed on as that
+//! architecture's error, so the others stop instead of measuring on unseen.
 
 use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 
@@ -28,16 +32,19 @@ pub fn measure_in_order<E>(
     workers: usize,
     on_done: &mut dyn FnMut(usize, Result<Measured, MeasureError>) -> Result<(), E>,
 ) -> Result<(), E> {
-    let workers = workers.clamp(1, candidates.len().max(1));
-    if workers == 1 || candidates.len() < 2 {
+    // The first candidate is measured on this thread; the rest need at most one worker each.
+    let workers = workers.clamp(1, candidates.len().saturating_sub(1).max(1));
+    // libtorch initialises some libraries lazily on first use, and not every such
+    // initialisation is safe to race (CUDA's linear algebra library fails with "lazy
+    // wrapper should be called at most once"): the linear algebra explicitly, then the
+    // first architecture, on this thread. Should the warm-up fail, every candidate is
+    // measured here, one by one, and says why it failed.
+    if workers == 1 || suite.warm_up().is_err() {
         for (i, candidate) in candidates.iter().enumerate() {
             on_done(i, suite.measure(candidate, wanted))?;
         }
         return Ok(());
     }
-    // The first architecture on this thread: libtorch initialises some libraries lazily
-    // on first use, and not every such initialisation is safe to race (CUDA's linear
-    // algebra library fails with "lazy wrapper should be called at most once").
     on_done(0, suite.measure(&candidates[0], wanted))?;
     let next = AtomicUsize::new(1);
     let stop = AtomicBool::new(false);
@@ -51,7 +58,9 @@ pub fn measure_in_order<E>(
                 while !stop.load(Ordering::Relaxed) {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(candidate) = candidates.get(i) else { break };
-                    if sender.send((i, replica.measure(candidate, wanted))).is_err() {
+                    let result = std::panic::catch_unwind(AssertUnwindSafe(|| replica.measure(candidate, wanted)))
+                        .unwrap_or_else(|panic| Err(MeasureError::Panicked(panic_message(panic.as_ref()))));
+                    if sender.send((i, result)).is_err() {
                         break;
                     }
                 }
@@ -73,6 +82,15 @@ pub fn measure_in_order<E>(
         }
         Ok(())
     })
+}
+
+/// The text a panic was raised with.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 #[cfg(test)]
