@@ -10,8 +10,9 @@
 //! random signs), so on a CPU an architecture's values depend neither on which worker
 //! measured it nor on how many there were (bit for bit, tested); on a GPU they differ in
 //! the last bit at most, as two one-worker CUDA runs already do. Results are handed on in
-//! the candidates' order. A panic on a worker is caught and handed on as that
-//! architecture's error, so the others stop instead of measuring on unseen.
+//! the candidates' order. A panic on a worker is caught and handed on, in its turn, as
+//! that architecture's error, so the caller sees it instead of waiting on a result that
+//! would never come.
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
