@@ -26,11 +26,10 @@ use tch::Device;
 use super::mapping::{Outcome, Plan, Trial};
 use crate::engine::Engine;
 use crate::policy::{PolicyModule, PolicyRuntime};
-use crate::run::{Budget, Experiment, Fidelity, PolicyLimits};
+use crate::run::{Budget, Experiment, Fidelity, PolicyLimits, SearchSpec};
 use crate::search::{Search, Step, anchor};
 use crate::service::metrics::Metrics;
 use crate::space::{Arch, Candidate, NUM_ARCHS};
-use crate::run::SearchSpec;
 use crate::store::{NewEvaluation, RunStore};
 
 /// Candidates one policy proposal may hold.
