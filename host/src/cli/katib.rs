@@ -46,8 +46,11 @@ pub fn run(args: &KatibArgs) -> Result<()> {
     limits.validate().map_err(|problem| anyhow::anyhow!("invalid policy limits: {problem}"))?;
     let store = args.store.open()?;
     let metrics = Arc::new(Metrics::new());
-    let suggester = Suggester::new(store, args.policy_dir.clone(), device, limits, metrics.clone())
+    let mut suggester = Suggester::new(store, args.policy_dir.clone(), device, limits, metrics.clone())
         .map_err(|e| anyhow::anyhow!("cannot start the policy runtime: {e}"))?;
+    if args.compute.workers > 0 {
+        suggester = suggester.with_workers(args.compute.workers);
+    }
     let service = KatibService::new(suggester, args.experiment.experiment(), metrics);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     runtime.block_on(serve(service, args.listen, Some(args.metrics_listen), |grpc, http| {

@@ -64,6 +64,8 @@ pub struct Suggester {
     modules: HashMap<String, (Option<std::time::SystemTime>, u64, PolicyModule)>,
     /// The engine of the last experiment scored (the data stays loaded between calls).
     engine: Option<(String, Engine)>,
+    /// Architectures measured at once (`None`: the device's default).
+    workers: Option<usize>,
     /// Live runs by name.
     searches: HashMap<String, Search>,
 }
@@ -71,7 +73,24 @@ pub struct Suggester {
 impl Suggester {
     pub fn new(store: RunStore, policy_dir: PathBuf, device: Device, limits: PolicyLimits, metrics: Arc<Metrics>) -> Result<Suggester, String> {
         let runtime = PolicyRuntime::new().map_err(|e| e.to_string())?;
-        Ok(Suggester { store, runtime, policy_dir, device, limits, metrics, modules: HashMap::new(), engine: None, searches: HashMap::new() })
+        Ok(Suggester {
+            store,
+            runtime,
+            policy_dir,
+            device,
+            limits,
+            metrics,
+            modules: HashMap::new(),
+            engine: None,
+            workers: None,
+            searches: HashMap::new(),
+        })
+    }
+
+    /// Measures this many architectures at once (see [`crate::measures::pool`]).
+    pub fn with_workers(mut self, workers: usize) -> Suggester {
+        self.workers = Some(workers);
+        self
     }
 
     /// Checks what `ValidateAlgorithmSettings` can check beyond the plan: the policy loads.
@@ -107,6 +126,9 @@ impl Suggester {
             self.engine = None;
             let mut engine = Engine::new(experiment, self.device)
                 .map_err(|e| SuggestError::Failed(format!("cannot load the scoring data {}: {e}", experiment.dataset)))?;
+            if let Some(workers) = self.workers {
+                engine.set_workers(workers);
+            }
             anchor(&mut engine, &self.store, &mut |_, _| {}).map_err(|e| SuggestError::Failed(format!("cannot anchor the score: {e}")))?;
             self.engine = Some((key, engine));
         }
