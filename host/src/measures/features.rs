@@ -28,7 +28,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tch::{Kind, Tensor};
 
-use super::{MeasureError, finite};
+use super::{MeasureError, finite, psd_eigenvalues};
 use crate::model::{Network, NormMode, Pass, Tap};
 
 /// The entropy of each feature map's normalised covariance spectrum; `None` for a map with
@@ -43,9 +43,25 @@ fn spectral_entropies(features: &[Tensor]) -> Result<Vec<Option<f64>>, tch::TchE
         // precision, and only the small C×C covariance goes to double.
         let rows = f.f_permute([0, 2, 3, 1])?.f_reshape([-1, c])?;
         let centred = rows.f_sub(&rows.f_mean_dim(0, true, rows.kind())?)?;
-        let cov = centred.f_transpose(0, 1)?.f_mm(&centred)?.f_to_kind(Kind::Double)?.f_div_scalar(rows.size()[0] as f64)?;
+        let product = |x: &Tensor| -> Result<Tensor, tch::TchError> {
+            x.f_transpose(0, 1)?.f_mm(x)?.f_to_kind(Kind::Double)?.f_div_scalar(rows.size()[0] as f64)
+        };
+        let mut cov = product(&centred)?;
+        if cov.f_isfinite()?.f_all()?.f_int64_value(&[])? == 0 {
+            // Features so large that their products overflow (a supernet summing every
+            // op through many cells): the spectrum's entropy does not depend on the
+            // features' scale, so it is taken from the features scaled to at most 1.
+            let largest = centred.f_abs()?.f_max()?.f_double_value(&[])?;
+            if largest.is_finite() && largest > 0.0 {
+                cov = product(&centred.f_div_scalar(largest)?)?;
+            }
+        }
         // Covariances are positive semi-definite: negative eigenvalues are rounding.
-        let s = cov.f_linalg_eigvalsh("L")?.f_clamp_min(0.0)?;
+        let Some(s) = psd_eigenvalues(&cov)? else {
+            out.push(None);
+            continue;
+        };
+        let s = s.f_clamp_min(0.0)?;
         let total = s.f_sum(Kind::Double)?.f_double_value(&[])?;
         if !(total > 0.0 && total.is_finite()) {
             out.push(None);
@@ -144,7 +160,10 @@ fn largest_singular_value(g_in: &Tensor, g_out: &Tensor) -> Result<f64, tch::Tch
     let m = gi.f_bmm(&go.f_transpose(1, 2)?)?.f_sum_dim_intlist([0i64].as_slice(), false, Kind::Double)?.f_div_scalar(n)?;
     // σ_max² is the largest eigenvalue of the smaller of MᵀM and MMᵀ.
     let gram = if m.size()[0] < m.size()[1] { m.f_mm(&m.f_transpose(0, 1)?)? } else { m.f_transpose(0, 1)?.f_mm(&m)? };
-    Ok(gram.f_linalg_eigvalsh("L")?.f_max()?.f_double_value(&[])?.max(0.0).sqrt())
+    Ok(match psd_eigenvalues(&gram)? {
+        Some(eigenvalues) => eigenvalues.f_max()?.f_double_value(&[])?.max(0.0).sqrt(),
+        None => f64::NAN,
+    })
 }
 
 /// Collects every layer's output for one image (a [`Tap`]), grouped by shape.
@@ -185,7 +204,8 @@ pub(super) fn meco(net: &Network, images: &Tensor) -> Result<Option<f64>, Measur
         let corr = cov.f_div(&sd.f_unsqueeze(2)?.f_mul(&sd.f_unsqueeze(1)?)?)?;
         // Constant channels have no correlation: their rows become 0, as in the paper.
         let corr = corr.f_nan_to_num(0.0, 0.0, 0.0)?;
-        let smallest = corr.f_linalg_eigvalsh("L")?.f_amin([1i64].as_slice(), false)?;
+        let Some(eigenvalues) = psd_eigenvalues(&corr)? else { return Ok(None) };
+        let smallest = eigenvalues.f_amin([1i64].as_slice(), false)?;
         let smallest = Vec::<f64>::try_from(smallest.f_to_device(tch::Device::Cpu)?)?;
         total += smallest.iter().zip(&weights).map(|(v, w)| v * w).sum::<f64>();
     }
@@ -228,6 +248,29 @@ mod tests {
         assert!(e[0].unwrap() > 1.2 && e[0].unwrap() <= 4f64.ln() + 1e-9, "{e:?}");
         assert!(e[1].unwrap() < 0.01, "one direction only: {e:?}");
         assert_eq!(e[2], None, "no variance");
+    }
+
+    #[test]
+    fn entropy_of_features_too_large_to_square_is_that_of_the_same_features_scaled() {
+        // float32 features of 1e25: their products overflow, as a supernet's did on MNIST.
+        let features = Tensor::randn([8, 4, 5, 5], (Kind::Float, tch::Device::Cpu));
+        let huge = &features * 1e25;
+        let e = spectral_entropies(&[features, huge.shallow_clone()]).unwrap();
+        let (plain, scaled) = (e[0].unwrap(), e[1].unwrap());
+        assert!((plain - scaled).abs() <= 1e-5 * plain, "{plain} vs {scaled}");
+        // Infinite features have no spectrum: missing, not an error.
+        let infinite = huge.f_mul_scalar(1e20).unwrap();
+        assert_eq!(spectral_entropies(&[infinite]).unwrap(), vec![None]);
+    }
+
+    #[test]
+    fn eigenvalues_of_non_finite_matrices_are_missing_and_of_finite_ones_exact() {
+        let m = Tensor::from_slice(&[2.0f64, 1.0, 1.0, 2.0]).view([2, 2]);
+        let mut e = Vec::<f64>::try_from(psd_eigenvalues(&m).unwrap().unwrap()).unwrap();
+        e.sort_by(f64::total_cmp);
+        assert!((e[0] - 1.0).abs() < 1e-12 && (e[1] - 3.0).abs() < 1e-12, "{e:?}");
+        let nan = Tensor::from_slice(&[f64::NAN, 1.0, 1.0, 2.0]).view([2, 2]);
+        assert!(psd_eigenvalues(&nan).unwrap().is_none());
     }
 
     #[test]

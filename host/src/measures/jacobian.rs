@@ -30,7 +30,8 @@ fn score(jacobian: &Tensor) -> Result<Option<f64>, tch::TchError> {
         // An image whose gradient is constant has no correlation: the same verdict.
         return Ok(None);
     }
-    let eig = corr.f_linalg_eigvalsh("L")?.f_clamp_min(0.0)?.f_add_scalar(K)?;
+    let Some(eig) = super::psd_eigenvalues(&corr)? else { return Ok(None) };
+    let eig = eig.f_clamp_min(0.0)?.f_add_scalar(K)?;
     let sum = eig.f_log()?.f_add(&eig.f_reciprocal()?)?.f_sum(Kind::Double)?.f_double_value(&[])?;
     Ok(finite(-sum))
 }

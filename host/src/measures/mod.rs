@@ -347,6 +347,24 @@ fn finite(value: f64) -> Option<f64> {
     value.is_finite().then_some(value)
 }
 
+/// Eigenvalues of a symmetric positive semi-definite matrix, or of a batch of them (in no
+/// particular order); `None` when an entry is not finite — a network whose features or
+/// gradients overflowed — so that the measure is recorded as missing.
+///
+/// LAPACK's solver behind `eigvalsh` can also fail to converge on a finite matrix with many
+/// repeated eigenvalues (seen on MNIST, whose blank borders give supernets' features
+/// degenerate covariances); singular values, which equal the eigenvalues of a positive
+/// semi-definite matrix, are computed by a different algorithm and are the fallback.
+fn psd_eigenvalues(m: &Tensor) -> Result<Option<Tensor>, tch::TchError> {
+    if m.f_isfinite()?.f_all()?.f_int64_value(&[])? == 0 {
+        return Ok(None);
+    }
+    match m.f_linalg_eigvalsh("L") {
+        Ok(eigenvalues) => Ok(Some(eigenvalues)),
+        Err(_) => m.f_svd(true, false).map(|(_, singular_values, _)| Some(singular_values)),
+    }
+}
+
 /// Measures candidates on one fixed batch of images, with networks initialised from one
 /// seed, so that values compare architectures rather than draws of data or weights.
 #[derive(Debug)]
