@@ -46,8 +46,10 @@ pub fn parse_yaml<T: DeserializeOwned>(text: &str, path: &Path) -> Result<T, Con
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct SearchSettings {
-    /// Kernel scores a run may compute.
-    pub budget: u32,
+    /// Training-free scores a run may compute: a budget of scores only (trainings are
+    /// `top_k`). Its key in YAML is `budget`, as in the `--budget` flag.
+    #[serde(rename = "budget")]
+    pub score_budget: u32,
     /// Trainings a run may run (the k of KNAS's top-k).
     pub top_k: u32,
     /// Candidates one proposal may hold.
@@ -56,14 +58,14 @@ pub struct SearchSettings {
 
 impl Default for SearchSettings {
     fn default() -> SearchSettings {
-        SearchSettings { budget: 100, top_k: 3, max_batch: 16 }
+        SearchSettings { score_budget: 100, top_k: 3, max_batch: 16 }
     }
 }
 
 impl SearchSettings {
     /// Checks the settings; the message starts with the offending key.
     pub fn validate(&self) -> Result<(), String> {
-        match [("budget", self.budget), ("max-batch", self.max_batch)].iter().find(|(_, value)| *value == 0) {
+        match [("budget", self.score_budget), ("max-batch", self.max_batch)].iter().find(|(_, value)| *value == 0) {
             Some((key, _)) => Err(format!("{key} must be at least 1, got 0")),
             None => Ok(()),
         }
@@ -72,7 +74,7 @@ impl SearchSettings {
     /// The run's full search specification with these settings.
     pub fn spec(&self, params: serde_json::Value, limits: PolicyLimits) -> SearchSpec {
         SearchSpec {
-            budget: Budget { scores: self.budget, trainings: self.top_k },
+            budget: Budget { scores: self.score_budget, trainings: self.top_k },
             max_batch: self.max_batch,
             max_epochs: crate::run::DEFAULT_MAX_EPOCHS,
             params,
@@ -224,7 +226,7 @@ mod tests {
         let text = "experiment:\n  channels: 8\nsearch:\n  budget: 20\nparams:\n  population: 4\n";
         let config: RunConfig = parse_yaml(text, Path::new("run.yaml")).unwrap();
         assert_eq!(config.experiment.channels, 8);
-        assert_eq!(config.search, SearchSettings { budget: 20, ..SearchSettings::default() });
+        assert_eq!(config.search, SearchSettings { score_budget: 20, ..SearchSettings::default() });
         assert_eq!(config.params, Some(serde_json::json!({"population": 4})));
 
         let err = parse_yaml::<RunConfig>("search:\n  budget: 20\n  topk: 3\n", Path::new("run.yaml")).unwrap_err();

@@ -120,7 +120,7 @@ fn hostile(fixture: &str, raise: &str, raised: &str) {
     let mut engine = Engine::new(&experiment, tch::Device::Cpu).unwrap();
     knas::search::anchor(&mut engine, &store, &mut |_, _| {}).unwrap();
     let module = runtime.load_file(&dir.join(format!("{fixture}.wasm"))).unwrap();
-    let settings = SearchSettings { budget: 2, top_k: 0, max_batch: 2 };
+    let settings = SearchSettings { score_budget: 2, top_k: 0, max_batch: 2 };
     let run = |name: &str, params: Value| -> Result<Vec<knas::store::EvaluationRecord>, String> {
         let spec = settings.spec(params, PolicyLimits::default());
         let mut search = Search::start(&store, &runtime, &module, name, &experiment, &spec).map_err(|e| e.to_string())?;

@@ -387,7 +387,7 @@ fn a_failing_policy_leaves_the_host_and_other_runs_intact() {
     let experiment = Experiment { channels: 2, cells: 1, score_batch: 4, limit: Some(64), reference: 6, ..Experiment::default() };
     let mut engine = Engine::new(&experiment, tch::Device::Cpu).unwrap();
     knas::search::anchor(&mut engine, &store, &mut |_, _| {}).unwrap();
-    let settings = SearchSettings { budget: 4, top_k: 0, max_batch: 2 };
+    let settings = SearchSettings { score_budget: 4, top_k: 0, max_batch: 2 };
 
     let hostile = runtime.load_file(&policy("hostile")).unwrap();
     let trap_late = json!({"act": "trap", "at": "observe"});
@@ -437,7 +437,7 @@ fn long_histories_replay_in_chunks_and_checkpoints_shorten_restarts() {
     knas::search::anchor(&mut engine, &store, &mut |_, _| {}).unwrap();
     let module = runtime.load_file(&policy("evolution")).unwrap();
     let limits = PolicyLimits::default();
-    let spec = SearchSettings { budget: 10_010, top_k: 0, max_batch: 1 }.spec(json!({}), limits);
+    let spec = SearchSettings { score_budget: 10_010, top_k: 0, max_batch: 1 }.spec(json!({}), limits);
     let (run, _) = store.begin_run("long", &module.label(), &experiment, &spec).unwrap();
     let archs = Arch::sample(10_000, 7);
     for (i, arch) in archs.iter().enumerate() {

@@ -188,7 +188,7 @@ pub fn run(args: &SearchArgs) -> Result<()> {
     };
     let experiment = args.experiment.apply(config.experiment.clone());
     let settings = SearchSettings {
-        budget: args.budget.unwrap_or(config.search.budget),
+        score_budget: args.budget.unwrap_or(config.search.score_budget),
         top_k: args.top_k.unwrap_or(config.search.top_k),
         max_batch: args.max_batch.unwrap_or(config.search.max_batch),
     };
