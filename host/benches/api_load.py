@@ -4,11 +4,16 @@
 Builds a store with many recorded evaluations (default 300,000, in 100 runs), starts the
 service on it with one live run searching (tiny networks, so that scores are frequent and
 any slowdown shows), measures the live run's scores per second with the API idle, then
-with CLIENTS threads calling `GET /api/runs?limit=100` as fast as they can for SECONDS,
-and reports the requests' latency (p50, p99, max), errors, and the search's throughput
-under load as a share of idle. Finally it times the exit after SIGTERM.
+with CLIENTS clients calling `GET /api/runs?limit=100` as fast as they are answered for
+SECONDS, and reports the requests' latency (p50, p99, max), errors, and the search's
+throughput under load as a share of idle. Finally it times the exit after SIGTERM.
 
     python3 host/benches/api_load.py --clients 200 --seconds 30 --evaluations 300000
+
+The clients are `--generator rust` (default: `host/benches/http_load.rs`, one keep-alive
+connection per client on a one-thread runtime, as dashboards and scrapers connect) or
+`python` (a thread per client, a new connection per request: the generator then takes
+most of a core of the machine it shares with the service).
 
 Needs the release binary and a built random policy (knas policy build --all). Only the
 standard library is used.
@@ -60,7 +65,16 @@ def main() -> int:
     p.add_argument("--idle-seconds", type=float, default=15)
     p.add_argument("--evaluations", type=int, default=300_000)
     p.add_argument("--runs", type=int, default=100)
+    p.add_argument("--generator", choices=["rust", "python"], default="rust")
     args = p.parse_args()
+
+    generator = None
+    if args.generator == "rust":
+        # Built before anything is measured.
+        built = subprocess.run(["cargo", "bench", "--locked", "-p", "knas", "--bench", "http_load", "--no-run", "--message-format=json"],
+                               cwd=root, check=True, capture_output=True, text=True).stdout
+        generator = next(m["executable"] for m in map(json.loads, built.splitlines())
+                         if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "http_load" and m.get("executable"))
 
     work = Path(tempfile.mkdtemp(prefix="knas-load-"))
     db = work / "runs.db"
@@ -108,16 +122,47 @@ def main() -> int:
 
     idle = throughput(args.idle_seconds)
 
+    url = f"http://{address}/api/runs?limit=100"
+    if generator:
+        load = subprocess.Popen([generator, "--url", url, "--clients", str(args.clients), "--seconds", str(args.seconds),
+                                 "--expect-prefix", '{"runs":'], stdout=subprocess.PIPE, text=True)
+        loaded = throughput(args.seconds)
+        generated = json.loads(load.communicate()[0])
+    else:
+        generated = python_load(url, args.clients, args.seconds, throughput)
+        loaded = generated.pop("scores_per_second")
+
+    asked = time.time()
+    service.send_signal(signal.SIGTERM)
+    code = service.wait(timeout=120)
+    exit_seconds = time.time() - asked
+
+    report = {
+        "evaluations_in_store": total,
+        "generator": args.generator,
+        **generated,
+        "scores_per_second": {"idle": idle, "under_load": loaded, "share": loaded / idle if idle else None},
+        "exit_after_sigterm_seconds": exit_seconds,
+        "exit_code": code,
+        "cpus": os.cpu_count(),
+    }
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+def python_load(url: str, clients: int, seconds: float, throughput) -> dict:
+    """A thread per client, a new connection per request; also measures the search's
+    throughput (via `throughput`) while the load lasts."""
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
-    deadline = time.time() + args.seconds
+    deadline = time.time() + seconds
 
     def client() -> None:
         while time.time() < deadline:
             t0 = time.perf_counter()
             try:
-                with urllib.request.urlopen(f"http://{address}/api/runs?limit=100", timeout=30) as response:
+                with urllib.request.urlopen(url, timeout=30) as response:
                     body = response.read()
                     ok = response.status == 200 and body.startswith(b'{"runs":')
                     problem = None if ok else f"status {response.status}"
@@ -128,37 +173,25 @@ def main() -> int:
                 if problem:
                     errors.append(problem)
 
-    threads = [threading.Thread(target=client) for _ in range(args.clients)]
+    threads = [threading.Thread(target=client) for _ in range(clients)]
     for t in threads:
         t.start()
-    loaded = throughput(args.seconds)
+    loaded = throughput(seconds)
     for t in threads:
         t.join()
-
-    asked = time.time()
-    service.send_signal(signal.SIGTERM)
-    code = service.wait(timeout=120)
-    exit_seconds = time.time() - asked
-
     latencies.sort()
     q = lambda f: latencies[min(len(latencies) - 1, int(f * len(latencies)))] * 1000  # noqa: E731
-    report = {
-        "evaluations_in_store": total,
-        "clients": args.clients,
-        "seconds": args.seconds,
+    return {
+        "clients": clients,
+        "seconds": seconds,
         "requests": len(latencies),
-        "requests_per_second": len(latencies) / args.seconds,
+        "requests_per_second": len(latencies) / seconds,
         "errors": len(errors),
         "error_examples": sorted(set(errors))[:3],
         "latency_ms": {"p50": q(0.50), "p99": q(0.99), "max": latencies[-1] * 1000 if latencies else None,
                        "mean": statistics.mean(latencies) * 1000 if latencies else None},
-        "scores_per_second": {"idle": idle, "under_load": loaded, "share": loaded / idle if idle else None},
-        "exit_after_sigterm_seconds": exit_seconds,
-        "exit_code": code,
-        "cpus": os.cpu_count(),
+        "scores_per_second": loaded,
     }
-    print(json.dumps(report, indent=1))
-    return 0
 
 
 if __name__ == "__main__":
