@@ -472,6 +472,13 @@ impl RunStore {
         raws.into_iter().map(Self::decode_run).collect()
     }
 
+    /// A number that changes whenever *another* connection commits to the store (SQLite's
+    /// `data_version`): a reader's answers computed at one value are still current while it
+    /// holds.
+    pub fn data_version(&self) -> Result<i64, StoreError> {
+        Ok(self.conn.query_row("PRAGMA data_version", [], |row| row.get(0))?)
+    }
+
     /// Up to `limit` runs with their summaries, by name, starting after `after`.
     pub fn summaries(&self, after: Option<&str>, limit: usize) -> Result<Vec<(RunRecord, RunSummary)>, StoreError> {
         let columns = RUN_COLUMNS.split(", ").map(|c| format!("r.{c}")).collect::<Vec<_>>().join(", ");

@@ -32,6 +32,46 @@ pub struct AppState {
     pub status: SharedStatus,
     /// A reader connection (WAL: it never blocks the scheduler's writes).
     pub store: Arc<Mutex<RunStore>>,
+    /// `/api/runs` pages as last answered.
+    pub pages: Arc<Mutex<PageCache>>,
+}
+
+impl AppState {
+    pub fn new(metrics: Arc<Metrics>, status: SharedStatus, store: RunStore) -> AppState {
+        AppState { metrics, status, store: Arc::new(Mutex::new(store)), pages: Arc::default() }
+    }
+}
+
+/// `/api/runs` pages as last answered, each with what it was computed from: the store's
+/// `data_version` and the runs active then. A dashboard polling the list, or many of them,
+/// is answered from here until the scheduler commits something — one `PRAGMA` instead of a
+/// query and a serialisation per request.
+#[derive(Default)]
+pub struct PageCache {
+    pages: std::collections::HashMap<(Option<String>, usize), CachedPage>,
+}
+
+struct CachedPage {
+    data_version: i64,
+    active: Vec<String>,
+    body: axum::body::Bytes,
+}
+
+impl PageCache {
+    /// Pages kept; past this the cache starts again (clients walking every cursor of a
+    /// huge store must not make it grow without bound).
+    const MAX_PAGES: usize = 256;
+
+    fn get(&self, key: &(Option<String>, usize), data_version: i64, active: &[String]) -> Option<axum::body::Bytes> {
+        self.pages.get(key).filter(|p| p.data_version == data_version && p.active == active).map(|p| p.body.clone())
+    }
+
+    fn put(&mut self, key: (Option<String>, usize), data_version: i64, active: Vec<String>, body: axum::body::Bytes) {
+        if self.pages.len() >= Self::MAX_PAGES && !self.pages.contains_key(&key) {
+            self.pages.clear();
+        }
+        self.pages.insert(key, CachedPage { data_version, active, body });
+    }
 }
 
 /// Requests served at once; more wait for a turn (they are not refused).
@@ -164,11 +204,16 @@ async fn runs(State(state): State<AppState>, Query(page): Query<Page>) -> Respon
             .into_response();
     }
     let active: Vec<String> = state.status.read().map(|s| s.active.clone()).unwrap_or_default();
-    let store = state.store.clone();
-    let result = tokio::task::spawn_blocking(move || -> Result<RunPage, String> {
+    let (store, pages) = (state.store.clone(), state.pages.clone());
+    let result = tokio::task::spawn_blocking(move || -> Result<axum::body::Bytes, String> {
         let store = store.lock().map_err(|_| "store lock poisoned".to_owned())?;
+        let key = (page.after, limit);
+        let data_version = store.data_version().map_err(|e| e.to_string())?;
+        if let Some(body) = pages.lock().ok().and_then(|p| p.get(&key, data_version, &active)) {
+            return Ok(body);
+        }
         // One more than asked: whether there is a next page.
-        let mut rows = store.summaries(page.after.as_deref(), limit + 1).map_err(|e| e.to_string())?;
+        let mut rows = store.summaries(key.0.as_deref(), limit + 1).map_err(|e| e.to_string())?;
         let more = rows.len() > limit;
         rows.truncate(limit);
         let runs: Vec<RunView> = rows
@@ -179,11 +224,15 @@ async fn runs(State(state): State<AppState>, Query(page): Query<Page>) -> Respon
             })
             .collect();
         let next = if more { runs.last().map(|r| r.name.clone()) } else { None };
-        Ok(RunPage { runs, next })
+        let body = axum::body::Bytes::from(serde_json::to_vec(&RunPage { runs, next }).map_err(|e| e.to_string())?);
+        if let Ok(mut pages) = pages.lock() {
+            pages.put(key, data_version, active, body.clone());
+        }
+        Ok(body)
     })
     .await;
     match result {
-        Ok(Ok(page)) => Json(page).into_response(),
+        Ok(Ok(body)) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
         Ok(Err(message)) => internal(message),
         Err(join) => internal(join.to_string()),
     }
@@ -225,3 +274,61 @@ async fn run(State(state): State<AppState>, Path(name): Path<String>) -> Respons
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::{Fidelity, PolicyLimits, SearchSpec};
+    use crate::space::{Arch, Candidate};
+    use crate::store::NewEvaluation;
+
+    async fn list(state: &AppState) -> serde_json::Value {
+        let response = runs(State(state.clone()), Query(Page { limit: None, after: None })).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_run_list_is_answered_from_the_cache_until_the_store_or_the_active_runs_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runs.db");
+        let writer = RunStore::open(&path).unwrap();
+        let spec = SearchSpec {
+            budget: Budget { scores: 10, trainings: 0 },
+            max_batch: 4,
+            max_epochs: 1,
+            params: serde_json::json!({}),
+            limits: PolicyLimits::default(),
+        };
+        let (run, _) = writer.begin_run("r", "p@1", &Experiment::default(), &spec).unwrap();
+        let state = AppState::new(Arc::new(Metrics::new()), SharedStatus::default(), RunStore::open(&path).unwrap());
+
+        let first = list(&state).await;
+        assert_eq!(first["runs"][0]["recorded"]["scores"], 0);
+        assert_eq!(list(&state).await, first);
+        assert_eq!(state.pages.lock().unwrap().pages.len(), 1, "one page cached");
+
+        // The scheduler's connection commits a score: the next answer has it.
+        let a: Candidate = Arch::from_index(7).unwrap().into();
+        writer.record(run.id, &a, Fidelity::Score, "p@1", &NewEvaluation { score: Some(-1.0), seconds: 0.1, ..NewEvaluation::default() }).unwrap();
+        let second = list(&state).await;
+        assert_eq!(second["runs"][0]["recorded"]["scores"], 1);
+        assert_eq!(second["runs"][0]["best_score"], -1.0);
+
+        // The run becomes active without any write: the answer says so.
+        state.status.write().unwrap().active.push("r".into());
+        assert_eq!(list(&state).await["runs"][0]["active"], true);
+    }
+
+    #[test]
+    fn the_page_cache_stays_bounded() {
+        let mut cache = PageCache::default();
+        for i in 0..PageCache::MAX_PAGES + 10 {
+            cache.put((Some(format!("run-{i}")), 100), 1, Vec::new(), axum::body::Bytes::new());
+            assert!(cache.pages.len() <= PageCache::MAX_PAGES);
+        }
+        assert!(cache.get(&(Some(format!("run-{}", PageCache::MAX_PAGES + 9)), 100), 1, &[]).is_some());
+        assert!(cache.get(&(Some(format!("run-{}", PageCache::MAX_PAGES + 9)), 100), 2, &[]).is_none(), "another data version");
+    }
+}

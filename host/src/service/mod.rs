@@ -25,7 +25,7 @@ pub mod scheduler;
 pub mod watcher;
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -99,7 +99,7 @@ pub fn serve(config: ServiceConfig, config_path: Option<&Path>) -> anyhow::Resul
         };
         let watcher_task = tokio::spawn(watcher::run(watched, commands.clone(), metrics.clone(), stop_rx.clone()));
 
-        let state = http::AppState { metrics, status, store: Arc::new(Mutex::new(reader)) };
+        let state = http::AppState::new(metrics, status, reader);
         let mut server_stop = stop_rx.clone();
         let server = tokio::spawn(
             axum::serve(listener, http::router(state))
