@@ -15,8 +15,9 @@ connection per client on a one-thread runtime, as dashboards and scrapers connec
 `python` (a thread per client, a new connection per request: the generator then takes
 most of a core of the machine it shares with the service).
 
-Needs the release binary and a built random policy (knas policy build --all). Only the
-standard library is used.
+Needs the release binary, a built random policy (knas policy build --all) and, for the
+Rust generator, cargo (it builds the bench first). The script itself uses only Python's
+standard library.
 """
 
 import argparse
@@ -123,14 +124,21 @@ def main() -> int:
     idle = throughput(args.idle_seconds)
 
     url = f"http://{address}/api/runs?limit=100"
-    if generator:
-        load = subprocess.Popen([generator, "--url", url, "--clients", str(args.clients), "--seconds", str(args.seconds),
-                                 "--expect-prefix", '{"runs":'], stdout=subprocess.PIPE, text=True)
-        loaded = throughput(args.seconds)
-        generated = json.loads(load.communicate()[0])
-    else:
-        generated = python_load(url, args.clients, args.seconds, throughput)
-        loaded = generated.pop("scores_per_second")
+    try:
+        if generator:
+            load = subprocess.Popen([generator, "--url", url, "--clients", str(args.clients), "--seconds", str(args.seconds),
+                                     "--expect-prefix", '{"runs":'], stdout=subprocess.PIPE, text=True)
+            loaded = throughput(args.seconds)
+            out = load.communicate()[0]
+            if load.returncode != 0:
+                raise SystemExit(f"the load generator failed (exit {load.returncode})")
+            generated = json.loads(out)
+        else:
+            generated = python_load(url, args.clients, args.seconds, throughput)
+            loaded = generated.pop("scores_per_second")
+    except BaseException:
+        service.kill()
+        raise
 
     asked = time.time()
     service.send_signal(signal.SIGTERM)
@@ -180,7 +188,7 @@ def python_load(url: str, clients: int, seconds: float, throughput) -> dict:
     for t in threads:
         t.join()
     latencies.sort()
-    q = lambda f: latencies[min(len(latencies) - 1, int(f * len(latencies)))] * 1000  # noqa: E731
+    q = lambda f: latencies[min(len(latencies) - 1, int(f * len(latencies)))] * 1000 if latencies else None  # noqa: E731
     return {
         "clients": clients,
         "seconds": seconds,

@@ -42,18 +42,19 @@ fn spectral_entropies(features: &[Tensor]) -> Result<Vec<Option<f64>>, tch::TchE
         // Channels-last rows; centred, the product is accurate in the features' own
         // precision, and only the small C×C covariance goes to double.
         let rows = f.f_permute([0, 2, 3, 1])?.f_reshape([-1, c])?;
-        let centred = rows.f_sub(&rows.f_mean_dim(0, true, rows.kind())?)?;
-        let product = |x: &Tensor| -> Result<Tensor, tch::TchError> {
-            x.f_transpose(0, 1)?.f_mm(x)?.f_to_kind(Kind::Double)?.f_div_scalar(rows.size()[0] as f64)
+        let covariance = |rows: &Tensor| -> Result<Tensor, tch::TchError> {
+            let centred = rows.f_sub(&rows.f_mean_dim(0, true, rows.kind())?)?;
+            centred.f_transpose(0, 1)?.f_mm(&centred)?.f_to_kind(Kind::Double)?.f_div_scalar(rows.size()[0] as f64)
         };
-        let mut cov = product(&centred)?;
+        let mut cov = covariance(&rows)?;
         if cov.f_isfinite()?.f_all()?.f_int64_value(&[])? == 0 {
             // Features so large that their products overflow (a supernet summing every
             // op through many cells): the spectrum's entropy does not depend on the
-            // features' scale, so it is taken from the features scaled to at most 1.
-            let largest = centred.f_abs()?.f_max()?.f_double_value(&[])?;
+            // features' scale, so it is taken from the features scaled to at most 1
+            // (scaled before centring: the mean itself may overflow).
+            let largest = rows.f_abs()?.f_max()?.f_double_value(&[])?;
             if largest.is_finite() && largest > 0.0 {
-                cov = product(&centred.f_div_scalar(largest)?)?;
+                cov = covariance(&rows.f_div_scalar(largest)?)?;
             }
         }
         // Covariances are positive semi-definite: negative eigenvalues are rounding.
@@ -198,6 +199,11 @@ pub(super) fn meco(net: &Network, images: &Tensor) -> Result<Option<f64>, Measur
     for (maps, weights) in outputs.by_shape.into_inner().into_values() {
         // Pearson correlation of channels, batched over layers of the same shape.
         let x = Tensor::f_stack(&maps, 0)?.f_to_kind(Kind::Double)?;
+        if x.f_isfinite()?.f_all()?.f_int64_value(&[])? == 0 {
+            // Overflowed features have no correlation to speak of: missing, rather than
+            // their channels silently counted as constant below.
+            return Ok(None);
+        }
         let centred = x.f_sub(&x.f_mean_dim(2, true, Kind::Double)?)?;
         let cov = centred.f_bmm(&centred.f_transpose(1, 2)?)?;
         let sd = cov.f_diagonal(0, 1, 2)?.f_sqrt()?;
@@ -264,13 +270,27 @@ mod tests {
     }
 
     #[test]
-    fn eigenvalues_of_non_finite_matrices_are_missing_and_of_finite_ones_exact() {
+    fn eigenvalues_of_non_finite_matrices_are_missing_and_of_finite_ones_right() {
         let m = Tensor::from_slice(&[2.0f64, 1.0, 1.0, 2.0]).view([2, 2]);
         let mut e = Vec::<f64>::try_from(psd_eigenvalues(&m).unwrap().unwrap()).unwrap();
         e.sort_by(f64::total_cmp);
         assert!((e[0] - 1.0).abs() < 1e-12 && (e[1] - 3.0).abs() < 1e-12, "{e:?}");
         let nan = Tensor::from_slice(&[f64::NAN, 1.0, 1.0, 2.0]).view([2, 2]);
         assert!(psd_eigenvalues(&nan).unwrap().is_none());
+    }
+
+    #[test]
+    fn the_fallback_spectrum_of_psd_matrices_is_their_eigenvalues() {
+        // A batch of three 5×5 positive semi-definite matrices (MeCo's shape), one of rank 2.
+        tch::manual_seed(3);
+        let a = Tensor::randn([3, 5, 5], (Kind::Double, tch::Device::Cpu));
+        let mut psd = a.bmm(&a.transpose(1, 2));
+        let low_rank = a.narrow(2, 0, 2);
+        psd = Tensor::cat(&[psd.narrow(0, 0, 2), low_rank.narrow(0, 2, 1).bmm(&low_rank.narrow(0, 2, 1).transpose(1, 2))], 0);
+        let by_svd = crate::measures::psd_eigenvalues_by_svd(&psd).unwrap().sort(1, false).0;
+        let exact = psd.linalg_eigvalsh("L").clamp_min(0.0).sort(1, false).0;
+        let worst = (&by_svd - &exact).abs().max().double_value(&[]);
+        assert!(worst < 1e-9, "{by_svd} vs {exact}");
     }
 
     #[test]

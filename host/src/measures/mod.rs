@@ -352,17 +352,23 @@ fn finite(value: f64) -> Option<f64> {
 /// gradients overflowed — so that the measure is recorded as missing.
 ///
 /// LAPACK's solver behind `eigvalsh` can also fail to converge on a finite matrix with many
-/// repeated eigenvalues (seen on MNIST, whose blank borders give supernets' features
-/// degenerate covariances); singular values, which equal the eigenvalues of a positive
-/// semi-definite matrix, are computed by a different algorithm and are the fallback.
+/// repeated eigenvalues; then the singular values, which equal the eigenvalues of a
+/// positive semi-definite matrix and come from a different algorithm, are the answer. If
+/// that fails too, the solver's own error is returned.
 fn psd_eigenvalues(m: &Tensor) -> Result<Option<Tensor>, tch::TchError> {
     if m.f_isfinite()?.f_all()?.f_int64_value(&[])? == 0 {
         return Ok(None);
     }
     match m.f_linalg_eigvalsh("L") {
         Ok(eigenvalues) => Ok(Some(eigenvalues)),
-        Err(_) => m.f_svd(true, false).map(|(_, singular_values, _)| Some(singular_values)),
+        Err(error) => psd_eigenvalues_by_svd(m).map(Some).map_err(|_| error),
     }
+}
+
+/// The eigenvalues of positive semi-definite matrices as their singular values (descending).
+fn psd_eigenvalues_by_svd(m: &Tensor) -> Result<Tensor, tch::TchError> {
+    let (_, singular_values, _) = m.f_svd(true, false)?;
+    Ok(singular_values)
 }
 
 /// Measures candidates on one fixed batch of images, with networks initialised from one

@@ -49,6 +49,8 @@ impl AppState {
 #[derive(Default)]
 pub struct PageCache {
     pages: std::collections::HashMap<(Option<String>, usize), CachedPage>,
+    /// Bytes held: bodies and cursors.
+    bytes: usize,
 }
 
 struct CachedPage {
@@ -58,19 +60,31 @@ struct CachedPage {
 }
 
 impl PageCache {
-    /// Pages kept; past this the cache starts again (clients walking every cursor of a
-    /// huge store must not make it grow without bound).
-    const MAX_PAGES: usize = 256;
+    /// Bytes kept; past this the cache starts again, so that clients walking many cursors
+    /// (or inventing them) cannot make it grow without bound.
+    const MAX_BYTES: usize = 16 << 20;
 
     fn get(&self, key: &(Option<String>, usize), data_version: i64, active: &[String]) -> Option<axum::body::Bytes> {
         self.pages.get(key).filter(|p| p.data_version == data_version && p.active == active).map(|p| p.body.clone())
     }
 
     fn put(&mut self, key: (Option<String>, usize), data_version: i64, active: Vec<String>, body: axum::body::Bytes) {
-        if self.pages.len() >= Self::MAX_PAGES && !self.pages.contains_key(&key) {
-            self.pages.clear();
+        let size = |key: &(Option<String>, usize), page: &CachedPage| {
+            key.0.as_ref().map_or(0, String::len) + page.body.len() + page.active.iter().map(String::len).sum::<usize>()
+        };
+        let page = CachedPage { data_version, active, body };
+        let added = size(&key, &page);
+        if let Some(old) = self.pages.remove(&key) {
+            self.bytes -= size(&key, &old);
         }
-        self.pages.insert(key, CachedPage { data_version, active, body });
+        if self.bytes + added > Self::MAX_BYTES {
+            self.pages.clear();
+            self.bytes = 0;
+        }
+        if added <= Self::MAX_BYTES {
+            self.bytes += added;
+            self.pages.insert(key, page);
+        }
     }
 }
 
@@ -306,8 +320,12 @@ mod tests {
 
         let first = list(&state).await;
         assert_eq!(first["runs"][0]["recorded"]["scores"], 0);
-        assert_eq!(list(&state).await, first);
-        assert_eq!(state.pages.lock().unwrap().pages.len(), 1, "one page cached");
+        // While nothing changes, the cached body is the answer (a marker put in its place
+        // comes back).
+        let version = state.store.lock().unwrap().data_version().unwrap();
+        let marker = axum::body::Bytes::from_static(br#"{"runs":[],"next":"cached"}"#);
+        state.pages.lock().unwrap().put((None, 100), version, Vec::new(), marker);
+        assert_eq!(list(&state).await["next"], "cached");
 
         // The scheduler's connection commits a score: the next answer has it.
         let a: Candidate = Arch::from_index(7).unwrap().into();
@@ -324,11 +342,19 @@ mod tests {
     #[test]
     fn the_page_cache_stays_bounded() {
         let mut cache = PageCache::default();
-        for i in 0..PageCache::MAX_PAGES + 10 {
-            cache.put((Some(format!("run-{i}")), 100), 1, Vec::new(), axum::body::Bytes::new());
-            assert!(cache.pages.len() <= PageCache::MAX_PAGES);
+        let body = axum::body::Bytes::from(vec![b' '; 1 << 20]);
+        for i in 0..40 {
+            cache.put((Some(format!("run-{i}")), 1000), 1, Vec::new(), body.clone());
+            assert!(cache.bytes <= PageCache::MAX_BYTES, "{} bytes", cache.bytes);
+            let held: usize = cache.pages.iter().map(|(k, p)| k.0.as_ref().map_or(0, String::len) + p.body.len()).sum();
+            assert_eq!(cache.bytes, held, "the count matches what is held");
         }
-        assert!(cache.get(&(Some(format!("run-{}", PageCache::MAX_PAGES + 9)), 100), 1, &[]).is_some());
-        assert!(cache.get(&(Some(format!("run-{}", PageCache::MAX_PAGES + 9)), 100), 2, &[]).is_none(), "another data version");
+        let last = (Some("run-39".to_owned()), 1000);
+        assert!(cache.get(&last, 1, &[]).is_some());
+        assert!(cache.get(&last, 2, &[]).is_none(), "another data version");
+        // Replacing a page does not count it twice.
+        let before = cache.bytes;
+        cache.put(last.clone(), 2, Vec::new(), body.clone());
+        assert_eq!(cache.bytes, before);
     }
 }
