@@ -28,7 +28,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tch::{Kind, Tensor};
 
-use super::{MeasureError, finite, psd_eigenvalues};
+use super::{MeasureError, all_finite, finite, psd_eigenvalues};
 use crate::model::{Network, NormMode, Pass, Tap};
 
 /// The entropy of each feature map's normalised covariance spectrum; `None` for a map with
@@ -47,7 +47,7 @@ fn spectral_entropies(features: &[Tensor]) -> Result<Vec<Option<f64>>, tch::TchE
             centred.f_transpose(0, 1)?.f_mm(&centred)?.f_to_kind(Kind::Double)?.f_div_scalar(rows.size()[0] as f64)
         };
         let mut cov = covariance(&rows)?;
-        if cov.f_isfinite()?.f_all()?.f_int64_value(&[])? == 0 {
+        if !all_finite(&cov)? {
             // Features so large that their products overflow (a supernet summing every
             // op through many cells): the spectrum's entropy does not depend on the
             // features' scale, so it is taken from the features scaled to at most 1
@@ -199,7 +199,7 @@ pub(super) fn meco(net: &Network, images: &Tensor) -> Result<Option<f64>, Measur
     for (maps, weights) in outputs.by_shape.into_inner().into_values() {
         // Pearson correlation of channels, batched over layers of the same shape.
         let x = Tensor::f_stack(&maps, 0)?.f_to_kind(Kind::Double)?;
-        if x.f_isfinite()?.f_all()?.f_int64_value(&[])? == 0 {
+        if !all_finite(&x)? {
             // Overflowed features have no correlation to speak of: missing, rather than
             // their channels silently counted as constant below.
             return Ok(None);

@@ -26,10 +26,8 @@ pub(super) fn jacov(logits: &Tensor, input: &Tensor, keep_graph: bool) -> Result
 /// The score of a Jacobian `[n, …]`.
 fn score(jacobian: &Tensor) -> Result<Option<f64>, tch::TchError> {
     let corr = jacobian.f_flatten(1, -1)?.f_to_kind(Kind::Double)?.f_corrcoef()?;
-    if corr.f_isfinite()?.f_all()?.f_int64_value(&[])? == 0 {
-        // An image whose gradient is constant has no correlation: the same verdict.
-        return Ok(None);
-    }
+    // An image whose gradient is constant has no correlation (NaN entries): missing, the
+    // same verdict as for overflowed gradients.
     let Some(eig) = super::psd_eigenvalues(&corr)? else { return Ok(None) };
     let eig = eig.f_clamp_min(0.0)?.f_add_scalar(K)?;
     let sum = eig.f_log()?.f_add(&eig.f_reciprocal()?)?.f_sum(Kind::Double)?.f_double_value(&[])?;

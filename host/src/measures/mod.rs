@@ -347,6 +347,11 @@ fn finite(value: f64) -> Option<f64> {
     value.is_finite().then_some(value)
 }
 
+/// Whether every entry of `t` is finite.
+fn all_finite(t: &Tensor) -> Result<bool, tch::TchError> {
+    Ok(t.f_isfinite()?.f_all()?.f_int64_value(&[])? != 0)
+}
+
 /// Eigenvalues of a symmetric positive semi-definite matrix, or of a batch of them (in no
 /// particular order); `None` when an entry is not finite — a network whose features or
 /// gradients overflowed — so that the measure is recorded as missing.
@@ -356,7 +361,7 @@ fn finite(value: f64) -> Option<f64> {
 /// positive semi-definite matrix and come from a different algorithm, are the answer. If
 /// that fails too, the solver's own error is returned.
 fn psd_eigenvalues(m: &Tensor) -> Result<Option<Tensor>, tch::TchError> {
-    if m.f_isfinite()?.f_all()?.f_int64_value(&[])? == 0 {
+    if !all_finite(m)? {
         return Ok(None);
     }
     match m.f_linalg_eigvalsh("L") {

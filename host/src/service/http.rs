@@ -292,7 +292,7 @@ async fn run(State(state): State<AppState>, Path(name): Path<String>) -> Respons
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::run::{Fidelity, PolicyLimits, SearchSpec};
+    use crate::run::{Fidelity, PolicyLimits};
     use crate::space::{Arch, Candidate};
     use crate::store::NewEvaluation;
 
@@ -308,13 +308,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("runs.db");
         let writer = RunStore::open(&path).unwrap();
-        let spec = SearchSpec {
-            budget: Budget { scores: 10, trainings: 0 },
-            max_batch: 4,
-            max_epochs: 1,
-            params: serde_json::json!({}),
-            limits: PolicyLimits::default(),
-        };
+        let spec = crate::config::SearchSettings { score_budget: 10, top_k: 0, max_batch: 4 }.spec(serde_json::json!({}), PolicyLimits::default());
         let (run, _) = writer.begin_run("r", "p@1", &Experiment::default(), &spec).unwrap();
         let state = AppState::new(Arc::new(Metrics::new()), SharedStatus::default(), RunStore::open(&path).unwrap());
 
