@@ -1,17 +1,20 @@
 //! Reads the policy contract's version from its WIT file (the one place it is written),
-//! generates the Katib suggestion API's Rust types from `proto/katib_suggestion.proto`, and
-//! makes the `knas` binaries find libtorch without LD_LIBRARY_PATH.
+//! generates the Katib suggestion API's Rust types from `proto/katib_suggestion.proto`,
+//! compiles the built-in random policy for the binary to carry, and makes the `knas`
+//! binaries find libtorch without LD_LIBRARY_PATH.
 //!
 //! `torch-sys` reports where it found libtorch (`DEP_TCH_LIBTORCH_LIB`, from its
 //! `links = "tch"` key). We bake that folder into every binary as an rpath, and we keep
 //! `libtorch_cuda` linked even though no symbol of it is referenced directly: the linker's
 //! default `--as-needed` would drop it, and with it libtorch's CUDA backend.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 fn main() {
     contract_version();
     katib_api();
+    builtin_policy();
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         return;
@@ -49,4 +52,42 @@ fn katib_api() {
     tonic_prost_build::configure()
         .compile_fds(descriptors)
         .unwrap_or_else(|e| panic!("cannot generate the Katib API from {}: {e}", proto.display()));
+}
+
+/// `$OUT_DIR/random.core.wasm`: the random policy (`policies/random`, KNAS's own protocol)
+/// as a core module, which `policy::builtin` wraps into a component at run time. The
+/// binary carries it so that `knas select` and `knas search --policy random` need no
+/// policy file.
+///
+/// Cargo cannot depend on a crate built for another target (artifact dependencies are
+/// unstable), so this runs a second cargo for `wasm32-unknown-unknown`, with its own
+/// target folder under `OUT_DIR` (the outer build holds the lock of the usual one). The
+/// jobserver is shared through the inherited environment, so both stay within `-j`.
+fn builtin_policy() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for input in ["policies/random", "sdk/src", "sdk/wit", "sdk/Cargo.toml", "sdk/nb201", "Cargo.lock"] {
+        println!("cargo:rerun-if-changed={}", root.join(input).display());
+    }
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let target_dir = out.join("policy-target");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(&root)
+        .args(["build", "--locked", "--quiet", "-p", "knas-policy-random", "--target", "wasm32-unknown-unknown", "--profile", "policy"])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        // The host's flags are not the guest's.
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTFLAGS")
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run cargo to build the built-in random policy: {e}"));
+    if !status.success() {
+        panic!(
+            "building the built-in random policy (policies/random) for wasm32-unknown-unknown failed; \
+             is the target installed? `rustup target add wasm32-unknown-unknown` (scripts/setup.sh does it)"
+        );
+    }
+    let module = target_dir.join("wasm32-unknown-unknown/policy/knas_policy_random.wasm");
+    let copy = out.join("random.core.wasm");
+    std::fs::copy(&module, &copy).unwrap_or_else(|e| panic!("cannot copy {} to {}: {e}", module.display(), copy.display()));
 }

@@ -302,7 +302,12 @@ impl Engine {
 
     /// Measures a candidate and scores it.
     pub fn score(&self, candidate: &Candidate) -> Result<Scored, EngineError> {
-        let measured = self.suite.measure(candidate, &self.score_measures())?;
+        self.score_measured(self.suite.measure(candidate, &self.score_measures())?)
+    }
+
+    /// Scores a candidate measured (with [`Self::score_measures`]) beforehand, for example
+    /// by [`Self::measure_all`].
+    pub fn score_measured(&self, measured: Measured) -> Result<Scored, EngineError> {
         let score = self.score_of(&measured.values)?;
         Ok(Scored { score, measured })
     }

@@ -15,6 +15,7 @@
 use std::time::{Duration, Instant};
 
 use crate::engine::{Engine, EngineError};
+use crate::measures::{MeasureError, Measured};
 use crate::policy::{OfferedMeasure, PolicyError, PolicyInstance, PolicyModule, PolicyRuntime, RawProposal, Settings, validate};
 use crate::run::{Budget, Fidelity, Observation, Request, SearchSpec};
 use crate::space::{Candidate, EDGES, NUM_EDGES, Op, OpSet};
@@ -145,6 +146,9 @@ pub struct Search {
     trains_elsewhere: bool,
     /// The ops each edge may use, when the run's space is narrower than the whole space.
     allowed: Option<[OpSet; NUM_EDGES]>,
+    /// New scores of the current proposal measured together, not recorded yet (see
+    /// [`Search::measure_ahead`]).
+    measured_ahead: Vec<(Candidate, Result<Measured, MeasureError>)>,
 }
 
 impl Search {
@@ -178,6 +182,7 @@ impl Search {
             table: None,
             trains_elsewhere: false,
             allowed: None,
+            measured_ahead: Vec::new(),
         };
         if search.run.status == RunStatus::Done {
             search.finished = Some(Finish::AlreadyDone);
@@ -592,6 +597,7 @@ impl Search {
             .into());
         }
 
+        self.measure_ahead(engine, &requests, &known, observer);
         let mut records = Vec::with_capacity(requests.len());
         for (request, known) in requests.iter().zip(known) {
             let interrupted = if observer.interrupted() {
@@ -622,6 +628,42 @@ impl Search {
         self.tell(store, &records, observer)?;
         self.checkpoint(store, observer)?;
         Ok(Step::Continue)
+    }
+
+    /// When the engine measures several architectures at once (on a GPU), measures the
+    /// proposal's new scores together; they are then recorded one by one, in order, as
+    /// they would be otherwise, and their values do not depend on it. An interruption
+    /// stops the measuring at the next architecture; what is left is measured, or not, by
+    /// the usual path.
+    fn measure_ahead(&mut self, engine: &Engine, requests: &[Request], known: &[Option<EvaluationRecord>], observer: &mut dyn SearchObserver) {
+        self.measured_ahead.clear();
+        if engine.workers() < 2 {
+            return;
+        }
+        let mut fresh: Vec<Candidate> = Vec::new();
+        for (request, known) in requests.iter().zip(known) {
+            if request.fidelity == Fidelity::Score
+                && known.is_none()
+                && !fresh.contains(&request.candidate)
+                && self.outside(&request.candidate).is_none()
+            {
+                fresh.push(request.candidate);
+            }
+        }
+        if fresh.len() < 2 {
+            return;
+        }
+        let start = Instant::now();
+        let mut ahead = Vec::with_capacity(fresh.len());
+        // The only error is the interruption, which the record loop reports.
+        let _ = engine.measure_all(&fresh, &engine.score_measures(), &mut |i, measured| {
+            ahead.push((fresh[i], measured));
+            if observer.interrupted() { Err(()) } else { Ok(()) }
+        });
+        // Counted once here, as wall time; the records carry each architecture's own.
+        self.evaluation_time += start.elapsed();
+        tracing::debug!(run = %self.run.name, architectures = ahead.len(), workers = engine.workers(), "measured the proposal's new scores together");
+        self.measured_ahead = ahead;
     }
 
     /// One request of a proposal: answered from the store when already recorded, else
@@ -683,25 +725,31 @@ impl Search {
         fail::fail_point!("search::evaluate");
         let start = Instant::now();
         let outside = self.outside(&request.candidate);
+        let ahead = match request.fidelity {
+            Fidelity::Score => self.measured_ahead.iter().position(|(c, _)| c == &request.candidate).map(|i| self.measured_ahead.swap_remove(i).1),
+            Fidelity::Train => None,
+        };
+        // An architecture measured ahead ran beside others: its time is its own wall time.
+        let ahead_seconds = ahead.as_ref().and_then(|m| m.as_ref().ok()).map(|m| m.seconds);
         let measured = match request.fidelity {
             _ if outside.is_some() => Err(outside.unwrap_or_default()),
             Fidelity::Train if self.trains_elsewhere => {
                 // Unreachable through `step` (it waits instead); kept an error, not a panic.
                 Err("this run's trainings are carried out elsewhere".to_owned())
             }
-            Fidelity::Score => engine
-                .score(&request.candidate)
-                .map(|s| NewEvaluation {
-                    error: s.score.is_none().then(|| {
-                        format!("the score ({}) is not finite for this network", engine.experiment().score)
-                    }),
-                    score: s.score,
-                    params: Some(s.measured.info.params),
-                    flops: Some(s.measured.info.flops),
-                    measures: Some(s.measured.values),
-                    ..NewEvaluation::default()
-                })
-                .map_err(|e| e.to_string()),
+            Fidelity::Score => match ahead {
+                Some(measured) => measured.map_err(EngineError::from).and_then(|m| engine.score_measured(m)),
+                None => engine.score(&request.candidate),
+            }
+            .map(|s| NewEvaluation {
+                error: s.score.is_none().then(|| format!("the score ({}) is not finite for this network", engine.experiment().score)),
+                score: s.score,
+                params: Some(s.measured.info.params),
+                flops: Some(s.measured.info.flops),
+                measures: Some(s.measured.values),
+                ..NewEvaluation::default()
+            })
+            .map_err(|e| e.to_string()),
             Fidelity::Train => {
                 let arch = request.candidate.to_arch().map_err(|e| PolicyError::InvalidProposal { policy: policy.into(), problem: e.to_string() })?;
                 let epochs = request.epochs.map_or(self.run.experiment.train.epochs, |e| e as usize);
@@ -730,8 +778,14 @@ impl Search {
                     .map_err(|e| e.to_string())
             }
         };
-        let seconds = start.elapsed();
-        self.evaluation_time += seconds;
+        let seconds = match ahead_seconds {
+            Some(seconds) => Duration::from_secs_f64(seconds),
+            None => {
+                let elapsed = start.elapsed();
+                self.evaluation_time += elapsed;
+                elapsed
+            }
+        };
         let new = match measured {
             Ok(m) => {
                 if let Some(problem) = &m.error {

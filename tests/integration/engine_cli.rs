@@ -324,23 +324,52 @@ fn correlate_reuses_an_earlier_reports_training_as_truth() {
 }
 
 #[test]
-fn select_trains_the_top_k_and_picks_a_winner_among_them() {
-    let store = tempfile::tempdir().unwrap();
-    let out = knas()
-        .args(["select", "--candidates", "5", "--top-k", "2", "--limit", "64", "--reference", "6", "--format", "json", "--store"])
-        .arg(store.path().join("runs.db"))
-        .args(TINY)
-        .assert()
-        .success();
-    let selection: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+fn select_is_a_recorded_run_of_the_built_in_random_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let select = |store: &str, extra: &[&str]| -> Value {
+        let out = knas()
+            .args(["select", "--candidates", "5", "--top-k", "2", "--limit", "64", "--reference", "6", "--format", "json", "--store"])
+            .arg(dir.path().join(store))
+            .args(TINY)
+            .args(extra)
+            .assert()
+            .success();
+        serde_json::from_slice(&out.get_output().stdout).unwrap()
+    };
+    let selection = select("runs.db", &[]);
     let candidates = selection["candidates"].as_array().unwrap();
     assert_eq!(candidates.len(), 5);
     let scores: Vec<f64> = candidates.iter().map(|c| c["score"].as_f64().unwrap()).collect();
     assert!(scores.windows(2).all(|w| w[0] >= w[1]), "ranked by score: {scores:?}");
     let finalists = selection["finalists"].as_array().unwrap();
     assert_eq!(finalists.len(), 2);
-    assert_eq!(finalists[0]["arch"], candidates[0]["arch"]);
+    assert_eq!(finalists[0]["arch"], candidates[0]["arch"], "the best-scored is trained");
+    assert_eq!(finalists[1]["arch"], candidates[1]["arch"]);
+    assert!(finalists.iter().all(|f| f["heldout_accuracy"].is_f64()));
     assert!(finalists.iter().any(|f| f["arch"] == selection["winner"]));
+
+    // The selection is a run in the store, driven by the random policy the binary carries.
+    let run = selection["run"].as_str().unwrap();
+    assert!(run.starts_with("select-"), "{run}");
+    let out = knas().args(["runs", "--format", "json", "--store"]).arg(dir.path().join("runs.db")).assert().success();
+    let runs: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let listed = runs.as_array().unwrap().iter().find(|r| r["name"] == run).unwrap_or_else(|| panic!("{run} not in {runs}"));
+    assert!(listed["policy"].as_str().unwrap().starts_with("random@"), "{listed}");
+    assert_eq!(listed["status"], "done");
+
+    // The same selection again is answered from the store, result for result.
+    assert_eq!(select("runs.db", &[]), selection);
+    // Several architectures in flight measure the same values.
+    let out = knas()
+        .args(["select", "--candidates", "5", "--top-k", "2", "--limit", "64", "--reference", "6", "--format", "json", "--workers", "2", "--log", "debug", "--store"])
+        .arg(dir.path().join("workers.db"))
+        .args(TINY)
+        .assert()
+        .success();
+    assert!(String::from_utf8_lossy(&out.get_output().stderr).contains("measured the proposal's new scores together"));
+    let together: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(together["candidates"], selection["candidates"]);
+    assert_eq!(together["winner"], selection["winner"]);
 }
 
 #[test]

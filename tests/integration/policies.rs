@@ -358,6 +358,26 @@ fn files_that_are_not_policies_are_refused_at_load() {
     refuse(&policy("wrong-version"), "built against contract knas:policy@9.0.0, which this host does not run (it runs 0.2.0, 0.1.0)");
     refuse(&crate::common::core_module("knas_policy_random"), "a core WebAssembly module, not a component");
     refuse(&dir.path().join("missing.wasm"), "missing.wasm cannot be loaded: cannot read it");
+    refuse(&dir.path().join("missing.wasm"), "and no built-in policy of that name (built in: random)");
+}
+
+#[test]
+fn random_names_the_policy_built_into_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = knas()
+        .current_dir(dir.path())
+        .args(["search", "--policy", "random", "--budget", "3", "--top-k", "1", "--limit", "64", "--reference", "6", "--store", "runs.db", "--format", "json"])
+        .args(TINY)
+        .assert()
+        .success();
+    let report: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(report["run"], "random");
+    assert!(report["policy"].as_str().unwrap().starts_with("random@"), "{report}");
+    assert_eq!(report["recorded"], json!({"scores": 3, "trainings": 1}));
+    // It is the same policy `knas policy build` makes of policies/random.
+    let built = knas().args(["policy", "inspect", "--format", "json"]).arg(policy("random")).assert().success();
+    let built: Value = serde_json::from_slice(&built.get_output().stdout).unwrap();
+    assert_eq!(report["policy"], format!("random@{}", &built[0]["sha256"].as_str().unwrap()[..8]));
 }
 
 #[test]

@@ -1,16 +1,16 @@
 //! `knas search`: run a policy end to end, resumably.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::ProgressBar;
 use knas::config::{RunConfig, SearchSettings, load_yaml};
-use knas::policy::PolicyRuntime;
-use knas::run::{Budget, PolicyLimits};
+use knas::policy::{PolicyModule, PolicyRuntime, builtin};
+use knas::run::{Budget, Experiment, PolicyLimits, SearchSpec};
 use knas::search::{Finish, Leaderboard, Search, SearchObserver, Step};
-use knas::store::EvaluationRecord;
+use knas::store::{EvaluationRecord, RunRecord, RunStore};
 use knas::table::BenchmarkTable;
 
 use super::output::{self, Report};
@@ -18,8 +18,10 @@ use super::{ComputeArgs, ExperimentArgs, StoreArgs};
 
 #[derive(Debug, Args)]
 pub struct SearchArgs {
-    /// The policy: a WebAssembly component (build one with `knas policy build`).
-    #[arg(long, value_name = "FILE.wasm")]
+    /// The policy: a WebAssembly component (build one with `knas policy build`), or
+    /// `random`, the policy built into knas (KNAS's protocol: score random candidates,
+    /// train the best k).
+    #[arg(long, value_name = "FILE.wasm|random")]
     policy: PathBuf,
     /// Run name in the store (default: the policy's file name). Rerunning a name resumes
     /// that run where it stopped.
@@ -207,33 +209,127 @@ pub fn run(args: &SearchArgs) -> Result<()> {
     let table = args.table.as_deref().map(|path| BenchmarkTable::load(path, args.table_field.as_deref())).transpose()?.map(std::sync::Arc::new);
     let runtime = PolicyRuntime::new()?;
     let loading = Instant::now();
-    let module = runtime.load_file(&args.policy)?;
+    let module = load_policy(&runtime, &args.policy)?;
     let policy_load_seconds = loading.elapsed().as_secs_f64();
     let name = args.name.clone().unwrap_or_else(|| module.name().to_owned());
     let store = args.store.open()?;
-    let mut engine = args.compute.engine(&experiment)?;
+    let done = execute(&runtime, &module, &name, &experiment, &spec, table.clone(), &store, &args.compute)?;
+
+    let leaderboard = Leaderboard::of(&done.evaluations, &store.published(done.run.id)?);
+    let published = table.as_deref().map(|t| PublishedStanding {
+        table: t.path().to_owned(),
+        field: t.field().to_owned(),
+        best: t.best(),
+        median: t.median(),
+        winner: Pick::of(t, leaderboard.winner.as_ref().map(|w| &w.candidate)),
+        best_by_score: Pick::of(
+            t,
+            done.evaluations
+                .iter()
+                .filter(|e| e.fidelity == knas::run::Fidelity::Score && e.candidate.is_single() && e.score.is_some())
+                .max_by(|a, b| a.score.unwrap_or(f64::NEG_INFINITY).total_cmp(&b.score.unwrap_or(f64::NEG_INFINITY)))
+                .map(|e| &e.candidate),
+        ),
+    });
+    let report = SearchReport {
+        run: name,
+        policy: done.run.policy.clone(),
+        store: store.path().to_owned(),
+        finish: done.finish,
+        budget: spec.budget,
+        recorded: store.spent(done.run.id)?,
+        computed_now: done.fresh,
+        leaderboard,
+        published,
+        wall_seconds: done.wall_seconds,
+        evaluation_seconds: done.evaluation_time.as_secs_f64(),
+        policy_calls: done.policy_calls,
+        policy_seconds: done.policy_time.as_secs_f64(),
+        policy_overhead_percent: 100.0 * done.policy_time.as_secs_f64() / done.evaluation_time.max(Duration::from_nanos(1)).as_secs_f64(),
+        policy_load_seconds,
+        policy_instantiate_seconds: done.policy_footprint.map(|(time, _)| time.as_secs_f64()),
+        policy_peak_memory_mib: done.policy_footprint.map(|(_, bytes)| bytes as f64 / f64::from(1 << 20)),
+    };
+    match args.format {
+        Report::Json => output::json(&report)?,
+        Report::Table => print_report(&report),
+    }
+    Ok(())
+}
+
+/// Loads `--policy`: a component file, or the name of a policy built into the binary
+/// (`random`) when no file has that name.
+pub(super) fn load_policy(runtime: &PolicyRuntime, policy: &Path) -> Result<PolicyModule> {
+    if !policy.exists() {
+        if let Some(builtin) = policy.to_str().and_then(|name| builtin::load(runtime, name)) {
+            return Ok(builtin?);
+        }
+    }
+    match runtime.load_file(policy) {
+        Ok(module) => Ok(module),
+        Err(error) if !policy.exists() => Err(anyhow::Error::new(error).context(format!(
+            "no policy file {} and no built-in policy of that name (built in: {})",
+            policy.display(),
+            builtin::NAMES.join(", ")
+        ))),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// What carrying out a run did.
+pub(super) struct Executed {
+    /// The run as the store has it at the end.
+    pub run: RunRecord,
+    /// Every evaluation the run recorded, in order.
+    pub evaluations: Vec<EvaluationRecord>,
+    pub finish: Finish,
+    pub wall_seconds: f64,
+    /// Evaluations this process computed (the rest came from the store), and the time.
+    pub fresh: Budget,
+    pub evaluation_time: Duration,
+    pub policy_calls: u64,
+    pub policy_time: Duration,
+    /// The live instance's instantiation time and peak linear memory.
+    pub policy_footprint: Option<(Duration, usize)>,
+}
+
+/// Starts or resumes run `name` of `module` and drives it to its end with a progress bar:
+/// what `knas search` and `knas select` share. A run that fails is recorded as failed,
+/// with what it recorded before kept.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn execute(
+    runtime: &PolicyRuntime,
+    module: &PolicyModule,
+    name: &str,
+    experiment: &Experiment,
+    spec: &SearchSpec,
+    table: Option<std::sync::Arc<BenchmarkTable>>,
+    store: &RunStore,
+    compute: &ComputeArgs,
+) -> Result<Executed> {
+    let mut engine = compute.engine(experiment)?;
     let bar = output::bar(experiment.reference as u64, "reference sample");
-    knas::search::anchor(&mut engine, &store, &mut |done, _| bar.set_position(done as u64))?;
+    knas::search::anchor(&mut engine, store, &mut |done, _| bar.set_position(done as u64))?;
     bar.finish_and_clear();
 
     let start = Instant::now();
-    let mut search = Search::start(&store, &runtime, &module, &name, &experiment, &spec)?;
-    if let Some(table) = &table {
-        search.annotate_with(&store, table.clone())?;
+    let mut search = Search::start(store, runtime, module, name, experiment, spec)?;
+    if let Some(table) = table {
+        search.annotate_with(store, table)?;
     }
     let total = u64::from(spec.budget.scores + spec.budget.trainings);
     let spent = store.spent(search.run().id)?;
     let mut progress = Progress { bar: output::bar(total, "searching"), best_score: f64::NEG_INFINITY, best_accuracy: -1.0 };
     progress.bar.set_position(u64::from(spent.scores + spent.trainings));
     let finish = loop {
-        match search.step(&engine, &store, &mut progress) {
+        match search.step(&engine, store, &mut progress) {
             Ok(Step::Continue) => {}
             Ok(Step::Finished(finish)) => break finish,
             // Only a run that trains elsewhere waits (`knas katib`); this command never sets that.
             Ok(Step::Waiting(_)) => anyhow::bail!("run {name:?} waits for trainings done elsewhere"),
             Err(error) => {
                 progress.bar.finish_and_clear();
-                search.fail(&store, &error)?;
+                search.fail(store, &error)?;
                 let recorded = store.spent(search.run().id)?;
                 return Err(anyhow::Error::new(error).context(format!(
                     "run {name:?} failed; its {} scores and {} trainings are kept in {}",
@@ -246,50 +342,20 @@ pub fn run(args: &SearchArgs) -> Result<()> {
     };
     progress.bar.finish_and_clear();
 
-    let run = store.run(&name)?.context("the run vanished from the store")?;
+    let run = store.run(name)?.context("the run vanished from the store")?;
     let evaluations = store.evaluations(run.id)?;
-    let leaderboard = Leaderboard::of(&evaluations, &store.published(run.id)?);
-    let published = table.as_deref().map(|t| PublishedStanding {
-        table: t.path().to_owned(),
-        field: t.field().to_owned(),
-        best: t.best(),
-        median: t.median(),
-        winner: Pick::of(t, leaderboard.winner.as_ref().map(|w| &w.candidate)),
-        best_by_score: Pick::of(
-            t,
-            evaluations
-                .iter()
-                .filter(|e| e.fidelity == knas::run::Fidelity::Score && e.candidate.is_single() && e.score.is_some())
-                .max_by(|a, b| a.score.unwrap_or(f64::NEG_INFINITY).total_cmp(&b.score.unwrap_or(f64::NEG_INFINITY)))
-                .map(|e| &e.candidate),
-        ),
-    });
     let (policy_calls, policy_time) = search.policy_calls();
-    let evaluation_time = search.evaluation_time();
-    let report = SearchReport {
-        run: name,
-        policy: run.policy.clone(),
-        store: store.path().to_owned(),
+    Ok(Executed {
+        run,
+        evaluations,
         finish,
-        budget: spec.budget,
-        recorded: store.spent(run.id)?,
-        computed_now: search.fresh(),
-        leaderboard,
-        published,
         wall_seconds: start.elapsed().as_secs_f64(),
-        evaluation_seconds: evaluation_time.as_secs_f64(),
+        fresh: search.fresh(),
+        evaluation_time: search.evaluation_time(),
         policy_calls,
-        policy_seconds: policy_time.as_secs_f64(),
-        policy_overhead_percent: 100.0 * policy_time.as_secs_f64() / evaluation_time.max(Duration::from_nanos(1)).as_secs_f64(),
-        policy_load_seconds,
-        policy_instantiate_seconds: search.policy_footprint().map(|(time, _)| time.as_secs_f64()),
-        policy_peak_memory_mib: search.policy_footprint().map(|(_, bytes)| bytes as f64 / f64::from(1 << 20)),
-    };
-    match args.format {
-        Report::Json => output::json(&report)?,
-        Report::Table => print_report(&report),
-    }
-    Ok(())
+        policy_time,
+        policy_footprint: search.policy_footprint(),
+    })
 }
 
 fn print_report(r: &SearchReport) {

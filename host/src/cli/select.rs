@@ -1,30 +1,39 @@
 //! `knas select`: KNAS as the paper runs it. Coarse: sample M candidates and rank them by
 //! the experiment's score (the aggregate, or `--score mgm` for the paper's). Fine: train
 //! the top k briefly and keep the most accurate.
-
-use std::time::Instant;
+//!
+//! It is a run of the random policy built into knas (`policies/random`), recorded in the
+//! store like any `knas search` run: rerunning the same selection answers from the store,
+//! and an interrupted one resumes.
 
 use anyhow::{Context, Result};
 use clap::Args;
-use knas::space::Arch;
-use knas::train::TrainResult;
+use knas::config::SearchSettings;
+use knas::policy::{PolicyRuntime, builtin};
+use knas::run::{Experiment, Fidelity, PolicyLimits, SearchSpec};
+use knas::space::Candidate as Cell;
+use knas::store::EvaluationRecord;
 
 use super::output::{self, Report};
-use super::{ComputeArgs, ExperimentArgs, StoreArgs, sample_archs};
+use super::{ComputeArgs, ExperimentArgs, StoreArgs, search};
 
 #[derive(Debug, Args)]
 pub struct SelectArgs {
     /// Candidates sampled and scored (M).
     #[arg(long, default_value_t = 100)]
-    candidates: usize,
+    candidates: u32,
     /// Finalists trained (k).
     #[arg(long, default_value_t = 3)]
-    top_k: usize,
+    top_k: u32,
+    /// Run name in the store [default: `select-` and a hash of the settings, so the same
+    /// selection is answered from the store and a different one is a new run]
+    #[arg(long)]
+    name: Option<String>,
     #[command(flatten)]
     experiment: ExperimentArgs,
     #[command(flatten)]
     compute: ComputeArgs,
-    /// The aggregate's reference sample is cached here.
+    /// The run, and the aggregate's reference sample, are kept here.
     #[command(flatten)]
     store: StoreArgs,
     /// Output: tables, or one JSON document.
@@ -35,24 +44,37 @@ pub struct SelectArgs {
 #[derive(Debug, serde::Serialize)]
 struct Candidate {
     rank: usize,
-    arch: Arch,
-    score: f64,
-    params: i64,
+    arch: Cell,
+    score: Option<f64>,
+    params: Option<i64>,
+    /// Why the candidate has no score (a network whose score is not finite).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
 #[derive(Debug, serde::Serialize)]
 struct Finalist {
+    /// The finalist's rank by score among the candidates.
     rank: usize,
-    arch: Arch,
-    score: f64,
-    result: TrainResult,
+    arch: Cell,
+    score: Option<f64>,
+    heldout_accuracy: Option<f64>,
+    heldout_loss: Option<f64>,
+    train_loss: Option<f64>,
+    epochs: Option<u32>,
+    seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
 #[derive(Debug, serde::Serialize)]
 struct Selection {
+    /// The run in the store.
+    run: String,
     candidates: Vec<Candidate>,
     finalists: Vec<Finalist>,
-    winner: Arch,
+    winner: Option<Cell>,
+    /// Time spent scoring and training, as recorded with each evaluation.
     scoring_seconds: f64,
     training_seconds: f64,
 }
@@ -60,73 +82,87 @@ struct Selection {
 pub fn run(args: &SelectArgs) -> Result<()> {
     anyhow::ensure!(args.top_k >= 1 && args.top_k <= args.candidates, "--top-k must be between 1 and --candidates");
     let experiment = args.experiment.experiment();
-    let mut engine = args.compute.engine(&experiment)?;
-    let archs = sample_archs(args.candidates, experiment.seed)?;
-    let bar = output::bar(experiment.reference as u64, "reference sample");
-    knas::search::anchor(&mut engine, &args.store.open()?, &mut |done, _| bar.set_position(done as u64))?;
-    bar.finish_and_clear();
+    experiment.validate().map_err(|problem| anyhow::anyhow!("invalid experiment: {problem}"))?;
+    let settings = SearchSettings { score_budget: args.candidates, top_k: args.top_k, ..SearchSettings::default() };
+    settings.validate().map_err(|problem| anyhow::anyhow!("invalid selection: {problem}"))?;
+    // The random policy's defaults are the protocol: M = the score budget, k = the training
+    // budget, finalists ranked by the run's score.
+    let spec = settings.spec(serde_json::json!({}), PolicyLimits::default());
 
-    let start = Instant::now();
-    let bar = output::bar(archs.len() as u64, "coarse: scoring");
-    let mut candidates = Vec::with_capacity(archs.len());
-    let sampled: Vec<knas::space::Candidate> = archs.iter().map(|a| (*a).into()).collect();
-    engine.measure_all(&sampled, &engine.score_measures(), &mut |i, measured| -> Result<()> {
-        let arch = archs[i];
-        let measured = measured.with_context(|| format!("scoring {arch}"))?;
-        let score = engine.score_of(&measured.values)?.unwrap_or(f64::NEG_INFINITY);
-        candidates.push(Candidate { rank: 0, arch, score, params: measured.info.params });
-        bar.inc(1);
-        Ok(())
-    })?;
-    bar.finish_and_clear();
-    candidates.sort_by(|a, b| b.score.total_cmp(&a.score));
-    for (i, c) in candidates.iter_mut().enumerate() {
-        c.rank = i + 1;
-    }
-    let scoring_seconds = start.elapsed().as_secs_f64();
-
-    let start = Instant::now();
-    let mut finalists = Vec::with_capacity(args.top_k);
-    for c in &candidates[..args.top_k] {
-        let bar = output::bar(0, format!("fine: training #{}", c.rank));
-        let result = engine
-            .train(&c.arch, experiment.seed, &mut |done, total| {
-                bar.set_length(total as u64);
-                bar.set_position(done as u64);
-            })
-            .with_context(|| format!("training {}", c.arch))?;
-        bar.finish_and_clear();
-        finalists.push(Finalist { rank: c.rank, arch: c.arch, score: c.score, result });
-    }
-    let training_seconds = start.elapsed().as_secs_f64();
-    let winner = finalists
-        .iter()
-        .max_by(|a, b| a.result.heldout_accuracy.total_cmp(&b.result.heldout_accuracy))
-        .expect("top_k >= 1")
-        .arch;
-
-    let selection = Selection { candidates, finalists, winner, scoring_seconds, training_seconds };
+    let runtime = PolicyRuntime::new()?;
+    let module = builtin::load(&runtime, "random").context("the random policy is not built in")??;
+    let name = args.name.clone().unwrap_or_else(|| default_name(&experiment, &spec));
+    let store = args.store.open()?;
+    let done = search::execute(&runtime, &module, &name, &experiment, &spec, None, &store, &args.compute)?;
+    let selection = Selection::of(name, &done.evaluations);
     match args.format {
         Report::Json => output::json(&selection)?,
-        Report::Table => print_tables(&selection, args.candidates),
+        Report::Table => print_tables(&selection),
     }
     Ok(())
 }
 
-fn print_tables(s: &Selection, m: usize) {
+/// `select-` and the first 8 hex digits of the SHA-256 of everything that decides the
+/// run's numbers.
+fn default_name(experiment: &Experiment, spec: &SearchSpec) -> String {
+    let identity = serde_json::json!({ "experiment": experiment, "budget": spec.budget, "max-batch": spec.max_batch });
+    format!("select-{}", &knas::policy::contract::sha256_hex(identity.to_string().as_bytes())[..8])
+}
+
+impl Selection {
+    fn of(run: String, evaluations: &[EvaluationRecord]) -> Selection {
+        let mut scored: Vec<&EvaluationRecord> = evaluations.iter().filter(|e| e.fidelity == Fidelity::Score).collect();
+        // Highest score first; candidates without one last, in the order they were scored.
+        scored.sort_by(|a, b| b.score.unwrap_or(f64::NEG_INFINITY).total_cmp(&a.score.unwrap_or(f64::NEG_INFINITY)));
+        let candidates: Vec<Candidate> = scored
+            .iter()
+            .enumerate()
+            .map(|(i, e)| Candidate { rank: i + 1, arch: e.candidate, score: e.score, params: e.params, error: e.error.clone() })
+            .collect();
+        let rank_of = |cell: &Cell| candidates.iter().find(|c| c.arch == *cell).map_or(0, |c| c.rank);
+        let finalists: Vec<Finalist> = evaluations
+            .iter()
+            .filter(|e| e.fidelity == Fidelity::Train)
+            .map(|e| Finalist {
+                rank: rank_of(&e.candidate),
+                arch: e.candidate,
+                score: candidates.iter().find(|c| c.arch == e.candidate).and_then(|c| c.score),
+                heldout_accuracy: e.accuracy,
+                heldout_loss: e.loss,
+                train_loss: e.train_loss,
+                epochs: e.epochs,
+                seconds: e.seconds,
+                error: e.error.clone(),
+            })
+            .collect();
+        let winner = finalists
+            .iter()
+            .filter(|f| f.heldout_accuracy.is_some())
+            .max_by(|a, b| a.heldout_accuracy.unwrap_or(0.0).total_cmp(&b.heldout_accuracy.unwrap_or(0.0)))
+            .map(|f| f.arch);
+        let seconds = |fidelity| evaluations.iter().filter(|e| e.fidelity == fidelity).map(|e| e.seconds).sum();
+        Selection { run, candidates, finalists, winner, scoring_seconds: seconds(Fidelity::Score), training_seconds: seconds(Fidelity::Train) }
+    }
+}
+
+fn print_tables(s: &Selection) {
     let mut table = output::table(&["score rank", "architecture", "score", "accuracy", "held-out loss", "train s"]);
     for f in &s.finalists {
         table.add_row(vec![
             f.rank.to_string(),
             f.arch.to_string(),
-            format!("{:.4}", f.score),
-            output::percent(f.result.heldout_accuracy),
-            format!("{:.4}", f.result.heldout_loss),
-            format!("{:.1}", f.result.seconds),
+            f.score.map_or_else(|| "missing".into(), |v| format!("{v:.4}")),
+            f.heldout_accuracy.map_or_else(|| f.error.clone().unwrap_or_else(|| "–".into()), output::percent),
+            f.heldout_loss.map_or_else(|| "–".into(), |v| format!("{v:.4}")),
+            format!("{:.1}", f.seconds),
         ]);
     }
-    println!("Leaderboard: top {} of {m} candidates by score, after brief training", s.finalists.len());
+    let m = s.candidates.len();
+    println!("Leaderboard: top {} of {m} candidates by score, after brief training (run {:?})", s.finalists.len(), s.run);
     println!("{table}");
     println!("Scored {m} candidates in {:.1}s; trained {} in {:.1}s.", s.scoring_seconds, s.finalists.len(), s.training_seconds);
-    println!("Winner: {}", s.winner);
+    match &s.winner {
+        Some(winner) => println!("Winner: {winner}"),
+        None => println!("No finalist trained successfully."),
+    }
 }

@@ -6,6 +6,7 @@
 //! module holds the host's view of the contract's values and the errors a policy can
 //! cause, each naming the policy (`name@hash`) and the cause.
 
+pub mod builtin;
 pub mod contract;
 pub mod package;
 pub mod runtime;

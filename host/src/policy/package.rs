@@ -314,16 +314,22 @@ fn cargo_build(root: &Path, crates: &[PolicyCrate], options: &BuildOptions) -> R
         .collect())
 }
 
+/// Wraps a core module built against the SDK (carrying the contract's world in a custom
+/// section) into a component.
+pub fn component_of(module: &[u8]) -> Result<Vec<u8>, String> {
+    wit_component::ComponentEncoder::default()
+        .module(module)
+        .map_err(|e| format!("{e:#}"))?
+        .validate(true)
+        .encode()
+        .map_err(|e| format!("{e:#}"))
+}
+
 fn componentize(krate: &PolicyCrate, module: &Path, options: &BuildOptions) -> Result<Built, PackageError> {
     let out_dir = &options.out_dir;
     let bytes = std::fs::read(module).map_err(|source| PackageError::Io { path: module.to_owned(), source })?;
     let fail = |message: String| PackageError::Componentize { crate_name: krate.package.clone(), module: module.to_owned(), message };
-    let component = wit_component::ComponentEncoder::default()
-        .module(&bytes)
-        .map_err(|e| fail(format!("{e:#}")))?
-        .validate(true)
-        .encode()
-        .map_err(|e| fail(format!("{e:#}")))?;
+    let component = component_of(&bytes).map_err(fail)?;
     if options.check_contract {
         contract::inspect(&component).map_err(|source| PackageError::Contract { crate_name: krate.package.clone(), source })?;
     }
