@@ -23,7 +23,8 @@ pub struct Experiment {
     /// Held-out images: a fraction of the training part, or `test` for the official test part.
     #[serde(with = "holdout_serde")]
     pub holdout: Holdout,
-    /// Cap on training images (a seeded sample); none by default.
+    /// Cap on training images (a seeded sample); none by default. A limited experiment
+    /// also holds out at most [`crate::data::LIMITED_HELDOUT`] images.
     pub limit: Option<usize>,
     /// Channels of the first stage, C.
     pub channels: i64,

@@ -131,7 +131,8 @@ pub struct ExperimentArgs {
     /// dataset's official test part [default: 0.2]
     #[arg(long)]
     holdout: Option<Holdout>,
-    /// Use at most this many training images (a seeded sample)
+    /// Use at most this many training images (a seeded sample), and at most 10,000
+    /// held-out ones; of IDX files only the images used are read into memory
     #[arg(long)]
     limit: Option<usize>,
     /// Channels of the first stage, C; the later stages have 2C and 4C [default: 16]

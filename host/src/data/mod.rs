@@ -125,15 +125,7 @@ impl Dataset {
                 format!("{} images of {} bytes do not match {} labels", self.images.len(), self.shape.len(), self.labels.len()),
             ));
         }
-        if let Some((index, label)) =
-            self.labels.iter().enumerate().find(|(_, label)| usize::from(**label) >= self.num_classes)
-        {
-            return Err(DataError::corrupt(
-                origin,
-                format!("label {label} of record {index} is out of range 0..{}", self.num_classes),
-            ));
-        }
-        Ok(())
+        check_labels(&self.labels, self.num_classes, origin)
     }
 
     fn concat(parts: Vec<Dataset>) -> Dataset {
@@ -145,6 +137,38 @@ impl Dataset {
             all.files.extend(part.files);
         }
         all
+    }
+}
+
+/// Checks that every label is below `num_classes`; a failure names `origin` and the record.
+fn check_labels(labels: &[u8], num_classes: usize, origin: &Path) -> Result<(), DataError> {
+    match labels.iter().enumerate().find(|(_, label)| usize::from(**label) >= num_classes) {
+        Some((index, label)) => Err(DataError::corrupt(origin, format!("label {label} of record {index} is out of range 0..{num_classes}"))),
+        None => Ok(()),
+    }
+}
+
+/// One part of a dataset, ready to hand out subsets: in memory, or (IDX files, which can
+/// hold millions of images) read from its file keeping only the images asked for.
+enum Pool {
+    InMemory(Dataset),
+    Idx(idx::IdxPart),
+}
+
+impl Pool {
+    fn len(&self) -> usize {
+        match self {
+            Pool::InMemory(dataset) => dataset.len(),
+            Pool::Idx(part) => part.len(),
+        }
+    }
+
+    /// The images at each list of indices, in that order.
+    fn subsets(&self, wanted: &[&[usize]]) -> Result<Vec<Dataset>, DataError> {
+        match self {
+            Pool::InMemory(dataset) => Ok(wanted.iter().map(|indices| dataset.subset(indices)).collect()),
+            Pool::Idx(part) => part.read(wanted),
+        }
     }
 }
 
@@ -238,6 +262,18 @@ impl DatasetSpec {
     }
 }
 
+impl DatasetSpec {
+    /// Opens one official part, reading its images only when they are asked for where the
+    /// format allows it (IDX).
+    fn open(&self, part: Part) -> Result<Pool, DataError> {
+        Ok(match self {
+            DatasetSpec::Mnist(dir) => Pool::Idx(idx::open(dir, part, "mnist")?),
+            DatasetSpec::FashionMnist(dir) => Pool::Idx(idx::open(dir, part, "fashion-mnist")?),
+            _ => Pool::InMemory(self.load(part)?),
+        })
+    }
+}
+
 /// Finds `name` or, failing that, `name.gz` in `dir`.
 fn find_maybe_gzipped(dir: &Path, name: &str) -> Result<PathBuf, DataError> {
     let plain = dir.join(name);
@@ -297,27 +333,47 @@ pub struct Split {
     pub heldout: Dataset,
 }
 
+/// Held-out images a `--limit`ed experiment keeps at most (the size of the official test
+/// parts of MNIST and CIFAR): a quick experiment on a large file should not judge every
+/// training on a fifth of the file.
+pub const LIMITED_HELDOUT: usize = 10_000;
+
 impl Split {
     /// Loads `spec` and splits it deterministically by `seed`. `limit` caps the number of
-    /// training images (a seeded sample), to keep quick experiments quick.
+    /// training images (a seeded sample), to keep quick experiments quick; the held-out
+    /// fraction then keeps at most [`LIMITED_HELDOUT`] images (a prefix of the same
+    /// seeded order, so the training images do not change), and of an IDX file only the
+    /// images kept are held in memory.
     pub fn load(spec: &DatasetSpec, holdout: Holdout, limit: Option<usize>, seed: u64) -> Result<Split, DataError> {
-        let pool = spec.load(Part::Train)?;
+        Split::of(&spec.open(Part::Train)?, spec, holdout, limit, seed)
+    }
+
+    /// Splits `pool`, the training part of `spec`.
+    fn of(pool: &Pool, spec: &DatasetSpec, holdout: Holdout, limit: Option<usize>, seed: u64) -> Result<Split, DataError> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_da7a);
         let mut order: Vec<usize> = (0..pool.len()).collect();
         order.shuffle(&mut rng);
-        let (train_idx, heldout) = match holdout {
-            Holdout::Official => (order, spec.load(Part::Test)?),
+        let (train_idx, heldout_idx): (&[usize], &[usize]) = match holdout {
+            Holdout::Official => (&order, &[]),
             Holdout::Fraction(fraction) => {
                 let n_heldout = ((pool.len() as f64) * fraction).round() as usize;
                 let (heldout_idx, train_idx) = order.split_at(n_heldout.min(pool.len()));
-                (train_idx.to_vec(), pool.subset(heldout_idx))
+                let kept = if limit.is_some() { heldout_idx.len().min(LIMITED_HELDOUT) } else { heldout_idx.len() };
+                (train_idx, &heldout_idx[..kept])
             }
         };
         let train_idx = match limit {
             Some(limit) => &train_idx[..limit.min(train_idx.len())],
-            None => &train_idx[..],
+            None => train_idx,
         };
-        let train = pool.subset(train_idx);
+        let mut parts = pool.subsets(&[train_idx, heldout_idx])?.into_iter();
+        let (Some(train), Some(heldout)) = (parts.next(), parts.next()) else {
+            return Err(DataError::Invalid(format!("{spec}: the split lost a part")));
+        };
+        let heldout = match holdout {
+            Holdout::Official => spec.load(Part::Test)?,
+            Holdout::Fraction(_) => heldout,
+        };
         if train.is_empty() || heldout.is_empty() {
             return Err(DataError::Invalid(format!(
                 "{spec}: split leaves {} training and {} held-out images; both need at least one",
@@ -395,6 +451,52 @@ mod tests {
             assert_eq!(data.labels.iter().filter(|&&l| l == class).count(), 500);
         }
         assert!(data.images.iter().any(|&p| p == 255));
+    }
+
+    #[test]
+    fn an_idx_file_is_split_keeping_only_the_images_used_and_as_if_read_whole() {
+        use std::io::Write;
+        // 30,000 images of 3×3 pixels, each image's bytes telling its index.
+        let n = 30_000u32;
+        let pixels: Vec<u8> = (0..n).flat_map(|i| (0..9u32).map(move |p| ((i * 7 + p * 13 + i / 251) % 256) as u8)).collect();
+        let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
+        for gzip in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            for (name, bytes) in [
+                ("train-images-idx3-ubyte", idx::encode(&[n, 3, 3], &pixels)),
+                ("train-labels-idx1-ubyte", idx::encode(&[n], &labels)),
+            ] {
+                if gzip {
+                    let file = std::fs::File::create(dir.path().join(format!("{name}.gz"))).unwrap();
+                    let mut encoder = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+                    encoder.write_all(&bytes).unwrap();
+                    encoder.finish().unwrap();
+                } else {
+                    std::fs::write(dir.path().join(name), bytes).unwrap();
+                }
+            }
+            let spec = DatasetSpec::Mnist(dir.path().to_owned());
+            let whole = Pool::InMemory(spec.load(Part::Train).unwrap());
+            assert_eq!(whole.len(), n as usize);
+            for limit in [None, Some(500)] {
+                let streamed = Split::load(&spec, Holdout::Fraction(0.5), limit, 3).unwrap();
+                let in_memory = Split::of(&whole, &spec, Holdout::Fraction(0.5), limit, 3).unwrap();
+                for (a, b) in [(&streamed.train, &in_memory.train), (&streamed.heldout, &in_memory.heldout)] {
+                    assert_eq!((&a.images, &a.labels, a.shape), (&b.images, &b.labels, b.shape));
+                }
+                let (train, heldout) = (streamed.train.len(), streamed.heldout.len());
+                match limit {
+                    None => assert_eq!((train, heldout), (15_000, 15_000)),
+                    // The held-out part of a limited experiment stops at LIMITED_HELDOUT.
+                    Some(_) => assert_eq!((train, heldout), (500, LIMITED_HELDOUT)),
+                }
+            }
+            // The limited split's images are those of the unlimited one: a prefix of each part.
+            let all = Split::load(&spec, Holdout::Fraction(0.5), None, 3).unwrap();
+            let limited = Split::load(&spec, Holdout::Fraction(0.5), Some(500), 3).unwrap();
+            assert_eq!(limited.train.images[..], all.train.images[..500 * 9]);
+            assert_eq!(limited.heldout.images[..], all.heldout.images[..LIMITED_HELDOUT * 9]);
+        }
     }
 
     #[test]
