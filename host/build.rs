@@ -8,6 +8,7 @@
 //! `libtorch_cuda` linked even though no symbol of it is referenced directly: the linker's
 //! default `--as-needed` would drop it, and with it libtorch's CUDA backend.
 
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -60,32 +61,56 @@ fn katib_api() {
 /// policy file.
 ///
 /// Cargo cannot depend on a crate built for another target (artifact dependencies are
-/// unstable), so this runs a second cargo for `wasm32-unknown-unknown`, with its own
-/// target folder under `OUT_DIR` (the outer build holds the lock of the usual one). The
-/// jobserver is shared through the inherited environment, so both stay within `-j`.
+/// unstable), so this runs a second cargo for `wasm32-unknown-unknown` with its own target
+/// folder (the outer build holds the lock of the usual one): `embedded-policy/` beside the
+/// outer target folder's profiles, shared by debug, release and check builds, or under
+/// `OUT_DIR` when that folder cannot be found. The jobserver is shared through the
+/// inherited environment, so both stay within `-j`.
 fn builtin_policy() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    for input in ["policies/random", "sdk/src", "sdk/wit", "sdk/Cargo.toml", "sdk/nb201", "Cargo.lock"] {
+    for input in ["policies/random", "sdk", "Cargo.toml", "Cargo.lock", ".cargo/config.toml"] {
         println!("cargo:rerun-if-changed={}", root.join(input).display());
     }
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    let target_dir = out.join("policy-target");
+    // OUT_DIR is TARGET/PROFILE/build/knas-HASH/out; TARGET holds cargo's CACHEDIR.TAG.
+    let target_dir = match out.ancestors().nth(4) {
+        Some(target) if target.join("CACHEDIR.TAG").is_file() => target.join("embedded-policy"),
+        _ => out.join("embedded-policy"),
+    };
+    let sysroot = Command::new(std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into()))
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    if let Some(sysroot) = sysroot {
+        if !sysroot.join("lib/rustlib/wasm32-unknown-unknown").is_dir() {
+            panic!(
+                "knas carries its random policy, built for wasm32-unknown-unknown, and that target is not installed: \
+                 `rustup target add wasm32-unknown-unknown` (scripts/setup.sh does it)"
+            );
+        }
+    }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
+    let mut command = Command::new(cargo);
+    command
         .current_dir(&root)
         .args(["build", "--locked", "--quiet", "-p", "knas-policy-random", "--target", "wasm32-unknown-unknown", "--profile", "policy"])
         .arg("--target-dir")
-        .arg(&target_dir)
-        // The host's flags are not the guest's.
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("RUSTFLAGS")
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run cargo to build the built-in random policy: {e}"));
+        .arg(&target_dir);
+    if std::env::var_os("CARGO_NET_OFFLINE").is_some_and(|v| v == "true") {
+        command.arg("--offline");
+    }
+    // What configures the host's build (flags, a lint driver, the target) is not the guest's.
+    for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_RUSTFLAGS", "CARGO_BUILD_TARGET", "RUSTC_WORKSPACE_WRAPPER", "CLIPPY_ARGS"] {
+        command.env_remove(var);
+    }
+    // Cargo reads a build script's stdout for instructions: the nested build's goes to stderr.
+    if let Ok(stderr) = std::io::stderr().as_fd().try_clone_to_owned() {
+        command.stdout(stderr);
+    }
+    let status = command.status().unwrap_or_else(|e| panic!("cannot run cargo to build the built-in random policy: {e}"));
     if !status.success() {
-        panic!(
-            "building the built-in random policy (policies/random) for wasm32-unknown-unknown failed; \
-             is the target installed? `rustup target add wasm32-unknown-unknown` (scripts/setup.sh does it)"
-        );
+        panic!("building the built-in random policy (policies/random) for wasm32-unknown-unknown failed ({status}); see cargo's output above");
     }
     let module = target_dir.join("wasm32-unknown-unknown/policy/knas_policy_random.wasm");
     let copy = out.join("random.core.wasm");

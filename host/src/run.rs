@@ -24,7 +24,8 @@ pub struct Experiment {
     #[serde(with = "holdout_serde")]
     pub holdout: Holdout,
     /// Cap on training images (a seeded sample); none by default. A limited experiment
-    /// also holds out at most [`crate::data::LIMITED_HELDOUT`] images.
+    /// also holds out at most [`crate::data::LIMITED_HELDOUT`] images of a held-out
+    /// fraction.
     pub limit: Option<usize>,
     /// Channels of the first stage, C.
     pub channels: i64,

@@ -149,6 +149,8 @@ pub struct Search {
     /// New scores of the current proposal measured together, not recorded yet (see
     /// [`Search::measure_ahead`]).
     measured_ahead: Vec<(Candidate, Result<Measured, MeasureError>)>,
+    /// Scores recorded from [`Search::measure_ahead`]'s measurements.
+    measured_together: u32,
 }
 
 impl Search {
@@ -183,6 +185,7 @@ impl Search {
             trains_elsewhere: false,
             allowed: None,
             measured_ahead: Vec::new(),
+            measured_together: 0,
         };
         if search.run.status == RunStatus::Done {
             search.finished = Some(Finish::AlreadyDone);
@@ -263,6 +266,7 @@ impl Search {
         if let Some(record) = store.find(self.run.id, candidate, Fidelity::Score)? {
             return Ok(record);
         }
+        self.measured_ahead.clear();
         let label = self.policy_label().to_owned();
         let request = Request { candidate: *candidate, fidelity: Fidelity::Score, epochs: None };
         let record = self.evaluate(engine, store, &request, &label, observer)?;
@@ -535,6 +539,8 @@ impl Search {
         if let Some(finish) = self.finished {
             return Ok(Step::Finished(finish));
         }
+        // Left over only by a step that failed: never the answer to a later request.
+        self.measured_ahead.clear();
         let run_id = self.run.id;
         let budget = self.run.search.budget;
         let spent = store.spent(run_id)?;
@@ -600,7 +606,10 @@ impl Search {
         self.measure_ahead(engine, &requests, &known, observer);
         let mut records = Vec::with_capacity(requests.len());
         for (request, known) in requests.iter().zip(known) {
-            let interrupted = if observer.interrupted() {
+            // An interruption stops the step before the next computation; what is known or
+            // was measured ahead is already computed, so it is recorded.
+            let computes = known.is_none() && !self.is_measured_ahead(request);
+            let interrupted = if computes && observer.interrupted() {
                 Err(SearchError::Interrupted)
             } else {
                 self.record_one(engine, store, request, known, &label, observer)
@@ -633,11 +642,10 @@ impl Search {
     /// When the engine measures several architectures at once (on a GPU), measures the
     /// proposal's new scores together; they are then recorded one by one, in order, as
     /// they would be otherwise, and their values do not depend on it. An interruption
-    /// stops the measuring at the next architecture; what is left is measured, or not, by
-    /// the usual path.
+    /// stops the measuring at the next architecture; what was measured is still recorded.
     fn measure_ahead(&mut self, engine: &Engine, requests: &[Request], known: &[Option<EvaluationRecord>], observer: &mut dyn SearchObserver) {
         self.measured_ahead.clear();
-        if engine.workers() < 2 {
+        if engine.workers() < 2 || observer.interrupted() {
             return;
         }
         let mut fresh: Vec<Candidate> = Vec::new();
@@ -664,6 +672,15 @@ impl Search {
         self.evaluation_time += start.elapsed();
         tracing::debug!(run = %self.run.name, architectures = ahead.len(), workers = engine.workers(), "measured the proposal's new scores together");
         self.measured_ahead = ahead;
+    }
+
+    fn is_measured_ahead(&self, request: &Request) -> bool {
+        request.fidelity == Fidelity::Score && self.measured_ahead.iter().any(|(c, _)| c == &request.candidate)
+    }
+
+    /// Scores of this process that were measured several at once.
+    pub fn measured_together(&self) -> u32 {
+        self.measured_together
     }
 
     /// One request of a proposal: answered from the store when already recorded, else
@@ -731,6 +748,9 @@ impl Search {
         };
         // An architecture measured ahead ran beside others: its time is its own wall time.
         let ahead_seconds = ahead.as_ref().and_then(|m| m.as_ref().ok()).map(|m| m.seconds);
+        if ahead.is_some() {
+            self.measured_together += 1;
+        }
         let measured = match request.fidelity {
             _ if outside.is_some() => Err(outside.unwrap_or_default()),
             Fidelity::Train if self.trains_elsewhere => {
@@ -970,5 +990,66 @@ mod tests {
         assert_eq!(serde_json::to_value(&board).unwrap(), serde_json::to_value(&every).unwrap());
         assert_eq!(every.trained.len(), 4);
         assert!(picked.len() <= TOP_SCORES + 2 * 4, "{} of 64 rows read", picked.len());
+    }
+
+    /// Counts what it sees and asks to stop after `stop_after` evaluations.
+    struct StopAfter {
+        evaluated: usize,
+        stop_after: usize,
+    }
+
+    impl SearchObserver for StopAfter {
+        fn evaluated(&mut self, _record: &EvaluationRecord, _fresh: bool) {
+            self.evaluated += 1;
+        }
+        fn interrupted(&self) -> bool {
+            self.evaluated >= self.stop_after
+        }
+    }
+
+    #[test]
+    fn scores_measured_together_are_the_same_and_an_interruption_keeps_them() {
+        let experiment = Experiment { channels: 2, cells: 1, score_batch: 4, limit: Some(64), reference: 6, ..Experiment::default() };
+        let spec = crate::config::SearchSettings { score_budget: 10, top_k: 1, max_batch: 16 }.spec(serde_json::json!({}), PolicyLimits::default());
+        let runtime = PolicyRuntime::new().unwrap();
+        let module = crate::policy::builtin::load(&runtime, "random").unwrap().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let rows = |records: &[EvaluationRecord]| -> Vec<_> {
+            records.iter().map(|r| (r.candidate, r.fidelity, r.score, r.accuracy, r.measures.clone())).collect()
+        };
+        let search = |workers: usize, name: &str, stop_after: Option<usize>| {
+            let store = RunStore::open(&dir.path().join(format!("{name}.db"))).unwrap();
+            let mut engine = Engine::new(&experiment, tch::Device::Cpu).unwrap();
+            engine.set_workers(workers);
+            anchor(&mut engine, &store, &mut |_, _| {}).unwrap();
+            let mut search = Search::start(&store, &runtime, &module, "r", &experiment, &spec).unwrap();
+            let mut steps = Vec::new();
+            match stop_after {
+                Some(stop_after) => {
+                    let mut observer = StopAfter { evaluated: 0, stop_after };
+                    steps.push(search.step(&engine, &store, &mut observer).map(|_| ()));
+                    steps.push(search.step(&engine, &store, &mut observer).map(|_| ()));
+                }
+                None => while !matches!(search.step(&engine, &store, &mut ()).unwrap(), Step::Finished(_)) {},
+            }
+            (rows(&store.evaluations(search.run().id).unwrap()), search.measured_together(), steps)
+        };
+
+        // Uninterrupted, one worker or two: the same candidates, order and values.
+        let (one, together, _) = search(1, "one", None);
+        assert_eq!((one.len(), together), (11, 0));
+        let (two, together, _) = search(2, "two", None);
+        assert_eq!(together, 10, "the proposal's ten scores were measured together");
+        assert_eq!(one, two);
+
+        // Asked to stop after the first result: one worker stops before its second score;
+        // two workers have measured the whole proposal, and every score of it is recorded.
+        let (stopped, _, steps) = search(1, "stop-one", Some(1));
+        assert!(matches!(steps[0], Err(SearchError::Interrupted)), "{steps:?}");
+        assert_eq!(stopped, one[..1]);
+        let (stopped, together, steps) = search(2, "stop-two", Some(1));
+        assert!(steps[0].is_ok() && matches!(steps[1], Err(SearchError::Interrupted)), "then the training waits: {steps:?}");
+        assert_eq!((stopped.len(), together), (10, 10));
+        assert_eq!(stopped, two[..10]);
     }
 }

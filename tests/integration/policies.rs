@@ -374,6 +374,15 @@ fn random_names_the_policy_built_into_the_binary() {
     assert_eq!(report["run"], "random");
     assert!(report["policy"].as_str().unwrap().starts_with("random@"), "{report}");
     assert_eq!(report["recorded"], json!({"scores": 3, "trainings": 1}));
+    // A file of that name comes first.
+    std::fs::write(dir.path().join("random"), b"not a policy").unwrap();
+    knas()
+        .current_dir(dir.path())
+        .args(["search", "--policy", "random", "--name", "file", "--budget", "1", "--store", "runs.db"])
+        .args(TINY)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("random cannot be loaded: not a WebAssembly file"));
     // It is the same policy `knas policy build` makes of policies/random.
     let built = knas().args(["policy", "inspect", "--format", "json"]).arg(policy("random")).assert().success();
     let built: Value = serde_json::from_slice(&built.get_output().stdout).unwrap();

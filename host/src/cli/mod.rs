@@ -132,7 +132,8 @@ pub struct ExperimentArgs {
     #[arg(long)]
     holdout: Option<Holdout>,
     /// Use at most this many training images (a seeded sample), and at most 10,000
-    /// held-out ones; of IDX files only the images used are read into memory
+    /// held-out ones when they are a fraction of the training part; of IDX files only the
+    /// images used are read into memory
     #[arg(long)]
     limit: Option<usize>,
     /// Channels of the first stage, C; the later stages have 2C and 4C [default: 16]

@@ -260,14 +260,14 @@ pub fn run(args: &SearchArgs) -> Result<()> {
 /// Loads `--policy`: a component file, or the name of a policy built into the binary
 /// (`random`) when no file has that name.
 pub(super) fn load_policy(runtime: &PolicyRuntime, policy: &Path) -> Result<PolicyModule> {
-    if !policy.exists() {
+    if !policy.is_file() {
         if let Some(builtin) = policy.to_str().and_then(|name| builtin::load(runtime, name)) {
             return Ok(builtin?);
         }
     }
     match runtime.load_file(policy) {
         Ok(module) => Ok(module),
-        Err(error) if !policy.exists() => Err(anyhow::Error::new(error).context(format!(
+        Err(error) if !policy.is_file() => Err(anyhow::Error::new(error).context(format!(
             "no policy file {} and no built-in policy of that name (built in: {})",
             policy.display(),
             builtin::NAMES.join(", ")

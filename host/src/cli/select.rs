@@ -12,7 +12,8 @@ use knas::config::SearchSettings;
 use knas::policy::{PolicyRuntime, builtin};
 use knas::run::{Experiment, Fidelity, PolicyLimits, SearchSpec};
 use knas::space::Candidate as Cell;
-use knas::store::EvaluationRecord;
+use knas::search::Leaderboard;
+use knas::store::{EvaluationRecord, Published};
 
 use super::output::{self, Report};
 use super::{ComputeArgs, ExperimentArgs, StoreArgs, search};
@@ -73,10 +74,14 @@ struct Selection {
     run: String,
     candidates: Vec<Candidate>,
     finalists: Vec<Finalist>,
+    /// The most accurate finalist (ties: the lower held-out loss), as `knas runs` shows it.
     winner: Option<Cell>,
-    /// Time spent scoring and training, as recorded with each evaluation.
+    /// Sums of the times recorded with each evaluation (several architectures measured at
+    /// once each count their own wall time).
     scoring_seconds: f64,
     training_seconds: f64,
+    /// Wall time of this command's search (the reference sample and loading excluded).
+    wall_seconds: f64,
 }
 
 pub fn run(args: &SelectArgs) -> Result<()> {
@@ -91,10 +96,10 @@ pub fn run(args: &SelectArgs) -> Result<()> {
 
     let runtime = PolicyRuntime::new()?;
     let module = builtin::load(&runtime, "random").context("the random policy is not built in")??;
-    let name = args.name.clone().unwrap_or_else(|| default_name(&experiment, &spec));
+    let name = args.name.clone().unwrap_or_else(|| default_name(&experiment, &spec, &module.label()));
     let store = args.store.open()?;
     let done = search::execute(&runtime, &module, &name, &experiment, &spec, None, &store, &args.compute)?;
-    let selection = Selection::of(name, &done.evaluations);
+    let selection = Selection::of(name, &done.evaluations, done.wall_seconds);
     match args.format {
         Report::Json => output::json(&selection)?,
         Report::Table => print_tables(&selection),
@@ -102,15 +107,22 @@ pub fn run(args: &SelectArgs) -> Result<()> {
     Ok(())
 }
 
-/// `select-` and the first 8 hex digits of the SHA-256 of everything that decides the
-/// run's numbers.
-fn default_name(experiment: &Experiment, spec: &SearchSpec) -> String {
-    let identity = serde_json::json!({ "experiment": experiment, "budget": spec.budget, "max-batch": spec.max_batch });
+/// `select-` and the first 8 hex digits of the SHA-256 of what decides the run's numbers:
+/// the experiment, the budget, the policy's build, the measures' and knas's versions.
+fn default_name(experiment: &Experiment, spec: &SearchSpec, policy: &str) -> String {
+    let identity = serde_json::json!({
+        "experiment": experiment,
+        "budget": spec.budget,
+        "max-batch": spec.max_batch,
+        "policy": policy,
+        "measures-version": knas::measures::VERSION,
+        "knas": env!("CARGO_PKG_VERSION"),
+    });
     format!("select-{}", &knas::policy::contract::sha256_hex(identity.to_string().as_bytes())[..8])
 }
 
 impl Selection {
-    fn of(run: String, evaluations: &[EvaluationRecord]) -> Selection {
+    fn of(run: String, evaluations: &[EvaluationRecord], wall_seconds: f64) -> Selection {
         let mut scored: Vec<&EvaluationRecord> = evaluations.iter().filter(|e| e.fidelity == Fidelity::Score).collect();
         // Highest score first; candidates without one last, in the order they were scored.
         scored.sort_by(|a, b| b.score.unwrap_or(f64::NEG_INFINITY).total_cmp(&a.score.unwrap_or(f64::NEG_INFINITY)));
@@ -135,13 +147,17 @@ impl Selection {
                 error: e.error.clone(),
             })
             .collect();
-        let winner = finalists
-            .iter()
-            .filter(|f| f.heldout_accuracy.is_some())
-            .max_by(|a, b| a.heldout_accuracy.unwrap_or(0.0).total_cmp(&b.heldout_accuracy.unwrap_or(0.0)))
-            .map(|f| f.arch);
+        let winner = Leaderboard::of(evaluations, &Published::default()).winner.filter(|w| w.accuracy.is_some()).map(|w| w.candidate);
         let seconds = |fidelity| evaluations.iter().filter(|e| e.fidelity == fidelity).map(|e| e.seconds).sum();
-        Selection { run, candidates, finalists, winner, scoring_seconds: seconds(Fidelity::Score), training_seconds: seconds(Fidelity::Train) }
+        Selection {
+            run,
+            candidates,
+            finalists,
+            winner,
+            scoring_seconds: seconds(Fidelity::Score),
+            training_seconds: seconds(Fidelity::Train),
+            wall_seconds,
+        }
     }
 }
 
@@ -160,7 +176,13 @@ fn print_tables(s: &Selection) {
     let m = s.candidates.len();
     println!("Leaderboard: top {} of {m} candidates by score, after brief training (run {:?})", s.finalists.len(), s.run);
     println!("{table}");
-    println!("Scored {m} candidates in {:.1}s; trained {} in {:.1}s.", s.scoring_seconds, s.finalists.len(), s.training_seconds);
+    println!(
+        "Scored {m} candidates ({:.1}s of scoring) and trained {} ({:.1}s); wall time {:.1}s.",
+        s.scoring_seconds,
+        s.finalists.len(),
+        s.training_seconds,
+        s.wall_seconds
+    );
     match &s.winner {
         Some(winner) => println!("Winner: {winner}"),
         None => println!("No finalist trained successfully."),

@@ -191,6 +191,9 @@ impl IdxPart {
 
         let mut stream = Stream::open(&self.images_path)?;
         let (len, dims) = read_header(&mut stream)?;
+        if dims != self.dims {
+            return Err(DataError::corrupt(&self.images_path, format!("changed while it was read: header {dims:?}, was {:?}", self.dims)));
+        }
         let start = stream.consumed;
         let mut image = vec![0u8; image_len];
         let mut next = 0; // the next image of the file to be read

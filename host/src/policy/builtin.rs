@@ -1,6 +1,7 @@
 //! Policies the `knas` binary carries: the random policy (`policies/random`, KNAS's own
-//! protocol), compiled by `build.rs`. `knas select` is a run of it, and `--policy random`
-//! names it wherever a policy file is expected, so neither needs a policy built first.
+//! protocol), compiled by `build.rs`. `knas select` is a run of it, and `knas search
+//! --policy random` names it when no file has that name, so neither needs a policy built
+//! first. (The service and `knas katib` load policies from their folders only.)
 
 use super::runtime::{PolicyModule, PolicyRuntime};
 use super::{LoadError, PolicyError, package};
