@@ -328,14 +328,19 @@ impl Engine {
         on_step: &mut dyn FnMut(usize, usize),
         cancelled: &dyn Fn() -> bool,
     ) -> Result<TrainResult, TrainError> {
-        Trainer {
-            spec: self.spec,
-            config: TrainConfig { epochs, ..self.experiment.train },
-            train: &self.train,
-            heldout: &self.heldout,
-            augment: self.augment,
-        }
-        .run(arch, self.experiment.seed, train_seed, on_step, cancelled)
+        // As for measuring (`Suite::measure`): a panic inside is this training's error.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            fail::fail_point!("engine::train");
+            Trainer {
+                spec: self.spec,
+                config: TrainConfig { epochs, ..self.experiment.train },
+                train: &self.train,
+                heldout: &self.heldout,
+                augment: self.augment,
+            }
+            .run(arch, self.experiment.seed, train_seed, on_step, cancelled)
+        }))
+        .unwrap_or_else(|panic| Err(TrainError::Panicked(crate::panic_message(&*panic))))
     }
 }
 

@@ -38,3 +38,26 @@ pub mod train;
 
 #[cfg(test)]
 mod fuzz;
+
+/// Fault injection for the tests (every command reads it at start): `FAILPOINTS="name=actions;name=actions"` (the `fail`
+/// crate's syntax, e.g. `search::evaluate=2*off->1*panic(boom)`). Inert when unset; each
+/// point costs one map lookup when reached.
+pub fn configure_failpoints() -> anyhow::Result<()> {
+    let Ok(points) = std::env::var("FAILPOINTS") else { return Ok(()) };
+    for point in points.split(';').filter(|p| !p.trim().is_empty()) {
+        let (name, actions) =
+            point.split_once('=').ok_or_else(|| anyhow::anyhow!("FAILPOINTS: {point:?} is not NAME=ACTIONS"))?;
+        fail::cfg(name.trim(), actions.trim()).map_err(|error| anyhow::anyhow!("FAILPOINTS: {}: {error}", name.trim()))?;
+    }
+    Ok(())
+}
+
+/// The message of a caught panic. Pass the payload (`&*boxed`), not the box: a
+/// `&Box<dyn Any>` coerces to `&dyn Any` too, and then no message is ever found.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "a panic without a message".into())
+}

@@ -80,6 +80,10 @@ pub enum TrainError {
     Empty(&'static str),
     #[error("training cancelled after {0} of {1} steps")]
     Cancelled(usize, usize),
+    /// A panic while training (a libtorch error in tch's infallible API), caught by
+    /// [`crate::engine::Engine::train_for`].
+    #[error("training panicked: {0}")]
+    Panicked(String),
 }
 
 /// One training job: an architecture, its data, its settings.

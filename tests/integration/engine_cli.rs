@@ -380,6 +380,27 @@ fn select_is_a_recorded_run_of_the_built_in_random_policy() {
 }
 
 #[test]
+fn a_libtorch_panic_is_that_evaluations_error_and_the_search_goes_on() {
+    // tch's infallible calls (the forward pass) panic on a libtorch error such as a device
+    // out of memory; injected here where measuring and training start.
+    for (failpoint, message) in [("measures::measure=panic", "measuring panicked"), ("engine::train=panic", "training panicked")] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = knas()
+            .env("FAILPOINTS", failpoint)
+            // A single measure as the score: no reference sample, which would fail first.
+            .args(["search", "--policy", "random", "--budget", "2", "--top-k", "1", "--score", "params", "--limit", "64", "--format", "json", "--store"])
+            .arg(dir.path().join("runs.db"))
+            .args(TINY)
+            .assert()
+            .success();
+        let stderr = String::from_utf8_lossy(&out.get_output().stderr);
+        assert!(stderr.contains(&format!("evaluation failed: {message}")), "{stderr}");
+        let report: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+        assert_eq!(report["recorded"]["scores"], 2, "{report}");
+    }
+}
+
+#[test]
 fn help_explains_the_commands() {
     knas()
         .arg("--help")

@@ -321,7 +321,7 @@ pub fn main() -> ExitCode {
         // SAFETY: called before any other thread exists; restores the default action.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
-    let result = match &cli.command {
+    let result = knas::configure_failpoints().and_then(|()| match &cli.command {
         Command::Score(args) => score::run(args),
         Command::Train(args) => train::run(args),
         Command::Correlate(args) => correlate::run(args),
@@ -331,7 +331,7 @@ pub fn main() -> ExitCode {
         Command::Policy(args) => policy::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Katib(args) => katib::run(args),
-    };
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -336,8 +336,8 @@ impl Measured {
 pub enum MeasureError {
     #[error("libtorch failed while measuring: {0}")]
     Torch(#[from] tch::TchError),
-    /// A panic on a worker thread (see [`pool`]), caught so that the other workers stop
-    /// and the results before it are still handed on.
+    /// A panic while measuring (a libtorch error in the network's forward pass), caught by
+    /// [`Suite::measure`].
     #[error("measuring panicked: {0}")]
     Panicked(String),
 }
@@ -437,8 +437,17 @@ impl Suite {
         (vs, net)
     }
 
-    /// Measures `candidate` with each of `wanted` (every pass at most once).
+    /// Measures `candidate` with each of `wanted` (every pass at most once). The network's
+    /// forward pass calls tch's infallible API, which panics on a libtorch error (a device
+    /// out of memory, say): such a panic is caught here and is this candidate's error, not
+    /// the end of the process.
     pub fn measure(&self, candidate: &Candidate, wanted: &[Measure]) -> Result<Measured, MeasureError> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.measure_unguarded(candidate, wanted)))
+            .unwrap_or_else(|panic| Err(MeasureError::Panicked(crate::panic_message(&*panic))))
+    }
+
+    fn measure_unguarded(&self, candidate: &Candidate, wanted: &[Measure]) -> Result<Measured, MeasureError> {
+        fail::fail_point!("measures::measure");
         let start = Instant::now();
         let (mut vs, net) = self.network(candidate);
         let want = |m: Measure| wanted.contains(&m);

@@ -54,7 +54,6 @@ pub fn serve(config: ServiceConfig, config_path: Option<&Path>) -> anyhow::Resul
         })
         .transpose()?;
 
-    configure_failpoints()?;
     let metrics = Arc::new(Metrics::new());
     let status = Arc::new(RwLock::new(Status::default()));
     let scheduler = Scheduler::new(config.clone(), device, metrics.clone(), status.clone())?;
@@ -65,7 +64,7 @@ pub fn serve(config: ServiceConfig, config_path: Option<&Path>) -> anyhow::Resul
     let thread_status = status.clone();
     let scheduler_thread = std::thread::Builder::new().name("knas-scheduler".into()).spawn(move || {
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scheduler.run(inbox)))
-            .map_err(|panic| scheduler::panic_message(&*panic));
+            .map_err(|panic| crate::panic_message(&*panic));
         let mut status = thread_status.write().unwrap_or_else(|e| e.into_inner());
         status.alive = false;
         status.ready = false;
@@ -162,19 +161,6 @@ pub(crate) async fn shutdown_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
-}
-
-/// Fault injection for the tests: `FAILPOINTS="name=actions;name=actions"` (the `fail`
-/// crate's syntax, e.g. `search::evaluate=2*off->1*panic(boom)`). Inert when unset; each
-/// point costs one map lookup when reached.
-fn configure_failpoints() -> anyhow::Result<()> {
-    let Ok(points) = std::env::var("FAILPOINTS") else { return Ok(()) };
-    for point in points.split(';').filter(|p| !p.trim().is_empty()) {
-        let (name, actions) =
-            point.split_once('=').with_context(|| format!("FAILPOINTS: {point:?} is not NAME=ACTIONS"))?;
-        fail::cfg(name.trim(), actions.trim()).map_err(|error| anyhow::anyhow!("FAILPOINTS: {}: {error}", name.trim()))?;
-    }
-    Ok(())
 }
 
 /// Lowers the calling thread's scheduling priority (nice 10). On Linux the nice value is per

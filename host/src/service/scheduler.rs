@@ -25,6 +25,7 @@ use tch::Device;
 use super::metrics::Metrics;
 use crate::config::ServiceConfig;
 use crate::engine::Engine;
+use crate::panic_message;
 use crate::policy::{PolicyError, PolicyRuntime};
 use crate::run::{Experiment, Fidelity};
 use crate::search::{Search, SearchError, SearchObserver, Step};
@@ -543,21 +544,12 @@ impl SearchObserver for Stepping<'_> {
     }
 }
 
-/// The message of a caught panic. Pass the payload (`&*boxed`), not the box: a
-/// `&Box<dyn Any>` coerces to `&dyn Any` too, and then no message is ever found.
-pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-        .unwrap_or_else(|| "a panic without a message".into())
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
-    use super::{Turns, panic_message};
+    use super::Turns;
+    use crate::panic_message;
 
     #[test]
     fn turns_go_to_the_run_that_used_the_least_time() {
