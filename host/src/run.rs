@@ -190,6 +190,13 @@ pub struct Budget {
     pub trainings: u32,
 }
 
+impl Budget {
+    /// Scores and trainings together, widened so that no budget overflows.
+    pub fn total(&self) -> u64 {
+        u64::from(self.scores) + u64::from(self.trainings)
+    }
+}
+
 /// A validated request to evaluate a candidate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Request {
@@ -305,6 +312,11 @@ fn default_max_epochs() -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_budget_total_does_not_overflow() {
+        assert_eq!(Budget { scores: u32::MAX, trainings: u32::MAX }.total(), 2 * u64::from(u32::MAX));
+    }
 
     #[test]
     fn experiments_read_from_yaml_reject_unknown_keys() {

@@ -8,6 +8,9 @@ use assert_cmd::Command;
 /// Settings that make every network tiny and every dataset small.
 pub const TINY: &[&str] = &["--channels", "2", "--cells", "1", "--batch-size", "4", "--threads", "1", "--device", "cpu"];
 
+/// [`TINY`] for `knas train`, which has no scoring batch.
+pub const TINY_TRAINING: &[&str] = &["--channels", "2", "--cells", "1", "--threads", "1", "--device", "cpu"];
+
 /// The `knas` binary under test.
 pub fn knas() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_knas"));

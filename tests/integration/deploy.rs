@@ -361,6 +361,8 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
             let (metric, label) = inner.split_once(", ").unwrap();
             let result = server.query(metric);
             assert!(result.iter().any(|s| s["metric"][label] == "long"), "variable {definition}");
+            // Katib runs are listed too.
+            assert!(result.iter().any(|s| s["metric"][label].as_str().is_some_and(|run| run.starts_with("katib-"))), "variable {definition}: {result:?}");
         }
     }
 }

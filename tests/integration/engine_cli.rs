@@ -3,7 +3,7 @@
 use predicates::prelude::*;
 use serde_json::Value;
 
-use crate::common::{TINY, json_lines, knas};
+use crate::common::{TINY, TINY_TRAINING, json_lines, knas};
 
 const ARCH: &str = "|nor_conv_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+|avg_pool_3x3~0|none~1|nor_conv_3x3~2|";
 
@@ -156,7 +156,7 @@ fn corrupt_dataset_files_are_named() {
 fn train_reports_accuracy_and_losses() {
     let out = knas()
         .args(["train", ARCH, "--limit", "200", "--epochs", "1", "--format", "jsonl"])
-        .args(TINY)
+        .args(TINY_TRAINING)
         .assert()
         .success();
     let rows = json_lines(&out.get_output().stdout);
@@ -413,7 +413,17 @@ fn help_explains_the_commands() {
         .assert()
         .success()
         .stdout(predicate::str::contains("--archs <FILE>"))
-        .stdout(predicate::str::contains("trainability"));
+        .stdout(predicate::str::contains("trainability"))
+        .stdout(predicate::str::contains("--reference <N>"))
+        .stdout(predicate::str::contains("--epochs").not());
+    // Each command offers only the flags it uses: `train` does not score.
+    knas()
+        .args(["train", "--help"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("--epochs <EPOCHS>"))
+        .stdout(predicate::str::contains("--reference").not());
+    knas().args(["train", "7", "--score", "mgm"]).assert().failure().stderr(predicate::str::contains("unexpected argument '--score'"));
 }
 
 #[test]

@@ -39,8 +39,8 @@ pub struct CorrelateArgs {
     #[arg(long = "archs", value_name = "FILE", conflicts_with_all = ["sample", "truth"])]
     archs_file: Option<PathBuf>,
     /// Judge against a published benchmark table instead of training: one JSON object per
-    /// line with `arch` and an accuracy (e.g. ../shared/data/nb201/nb201_cifar10.jsonl.gz,
-    /// gzipped or not).
+    /// line with `arch` and an accuracy (e.g. NAS-Bench-201's CIFAR-10 test accuracies),
+    /// gzipped or not.
     #[arg(long, value_name = "FILE.jsonl", conflicts_with_all = ["train_seeds", "truth"])]
     table: Option<PathBuf>,
     /// The table's accuracy field [default: the first of acc, accuracy, test_accuracy, …]

@@ -11,7 +11,7 @@ use knas::katib::suggest::Suggester;
 use knas::run::PolicyLimits;
 use knas::service::metrics::Metrics;
 
-use super::{ComputeArgs, ExperimentArgs, StoreArgs};
+use super::{ComputeArgs, ScoringExperimentArgs, StoreArgs};
 
 #[derive(Debug, Args)]
 pub struct KatibArgs {
@@ -29,7 +29,7 @@ pub struct KatibArgs {
     /// The scoring experiment; the Experiment's algorithm settings (dataset, channels,
     /// cells, batch-size, score, seed) override these flags.
     #[command(flatten)]
-    experiment: ExperimentArgs,
+    experiment: ScoringExperimentArgs,
     #[command(flatten)]
     compute: ComputeArgs,
     /// Limits of the policies' sandbox (every experiment's policy).

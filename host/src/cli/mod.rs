@@ -21,7 +21,6 @@ use knas::engine::{DeviceChoice, Engine};
 use knas::measures::ScoreChoice;
 use knas::run::Experiment;
 use knas::space::{Arch, NUM_ARCHS};
-use knas::train::TrainConfig;
 use tracing_subscriber::EnvFilter;
 
 /// Training-free neural architecture search (KNAS and beyond).
@@ -118,10 +117,40 @@ impl StoreArgs {
 }
 
 /// Settings that decide an experiment's numbers. Each flag overrides the default (or the
-/// config file, for commands that read one).
+/// config file, for commands that read one). Commands that both score and train take all
+/// of them; `score` and `katib` take no training flags, `train` no scoring flags.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ExperimentArgs {
+    #[command(flatten)]
+    setup: SetupArgs,
+    #[command(flatten)]
+    scoring: ScoringArgs,
+    #[command(flatten)]
+    training: TrainingArgs,
+}
+
+/// The experiment flags of a command that only scores.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ScoringExperimentArgs {
+    #[command(flatten)]
+    setup: SetupArgs,
+    #[command(flatten)]
+    scoring: ScoringArgs,
+}
+
+/// The experiment flags of a command that only trains.
+#[derive(Debug, Args, Clone, Default)]
+pub struct TrainingExperimentArgs {
+    #[command(flatten)]
+    setup: SetupArgs,
+    #[command(flatten)]
+    training: TrainingArgs,
+}
+
+/// Data and network: what every command reads.
 #[derive(Debug, Args, Clone, Default)]
 #[command(next_help_heading = "Experiment")]
-pub struct ExperimentArgs {
+struct SetupArgs {
     /// Dataset: mnist5k (embedded, 5,000 real MNIST digits), mnist:DIR, fashion-mnist:DIR
     /// (IDX files, gzipped or not), cifar10:DIR, cifar100:DIR (binary versions)
     /// [default: mnist5k]
@@ -142,6 +171,16 @@ pub struct ExperimentArgs {
     /// Cells per stage, N [default: 5]
     #[arg(long)]
     cells: Option<i64>,
+    /// Seed for the data split, the scoring batch, network initialisation and policies
+    /// [default: 0]
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+/// How candidates are scored without training.
+#[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Scoring")]
+struct ScoringArgs {
     /// Images in the scoring batch every measure reads [default: 64]
     #[arg(long)]
     batch_size: Option<usize>,
@@ -151,13 +190,16 @@ pub struct ExperimentArgs {
     #[arg(long, value_name = "aggregate|MEASURE")]
     score: Option<ScoreChoice>,
     /// Architectures in the seeded reference sample that anchors the aggregate's ranks
-    /// (measured once per experiment, cached in the run store) [default: 64]
+    /// (measured once per experiment; cached in the run store by the commands that have
+    /// --store) [default: 64]
     #[arg(long, value_name = "N")]
     reference: Option<usize>,
-    /// Seed for the data split, the scoring batch, network initialisation and policies
-    /// [default: 0]
-    #[arg(long)]
-    seed: Option<u64>,
+}
+
+/// How finalists are trained.
+#[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Training")]
+struct TrainingArgs {
     /// Training epochs for finalists [default: 1]
     #[arg(long)]
     epochs: Option<usize>,
@@ -173,6 +215,49 @@ fn parse_dataset(text: &str) -> Result<DatasetSpec, String> {
     text.parse().map_err(|e: knas::data::DataError| e.to_string())
 }
 
+/// A group of experiment flags.
+trait ExperimentFlags {
+    /// Sets the fields of `e` that these flags give.
+    fn apply_to(&self, e: &mut Experiment);
+}
+
+/// `base` with every given flag of `groups` applied.
+fn with_flags(mut base: Experiment, groups: &[&dyn ExperimentFlags]) -> Experiment {
+    for group in groups {
+        group.apply_to(&mut base);
+    }
+    base
+}
+
+impl ExperimentFlags for SetupArgs {
+    fn apply_to(&self, e: &mut Experiment) {
+        if let Some(dataset) = &self.dataset {
+            e.dataset = dataset.clone();
+        }
+        e.holdout = self.holdout.unwrap_or(e.holdout);
+        e.limit = self.limit.or(e.limit);
+        e.channels = self.channels.unwrap_or(e.channels);
+        e.cells = self.cells.unwrap_or(e.cells);
+        e.seed = self.seed.unwrap_or(e.seed);
+    }
+}
+
+impl ExperimentFlags for ScoringArgs {
+    fn apply_to(&self, e: &mut Experiment) {
+        e.score_batch = self.batch_size.unwrap_or(e.score_batch);
+        e.score = self.score.unwrap_or(e.score);
+        e.reference = self.reference.unwrap_or(e.reference);
+    }
+}
+
+impl ExperimentFlags for TrainingArgs {
+    fn apply_to(&self, e: &mut Experiment) {
+        e.train.epochs = self.epochs.unwrap_or(e.train.epochs);
+        e.train.batch_size = self.train_batch_size.unwrap_or(e.train.batch_size);
+        e.train.learning_rate = self.lr.unwrap_or(e.train.learning_rate);
+    }
+}
+
 impl ExperimentArgs {
     /// The default experiment with these flags applied.
     fn experiment(&self) -> Experiment {
@@ -181,25 +266,21 @@ impl ExperimentArgs {
 
     /// `base` with every given flag applied.
     fn apply(&self, base: Experiment) -> Experiment {
-        let train = base.train;
-        Experiment {
-            dataset: self.dataset.clone().unwrap_or(base.dataset),
-            holdout: self.holdout.unwrap_or(base.holdout),
-            limit: self.limit.or(base.limit),
-            channels: self.channels.unwrap_or(base.channels),
-            cells: self.cells.unwrap_or(base.cells),
-            score_batch: self.batch_size.unwrap_or(base.score_batch),
-            score: self.score.unwrap_or(base.score),
-            reference: self.reference.unwrap_or(base.reference),
-            aggregate: base.aggregate,
-            train: TrainConfig {
-                epochs: self.epochs.unwrap_or(train.epochs),
-                batch_size: self.train_batch_size.unwrap_or(train.batch_size),
-                learning_rate: self.lr.unwrap_or(train.learning_rate),
-                ..train
-            },
-            seed: self.seed.unwrap_or(base.seed),
-        }
+        with_flags(base, &[&self.setup, &self.scoring, &self.training])
+    }
+}
+
+impl ScoringExperimentArgs {
+    /// The default experiment with these flags applied.
+    fn experiment(&self) -> Experiment {
+        with_flags(Experiment::default(), &[&self.setup, &self.scoring])
+    }
+}
+
+impl TrainingExperimentArgs {
+    /// The default experiment with these flags applied.
+    fn experiment(&self) -> Experiment {
+        with_flags(Experiment::default(), &[&self.setup, &self.training])
     }
 }
 

@@ -28,8 +28,10 @@ enum PolicyCommand {
     /// and npm install @bytecodealliance/componentize-js@0.23.0 in the folder, or in the
     /// folder `KNAS_COMPONENTIZE_JS` names), into `<out-dir>/<folder>.wasm`.
     ///
-    /// Example: knas policy build --all          (the built-in policies and examples)
+    /// Example: knas policy build --all          (every Rust policy crate of the workspace)
+    ///
     /// Example: knas policy build my-policy/ --out-dir policies
+    ///
     /// Example: knas policy build examples/python-evolution examples/js-annealing --out-dir policies
     Build(BuildArgs),
     /// Check policy files against the contract and show what they declare.

@@ -6,7 +6,7 @@ use knas::measures::{Measure, ScoreChoice};
 use knas::space::Candidate;
 
 use super::output::{self, Format};
-use super::{ArchSource, ComputeArgs, ExperimentArgs, StoreArgs};
+use super::{ArchSource, ComputeArgs, ScoringExperimentArgs, StoreArgs};
 
 #[derive(Debug, Args)]
 pub struct ScoreArgs {
@@ -20,7 +20,7 @@ pub struct ScoreArgs {
     #[arg(long, value_delimiter = ',', default_value = "aggregate", value_name = "aggregate|all|MEASURE,…")]
     measure: Vec<Selection>,
     #[command(flatten)]
-    experiment: ExperimentArgs,
+    experiment: ScoringExperimentArgs,
     #[command(flatten)]
     compute: ComputeArgs,
     /// The aggregate's reference sample is cached here.

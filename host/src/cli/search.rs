@@ -317,10 +317,10 @@ pub(super) fn execute(
     if let Some(table) = table {
         search.annotate_with(store, table)?;
     }
-    let total = u64::from(spec.budget.scores + spec.budget.trainings);
+    let total = spec.budget.total();
     let spent = store.spent(search.run().id)?;
     let mut progress = Progress { bar: output::bar(total, "searching"), best_score: f64::NEG_INFINITY, best_accuracy: -1.0 };
-    progress.bar.set_position(u64::from(spent.scores + spent.trainings));
+    progress.bar.set_position(spent.total());
     let finish = loop {
         match search.step(&engine, store, &mut progress) {
             Ok(Step::Continue) => {}

@@ -5,14 +5,14 @@ use clap::Args;
 use knas::space::Arch;
 
 use super::output;
-use super::{ArchSource, ComputeArgs, ExperimentArgs};
+use super::{ArchSource, ComputeArgs, TrainingExperimentArgs};
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
     #[command(flatten)]
     source: ArchSource,
     #[command(flatten)]
-    experiment: ExperimentArgs,
+    experiment: TrainingExperimentArgs,
     #[command(flatten)]
     compute: ComputeArgs,
     /// Seed for shuffling and augmentation (initial weights come from --seed).

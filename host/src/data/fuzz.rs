@@ -1,6 +1,7 @@
-//! Property tests of the data file parsers (see `crate::fuzz`): IDX, CIFAR binary and
-//! MNIST CSV, each fed random bytes and random edits of a valid file. No panic; every
-//! rejection names the file.
+//! Property tests of the data file parsers (see `crate::fuzz`): IDX (parsed whole, and an
+//! MNIST-layout folder streamed from plain or gzipped files), CIFAR binary and MNIST CSV,
+//! each fed random bytes and random edits of a valid file. No panic; every rejection names
+//! the file.
 
 use std::path::Path;
 
@@ -21,6 +22,22 @@ proptest! {
                     prop_assert!(error.to_string().starts_with("train-images-idx3-ubyte: "), "{}", error);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn mnist_folders_load_or_name_the_file(gzip in any::<bool>(), damage_images in any::<bool>(), edits in edits()) {
+        let images = super::idx::encode(&[2, 2, 3], &[7; 12]);
+        let labels = super::idx::encode(&[2], &[1, 2]);
+        let (images, labels) = if damage_images { (mutate(&images, &edits), labels) } else { (images, mutate(&labels, &edits)) };
+        let dir = tempfile::tempdir().map_err(|e| TestCaseError::fail(e.to_string()))?;
+        for (name, bytes) in [("train-images-idx3-ubyte", images), ("train-labels-idx1-ubyte", labels)] {
+            let (path, bytes) = if gzip { (dir.path().join(format!("{name}.gz")), gzipped(&bytes)) } else { (dir.path().join(name), bytes) };
+            std::fs::write(path, bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        }
+        if let Err(error) = super::idx::load(dir.path(), super::Part::Train, "mnist") {
+            let culprit = if damage_images { "train-images-idx3-ubyte" } else { "train-labels-idx1-ubyte" };
+            prop_assert!(error.to_string().contains(culprit), "{}", error);
         }
     }
 
@@ -50,4 +67,10 @@ proptest! {
             }
         }
     }
+}
+
+fn gzipped(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(bytes).and_then(|()| encoder.finish()).expect("gzip into memory")
 }

@@ -159,12 +159,32 @@ pub(super) fn open(dir: &Path, part: Part, name: &str) -> Result<IdxPart, DataEr
     Ok(IdxPart { name: name.to_owned(), images_path, labels_path, labels: labels.data, dims })
 }
 
+/// Deflate shrinks data at most about 1032 to 1, so a gzip file inflates to at most this
+/// many times its size.
+const MAX_GZIP_RATIO: u64 = 1032;
+
 /// Reads and checks the header of a 3-dimensional images file; returns the data bytes it
-/// promises and its dimensions.
+/// promises and its dimensions. A header that promises more than the file can hold is
+/// refused here, before anything is allocated for it: a damaged header would otherwise
+/// ask for terabytes.
 fn read_header(stream: &mut Stream) -> Result<(usize, Vec<usize>), DataError> {
     let mut prefix = [0u8; 16];
     let got = stream.fill(&mut prefix)?;
-    let (_, dims, len) = header(&prefix[..got], 3, &stream.path)?;
+    let (size, dims, len) = header(&prefix[..got], 3, &stream.path)?;
+    let file_len = std::fs::metadata(&stream.path).map_err(|source| DataError::Io { path: stream.path.clone(), source })?.len();
+    if stream.gzipped {
+        if len as u64 > file_len.saturating_mul(MAX_GZIP_RATIO) {
+            return Err(DataError::corrupt(
+                &stream.path,
+                format!("header {dims:?} promises {len} data bytes, more than a gzip file of {file_len} bytes can hold"),
+            ));
+        }
+    } else {
+        let data_len = file_len.saturating_sub(size as u64);
+        if len as u64 > data_len {
+            return Err(wrong_length(&stream.path, &dims, len, usize::try_from(data_len).unwrap_or(usize::MAX)));
+        }
+    }
     Ok((len, dims))
 }
 
@@ -337,5 +357,24 @@ mod tests {
         assert!(err.contains("train-images-idx3-ubyte: 5 unexpected bytes after the 2352 the header [3, 28, 28] describes"), "{err}");
         let err = opened.read(&[&[3]]).unwrap_err().to_string();
         assert!(err.contains("image 3 asked of"), "{err}");
+    }
+
+    #[test]
+    fn a_header_promising_more_than_the_file_holds_is_refused_before_anything_is_allocated() {
+        // 2^64 − 2^33 + 1 bytes: no overflow in the header's product, but no allocation
+        // could hold one such image.
+        let huge = encode(&[1, u32::MAX, u32::MAX], &[0; 784]);
+        for gzip in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            write(dir.path(), "train-images-idx3-ubyte", &huge, gzip);
+            write(dir.path(), "train-labels-idx1-ubyte", &encode(&[1], &[4]), gzip);
+            let err = load(dir.path(), Part::Train, "mnist").unwrap_err().to_string();
+            let expected = if gzip {
+                "train-images-idx3-ubyte.gz: header [1, 4294967295, 4294967295] promises 18446744065119617025 data bytes, more than a gzip file of"
+            } else {
+                "train-images-idx3-ubyte: truncated: header [1, 4294967295, 4294967295] promises 18446744065119617025 data bytes, found 784"
+            };
+            assert!(err.contains(expected), "{err}");
+        }
     }
 }

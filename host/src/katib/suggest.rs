@@ -198,6 +198,10 @@ impl Suggester {
             }
         };
         let result = self.advance(plan, &mut search, trials, &trialled, wanted);
+        // The dashboard lists runs by their budget gauge: a Katib run is one too.
+        if let Ok(spent) = self.store.spent(search.run().id) {
+            self.metrics.set_budget(&run, search.run().search.budget, spent);
+        }
         if result.is_ok() {
             self.searches.insert(run.clone(), search);
         }

@@ -172,7 +172,7 @@ struct RunDetail {
 /// A run as listed, from its stored summary (never from its evaluations).
 fn view(run: RunRecord, summary: RunSummary, active: bool) -> RunView {
     let budget = run.search.budget;
-    let total = f64::from(budget.scores + budget.trainings).max(1.0);
+    let total = (budget.total() as f64).max(1.0);
     let recorded = summary.recorded;
     RunView {
         policy: run.policy,
@@ -180,7 +180,7 @@ fn view(run: RunRecord, summary: RunSummary, active: bool) -> RunView {
         active,
         budget,
         recorded,
-        progress: f64::from(recorded.scores + recorded.trainings) / total,
+        progress: recorded.total() as f64 / total,
         best_score: summary.best_score,
         best_accuracy: summary.best_accuracy,
         errors: summary.errors,

@@ -1,12 +1,13 @@
 //! Prometheus metrics of the service. Names follow the Prometheus conventions (`knas_`
 //! prefix, base units, `_total` counters); labels are bounded: `run` and `policy` are policy
-//! file names, `kind` is score|train, `outcome` and `cause` come from fixed lists.
+//! file names, `kind` is score|train (of file-system events: create|modify|remove|other),
+//! `outcome` and `cause` come from fixed lists.
 
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::run::Fidelity;
+use crate::run::{Budget, Fidelity};
 use crate::search::SearchObserver;
 use crate::store::EvaluationRecord;
 
@@ -112,7 +113,7 @@ impl Metrics {
             policy_errors: counter(
                 &r,
                 "knas_policy_errors_total",
-                "Policy failures, by policy and cause (load|timeout|fuel|memory|panic|trap|guest-error|invalid-proposal|no-progress).",
+                "Policy failures, by policy and cause (load|timeout|fuel|memory|panic|trap|guest-error|invalid-proposal|no-progress|runtime).",
                 &["policy", "cause"],
             ),
             policy_loads: counter(
@@ -169,6 +170,14 @@ impl Metrics {
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding cannot fail");
         String::from_utf8(out).expect("the text format is UTF-8")
+    }
+
+    /// A run's budget and what is left of it, by kind (`knas_budget`, `knas_budget_remaining`).
+    pub fn set_budget(&self, run: &str, budget: Budget, spent: Budget) {
+        for (kind, total, used) in [("score", budget.scores, spent.scores), ("train", budget.trainings, spent.trainings)] {
+            self.budget_total.with_label_values(&[run, kind]).set(i64::from(total));
+            self.budget_remaining.with_label_values(&[run, kind]).set(i64::from(total.saturating_sub(used)));
+        }
     }
 
     /// An observer that updates the per-run metrics of `run`.

@@ -291,9 +291,6 @@ impl Scheduler {
             match started {
                 Ok(search) => {
                     self.metrics.policy_loads.with_label_values(&[name, "loaded"]).inc();
-                    for (kind, total) in [("score", spec.budget.scores), ("train", spec.budget.trainings)] {
-                        self.metrics.budget_total.with_label_values(&[name, kind]).set(i64::from(total));
-                    }
                     self.restore_best(name, search.run().id);
                     if search.finished().is_none() {
                         tracing::info!(run = name, policy = %label, "run started");
@@ -407,10 +404,7 @@ impl Scheduler {
     fn update_budget(&self, name: &str) {
         let Ok(Some(run)) = self.store.run(name) else { return };
         let Ok(spent) = self.store.spent(run.id) else { return };
-        let budget = run.search.budget;
-        let m = &self.metrics.budget_remaining;
-        m.with_label_values(&[name, "score"]).set(i64::from(budget.scores.saturating_sub(spent.scores)));
-        m.with_label_values(&[name, "train"]).set(i64::from(budget.trainings.saturating_sub(spent.trainings)));
+        self.metrics.set_budget(name, run.search.budget, spent);
     }
 
     /// Seeds the best-score gauges of a (resumed) run from the store.
