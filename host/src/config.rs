@@ -173,9 +173,10 @@ impl ServiceConfig {
             ("search", config.search.validate()),
             ("limits", config.limits.validate()),
             ("threads", if config.threads < 0 { Err(format!("must not be negative, got {}", config.threads)) } else { Ok(()) }),
+            ("debounce-ms", if config.debounce_ms == 0 { Err("must be at least 1, got 0".to_owned()) } else { Ok(()) }),
         ];
         if let Some((section, Err(problem))) = checks.into_iter().find(|(_, check)| check.is_err()) {
-            let separator = if section == "threads" { ": " } else { "." };
+            let separator = if matches!(section, "threads" | "debounce-ms") { ": " } else { "." };
             return Err(ConfigError::Semantic { path: path.to_owned(), message: format!("{section}{separator}{problem}") });
         }
         for name in config.policy_limits.keys() {
@@ -276,6 +277,7 @@ mod tests {
             ("experiment: { score-batch: 0 }\n", "experiment.score-batch must be at least 1, got 0"),
             ("experiment: { train: { momentum: 1.5 } }\n", "experiment.train.momentum is out of range: 1.5"),
             ("limits: { call-timeout-ms: 0 }\n", "limits.call-timeout-ms must be at least 1, got 0"),
+            ("debounce-ms: 0\n", "debounce-ms: must be at least 1, got 0"),
             ("policy-limits: { py: { memory-mib: 0 } }\n", "policy-limits.py.memory-mib must be between 1 and 4096, got 0"),
             ("policy-limits: { py: { memory: 9 } }\n", "policy-limits.py: unknown field `memory`, expected one of `call-timeout-ms`, `fuel-per-call`, `memory-mib`, `log-records-per-call`, `log-record-bytes`, `log-bytes-per-minute`"),
             ("threads: -2\n", "threads: must not be negative, got -2"),

@@ -239,7 +239,7 @@ pub struct PolicyLimits {
     pub call_timeout_ms: u64,
     /// Instructions (fuel units) one call may execute.
     pub fuel_per_call: u64,
-    /// Linear memory one instance may grow to, in MiB.
+    /// Memory one instance may hold, its linear memories and tables together, in MiB.
     pub memory_mib: usize,
     /// Log records one call may write; the rest are dropped.
     pub log_records_per_call: u32,

@@ -325,7 +325,7 @@ impl Search {
         self.evaluation_time
     }
 
-    /// The live policy instance's instantiation time and peak linear memory (bytes).
+    /// The live policy instance's instantiation time and peak memory (bytes).
     pub fn policy_footprint(&self) -> Option<(Duration, usize)> {
         self.instance.as_ref().map(PolicyInstance::footprint)
     }

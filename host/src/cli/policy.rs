@@ -116,7 +116,7 @@ struct Inspected {
 fn inspect(args: &InspectArgs) -> Result<()> {
     let mut found = Vec::new();
     for file in &args.files {
-        let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let bytes = knas::policy::runtime::read_policy_file(file).map_err(|problem| anyhow::anyhow!("cannot read {}: {problem}", file.display()))?;
         let info = contract::inspect(&bytes).with_context(|| format!("{} is not a usable policy", file.display()))?;
         found.push(Inspected { file: file.clone(), info });
     }

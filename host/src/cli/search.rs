@@ -121,7 +121,7 @@ struct SearchReport {
     /// Instantiating the policy (its start functions included), apart from its calls.
     #[serde(skip_serializing_if = "Option::is_none")]
     policy_instantiate_seconds: Option<f64>,
-    /// The most linear memory the policy instance held.
+    /// The most memory (linear memories and tables) the policy instance held.
     #[serde(skip_serializing_if = "Option::is_none")]
     policy_peak_memory_mib: Option<f64>,
 }
@@ -289,7 +289,7 @@ pub(super) struct Executed {
     pub evaluation_time: Duration,
     pub policy_calls: u64,
     pub policy_time: Duration,
-    /// The live instance's instantiation time and peak linear memory.
+    /// The live instance's instantiation time and peak memory.
     pub policy_footprint: Option<(Duration, usize)>,
 }
 

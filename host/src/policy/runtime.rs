@@ -98,8 +98,8 @@ impl PolicyRuntime {
     /// Checks and compiles a policy file; `name` is used in every message about it.
     pub fn load_file(&self, path: &std::path::Path) -> Result<PolicyModule, PolicyError> {
         let name = path.file_stem().map_or_else(|| path.display().to_string(), |s| s.to_string_lossy().into_owned());
-        let bytes = std::fs::read(path)
-            .map_err(|e| PolicyError::Load { policy: path.display().to_string(), source: LoadError::Io(e.to_string()) })?;
+        let bytes =
+            read_policy_file(path).map_err(|problem| PolicyError::Load { policy: path.display().to_string(), source: LoadError::Io(problem) })?;
         self.load_bytes(&name, &bytes).map_err(|e| match e {
             PolicyError::Load { source, .. } => PolicyError::Load { policy: path.display().to_string(), source },
             other => other,
@@ -120,17 +120,7 @@ impl PolicyRuntime {
         let label = module.label();
         let state = PolicyState {
             policy: label.clone(),
-            limiter: Limiter {
-                inner: StoreLimitsBuilder::new()
-                    .memory_size(limits.memory_mib << 20)
-                    .instances(16)
-                    .tables(16)
-                    .memories(4)
-                    .trap_on_grow_failure(true)
-                    .build(),
-                denied: None,
-                peak: 0,
-            },
+            limiter: Limiter::new(limits.memory_mib << 20),
             rng: ChaCha8Rng::seed_from_u64(seed),
             logs_this_call: 0,
             dropped_logs: 0,
@@ -163,28 +153,84 @@ impl PolicyRuntime {
     }
 }
 
-/// Wraps [`StoreLimits`] to remember that a growth was refused, so a trap it causes is
-/// reported as what it is.
+/// The largest policy file read: a Python component is about 18 MiB, a JavaScript one 12.
+pub const MAX_POLICY_BYTES: u64 = 256 << 20;
+
+/// Reads a policy file. Only a regular file of at most [`MAX_POLICY_BYTES`] is read: a FIFO
+/// dropped into the watched folder would block the reader, a link to a device would never
+/// end.
+pub fn read_policy_file(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let metadata = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if !metadata.is_file() {
+        return Err("not a regular file".into());
+    }
+    let too_big = |len: u64| format!("{len} bytes, more than the {} MiB a policy may have", MAX_POLICY_BYTES >> 20);
+    if metadata.len() > MAX_POLICY_BYTES {
+        return Err(too_big(metadata.len()));
+    }
+    let mut bytes = Vec::with_capacity(metadata.len() as usize);
+    std::fs::File::open(path).and_then(|file| file.take(MAX_POLICY_BYTES + 1).read_to_end(&mut bytes)).map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_POLICY_BYTES {
+        return Err(too_big(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
+/// Bytes of host memory one element of a table costs (wasmtime keeps a pointer per
+/// element), charged against the policy's memory limit.
+const TABLE_ELEMENT_BYTES: usize = 8;
+
+/// The policy's memory limit, over all its linear memories and tables together: a
+/// component holds several of each, and a limit per memory or none on tables would let
+/// it take several times its limit, or gigabytes with one `table.grow`. Remembers that a
+/// growth was refused, so the trap it causes is reported as what it is.
 struct Limiter {
+    /// Counts of instances, tables and memories.
     inner: StoreLimits,
+    /// Bytes the policy may hold.
+    limit: usize,
+    /// Bytes it holds: its memories' sizes and its tables' elements.
+    held: usize,
+    /// What the refused growth would have brought the total to (bytes).
     denied: Option<usize>,
-    /// The most linear memory granted (bytes).
+    /// The most it has held (bytes).
     peak: usize,
+}
+
+impl Limiter {
+    fn new(limit: usize) -> Limiter {
+        let inner = StoreLimitsBuilder::new().instances(16).tables(16).memories(4).trap_on_grow_failure(true).build();
+        Limiter { inner, limit, held: 0, denied: None, peak: 0 }
+    }
+
+    /// Grants a growth from `current` to `desired` bytes of one memory or table, if the
+    /// total stays within the limit; otherwise traps (the policy cannot go on without it).
+    fn grow(&mut self, current: usize, desired: usize) -> wasmtime::Result<bool> {
+        let held = self.held.saturating_sub(current).saturating_add(desired);
+        if held > self.limit {
+            self.denied = Some(held);
+            return Err(wasmtime::Error::msg(format!("memory limit of {} bytes reached", self.limit)));
+        }
+        self.held = held;
+        self.peak = self.peak.max(held);
+        Ok(true)
+    }
 }
 
 impl ResourceLimiter for Limiter {
     fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
-        let verdict = self.inner.memory_growing(current, desired, maximum);
-        if matches!(verdict, Ok(true)) {
-            self.peak = self.peak.max(desired);
-        } else {
-            self.denied = Some(desired);
+        if maximum.is_some_and(|maximum| desired > maximum) {
+            return Ok(false);
         }
-        verdict
+        self.grow(current, desired)
     }
 
     fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
-        self.inner.table_growing(current, desired, maximum)
+        if maximum.is_some_and(|maximum| desired > maximum) {
+            return Ok(false);
+        }
+        self.grow(current.saturating_mul(TABLE_ELEMENT_BYTES), desired.saturating_mul(TABLE_ELEMENT_BYTES))
     }
 
     fn instances(&self) -> usize {
@@ -377,7 +423,8 @@ pub struct PolicyInstance {
 }
 
 impl PolicyInstance {
-    /// How long instantiating took, and the most linear memory the instance has held.
+    /// How long instantiating took, and the most memory (linear memories and tables) the
+    /// instance has held.
     pub fn footprint(&self) -> (Duration, usize) {
         (self.instantiate_time, self.store.data().limiter.peak)
     }
@@ -459,13 +506,18 @@ impl PolicyInstance {
         if let Some(requested) = state.limiter.denied.take() {
             return PolicyError::Memory { policy, call, limit_mib: self.limits.memory_mib, requested_mib: requested.div_ceil(1 << 20) };
         }
-        match error.downcast_ref::<Trap>() {
+        let trap = error.downcast_ref::<Trap>();
+        // How an interpreter ends on an uncaught exception, after printing its traceback:
+        // it aborts, or exits. Any other fault (an overflowed stack, the output cap) is
+        // not told by whatever the policy last printed.
+        let aborted = matches!(trap, Some(Trap::UnreachableCodeReached)) || error.downcast_ref::<wasmtime_wasi::I32Exit>().is_some();
+        match trap {
             Some(Trap::OutOfFuel) => PolicyError::Fuel { policy, call, fuel: self.limits.fuel_per_call },
             Some(Trap::Interrupt) => PolicyError::Timeout { policy, call, limit_ms: self.limits.call_timeout_ms },
             _ => match state.panic_message.take() {
                 Some(message) => PolicyError::Panic { policy, call, message: printable(&message, self.limits.log_record_bytes) },
                 // An interpreter's uncaught exception: its traceback went to stderr.
-                None if !state.stderr_tail.is_empty() => PolicyError::Panic {
+                None if aborted && !state.stderr_tail.is_empty() => PolicyError::Panic {
                     policy,
                     call,
                     message: printable(&uncaught(&std::mem::take(&mut state.stderr_tail)), self.limits.log_record_bytes),
@@ -513,6 +565,42 @@ impl PolicyInstance {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_regular_files_of_bounded_size_are_read_as_policies() {
+        // A device never ends, a folder is not a file.
+        assert_eq!(read_policy_file(std::path::Path::new("/dev/zero")).unwrap_err(), "not a regular file");
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read_policy_file(dir.path()).unwrap_err(), "not a regular file");
+        let big = dir.path().join("big.wasm");
+        std::fs::File::create(&big).unwrap().set_len(MAX_POLICY_BYTES + 1).unwrap();
+        assert_eq!(read_policy_file(&big).unwrap_err(), "268435457 bytes, more than the 256 MiB a policy may have");
+        std::fs::write(&big, b"\0asm").unwrap();
+        assert_eq!(read_policy_file(&big).unwrap(), b"\0asm");
+    }
+
+    #[test]
+    fn the_memory_limit_covers_every_memory_and_table_together() {
+        const MIB: usize = 1 << 20;
+        // Two memories of 40 MiB: each within 64 MiB, together not.
+        let mut limiter = Limiter::new(64 * MIB);
+        assert!(limiter.memory_growing(0, 40 * MIB, None).unwrap());
+        assert!(limiter.memory_growing(0, 40 * MIB, None).is_err(), "the refusal traps");
+        assert_eq!(limiter.denied, Some(80 * MIB));
+        // One `table.grow` to 2^32 elements would take 32 GiB of the host's memory.
+        let mut limiter = Limiter::new(64 * MIB);
+        assert!(limiter.table_growing(0, 1000, None).unwrap());
+        assert!(limiter.table_growing(1000, u32::MAX as usize, None).is_err());
+        assert_eq!(limiter.held, 8000, "a refused growth takes nothing");
+        // Growing a memory counts its new size once.
+        let mut limiter = Limiter::new(64 * MIB);
+        assert!(limiter.memory_growing(0, 10 * MIB, None).unwrap());
+        assert!(limiter.memory_growing(10 * MIB, 60 * MIB, None).unwrap());
+        assert_eq!((limiter.held, limiter.peak), (60 * MIB, 60 * MIB));
+        // A memory's own declared maximum is wasm's business: memory.grow returns -1.
+        assert!(!limiter.memory_growing(60 * MIB, 62 * MIB, Some(61 * MIB)).unwrap());
+        assert_eq!(limiter.denied, None);
+    }
 
     #[test]
     fn the_log_budget_refills_over_a_minute_and_notices_once_a_minute() {

@@ -96,7 +96,7 @@ pub fn serve(config: ServiceConfig, config_path: Option<&Path>) -> anyhow::Resul
             table: config.table.clone(),
             debounce: Duration::from_millis(config.debounce_ms),
         };
-        let watcher_task = tokio::spawn(watcher::run(watched, commands.clone(), metrics.clone(), stop_rx.clone()));
+        let mut watcher_task = tokio::spawn(watcher::run(watched, commands.clone(), metrics.clone(), stop_rx.clone()));
 
         let state = http::AppState::new(metrics, status, reader);
         let mut server_stop = stop_rx.clone();
@@ -108,11 +108,18 @@ pub fn serve(config: ServiceConfig, config_path: Option<&Path>) -> anyhow::Resul
                 .into_future(),
         );
 
+        // Without its watcher the service would serve on but never load a policy again.
         let died = tokio::select! {
             _ = shutdown_signal() => None,
             outcome = &mut ended => Some(match outcome {
                 Ok(Err(panic)) => format!("the compute thread died: {panic}"),
                 _ => "the compute thread stopped unexpectedly".to_owned(),
+            }),
+            outcome = &mut watcher_task => Some(match outcome {
+                Ok(Err(error)) => format!("the file watcher failed: {error:#}"),
+                Ok(Ok(())) => "the file watcher stopped unexpectedly".to_owned(),
+                Err(join) if join.is_panic() => format!("the file watcher died: {}", crate::panic_message(&*join.into_panic())),
+                Err(_) => "the file watcher was cancelled".to_owned(),
             }),
         };
         if let Some(reason) = died {

@@ -12,7 +12,7 @@
 //! error, a bug) fails that run with the message recorded in the store, and the thread
 //! goes on serving the others.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 use std::path::PathBuf;
@@ -218,6 +218,8 @@ impl Scheduler {
         self.with_status(|s| {
             s.policies.insert(name.to_owned(), PolicyFile { path, state: "rejected", module, error: Some(error.to_string()) });
         });
+        // A run that never started may have loaded its experiment's engine already.
+        self.free_engines();
     }
 
     fn policy_changed(&mut self, name: &str, path: PathBuf) {
@@ -229,7 +231,10 @@ impl Scheduler {
         if let Some((search, _)) = self.runs.get_mut(name) {
             // Hot swap: the new module takes over, fed the history; nothing is re-scored.
             if search.policy_label() == label {
-                return;
+                // The file is the running module again (say, after a rejected edit).
+                return self.with_status(|s| {
+                    s.policies.insert(name.to_owned(), PolicyFile { path, state: "loaded", module: Some(label), error: None });
+                });
             }
             let mut observer = self.metrics.for_run(name);
             match search.swap(&self.store, &self.runtime, &module, &mut observer) {
@@ -338,6 +343,8 @@ impl Scheduler {
             label: &label,
             inbox,
             arrived: RefCell::new(std::mem::take(&mut self.arrived)),
+            judged: Cell::new(0),
+            cut: Cell::new(false),
         };
         let start = Instant::now();
         let stepped = std::panic::catch_unwind(AssertUnwindSafe(|| search.step(engine, &self.store, &mut observer)))
@@ -491,6 +498,11 @@ struct Stepping<'a> {
     label: &'a str,
     inbox: &'a Receiver<Command>,
     arrived: RefCell<VecDeque<Command>>,
+    /// How many of `arrived` have been judged by [`Stepping::cuts_short`]: each once, since
+    /// judging a changed policy file reads and hashes it, too dear for every optimiser step.
+    judged: Cell<usize>,
+    /// Whether one of them cuts the step short.
+    cut: Cell<bool>,
 }
 
 impl Stepping<'_> {
@@ -502,7 +514,7 @@ impl Stepping<'_> {
             // A touch or an identical copy is not a new policy: let the step finish.
             Command::PolicyChanged { name, path } => {
                 name == self.run
-                    && std::fs::read(path).map_or(true, |bytes| {
+                    && crate::policy::runtime::read_policy_file(path).map_or(true, |bytes| {
                         format!("{name}@{}", &crate::policy::contract::sha256_hex(&bytes)[..8]) != self.label
                     })
             }
@@ -534,7 +546,11 @@ impl SearchObserver for Stepping<'_> {
                 Err(TryRecvError::Disconnected) => return true,
             }
         }
-        arrived.iter().any(|command| self.cuts_short(command))
+        if arrived.range(self.judged.get()..).any(|command| self.cuts_short(command)) {
+            self.cut.set(true);
+        }
+        self.judged.set(arrived.len());
+        self.cut.get()
     }
 }
 

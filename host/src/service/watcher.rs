@@ -97,7 +97,7 @@ pub async fn run(
     }
 
     let mut pending: HashMap<PathBuf, Instant> = HashMap::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(50).min(watched.debounce));
+    let mut tick = tokio::time::interval(Duration::from_millis(50).min(watched.debounce).max(Duration::from_millis(1)));
     loop {
         tokio::select! {
             event = rx.recv() => {
