@@ -84,7 +84,6 @@ pub fn measure_in_order<E>(
     })
 }
 
-
 #[cfg(test)]
 mod tests {
     use tch::Kind;

@@ -200,7 +200,7 @@ struct Limiter {
 
 impl Limiter {
     fn new(limit: usize) -> Limiter {
-        let inner = StoreLimitsBuilder::new().instances(16).tables(16).memories(4).trap_on_grow_failure(true).build();
+        let inner = StoreLimitsBuilder::new().instances(16).tables(16).memories(4).build();
         Limiter { inner, limit, held: 0, denied: None, peak: 0 }
     }
 
