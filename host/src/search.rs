@@ -563,21 +563,6 @@ impl Search {
             },
         };
 
-        if self.trains_elsewhere {
-            let waiting: Vec<Candidate> = requests
-                .iter()
-                .filter(|r| r.fidelity == Fidelity::Train && self.outside(&r.candidate).is_none())
-                .map(|r| store.find(run_id, &r.candidate, Fidelity::Train).map(|found| found.is_none().then_some(r.candidate)))
-                .collect::<Result<Vec<_>, _>>()?
-                .into_iter()
-                .flatten()
-                .collect();
-            if !waiting.is_empty() {
-                self.pending = Some(Pending::Evaluate(requests));
-                return Ok(Step::Waiting(waiting));
-            }
-        }
-
         // What is new, and does the budget cover it?
         let mut known: Vec<Option<EvaluationRecord>> = Vec::with_capacity(requests.len());
         let mut wanted = Budget::default();
@@ -601,6 +586,23 @@ impl Search {
                 ),
             }
             .into());
+        }
+
+        // Trainings run elsewhere are handed out only once the budget is known to cover
+        // them: a proposal beyond it is refused here as it is in a run that trains itself.
+        if self.trains_elsewhere {
+            let waiting: Vec<Candidate> = requests
+                .iter()
+                .filter(|r| r.fidelity == Fidelity::Train && self.outside(&r.candidate).is_none())
+                .map(|r| store.find(run_id, &r.candidate, Fidelity::Train).map(|found| found.is_none().then_some(r.candidate)))
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .flatten()
+                .collect();
+            if !waiting.is_empty() {
+                self.pending = Some(Pending::Evaluate(requests));
+                return Ok(Step::Waiting(waiting));
+            }
         }
 
         self.measure_ahead(engine, &requests, &known, observer);

@@ -185,3 +185,23 @@ fn a_tonic_client_narrows_the_space_and_health_answers_during_scoring() {
         assert_eq!(reply.parameter_assignments.len(), 1);
     });
 }
+
+/// A policy that asks for more trainings than maxTrialCount pays for is refused, naming
+/// the policy and the budget, before any of them is handed out as a trial.
+#[test]
+fn trainings_beyond_the_trial_count_are_refused_before_any_trial() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(&dir.path().join("knas.db"));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let mut client = SuggestionClient::connect(service.address.clone()).await.unwrap();
+        // Three distinct architectures to train, with two trials in the experiment.
+        let candidates: Vec<_> = (0..3).map(|op| serde_json::json!({"ops": [[op], [1], [2], [0], [3], [1]], "train": true})).collect();
+        let params = serde_json::json!({"act": "propose", "candidates": candidates}).to_string();
+        let greedy = experiment("greedy", &[&OPS[..]; 6], &[("policy", "hostile"), ("params", &params)], 2);
+        let refused = client.get_suggestions(request(&greedy, vec![], 1)).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+        let message = refused.message();
+        assert!(message.contains("policy hostile@") && message.contains("3 new trainings") && message.contains("and 2 remain in the budget"), "{message}");
+    });
+}
