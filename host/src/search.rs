@@ -553,13 +553,16 @@ impl Search {
             return Err(PolicyError::Runtime(format!("run {} has no live policy instance", self.run.name)).into());
         };
         let label = instance.label().to_owned();
-        let requests = match self.pending.take() {
+        let (requests, proposed_now) = match self.pending.take() {
             Some(Pending::Done) => return self.finish(store, Finish::PolicyDone),
-            Some(Pending::Evaluate(requests)) => requests,
+            Some(Pending::Evaluate(requests)) => (requests, false),
             None => match timed(observer, "propose", || instance.propose(remaining))? {
                 RawProposal::Done => return self.finish(store, Finish::PolicyDone),
-                RawProposal::Evaluate(raw) => validate(&raw, self.run.search.max_batch, self.run.search.max_epochs)
-                    .map_err(|problem| PolicyError::InvalidProposal { policy: label.clone(), problem })?,
+                RawProposal::Evaluate(raw) => (
+                    validate(&raw, self.run.search.max_batch, self.run.search.max_epochs)
+                        .map_err(|problem| PolicyError::InvalidProposal { policy: label.clone(), problem })?,
+                    true,
+                ),
             },
         };
 
@@ -577,7 +580,11 @@ impl Search {
             }
             known.push(record);
         }
-        if wanted.scores > remaining.scores || wanted.trainings > remaining.trainings {
+        // A proposal waiting on trainings run elsewhere was checked when it was made: the
+        // trials the Katib service fills in itself may have spent budget since, which is
+        // not the policy's doing.
+        let checked = proposed_now || !self.trains_elsewhere;
+        if checked && (wanted.scores > remaining.scores || wanted.trainings > remaining.trainings) {
             return Err(PolicyError::InvalidProposal {
                 policy: label,
                 problem: format!(
@@ -589,7 +596,7 @@ impl Search {
         }
 
         // Trainings run elsewhere are handed out only once the budget is known to cover
-        // them: a proposal beyond it is refused here as it is in a run that trains itself.
+        // them: a proposal beyond it is refused above as in a run that trains itself.
         if self.trains_elsewhere {
             let waiting: Vec<Candidate> = requests
                 .iter()

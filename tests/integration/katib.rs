@@ -126,6 +126,13 @@ fn trial(name: &str, assignments: Vec<api::ParameterAssignment>, loss: &str) -> 
     }
 }
 
+/// A trial Katib has started and not finished.
+fn running(name: &str, assignments: Vec<api::ParameterAssignment>) -> api::Trial {
+    let mut trial = trial(name, assignments, "0");
+    trial.status = Some(api::TrialStatus { condition: api::trial_status::TrialConditionType::Running as i32, ..Default::default() });
+    trial
+}
+
 /// A narrowed space, exhausted; a minimised objective; health answering during a long
 /// scoring request.
 #[test]
@@ -203,5 +210,38 @@ fn trainings_beyond_the_trial_count_are_refused_before_any_trial() {
         assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
         let message = refused.message();
         assert!(message.contains("policy hostile@") && message.contains("3 new trainings") && message.contains("and 2 remain in the budget"), "{message}");
+    });
+}
+
+/// The trials the service fills in itself (the policy waiting) spend budget the policy was
+/// not told about: a proposal the budget covered when it was made still goes on to trials.
+#[test]
+fn a_waiting_proposal_survives_the_services_own_fill_trials() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(&dir.path().join("knas.db"));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let mut client = SuggestionClient::connect(service.address.clone()).await.unwrap();
+        // Train one architecture; once it is known, three more at once.
+        let train = |op: u32| serde_json::json!({"ops": [[op], [4], [4], [op], [4], [4]], "train": true});
+        let params = serde_json::json!({"act": "script", "proposals": [[train(0)], [train(1), train(2), train(3)]]}).to_string();
+        let exp = experiment("fills", &[&OPS[..]; 6], &[("policy", "hostile"), ("params", &params), ("candidates-per-trial", "3")], 4);
+        let assignments = |reply: &api::GetSuggestionsReply, i: usize| reply.parameter_assignments[i].assignments.clone();
+        let first_op = |assignments: &[api::ParameterAssignment]| assignments[0].value.clone();
+
+        // Two trials asked: the policy's one, and one the service fills in.
+        let first = client.get_suggestions(request(&exp, vec![], 2)).await.unwrap().into_inner();
+        let (a, fill) = (assignments(&first, 0), assignments(&first, 1));
+        assert_eq!((first_op(&a), a[1].value.as_str()), ("none".to_owned(), "avg_pool_3x3"), "{a:?}");
+        // `a` done, the fill running: the policy proposes three trainings, 3 trials left.
+        let trials = vec![trial("a", a.clone(), "0.5"), running("fill", fill.clone())];
+        let second = client.get_suggestions(request(&exp, trials, 1)).await.unwrap().into_inner();
+        let b = assignments(&second, 0);
+        assert_eq!(first_op(&b), "skip_connect", "{b:?}");
+        // The fill is done too: 2 trials left for the 3 trainings the proposal asked, one
+        // of which (`b`) is running. The proposal goes on; it is not refused.
+        let trials = vec![trial("a", a, "0.5"), trial("fill", fill, "0.6"), running("b", b)];
+        let third = client.get_suggestions(request(&exp, trials, 1)).await.unwrap().into_inner();
+        assert_eq!(first_op(&assignments(&third, 0)), "nor_conv_1x1");
     });
 }

@@ -8,6 +8,7 @@
 //! - `allocate` `{mib}`: allocate and touch that much memory;
 //! - `panic` `{message}` / `trap` / `error` `{message}`;
 //! - `propose` `{candidates: [{ops, train}]}`: propose exactly these raw candidates;
+//! - `script` `{proposals: [[{ops, train}]]}`: propose these raw batches, one per call;
 //! - `batch` `{count}`: propose that many distinct random candidates at once;
 //! - `log` `{count, bytes}`: write that many log records of that size;
 //! - `repeat`: propose the same architecture forever (makes no progress);
@@ -27,6 +28,7 @@ enum Act {
     Trap,
     Error { message: String },
     Propose { candidates: Vec<Raw> },
+    Script { proposals: Vec<Vec<Raw>> },
     Batch { count: u32 },
     Log {
         count: u32,
@@ -82,6 +84,13 @@ impl Hostile {
         if now != self.at {
             return Ok(None);
         }
+        if let Some(Act::Script { proposals }) = &mut self.act {
+            if proposals.is_empty() {
+                self.act = None;
+                return Ok(None);
+            }
+            return Ok(Some(raw_proposal(proposals.remove(0))));
+        }
         let act = match &self.act {
             Some(Act::Repeat) => Act::Repeat,
             _ => match self.act.take() {
@@ -105,12 +114,9 @@ impl Hostile {
             Act::Panic { message } => panic!("{message}"),
             Act::Trap => core::arch::wasm32::unreachable(),
             Act::Error { message } => return Err(message),
-            Act::Propose { candidates } => {
-                let fidelity = |raw: &Raw| if raw.train { Fidelity::Train(Training { epochs: raw.epochs }) } else { Fidelity::Score };
-                return Ok(Some(Proposal::Evaluate(
-                    candidates.into_iter().map(|raw| Candidate { fidelity: fidelity(&raw), ops: raw.ops }).collect(),
-                )));
-            }
+            Act::Propose { candidates } => return Ok(Some(raw_proposal(candidates))),
+            // Proposed one batch per call, above.
+            Act::Script { .. } => {}
             Act::Batch { count } => {
                 let mut batch = Vec::new();
                 while batch.len() < count as usize {
@@ -134,6 +140,12 @@ impl Hostile {
         }
         Ok(None)
     }
+}
+
+/// A proposal of exactly these raw candidates.
+fn raw_proposal(candidates: Vec<Raw>) -> Proposal {
+    let fidelity = |raw: &Raw| if raw.train { Fidelity::Train(Training { epochs: raw.epochs }) } else { Fidelity::Score };
+    Proposal::Evaluate(candidates.into_iter().map(|raw| Candidate { fidelity: fidelity(&raw), ops: raw.ops }).collect())
 }
 
 impl Policy for Hostile {
