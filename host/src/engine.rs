@@ -291,13 +291,16 @@ impl Engine {
     pub fn score_of(&self, values: &crate::measures::Values) -> Result<Option<f64>, EngineError> {
         match self.experiment.score {
             ScoreChoice::Measure(m) => Ok(values.get(&m).copied().flatten()),
-            ScoreChoice::Aggregate => {
-                let reference = self.reference.as_ref().ok_or_else(|| {
-                    EngineError::Invalid("the aggregate score needs the experiment's reference sample, which is not built yet".into())
-                })?;
-                Ok(Some(self.experiment.aggregate.score(reference, values)))
-            }
+            ScoreChoice::Aggregate => self.aggregate_of(values).map(Some),
         }
+    }
+
+    /// The rank aggregate of measured values, whatever the experiment's score is.
+    pub fn aggregate_of(&self, values: &crate::measures::Values) -> Result<f64, EngineError> {
+        let reference = self.reference.as_ref().ok_or_else(|| {
+            EngineError::Invalid("the aggregate score needs the experiment's reference sample, which is not built yet".into())
+        })?;
+        Ok(self.experiment.aggregate.score(reference, values))
     }
 
     /// Measures a candidate and scores it.

@@ -48,25 +48,36 @@ fn pearson(x: &[f64], y: &[f64]) -> Option<f64> {
     (sxx > 0.0 && syy > 0.0).then(|| sxy / (sxx * syy).sqrt())
 }
 
+/// Whether two series can be ranked against each other: equal lengths, at least two
+/// points, no NaN. (Infinities rank: callers give a missing value −∞ to rank it last.)
+fn rankable(x: &[f64], y: &[f64]) -> bool {
+    x.len() == y.len() && x.len() >= 2 && !x.iter().chain(y).any(|v| v.is_nan())
+}
+
 /// Spearman's ρ (Pearson correlation of the tie-averaged ranks). `None` when there are
-/// fewer than two points, the lengths differ, or one side is constant.
+/// fewer than two points, the lengths differ, a value is NaN, or one side is constant.
 pub fn spearman(x: &[f64], y: &[f64]) -> Option<f64> {
-    if x.len() != y.len() || x.len() < 2 {
+    if !rankable(x, y) {
         return None;
     }
     pearson(&ranks(x), &ranks(y))
 }
 
+/// −1, 0 or 1 as `a` is below, equal to (−0 = +0, as in [`ranks`]) or above `b`.
+fn sign_of_difference(a: f64, b: f64) -> i8 {
+    (a > b) as i8 - (a < b) as i8
+}
+
 /// Kendall's τ-b, which corrects for ties on either side. `None` as for [`spearman`].
 pub fn kendall(x: &[f64], y: &[f64]) -> Option<f64> {
-    if x.len() != y.len() || x.len() < 2 {
+    if !rankable(x, y) {
         return None;
     }
     let (mut concordant, mut discordant, mut ties_x, mut ties_y) = (0i64, 0i64, 0i64, 0i64);
     for i in 0..x.len() {
         for j in i + 1..x.len() {
-            let dx = x[i].total_cmp(&x[j]) as i64;
-            let dy = y[i].total_cmp(&y[j]) as i64;
+            let dx = sign_of_difference(x[i], x[j]);
+            let dy = sign_of_difference(y[i], y[j]);
             match (dx, dy) {
                 (0, 0) => {}
                 (0, _) => ties_x += 1,
@@ -76,12 +87,20 @@ pub fn kendall(x: &[f64], y: &[f64]) -> Option<f64> {
             }
         }
     }
-    let denom = (((concordant + discordant + ties_x) * (concordant + discordant + ties_y)) as f64).sqrt();
+    tau_b(concordant, discordant, ties_x, ties_y)
+}
+
+/// τ-b from the pair counts. In f64: the product of pair counts overflows i64 from about
+/// 78,000 points.
+fn tau_b(concordant: i64, discordant: i64, ties_x: i64, ties_y: i64) -> Option<f64> {
+    let denom = (((concordant + discordant + ties_x) as f64) * ((concordant + discordant + ties_y) as f64)).sqrt();
     (denom > 0.0).then(|| (concordant - discordant) as f64 / denom)
 }
 
 /// A 95% percentile-bootstrap interval for Spearman's ρ: architectures resampled with
-/// replacement `resamples` times (seeded, so reports repeat). `None` when ρ itself is.
+/// replacement `resamples` times (seeded, so reports repeat). `None` when ρ itself is, and
+/// when more than one resample in ten has no ρ (a side constant in it): with so few
+/// distinct values, the remaining resamples would give a falsely narrow interval.
 pub fn spearman_interval(x: &[f64], y: &[f64], resamples: usize, seed: u64) -> Option<(f64, f64)> {
     spearman(x, y)?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -94,7 +113,7 @@ pub fn spearman_interval(x: &[f64], y: &[f64], resamples: usize, seed: u64) -> O
             spearman(&xs, &ys)
         })
         .collect();
-    if estimates.is_empty() {
+    if estimates.is_empty() || (resamples - estimates.len()) * 10 > resamples {
         return None;
     }
     estimates.sort_by(f64::total_cmp);
@@ -144,6 +163,11 @@ mod tests {
         let perfect = spearman_interval(&x, &x, 200, 0).unwrap();
         assert!((perfect.0 - 1.0).abs() < 1e-12 && (perfect.1 - 1.0).abs() < 1e-12);
         assert_eq!(spearman_interval(&[1.0], &[1.0], 10, 0), None);
+        // Two or three points: a resample in two or nine is constant, and the rest agree
+        // perfectly; no interval rather than a falsely certain [1, 1].
+        assert_eq!(spearman_interval(&[1.0, 2.0], &[1.0, 2.0], 1000, 0), None);
+        assert_eq!(spearman_interval(&[1.0, 2.0, 3.0], &[1.0, 2.0, 3.0], 1000, 0), None);
+        assert!(spearman_interval(&[1.0, 2.0, 3.0, 4.0], &[1.0, 2.0, 4.0, 3.0], 1000, 0).is_some());
     }
 
     #[test]
@@ -151,5 +175,20 @@ mod tests {
         assert_eq!(spearman(&[1.0], &[2.0]), None);
         assert_eq!(kendall(&[1.0, 1.0, 1.0], &[1.0, 2.0, 3.0]), None);
         assert_eq!(spearman(&[1.0, 2.0], &[1.0]), None);
+        // NaN is not a rank; −∞ is (a missing value ranked last), and −0 ties +0.
+        assert_eq!(spearman(&[1.0, f64::NAN, 3.0], &[1.0, 2.0, 3.0]), None);
+        assert_eq!(kendall(&[1.0, 2.0, 3.0], &[1.0, f64::NAN, 3.0]), None);
+        assert!(close(spearman(&[f64::NEG_INFINITY, 2.0, 3.0], &[1.0, 2.0, 3.0]), 1.0));
+        assert!(close(kendall(&[-0.0, 0.0, 1.0], &[1.0, 1.0, 2.0]), 1.0));
+        assert!(close(spearman(&[-0.0, 0.0, 1.0], &[1.0, 1.0, 2.0]), 1.0));
+    }
+
+    #[test]
+    fn kendall_counts_pairs_without_overflow() {
+        // The pair counts of 100,000 points in the same order: their product (≈2.5·10¹⁹)
+        // is beyond i64.
+        let pairs = 100_000i64 * 99_999 / 2;
+        assert!(close(tau_b(pairs, 0, 0, 0), 1.0));
+        assert!(close(tau_b(0, pairs, 0, 0), -1.0));
     }
 }

@@ -59,7 +59,7 @@ impl BenchmarkTable {
         let raw = std::fs::read(path).map_err(|e| file_error(e.to_string()))?;
         let text = if raw.starts_with(&[0x1f, 0x8b]) {
             let mut out = String::new();
-            flate2::read::GzDecoder::new(&raw[..])
+            flate2::read::MultiGzDecoder::new(&raw[..])
                 .read_to_string(&mut out)
                 .map_err(|e| file_error(format!("gzip data is truncated, corrupt or not UTF-8 ({e})")))?;
             out
@@ -75,13 +75,15 @@ impl BenchmarkTable {
         let mut field: Option<String> = field.map(str::to_owned);
         let mut rows = Vec::new();
         let mut first_line: HashMap<Arch, usize> = HashMap::new();
+        // A byte-order mark some editors write is not part of the first line's JSON.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         for (number, line) in text.lines().enumerate() {
             let number = number + 1;
             if line.trim().is_empty() {
                 continue;
             }
             let value: serde_json::Value =
-                serde_json::from_str(line).map_err(|e| line_error(number, format!("not a JSON object: {e}")))?;
+                serde_json::from_str(line).map_err(|e| line_error(number, format!("not a JSON object: {}", json_problem(&e))))?;
             let Some(object) = value.as_object() else {
                 return Err(line_error(number, format!("expected a JSON object, found {}", kind(&value))));
             };
@@ -92,7 +94,7 @@ impl BenchmarkTable {
                 Some(serde_json::Value::Number(n)) => n
                     .as_u64()
                     .and_then(|i| Arch::from_index(i as usize).ok())
-                    .ok_or_else(|| line_error(number, format!("unknown architecture: index {n} is not in 0..15625")))?,
+                    .ok_or_else(|| line_error(number, format!("unknown architecture: index {n} is not a whole number in 0..=15624")))?,
                 Some(other) => return Err(line_error(number, format!("`arch` must be a string or an index, found {}", kind(other)))),
                 None => return Err(line_error(number, "no `arch` field".into())),
             };
@@ -197,6 +199,14 @@ impl BenchmarkTable {
     }
 }
 
+/// serde_json's message with the column alone: each line is parsed on its own, so the
+/// "line 1" it would name contradicts the file line the error gives.
+fn json_problem(error: &serde_json::Error) -> String {
+    let text = error.to_string();
+    let message = text.rsplit_once(" at line ").map_or(text.as_str(), |(message, _)| message);
+    format!("{message} at column {}", error.column())
+}
+
 fn kind(value: &serde_json::Value) -> &'static str {
     match value {
         serde_json::Value::Null => "null",
@@ -242,7 +252,11 @@ mod tests {
     #[test]
     fn bad_lines_are_named_with_their_problem() {
         let err = |text: String| parse(&text).unwrap_err().to_string();
-        assert!(err(format!("{{\"arch\": \"{A}\", \"acc\": 1}}\n{{\"arch\": \"{A}\"")).starts_with("t.jsonl:2: not a JSON object"));
+        let e = err(format!("{{\"arch\": \"{A}\", \"acc\": 1}}\n{{\"arch\": \"{A}\""));
+        assert!(e.starts_with("t.jsonl:2: not a JSON object: EOF while parsing an object at column ") && !e.contains("line 1"), "{e}");
+        assert!(err("{\"arch\": 7.0, \"acc\": 1}".into()).contains("t.jsonl:1: unknown architecture: index 7.0 is not a whole number"));
+        let marked = parse(&format!("\u{feff}{{\"arch\": \"{A}\", \"acc\": 1}}")).unwrap();
+        assert_eq!(marked.len(), 1, "a byte-order mark is not part of the first line");
         let e = err(format!("{{\"arch\": \"{A}\", \"acc\": 1}}\n{{\"arch\": \"|conv~0|\", \"acc\": 1}}"));
         assert!(e.starts_with("t.jsonl:2: unknown architecture: column 2: unknown operation \"conv\""), "{e}");
         assert!(err("{\"arch\": 99999, \"acc\": 1}".into()).contains("t.jsonl:1: unknown architecture: index 99999"));
@@ -266,8 +280,13 @@ mod tests {
         let path = dir.path().join("t.jsonl.gz");
         let mut encoder = flate2::write::GzEncoder::new(std::fs::File::create(&path).unwrap(), flate2::Compression::fast());
         writeln!(encoder, "{{\"arch\": \"{A}\", \"acc\": 94.0}}").unwrap();
-        encoder.finish().unwrap();
-        assert_eq!(BenchmarkTable::load(&path, None).unwrap().len(), 1);
+        let mut raw = encoder.finish().unwrap();
+        // A second gzip member, as `cat a.gz b.gz` makes: its rows are read too.
+        let mut second = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        writeln!(second, "{{\"arch\": \"{B}\", \"acc\": 10.0}}").unwrap();
+        raw.write_all(&second.finish().unwrap()).unwrap();
+        drop(raw);
+        assert_eq!(BenchmarkTable::load(&path, None).unwrap().len(), 2);
         std::fs::write(&path, &std::fs::read(&path).unwrap()[..15]).unwrap();
         let e = BenchmarkTable::load(&path, None).unwrap_err().to_string();
         assert!(e.contains("t.jsonl.gz: gzip data is truncated"), "{e}");

@@ -76,6 +76,8 @@ pub enum TrainError {
     Torch(#[from] tch::TchError),
     #[error("training diverged: the loss became {0} in epoch {1}")]
     Diverged(f64, usize),
+    #[error("the trained network's held-out loss is {0}: its outputs overflow")]
+    NotFinite(f64),
     #[error("nothing to train on: {0}")]
     Empty(&'static str),
     #[error("training cancelled after {0} of {1} steps")]
@@ -155,6 +157,10 @@ impl Trainer<'_> {
         }
         let train_seconds = start.elapsed().as_secs_f64();
         let (heldout_loss, heldout_accuracy) = evaluate(&net, self.heldout)?;
+        // Recorded or ranked, a non-finite loss would read as a result; it is a failure.
+        if !heldout_loss.is_finite() {
+            return Err(TrainError::NotFinite(heldout_loss));
+        }
         Ok(TrainResult {
             train_loss,
             heldout_loss,

@@ -259,7 +259,8 @@ pub fn run(args: &CorrelateArgs) -> Result<()> {
                 tracing::debug!(%arch, measure = m.name(), "not finite: recorded as missing");
             }
         }
-        let aggregate = engine.score_of(&measured.values)?.unwrap_or(f64::NEG_INFINITY);
+        // The report's aggregate row is the aggregate even when `--score` picks a measure.
+        let aggregate = engine.aggregate_of(&measured.values)?;
         rows.push(Row { arch, values: measured.values, aggregate, aggregate_in_sample: 0.0, accuracy: vec![], loss: vec![] });
         bar.inc(1);
         Ok(())

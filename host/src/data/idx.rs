@@ -81,7 +81,7 @@ impl Stream {
         let io = |source| DataError::Io { path: path.to_owned(), source };
         let mut file = BufReader::new(std::fs::File::open(path).map_err(io)?);
         let gzipped = file.fill_buf().map_err(io)?.starts_with(&[0x1f, 0x8b]);
-        let reader: Box<dyn Read> = if gzipped { Box::new(flate2::bufread::GzDecoder::new(file)) } else { Box::new(file) };
+        let reader: Box<dyn Read> = if gzipped { Box::new(flate2::bufread::MultiGzDecoder::new(file)) } else { Box::new(file) };
         Ok(Stream { path: path.to_owned(), reader, gzipped, consumed: 0, scratch: Vec::new() })
     }
 

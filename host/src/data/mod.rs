@@ -298,7 +298,7 @@ fn gunzip_if_needed(raw: Vec<u8>, path: &Path) -> Result<Vec<u8>, DataError> {
         return Ok(raw);
     }
     let mut out = Vec::new();
-    flate2::read::GzDecoder::new(&raw[..])
+    flate2::read::MultiGzDecoder::new(&raw[..])
         .read_to_end(&mut out)
         .map_err(|e| DataError::corrupt(path, format!("gzip data is truncated or corrupt ({e})")))?;
     Ok(out)
