@@ -333,20 +333,26 @@ impl RunStore {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
-        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(open_err)?;
-        let upgrade = |e: StoreError| StoreError::Open { path: path.to_owned(), message: format!("upgrading schema {version} to {SCHEMA_VERSION}: {e}") };
-        match version {
+        let user_version = |conn: &Connection| conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0)).map_err(open_err);
+        match user_version(&conn)? {
             0..SCHEMA_VERSION => {
                 // Every step in one transaction: a store is upgraded wholly or not at all.
-                let tx = conn.unchecked_transaction().map_err(open_err)?;
+                // It takes the write lock first, and the version is read again under it:
+                // of two processes opening a new or old store at once, the second waits
+                // and finds the first one's upgrade done.
+                let tx = rusqlite::Transaction::new_unchecked(&conn, rusqlite::TransactionBehavior::Immediate).map_err(open_err)?;
+                let version = user_version(&tx)?;
+                let upgrade = |e: StoreError| StoreError::Open { path: path.to_owned(), message: format!("upgrading schema {version} to {SCHEMA_VERSION}: {e}") };
                 if version == 0 {
                     tx.execute_batch(SCHEMA_1).map_err(open_err)?;
                 }
                 if version <= 1 {
                     Self::migrate_from_1(&tx).map_err(upgrade)?;
                 }
-                tx.execute_batch(MIGRATE_2_TO_3).map_err(|e| upgrade(e.into()))?;
-                tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(open_err)?;
+                if version < SCHEMA_VERSION {
+                    tx.execute_batch(MIGRATE_2_TO_3).map_err(|e| upgrade(e.into()))?;
+                    tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(open_err)?;
+                }
                 tx.commit().map_err(open_err)?;
             }
             SCHEMA_VERSION => {}
@@ -794,6 +800,25 @@ mod tests {
         drop(store);
         // Opening again finds the current schema and changes nothing.
         assert_eq!(RunStore::open(&path).unwrap().evaluations(run.id).unwrap(), evaluations);
+    }
+
+    #[test]
+    fn connections_opening_a_new_store_at_once_all_get_it() {
+        let dir = tempfile::tempdir().unwrap();
+        // Threads with a connection each, as two processes (say `knas katib` and `knas
+        // search` started together on one file) would have.
+        for attempt in 0..10 {
+            let path = dir.path().join(format!("new-{attempt}.db"));
+            let openers: Vec<_> = (0..3)
+                .map(|_| {
+                    let path = path.clone();
+                    std::thread::spawn(move || RunStore::open(&path).map(|_| ()).map_err(|e| e.to_string()))
+                })
+                .collect();
+            for opener in openers {
+                assert_eq!(opener.join().unwrap(), Ok(()), "attempt {attempt}");
+            }
+        }
     }
 
     #[test]
