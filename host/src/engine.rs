@@ -154,7 +154,7 @@ impl Engine {
             num_classes: split.train.num_classes as i64,
         };
         // The split is already a seeded shuffle: its first images are a seeded sample.
-        let n = (e.score_batch as i64).min(split.train.len() as i64);
+        let n = e.score_batch.min(split.train.len()) as i64;
         let suite = Suite::new(spec, train.images.narrow(0, 0, n), train.labels.narrow(0, 0, n), e.seed);
         let mut files = split.train.files.clone();
         files.extend(split.heldout.files.iter().filter(|f| !files.contains(f)).cloned().collect::<Vec<_>>());

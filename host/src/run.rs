@@ -84,7 +84,9 @@ impl Experiment {
     pub fn validate(&self) -> Result<(), String> {
         // The reference sample only anchors the aggregate.
         let reference_least = if self.score == ScoreChoice::Aggregate { 2 } else { 0 };
-        let least = [("channels", self.channels, 1), ("score-batch", self.score_batch as i64, 1), ("reference", self.reference as i64, reference_least)];
+        // Sizes beyond i64 only need to compare as large.
+        let large = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        let least = [("channels", self.channels, 1), ("score-batch", large(self.score_batch), 1), ("reference", large(self.reference), reference_least)];
         if let Some((key, value, least)) = least.iter().find(|(_, value, least)| value < least) {
             return Err(format!("{key} must be at least {least}, got {value}"));
         }

@@ -245,3 +245,26 @@ fn a_waiting_proposal_survives_the_services_own_fill_trials() {
         assert_eq!(first_op(&assignments(&third, 0)), "nor_conv_1x1");
     });
 }
+
+/// An experiment deleted and created again under its name resumes its run: what was
+/// trained then is not proposed again, though Katib sends no trials for it.
+#[test]
+fn a_recreated_experiment_does_not_train_an_architecture_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(&dir.path().join("knas.db"));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let mut client = SuggestionClient::connect(service.address.clone()).await.unwrap();
+        // Three architectures: they differ on edge 0-1 only.
+        let three: [&[&str]; 6] = [&["nor_conv_3x3", "skip_connect", "avg_pool_3x3"], &["none"], &["skip_connect"], &["none"], &["none"], &["nor_conv_1x1"]];
+        let exp = experiment("again", &three, &[("candidates-per-trial", "3")], 3);
+        let op = |reply: &api::GetSuggestionsReply| reply.parameter_assignments[0].assignments[0].value.clone();
+        let first = client.get_suggestions(request(&exp, vec![], 1)).await.unwrap().into_inner();
+        let trials = vec![trial("x", first.parameter_assignments[0].assignments.clone(), "0.5")];
+        let second = client.get_suggestions(request(&exp, trials, 1)).await.unwrap().into_inner();
+        assert_ne!(op(&first), op(&second));
+        // Created again: Katib knows no trials of it, the store knows the first's result.
+        let recreated = client.get_suggestions(request(&exp, vec![], 1)).await.unwrap().into_inner();
+        assert_ne!(op(&recreated), op(&first), "trained already");
+    });
+}

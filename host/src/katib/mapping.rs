@@ -137,8 +137,8 @@ impl Plan {
         fn number<T: std::str::FromStr>(value: &str) -> Result<T, String> {
             value.parse().map_err(|_| "not a number in range".to_owned())
         }
-        fn at_most<T: PartialOrd + std::fmt::Display>(value: T, most: T) -> Result<T, String> {
-            if value > most { Err(format!("at most {most} here")) } else { Ok(value) }
+        fn within<T: PartialOrd + std::fmt::Display>(value: T, least: T, most: T) -> Result<T, String> {
+            if value < least || value > most { Err(format!("must be between {least} and {most} here")) } else { Ok(value) }
         }
         match key {
             "policy" => {
@@ -164,9 +164,9 @@ impl Plan {
             }
             "dataset" => self.experiment.dataset = value.parse::<DatasetSpec>().map_err(|e| e.to_string())?,
             // Bounded so that an Experiment cannot make the suggestion pod run out of memory.
-            "channels" => self.experiment.channels = at_most(number(value)?, 256)?,
-            "cells" => self.experiment.cells = at_most(number(value)?, 32)?,
-            "batch-size" => self.experiment.score_batch = at_most(number(value)?, 1024)?,
+            "channels" => self.experiment.channels = within(number(value)?, 1, 256)?,
+            "cells" => self.experiment.cells = within(number(value)?, 0, 32)?,
+            "batch-size" => self.experiment.score_batch = within(number(value)?, 1, 1024)?,
             _ => return Err("unknown setting".to_owned()),
         }
         Ok(())
@@ -419,8 +419,9 @@ mod tests {
             (full(), vec![("params", "[1]")], "algorithm setting params=\"[1]\": must be a JSON object"),
             (full(), vec![("score", "nonsense")], "algorithm setting score=\"nonsense\""),
             (full(), vec![("policy", "../etc/x")], "algorithm setting policy="),
-            (full(), vec![("channels", "-4")], "channels must be at least 1"),
-            (full(), vec![("channels", "100000")], "algorithm setting channels=\"100000\": at most 256 here"),
+            (full(), vec![("channels", "-4")], "algorithm setting channels=\"-4\": must be between 1 and 256 here"),
+            (full(), vec![("channels", "100000")], "algorithm setting channels=\"100000\": must be between 1 and 256 here"),
+            (full(), vec![("batch-size", "0")], "algorithm setting batch-size=\"0\": must be between 1 and 1024 here"),
         ];
         for (parameters, settings, expected) in cases {
             let error = plan(parameters, &settings).expect_err(expected);

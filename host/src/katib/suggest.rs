@@ -240,6 +240,15 @@ impl Suggester {
             }
         }
 
+        // Never proposed again: architectures with a trial now, and those with a training
+        // recorded (an experiment deleted and created again resumes its run).
+        let mut unavailable = trialled.clone();
+        for record in self.store.evaluations(run_id).map_err(|e| internal(&e))? {
+            if record.fidelity == Fidelity::Train {
+                unavailable.extend(record.candidate.to_arch().ok());
+            }
+        }
+
         let Some((_, engine)) = &self.engine else { return Err(SuggestError::Failed("no engine".to_owned())) };
         let scored_before = search.fresh().scores;
         let mut observer = self.metrics.for_run(&run);
@@ -256,7 +265,7 @@ impl Suggester {
         };
         let mut chosen: Vec<Arch> = Vec::with_capacity(wanted);
         let take = |arch: Arch, chosen: &mut Vec<Arch>| {
-            if chosen.len() < wanted && plan.contains(&arch) && !trialled.contains(&arch) && !chosen.contains(&arch) {
+            if chosen.len() < wanted && plan.contains(&arch) && !unavailable.contains(&arch) && !chosen.contains(&arch) {
                 chosen.push(arch);
             }
         };
@@ -295,7 +304,7 @@ impl Suggester {
                     allowed[rng.random_range(0..allowed.len())]
                 });
                 let arch = Arch::new(ops);
-                if trialled.contains(&arch) || chosen.contains(&arch) {
+                if unavailable.contains(&arch) || chosen.contains(&arch) {
                     continue;
                 }
                 let record = search.score_extra(engine, &self.store, &Candidate::from(arch), &mut observer).map_err(|e| failed(&e))?;
@@ -310,7 +319,7 @@ impl Suggester {
             let pick = best.map(|(_, arch)| arch).or_else(|| {
                 (0..NUM_ARCHS)
                     .filter_map(|i| Arch::from_index(i).ok())
-                    .find(|a| plan.contains(a) && !trialled.contains(a) && !chosen.contains(a))
+                    .find(|a| plan.contains(a) && !unavailable.contains(a) && !chosen.contains(a))
             });
             match pick {
                 Some(arch) => take(arch, &mut chosen),
