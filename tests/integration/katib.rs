@@ -167,9 +167,15 @@ fn a_tonic_client_narrows_the_space_and_health_answers_during_scoring() {
         let trials = vec![trial("g0", first.parameter_assignments[0].assignments.clone(), "0.4")];
         let more = client.get_suggestions(request(&grow(2, "0"), trials.clone(), 1)).await.unwrap().into_inner();
         assert_ne!(more.parameter_assignments[0].assignments, first.parameter_assignments[0].assignments);
-        let changed = client.get_suggestions(request(&grow(2, "9"), trials, 1)).await.unwrap_err();
+        let changed = client.get_suggestions(request(&grow(2, "9"), trials.clone(), 1)).await.unwrap_err();
         assert_eq!(changed.code(), tonic::Code::FailedPrecondition, "{changed:?}");
         assert!(changed.message().contains("experiment grow was first suggested with another experiment") && changed.message().contains("cannot change"), "{}", changed.message());
+        // Lowering maxTrialCount, or changing the candidates per trial, is refused too.
+        let lowered = client.get_suggestions(request(&grow(1, "0"), trials.clone(), 1)).await.unwrap_err();
+        assert!(lowered.message().contains("maxTrialCount can only grow"), "{}", lowered.message());
+        let denser = experiment("grow", &full, &[("candidates-per-trial", "5"), ("seed", "0")], 3);
+        let denser = client.get_suggestions(request(&denser, trials, 1)).await.unwrap_err();
+        assert!(denser.message().contains("first suggested with another budget"), "{}", denser.message());
 
         // A long request: 600 candidates scored before the first trial is proposed.
         let long = experiment("long", &full, &[("candidates-per-trial", "600")], 1);

@@ -161,9 +161,12 @@ impl Suggester {
             limits: self.limits,
         };
         // Raising maxTrialCount is how a Katib experiment is resumed: the run's budget grows
-        // with it. Any other change of settings is refused below, naming what changed.
+        // with it, at the same candidates per trial. Any other change of settings (the
+        // budget included) is refused below, naming what changed.
         if let Some(stored) = self.store.run(&run).map_err(|e| internal(&e))? {
-            if stored.search.budget != spec.budget && stored.experiment == plan.experiment && stored.search.params == spec.params {
+            let (old, new) = (stored.search.budget, spec.budget);
+            let grown = new.trainings > old.trainings && u64::from(new.scores) * u64::from(old.trainings) == u64::from(old.scores) * u64::from(new.trainings);
+            if grown && stored.experiment == plan.experiment && stored.search.params == spec.params {
                 self.store.set_budget(stored.id, spec.budget).map_err(|e| internal(&e))?;
                 // A run that had spent its old budget goes on with the new one.
                 if stored.status == crate::store::RunStatus::Done {
@@ -187,7 +190,7 @@ impl Suggester {
             _ => {
                 let mut search = Search::start(&self.store, &self.runtime, &module, &run, &plan.experiment, &spec).map_err(|e| match e {
                     crate::search::SearchError::Store(crate::store::StoreError::Mismatch { what, .. }) => SuggestError::Failed(format!(
-                        "experiment {} was first suggested with another {what} (run {run} in the store): its parameters and algorithm settings cannot change",
+                        "experiment {} was first suggested with another {what} (run {run} in the store): its parameters and algorithm settings cannot change, and maxTrialCount can only grow",
                         plan.name
                     )),
                     e => failed(&e),
