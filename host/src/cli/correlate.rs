@@ -424,7 +424,7 @@ fn print_report(r: &CorrelationReport) {
 }
 
 /// One scatter panel per measure: the architecture's rank under the measure (as a fraction
-/// of the sample; missing values at 0) against its accuracy.
+/// of the sample; missing values share the lowest ranks) against its accuracy.
 fn plot(r: &CorrelationReport, path: &Path) -> Result<()> {
     let accuracy: Vec<f64> = r.measurements.iter().map(|m| Row::mean(&m.accuracy)).collect();
     let mut panels: Vec<(String, Vec<f64>)> = vec![("aggregate".into(), r.measurements.iter().map(|m| m.aggregate).collect())];

@@ -73,7 +73,7 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
     if aggregate {
         anyhow::ensure!(
             experiment.score == ScoreChoice::Aggregate,
-            "--measure aggregate needs the experiment's score to be the aggregate (drop --score)"
+            "--measure aggregate (and all, which includes it) needs the experiment's score to be the aggregate: drop --score, or name measures only"
         );
         let store = args.store.open()?;
         let bar = output::bar(experiment.reference as u64, "reference sample");
