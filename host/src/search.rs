@@ -376,7 +376,12 @@ impl Search {
                     Err(PolicyError::Guest { message, .. }) => {
                         tracing::warn!(run = %self.run.name, "the policy declined its checkpoint ({message}); replaying the whole history");
                     }
-                    Err(error) => return Err(error.into()),
+                    // A trap, a panic or a limit: the checkpoint may be another module's
+                    // state. Failing here would fail the run on every restart, while the
+                    // history can still bring a fresh instance up to date.
+                    Err(error) => {
+                        tracing::warn!(run = %self.run.name, %written_by, "restoring the checkpoint failed ({error}); replaying the whole history");
+                    }
                 }
             }
         }

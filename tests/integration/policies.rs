@@ -489,6 +489,43 @@ fn long_histories_replay_in_chunks_and_checkpoints_shorten_restarts() {
     assert!(calls <= 3, "init and restore, no replay: {calls} calls");
 }
 
+/// A policy that panics restoring its checkpoint (say, a new version handed the state of
+/// another) does not fail the run: the host replays the whole history instead.
+#[test]
+fn a_checkpoint_that_cannot_be_restored_falls_back_to_replaying_the_history() {
+    use knas::config::SearchSettings;
+    use knas::engine::Engine;
+    use knas::policy::PolicyRuntime;
+    use knas::run::{Experiment, Fidelity, PolicyLimits};
+    use knas::search::Search;
+    use knas::space::{Arch, Candidate};
+    use knas::store::{NewEvaluation, RunStore};
+
+    let (_dir, path) = store();
+    let store = RunStore::open(&path).unwrap();
+    let runtime = PolicyRuntime::new().unwrap();
+    let experiment = Experiment { channels: 2, cells: 1, score_batch: 4, limit: Some(64), reference: 6, ..Experiment::default() };
+    let mut engine = Engine::new(&experiment, tch::Device::Cpu).unwrap();
+    knas::search::anchor(&mut engine, &store, &mut |_, _| {}).unwrap();
+    let module = runtime.load_file(&policy("hostile")).unwrap();
+    let params = json!({"act": "panic", "message": "not my state", "at": "restore"});
+    let spec = SearchSettings { score_budget: 400, top_k: 0, max_batch: 1 }.spec(params, PolicyLimits::default());
+    // A history another module wrote, long enough for a checkpoint after one more result.
+    let (run, _) = store.begin_run("restored", &module.label(), &experiment, &spec).unwrap();
+    for (i, arch) in Arch::sample(300, 3).iter().enumerate() {
+        let m = NewEvaluation { score: Some(i as f64), seconds: 0.0, ..NewEvaluation::default() };
+        store.record(run.id, &Candidate::from(*arch), Fidelity::Score, "old@0", &m).unwrap();
+    }
+    let mut search = Search::start(&store, &runtime, &module, "restored", &experiment, &spec).unwrap();
+    search.step(&engine, &store, &mut ()).unwrap();
+    assert!(store.checkpoint(run.id).unwrap().is_some(), "the policy keeps a checkpoint");
+    drop(search);
+
+    let mut search = Search::start(&store, &runtime, &module, "restored", &experiment, &spec).expect("the history is replayed instead");
+    search.step(&engine, &store, &mut ()).unwrap();
+    assert_eq!(store.evaluations(run.id).unwrap().len(), 302, "every result kept, one more recorded");
+}
+
 /// Fuzzing `.wasm` bytes: random edits of a real policy and random bytes are loaded. No
 /// panic; every refusal names the file. Edits that still pass the contract check are
 /// compiled too (a few per run: compiling is the slow part). Cases: `KNAS_FUZZ_CASES`,

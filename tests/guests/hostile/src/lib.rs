@@ -3,7 +3,8 @@
 //! the host enforces is tested twice with it: once staying inside (obeyed), once breaking
 //! it (violated).
 //!
-//! Parameters: `{"act": "<what>", "at": "init" | "propose" | "observe", ...}` with
+//! Parameters: `{"act": "<what>", "at": "init" | "propose" | "observe" | "restore", ...}`
+//! (with `restore`, the policy keeps a checkpoint and misbehaves when restoring it) with
 //! - `spin` `{iterations}`: burn CPU (`u64::MAX`: forever);
 //! - `allocate` `{mib}`: allocate and touch that much memory;
 //! - `panic` `{message}` / `trap` / `error` `{message}`;
@@ -55,6 +56,7 @@ enum At {
     Init,
     Propose,
     Observe,
+    Restore,
 }
 
 #[derive(serde::Deserialize)]
@@ -163,6 +165,14 @@ impl Policy for Hostile {
             }
         }
         self.act(At::Observe).map(|_| ())
+    }
+
+    fn checkpoint(&self) -> Result<Option<Vec<u8>>, String> {
+        Ok((self.at == At::Restore).then(|| b"hostile".to_vec()))
+    }
+
+    fn restore(&mut self, _state: &[u8]) -> Result<(), String> {
+        self.act(At::Restore).map(|_| ())
     }
 
     fn propose(&mut self, remaining: Budget) -> Result<Proposal, String> {
