@@ -445,25 +445,38 @@ fn a_failing_policy_leaves_the_host_and_other_runs_intact() {
 }
 
 
+/// What a test driving a `Search` directly needs: a store, a policy runtime, and an
+/// anchored engine of tiny networks.
+struct Direct {
+    _dir: tempfile::TempDir,
+    store: knas::store::RunStore,
+    runtime: knas::policy::PolicyRuntime,
+    experiment: knas::run::Experiment,
+    engine: knas::engine::Engine,
+}
+
+fn direct() -> Direct {
+    let (_dir, path) = store();
+    let store = knas::store::RunStore::open(&path).unwrap();
+    let runtime = knas::policy::PolicyRuntime::new().unwrap();
+    let experiment = knas::run::Experiment { channels: 2, cells: 1, score_batch: 4, limit: Some(64), reference: 6, ..Default::default() };
+    let mut engine = knas::engine::Engine::new(&experiment, tch::Device::Cpu).unwrap();
+    knas::search::anchor(&mut engine, &store, &mut |_, _| {}).unwrap();
+    Direct { _dir, store, runtime, experiment, engine }
+}
+
 /// A run with 10,000 recorded results restarts by replaying them in bounded `observe`
 /// calls, each inside the per-call limits, and a policy's checkpoint lets the next restart
 /// skip what it already knows.
 #[test]
 fn long_histories_replay_in_chunks_and_checkpoints_shorten_restarts() {
     use knas::config::SearchSettings;
-    use knas::engine::Engine;
-    use knas::policy::PolicyRuntime;
-    use knas::run::{Experiment, Fidelity, PolicyLimits};
+    use knas::run::{Fidelity, PolicyLimits};
     use knas::search::Search;
     use knas::space::{Arch, Candidate};
-    use knas::store::{NewEvaluation, RunStore};
+    use knas::store::NewEvaluation;
 
-    let (_dir, path) = store();
-    let store = RunStore::open(&path).unwrap();
-    let runtime = PolicyRuntime::new().unwrap();
-    let experiment = Experiment { channels: 2, cells: 1, score_batch: 4, limit: Some(64), reference: 6, ..Experiment::default() };
-    let mut engine = Engine::new(&experiment, tch::Device::Cpu).unwrap();
-    knas::search::anchor(&mut engine, &store, &mut |_, _| {}).unwrap();
+    let Direct { _dir, store, runtime, experiment, engine } = direct();
     let module = runtime.load_file(&policy("evolution")).unwrap();
     let limits = PolicyLimits::default();
     let spec = SearchSettings { score_budget: 10_010, top_k: 0, max_batch: 1 }.spec(json!({}), limits);
@@ -494,19 +507,12 @@ fn long_histories_replay_in_chunks_and_checkpoints_shorten_restarts() {
 #[test]
 fn a_checkpoint_that_cannot_be_restored_falls_back_to_replaying_the_history() {
     use knas::config::SearchSettings;
-    use knas::engine::Engine;
-    use knas::policy::PolicyRuntime;
-    use knas::run::{Experiment, Fidelity, PolicyLimits};
+    use knas::run::{Fidelity, PolicyLimits};
     use knas::search::Search;
     use knas::space::{Arch, Candidate};
-    use knas::store::{NewEvaluation, RunStore};
+    use knas::store::NewEvaluation;
 
-    let (_dir, path) = store();
-    let store = RunStore::open(&path).unwrap();
-    let runtime = PolicyRuntime::new().unwrap();
-    let experiment = Experiment { channels: 2, cells: 1, score_batch: 4, limit: Some(64), reference: 6, ..Experiment::default() };
-    let mut engine = Engine::new(&experiment, tch::Device::Cpu).unwrap();
-    knas::search::anchor(&mut engine, &store, &mut |_, _| {}).unwrap();
+    let Direct { _dir, store, runtime, experiment, engine } = direct();
     let module = runtime.load_file(&policy("hostile")).unwrap();
     let params = json!({"act": "panic", "message": "not my state", "at": "restore"});
     let spec = SearchSettings { score_budget: 400, top_k: 0, max_batch: 1 }.spec(params, PolicyLimits::default());
