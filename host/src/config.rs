@@ -275,6 +275,7 @@ mod tests {
             ("search: { budget: 0 }\n", "search.budget must be at least 1, got 0"),
             ("experiment: { limit: 0 }\n", "experiment.limit must be at least 1 training image"),
             ("experiment: { score-batch: 0 }\n", "experiment.score-batch must be at least 1, got 0"),
+            ("experiment: { reference: 20000 }\n", "experiment.reference must be at most 15625 (the architectures in the space), got 20000"),
             ("experiment: { train: { momentum: 1.5 } }\n", "experiment.train.momentum is out of range: 1.5"),
             ("limits: { call-timeout-ms: 0 }\n", "limits.call-timeout-ms must be at least 1, got 0"),
             ("debounce-ms: 0\n", "debounce-ms: must be at least 1, got 0"),

@@ -269,6 +269,7 @@ impl Engine {
     /// Anchors the aggregate in `reference` (built by [`Self::build_reference`], perhaps
     /// read back from a cache).
     pub fn set_reference(&mut self, reference: Reference) -> Result<(), EngineError> {
+        reference.check().map_err(|problem| EngineError::Invalid(format!("the reference sample is damaged: {problem}")))?;
         if !reference.covers(&self.experiment.aggregate) || reference.size != self.experiment.reference {
             return Err(EngineError::Invalid(format!(
                 "the reference sample ({} architectures, measures {:?}) does not match the experiment's aggregate",

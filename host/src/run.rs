@@ -90,6 +90,10 @@ impl Experiment {
         if let Some((key, value, least)) = least.iter().find(|(_, value, least)| value < least) {
             return Err(format!("{key} must be at least {least}, got {value}"));
         }
+        // The reference is a sample of distinct architectures: the space holds no more.
+        if self.reference > crate::space::NUM_ARCHS {
+            return Err(format!("reference must be at most {} (the architectures in the space), got {}", crate::space::NUM_ARCHS, self.reference));
+        }
         if self.cells < 0 {
             return Err(format!("cells must not be negative, got {}", self.cells));
         }

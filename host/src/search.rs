@@ -255,23 +255,27 @@ impl Search {
 
     /// Scores `candidate` for the run outside the policy's proposals (what the Katib service
     /// suggests when the policy has nothing to offer); answered from the store when it has
-    /// the score. Recorded under the run's policy, and spends score budget like any other.
+    /// the score. Recorded under the run's policy, and spends score budget like any other:
+    /// `None` once the budget has no score left.
     pub fn score_extra(
         &mut self,
         engine: &Engine,
         store: &RunStore,
         candidate: &Candidate,
         observer: &mut dyn SearchObserver,
-    ) -> Result<EvaluationRecord, SearchError> {
+    ) -> Result<Option<EvaluationRecord>, SearchError> {
         if let Some(record) = store.find(self.run.id, candidate, Fidelity::Score)? {
-            return Ok(record);
+            return Ok(Some(record));
+        }
+        if store.spent(self.run.id)?.scores >= self.run.search.budget.scores {
+            return Ok(None);
         }
         self.measured_ahead.clear();
         let label = self.policy_label().to_owned();
         let request = Request { candidate: *candidate, fidelity: Fidelity::Score, epochs: None };
         let record = self.evaluate(engine, store, &request, &label, observer)?;
         observer.evaluated(&record, true);
-        Ok(record)
+        Ok(Some(record))
     }
 
     /// Why `candidate` is outside the run's space, if it is.

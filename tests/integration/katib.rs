@@ -274,3 +274,28 @@ fn a_recreated_experiment_does_not_train_an_architecture_twice() {
         assert_ne!(op(&recreated), op(&first), "trained already");
     });
 }
+
+/// Filling a request once the policy has spent the score budget proposes new candidates
+/// without scoring them: the run's scores stay within its budget.
+#[test]
+fn fills_score_only_within_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("knas.db");
+    let service = Service::start(&path);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let mut client = SuggestionClient::connect(service.address.clone()).await.unwrap();
+        // A space of two architectures. The policy scores random ones of the whole space
+        // until the budget (2 × 2) is spent, all outside it (recorded as errors), then is
+        // done: the trial is the service's fill, with nothing scored to take it from.
+        let narrow: [&[&str]; 6] = [&["nor_conv_3x3", "skip_connect"], &["none"], &["skip_connect"], &["none"], &["none"], &["nor_conv_1x1"]];
+        let params = serde_json::json!({"act": "nothing"}).to_string();
+        let exp = experiment("spent", &narrow, &[("policy", "hostile"), ("params", &params), ("candidates-per-trial", "2")], 2);
+        let reply = client.get_suggestions(request(&exp, vec![], 1)).await.unwrap().into_inner();
+        let edge = &reply.parameter_assignments[0].assignments[0].value;
+        assert!(["nor_conv_3x3", "skip_connect"].contains(&edge.as_str()), "{edge}");
+    });
+    let store = knas::store::RunStore::open(&path).unwrap();
+    let run = store.run("katib-spent").unwrap().expect("the run is stored");
+    assert_eq!(store.spent(run.id).unwrap().scores, 4, "no score beyond the budget");
+}

@@ -296,6 +296,7 @@ impl Suggester {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(plan.experiment.seed ^ (trials.len() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
         while chosen.len() < wanted {
             let mut best: Option<(f64, Arch)> = None;
+            let mut unscored: Option<Arch> = None;
             let draws = plan.candidates_per_trial as usize;
             let mut drawn = 0;
             for _ in 0..draws.saturating_mul(20) {
@@ -310,7 +311,11 @@ impl Suggester {
                 if unavailable.contains(&arch) || chosen.contains(&arch) {
                     continue;
                 }
-                let record = search.score_extra(engine, &self.store, &Candidate::from(arch), &mut observer).map_err(|e| failed(&e))?;
+                // The score budget spent: this draw, unscored.
+                let Some(record) = search.score_extra(engine, &self.store, &Candidate::from(arch), &mut observer).map_err(|e| failed(&e))? else {
+                    unscored = Some(arch);
+                    break;
+                };
                 drawn += 1;
                 if let Some(score) = record.score {
                     if best.is_none_or(|(b, _)| score > b) {
@@ -318,8 +323,9 @@ impl Suggester {
                     }
                 }
             }
-            // Nothing scored (a tiny space, or scores not finite): the first free one.
-            let pick = best.map(|(_, arch)| arch).or_else(|| {
+            // Nothing scored (the budget spent, a tiny space, or scores not finite): a
+            // random draw, else the first free architecture.
+            let pick = best.map(|(_, arch)| arch).or(unscored).or_else(|| {
                 (0..NUM_ARCHS)
                     .filter_map(|i| Arch::from_index(i).ok())
                     .find(|a| plan.contains(a) && !unavailable.contains(a) && !chosen.contains(a))

@@ -13,7 +13,7 @@
 //!
 //! Higher is better; 0 would be above every reference architecture on every measure.
 //! Between reference values the percentile is interpolated linearly, beyond them it
-//! approaches 0 or 1 exponentially, so the order of two candidates never depends on which
+//! approaches the ends of the range hyperbolically, so the order of two candidates never depends on which
 //! reference values happen to lie between them, and candidates beyond the reference still
 //! keep their order. A missing value ranks below every finite one.
 
@@ -121,6 +121,20 @@ impl Reference {
         spec.terms.iter().all(|t| self.sorted.contains_key(&t.measure))
     }
 
+    /// Checks what a cached reference claims: per measure, at most `size` values, finite
+    /// and ascending. A damaged cache would skew every percentile instead.
+    pub fn check(&self) -> Result<(), String> {
+        for (measure, values) in &self.sorted {
+            if values.len() > self.size {
+                return Err(format!("{} has {} values for a sample of {}", measure.name(), values.len(), self.size));
+            }
+            if values.iter().any(|v| !v.is_finite()) || values.windows(2).any(|w| w[0] > w[1]) {
+                return Err(format!("the values of {} are not finite and ascending", measure.name()));
+            }
+        }
+        Ok(())
+    }
+
     /// The continuous percentile of `value` for `measure` in (0, 1) (see the module
     /// documentation). A measure the reference lacks gives 1/2.
     pub fn percentile(&self, measure: Measure, value: Option<f64>) -> f64 {
@@ -142,7 +156,8 @@ impl Reference {
 fn finite_position(sorted: &[f64], v: f64) -> f64 {
     let n = sorted.len();
     if n == 0 {
-        return 0.5;
+        // Above every missing reference value, and p stays below 1.
+        return 0.0;
     }
     let (lo, hi) = (sorted[0], sorted[n - 1]);
     let scale = if hi > lo { (hi - lo) / n as f64 } else { 1.0 };
@@ -234,6 +249,21 @@ mod tests {
         assert!(AggregateSpec::equal(&[]).validate().is_err());
         let twice = AggregateSpec::equal(&[Measure::Params, Measure::Params]);
         assert!(twice.validate().unwrap_err().contains("params appears twice"));
+    }
+
+    #[test]
+    fn damaged_references_are_refused_and_empty_measures_stay_below_one() {
+        let rows: Vec<Values> = [1.0, 2.0, 3.0].iter().map(|&v| values(&[(Measure::Params, Some(v))])).collect();
+        let good = Reference::new(&[Measure::Params], &rows);
+        assert_eq!(good.check(), Ok(()));
+        let with = |list: Vec<f64>| Reference { size: 3, sorted: [(Measure::Params, list)].into_iter().collect() };
+        assert!(with(vec![1.0, 2.0, 3.0, 4.0]).check().unwrap_err().contains("params has 4 values for a sample of 3"));
+        assert!(with(vec![2.0, 1.0]).check().unwrap_err().contains("not finite and ascending"));
+        assert!(with(vec![1.0, f64::INFINITY]).check().is_err());
+        // Every reference value missing: a finite value ranks above them, below 1.
+        let none = with(vec![]);
+        let p = none.percentile(Measure::Params, Some(5.0));
+        assert!(p > none.percentile(Measure::Params, None) && p < 1.0, "{p}");
     }
 
     #[test]
