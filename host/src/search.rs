@@ -623,26 +623,28 @@ impl Search {
 
         self.measure_ahead(engine, &requests, &known, observer);
         let mut records = Vec::with_capacity(requests.len());
+        let mut interrupted = false;
         for (request, known) in requests.iter().zip(known) {
-            // An interruption stops the step before the next computation; what is known or
-            // was measured ahead is already computed, so it is recorded.
+            // An interruption stops every computation still to come; what is known or was
+            // measured ahead is already computed, so it is recorded, wherever it stands in
+            // the batch.
             let computes = known.is_none() && !self.is_measured_ahead(request);
-            let interrupted = if computes && observer.interrupted() {
-                Err(SearchError::Interrupted)
-            } else {
-                self.record_one(engine, store, request, known, &label, observer)
-            };
-            match interrupted {
+            if computes && (interrupted || observer.interrupted()) {
+                interrupted = true;
+                continue;
+            }
+            match self.record_one(engine, store, request, known, &label, observer) {
                 Ok(record) => records.push(record),
-                Err(SearchError::Interrupted) => {
-                    // What was recorded of this batch is told to the policy now: the same
-                    // instance may be asked to propose again, and a later checkpoint must
-                    // not cover records it never saw.
-                    self.tell(store, &records, observer)?;
-                    return Err(SearchError::Interrupted);
-                }
+                Err(SearchError::Interrupted) => interrupted = true,
                 Err(error) => return Err(error),
             }
+        }
+        if interrupted {
+            // What was recorded of this batch is told to the policy now: the same instance
+            // may be asked to propose again, and a later checkpoint must not cover records
+            // it never saw.
+            self.tell(store, &records, observer)?;
+            return Err(SearchError::Interrupted);
         }
         if wanted == Budget::default() {
             self.stale_proposals += 1;

@@ -532,6 +532,41 @@ fn a_checkpoint_that_cannot_be_restored_falls_back_to_replaying_the_history() {
     assert_eq!(store.evaluations(run.id).unwrap().len(), 302, "every result kept, one more recorded");
 }
 
+/// Stopped while training the first candidate of a batch, a search still records the
+/// batch's later scores that were measured ahead in parallel.
+#[test]
+fn an_interrupted_batch_keeps_the_scores_measured_ahead() {
+    use knas::config::SearchSettings;
+    use knas::run::PolicyLimits;
+    use knas::search::{Search, SearchError, SearchObserver};
+
+    /// Asks to stop once a training has taken a step.
+    #[derive(Default)]
+    struct StopInTraining(bool);
+    impl SearchObserver for StopInTraining {
+        fn training_step(&mut self, _done: usize, _total: usize) {
+            self.0 = true;
+        }
+        fn interrupted(&self) -> bool {
+            self.0
+        }
+    }
+
+    let Direct { _dir, store, runtime, experiment, mut engine } = direct();
+    engine.set_workers(2);
+    let module = runtime.load_file(&policy("hostile")).unwrap();
+    // Trained for three epochs: more than one optimiser step, so there is one to stop at.
+    let raw = |op: u32, train: bool| json!({"ops": [[op], [3], [3], [op], [3], [3]], "train": train, "epochs": 3});
+    let params = json!({"act": "propose", "candidates": [raw(1, true), raw(2, false), raw(3, false)]});
+    let spec = SearchSettings { score_budget: 10, top_k: 1, max_batch: 4 }.spec(params, PolicyLimits::default());
+    let mut search = Search::start(&store, &runtime, &module, "stopped", &experiment, &spec).unwrap();
+    let error = search.step(&engine, &store, &mut StopInTraining::default()).unwrap_err();
+    assert!(matches!(error, SearchError::Interrupted), "{error}");
+    let recorded = store.evaluations(search.run().id).unwrap();
+    let scores = recorded.iter().filter(|r| r.fidelity == knas::run::Fidelity::Score).count();
+    assert_eq!((recorded.len(), scores), (2, 2), "the two scores measured ahead, not the cancelled training");
+}
+
 /// Fuzzing `.wasm` bytes: random edits of a real policy and random bytes are loaded. No
 /// panic; every refusal names the file. Edits that still pass the contract check are
 /// compiled too (a few per run: compiling is the slow part). Cases: `KNAS_FUZZ_CASES`,
