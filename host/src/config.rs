@@ -163,7 +163,8 @@ impl ServiceConfig {
     pub fn load(path: &Path) -> Result<ServiceConfig, ConfigError> {
         let mut config: ServiceConfig = load_yaml(path)?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for relative in [&mut config.policy_dir, &mut config.store].into_iter().chain(config.table.as_mut()) {
+        let paths = [&mut config.policy_dir, &mut config.store].into_iter().chain(config.table.as_mut());
+        for relative in paths.chain(config.experiment.dataset.folder_mut()) {
             if relative.is_relative() {
                 *relative = base.join(&*relative);
             }
@@ -260,6 +261,9 @@ mod tests {
         assert_eq!(config.store, dir.path().join("knas-runs.db"));
         assert_eq!(config.params_for("evolution"), serde_json::json!({"population": 5}));
         assert_eq!(config.params_for("random"), serde_json::json!({}));
+        std::fs::write(&path, "experiment: { dataset: \"cifar10:images\" }\n").unwrap();
+        let config = ServiceConfig::load(&path).unwrap();
+        assert_eq!(config.experiment.dataset, crate::data::DatasetSpec::Cifar10(dir.path().join("images")), "the data folder too");
         std::fs::write(&path, "policies:\n  evolution: 5\n").unwrap();
         let err = ServiceConfig::load(&path).unwrap_err().to_string();
         assert!(err.contains("policies.evolution: parameters must be a mapping"), "{err}");

@@ -68,6 +68,7 @@ fn score_prints_one_field_per_measure() {
         .failure()
         .stderr(predicate::str::contains("unknown measure \"mgn\""))
         .stderr(predicate::str::contains("mgm, mgm-batch, kernel-alignment"));
+    knas().args(["score", "--sample", "1", "--threads=-2"]).assert().failure().stderr(predicate::str::contains("--threads"));
 }
 
 #[test]
@@ -371,6 +372,10 @@ fn select_is_a_recorded_run_of_the_built_in_random_policy() {
     let listed = runs.as_array().unwrap().iter().find(|r| r["name"] == run).unwrap_or_else(|| panic!("{run} not in {runs}"));
     assert!(listed["policy"].as_str().unwrap().starts_with("random@"), "{listed}");
     assert_eq!(listed["status"], "done");
+    // Reading a store that is not there is an error, not a new empty store.
+    let missing = dir.path().join("run.db");
+    knas().args(["runs", "--store"]).arg(&missing).assert().failure().stderr(predicate::str::contains("no run store at"));
+    assert!(!missing.exists());
 
     // The same selection again is answered from the store, result for result (only this
     // command's own wall time differs).

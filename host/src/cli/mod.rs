@@ -114,6 +114,13 @@ impl StoreArgs {
     fn open(&self) -> Result<knas::store::RunStore> {
         Ok(knas::store::RunStore::open(&self.path)?)
     }
+
+    /// Opens a store that must exist: commands that only read it do not create one for a
+    /// mistyped path.
+    fn open_existing(&self) -> Result<knas::store::RunStore> {
+        anyhow::ensure!(self.path.is_file(), "no run store at {} (--store names the SQLite file a search wrote)", self.path.display());
+        self.open()
+    }
 }
 
 /// Settings that decide an experiment's numbers. Each flag overrides the default (or the
@@ -292,7 +299,7 @@ pub struct ComputeArgs {
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
     /// CPU threads for libtorch (0: libtorch's default, one per core).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..))]
     threads: i32,
     /// Architectures measured at once, each on its own thread, when a command measures
     /// many (`score`, `correlate`, an aggregate's reference sample, the new scores of one

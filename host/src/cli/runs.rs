@@ -33,7 +33,7 @@ struct RunStanding {
 }
 
 pub fn run(args: &RunsArgs) -> Result<()> {
-    let store = args.store.open()?;
+    let store = args.store.open_existing()?;
     let runs = match &args.name {
         Some(name) => vec![store.run(name)?.with_context(|| format!("no run named {name:?} in {}", store.path().display()))?],
         None => store.runs()?,

@@ -386,7 +386,7 @@ fn print_report(r: &SearchReport) {
     );
     match &r.leaderboard.winner {
         Some(w) if w.accuracy.is_some() => println!("Winner: {}", w.candidate),
-        Some(w) => println!("Best by score (nothing trained): {}", w.candidate),
+        Some(w) => println!("Best by score (no training succeeded): {}", w.candidate),
         None => println!("No candidate was evaluated."),
     }
     if let Some(p) = &r.published {

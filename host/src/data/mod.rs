@@ -242,6 +242,14 @@ pub enum Part {
 }
 
 impl DatasetSpec {
+    /// The folder the data is read from, for the datasets read from one.
+    pub fn folder_mut(&mut self) -> Option<&mut PathBuf> {
+        match self {
+            DatasetSpec::Mnist5k => None,
+            DatasetSpec::Mnist(dir) | DatasetSpec::FashionMnist(dir) | DatasetSpec::Cifar10(dir) | DatasetSpec::Cifar100(dir) => Some(dir),
+        }
+    }
+
     /// Reads one official part. The embedded subset has no test part.
     pub fn load(&self, part: Part) -> Result<Dataset, DataError> {
         let dataset = match self {

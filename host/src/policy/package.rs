@@ -149,7 +149,8 @@ pub fn build_foreign(dir: &Path, language: Language, options: &BuildOptions) -> 
     let partial = out_dir.join(format!(".{policy}.wasm.partial"));
     let mut command = language.command(&dir, &wit, &partial);
     let tool = command.get_program().to_string_lossy().into_owned();
-    let status = command.stdout(Stdio::inherit()).stderr(Stdio::inherit()).status();
+    // The tool's output goes to stderr: stdout carries `--format json`'s document.
+    let status = command.stdout(std::io::stderr()).stderr(Stdio::inherit()).status();
     let _ = std::fs::remove_dir_all(&wit);
     let install = language.install();
     let status = status.map_err(|source| PackageError::NoToolchain { dir: dir.clone(), tool: tool.clone(), install, source })?;
