@@ -318,6 +318,27 @@ fn evaluation_from_row(row: &rusqlite::Row) -> rusqlite::Result<EvaluationRecord
     })
 }
 
+/// How long a connection waits for another one's lock.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs `f` again while SQLite answers busy or locked, up to [`BUSY_TIMEOUT`]. Some steps
+/// of opening a new file (switching it to WAL while another connection does the same)
+/// fail at once rather than wait in SQLite's busy handler.
+fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match f() {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl RunStore {
     /// Opens (creating if needed) the store at `path`.
     pub fn open(path: &Path) -> Result<RunStore, StoreError> {
@@ -327,20 +348,20 @@ impl RunStore {
                 .map_err(|e| StoreError::Open { path: path.to_owned(), message: e.to_string() })?;
         }
         let conn = Connection::open(path).map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
         // WAL: readers (the HTTP API) never block the writer; NORMAL sync is durable
         // against process crashes, which is what resuming needs.
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
+        retry_busy(|| conn.pragma_update(None, "journal_mode", "WAL")).map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
-        let user_version = |conn: &Connection| conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0)).map_err(open_err);
+        let user_version = |conn: &Connection| retry_busy(|| conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))).map_err(open_err);
         match user_version(&conn)? {
             0..SCHEMA_VERSION => {
                 // Every step in one transaction: a store is upgraded wholly or not at all.
                 // It takes the write lock first, and the version is read again under it:
                 // of two processes opening a new or old store at once, the second waits
                 // and finds the first one's upgrade done.
-                let tx = rusqlite::Transaction::new_unchecked(&conn, rusqlite::TransactionBehavior::Immediate).map_err(open_err)?;
+                let tx = retry_busy(|| rusqlite::Transaction::new_unchecked(&conn, rusqlite::TransactionBehavior::Immediate)).map_err(open_err)?;
                 let version = user_version(&tx)?;
                 let upgrade = |e: StoreError| StoreError::Open { path: path.to_owned(), message: format!("upgrading schema {version} to {SCHEMA_VERSION}: {e}") };
                 if version == 0 {
@@ -412,6 +433,19 @@ impl RunStore {
         &self.path
     }
 
+    /// The stored run `name`, if there is one, once it is checked to resume with these
+    /// settings: a command can refuse a changed rerun before loading anything.
+    pub fn resumable(&self, name: &str, experiment: &Experiment, search: &SearchSpec) -> Result<Option<RunRecord>, StoreError> {
+        let Some(existing) = self.run(name)? else { return Ok(None) };
+        if &existing.experiment != experiment {
+            return Err(StoreError::Mismatch { name: name.into(), what: "experiment" });
+        }
+        if existing.search.budget != search.budget || existing.search.params != search.params || existing.search.max_batch != search.max_batch {
+            return Err(StoreError::Mismatch { name: name.into(), what: "budget, batch size or policy parameters" });
+        }
+        Ok(Some(existing))
+    }
+
     /// Creates run `name`, or returns the existing one (`true`: resumed) after checking it
     /// was started with the same experiment and search settings.
     pub fn begin_run(
@@ -421,16 +455,7 @@ impl RunStore {
         experiment: &Experiment,
         search: &SearchSpec,
     ) -> Result<(RunRecord, bool), StoreError> {
-        if let Some(existing) = self.run(name)? {
-            if &existing.experiment != experiment {
-                return Err(StoreError::Mismatch { name: name.into(), what: "experiment" });
-            }
-            if existing.search.budget != search.budget
-                || existing.search.params != search.params
-                || existing.search.max_batch != search.max_batch
-            {
-                return Err(StoreError::Mismatch { name: name.into(), what: "budget, batch size or policy parameters" });
-            }
+        if let Some(existing) = self.resumable(name, experiment, search)? {
             return Ok((existing, true));
         }
         self.conn.execute(

@@ -189,6 +189,11 @@ fn a_finished_run_is_not_repeated() {
         .assert()
         .failure()
         .stderr(predicate::str::contains("already exists with different settings"));
+    // Refused before any data is loaded: this dataset folder does not exist.
+    search("random", &store, &["--budget", "5", "--top-k", "1", "--dataset", "cifar10:no-such-folder"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("already exists with different settings (experiment)"));
 }
 
 #[test]

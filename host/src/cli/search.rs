@@ -307,6 +307,8 @@ pub(super) fn execute(
     store: &RunStore,
     compute: &ComputeArgs,
 ) -> Result<Executed> {
+    // A rerun with changed settings is refused before the data and the reference sample.
+    store.resumable(name, experiment, spec)?;
     let mut engine = compute.engine(experiment)?;
     let bar = output::bar(experiment.reference as u64, "reference sample");
     knas::search::anchor(&mut engine, store, &mut |done, _| bar.set_position(done as u64))?;
