@@ -243,15 +243,6 @@ impl Suggester {
             }
         }
 
-        // Never proposed again: architectures with a trial now, and those with a training
-        // recorded (an experiment deleted and created again resumes its run).
-        let mut unavailable = trialled.clone();
-        for record in self.store.evaluations(run_id).map_err(|e| internal(&e))? {
-            if record.fidelity == Fidelity::Train {
-                unavailable.extend(record.candidate.to_arch().ok());
-            }
-        }
-
         let Some((_, engine)) = &self.engine else { return Err(SuggestError::Failed("no engine".to_owned())) };
         let scored_before = search.fresh().scores;
         let mut observer = self.metrics.for_run(&run);
@@ -266,6 +257,13 @@ impl Suggester {
                 }
             }
         };
+        // One read of the run's records after stepping: what is never proposed again and
+        // what fills a request come from it.
+        let evaluations = self.store.evaluations(run_id).map_err(|e| internal(&e))?;
+        // Never proposed again: architectures with a trial now, and those with a training
+        // recorded (an experiment deleted and created again resumes its run).
+        let mut unavailable = trialled.clone();
+        unavailable.extend(evaluations.iter().filter(|r| r.fidelity == Fidelity::Train).filter_map(|r| r.candidate.to_arch().ok()));
         let mut chosen: Vec<Arch> = Vec::with_capacity(wanted);
         let take = |arch: Arch, chosen: &mut Vec<Arch>| {
             if chosen.len() < wanted && plan.contains(&arch) && !unavailable.contains(&arch) && !chosen.contains(&arch) {
@@ -279,11 +277,8 @@ impl Suggester {
         }
         // Fill: the best-scored candidates without a trial.
         if chosen.len() < wanted {
-            let mut scored: Vec<(f64, i64, Arch)> = self
-                .store
-                .evaluations(run_id)
-                .map_err(|e| internal(&e))?
-                .into_iter()
+            let mut scored: Vec<(f64, i64, Arch)> = evaluations
+                .iter()
                 .filter(|r| r.fidelity == Fidelity::Score)
                 .filter_map(|r| Some((r.score?, r.seq, r.candidate.to_arch().ok()?)))
                 .collect();
