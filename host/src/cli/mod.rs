@@ -105,7 +105,7 @@ enum Command {
 #[derive(Debug, Args, Clone)]
 #[command(next_help_heading = "Run store")]
 pub struct StoreArgs {
-    /// The run store (an SQLite file, created if missing).
+    /// The run store (an SQLite file; commands that write to it create it if missing).
     #[arg(long = "store", env = "KNAS_STORE", default_value = "knas-runs.db", value_name = "FILE")]
     path: PathBuf,
 }
