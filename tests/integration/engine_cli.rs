@@ -411,13 +411,33 @@ fn a_libtorch_panic_is_that_evaluations_error_and_the_search_goes_on() {
             .args(["search", "--policy", "random", "--budget", "2", "--top-k", "1", "--score", "params", "--limit", "64", "--format", "json", "--store"])
             .arg(dir.path().join("runs.db"))
             .args(TINY)
-            .assert()
-            .success();
-        let stderr = String::from_utf8_lossy(&out.get_output().stderr);
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(&format!("evaluation failed: {message}")), "{stderr}");
-        let report: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+        // The search went on to its end and reported...
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(report["recorded"]["scores"], 2, "{report}");
+        // ...but with its only training failed there is no winner: the command says so in
+        // its exit status, after the report.
+        let trainings_ok = message == "measuring panicked";
+        assert_eq!(out.status.success(), trainings_ok, "{stderr}");
+        if !trainings_ok {
+            assert_eq!(report["recorded"]["trainings"], 1, "{report}");
+            assert!(stderr.contains("no training succeeded in run \"random\": all 1 failed (the first: training panicked"), "{stderr}");
+        }
     }
+    // `select` the same.
+    let dir = tempfile::tempdir().unwrap();
+    knas()
+        .env("FAILPOINTS", "engine::train=panic")
+        .args(["select", "--candidates", "2", "--top-k", "2", "--score", "params", "--limit", "64", "--format", "json", "--store"])
+        .arg(dir.path().join("runs.db"))
+        .args(TINY)
+        .assert()
+        .failure()
+        .stdout(predicate::str::contains("\"finalists\""))
+        .stderr(predicate::str::contains("all 2 failed (the first: training panicked"));
 }
 
 #[test]

@@ -72,12 +72,15 @@ enum Command {
     /// Re-measure on the same trained results without training: knas correlate --truth corr.json
     Correlate(correlate::CorrelateArgs),
     /// Run a complete KNAS selection: sample candidates, rank them by score (coarse),
-    /// train the top k (fine) and report the winner.
+    /// train the top k (fine) and report the winner. Exits with status 1, after the report,
+    /// when every training failed.
     ///
     /// Example: knas select --candidates 100 --top-k 3
     Select(select::SelectArgs),
     /// Run a search policy (a WebAssembly component) end to end. Results go to the run
-    /// store as they are measured; rerunning a run resumes it where it stopped.
+    /// store as they are measured; rerunning a run resumes it where it stopped. Exits with
+    /// status 1, after the report, when the run trained and every training failed (no
+    /// winner, only a best score).
     ///
     /// Example: knas search --policy policies/evolution.wasm --budget 200 --top-k 5
     Search(search::SearchArgs),

@@ -8,7 +8,7 @@ use clap::Args;
 use indicatif::ProgressBar;
 use knas::config::{RunConfig, SearchSettings, load_yaml};
 use knas::policy::{PolicyModule, PolicyRuntime, builtin};
-use knas::run::{Budget, Experiment, PolicyLimits, SearchSpec};
+use knas::run::{Budget, Experiment, Fidelity, PolicyLimits, SearchSpec};
 use knas::search::{Finish, Leaderboard, Search, SearchObserver, Step};
 use knas::store::{EvaluationRecord, RunRecord, RunStore};
 use knas::table::BenchmarkTable;
@@ -226,7 +226,7 @@ pub fn run(args: &SearchArgs) -> Result<()> {
             t,
             done.evaluations
                 .iter()
-                .filter(|e| e.fidelity == knas::run::Fidelity::Score && e.candidate.is_single() && e.score.is_some())
+                .filter(|e| e.fidelity == Fidelity::Score && e.candidate.is_single() && e.score.is_some())
                 .max_by(|a, b| a.score.unwrap_or(f64::NEG_INFINITY).total_cmp(&b.score.unwrap_or(f64::NEG_INFINITY)))
                 .map(|e| &e.candidate),
         ),
@@ -254,7 +254,22 @@ pub fn run(args: &SearchArgs) -> Result<()> {
         Report::Json => output::json(&report)?,
         Report::Table => print_report(&report),
     }
-    Ok(())
+    ensure_a_training_succeeded(&report.run, &done.evaluations)
+}
+
+/// A run whose trainings all failed has no winner, only a best score: after the report,
+/// the command fails, so that a script sees it. Everything stays recorded in the store. A
+/// run that trains nothing (`--top-k 0`) is not a failure.
+pub(super) fn ensure_a_training_succeeded(run: &str, evaluations: &[EvaluationRecord]) -> Result<()> {
+    let trainings: Vec<&EvaluationRecord> = evaluations.iter().filter(|e| e.fidelity == Fidelity::Train).collect();
+    if trainings.is_empty() || trainings.iter().any(|e| e.accuracy.is_some()) {
+        return Ok(());
+    }
+    let first = trainings.iter().find_map(|e| e.error.as_deref()).unwrap_or("no accuracy recorded");
+    anyhow::bail!(
+        "no training succeeded in run {run:?}: all {} failed (the first: {first}); the report above is by score alone",
+        trainings.len()
+    )
 }
 
 /// Loads `--policy`: a component file, or the name of a policy built into the binary

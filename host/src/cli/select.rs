@@ -104,7 +104,7 @@ pub fn run(args: &SelectArgs) -> Result<()> {
         Report::Json => output::json(&selection)?,
         Report::Table => print_tables(&selection),
     }
-    Ok(())
+    search::ensure_a_training_succeeded(&selection.run, &done.evaluations)
 }
 
 /// `select-` and the first 8 hex digits of the SHA-256 of what decides the run's numbers:
