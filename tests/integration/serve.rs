@@ -34,15 +34,29 @@ impl Service {
 
     /// As [`Service::start_in`], with extra environment variables (e.g. `FAILPOINTS`).
     pub fn start_with(dir: &Path, config: &str, env: &[(&str, &str)]) -> Service {
+        Service::spawn(dir, config, env, false)
+    }
+
+    /// As [`Service::start_in`], run from inside `dir` with a relative `--config knas.yaml`,
+    /// as a user types it.
+    pub fn start_inside(dir: &Path, config: &str) -> Service {
+        Service::spawn(dir, config, &[], true)
+    }
+
+    fn spawn(dir: &Path, config: &str, env: &[(&str, &str)], inside: bool) -> Service {
         std::fs::create_dir_all(dir.join("policies")).unwrap();
         let config_path = dir.join("knas.yaml");
         if !config_path.exists() {
             std::fs::write(&config_path, config).unwrap();
         }
         let stderr = dir.join(format!("stderr-{}.log", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_knas"))
-            .args(["serve", "--log", "info", "--config"])
-            .arg(&config_path)
+        let mut command = Command::new(env!("CARGO_BIN_EXE_knas"));
+        if inside {
+            command.current_dir(dir).args(["serve", "--log", "info", "--config", "knas.yaml"]);
+        } else {
+            command.args(["serve", "--log", "info", "--config"]).arg(&config_path);
+        }
+        let mut child = command
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr).unwrap())
@@ -155,7 +169,8 @@ fn a_configured_table_annotates_the_runs_in_the_api() {
         .map(|i| serde_json::json!({"arch": knas::space::Arch::from_index(i).unwrap().to_string(), "top1": (i % 89) as f64}).to_string())
         .collect();
     std::fs::write(dir.path().join("table.jsonl"), lines.join("\n")).unwrap();
-    let service = Service::start_in(dir.path(), &(config(4, 1) + "table: table.jsonl\ntable-field: top1\n"));
+    // Relative paths everywhere: the watcher must still know the table's events as the table's.
+    let service = Service::start_inside(dir.path(), &(config(4, 1) + "table: table.jsonl\ntable-field: top1\n"));
     service.drop_policy("random", "random");
     service.wait_for("the run to finish", |s| s.run("random").is_some_and(|r| r["status"] == "done"));
     let winner = &service.run("random").unwrap()["leaderboard"]["winner"];
@@ -171,6 +186,16 @@ fn a_configured_table_annotates_the_runs_in_the_api() {
     service.wait_for("the broken table to be rejected", |s| reloads(s, "rejected") == Some(1.0));
     assert_eq!(reloads(&service, "applied"), Some(1.0));
     assert!(service.log().contains("table.jsonl:1"), "{}", service.log());
+
+    // A configuration that names another table, in another folder: that table is watched
+    // from then on. A change of threads is said to need a restart.
+    std::fs::create_dir_all(dir.path().join("tables")).unwrap();
+    std::fs::write(dir.path().join("tables").join("other.jsonl"), lines[..50].join("\n") + "\n").unwrap();
+    std::fs::write(dir.path().join("knas.yaml"), config(4, 1).replace("threads: 1", "threads: 2") + "table: tables/other.jsonl\ntable-field: top1\n").unwrap();
+    service.wait_for("the new table to be applied", |s| reloads(s, "applied") == Some(2.0));
+    assert!(service.log().contains("device and threads changes take effect after a restart"), "{}", service.log());
+    std::fs::write(dir.path().join("tables").join("other.jsonl"), lines[..60].join("\n") + "\n").unwrap();
+    service.wait_for("the edited new table to be applied", |s| reloads(s, "applied") == Some(3.0));
 }
 
 #[test]

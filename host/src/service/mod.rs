@@ -45,14 +45,8 @@ pub fn serve(config: ServiceConfig, config_path: Option<&Path>) -> anyhow::Resul
     std::fs::create_dir_all(&config.policy_dir)
         .with_context(|| format!("cannot create the policy folder {}", config.policy_dir.display()))?;
     let policy_dir = config.policy_dir.canonicalize()?;
-    // Canonical folder, name as given: a ConfigMap's `knas.yaml` is a symlink into `..data/`
-    // whose target changes on every update.
-    let config_path = config_path
-        .map(|path| -> std::io::Result<std::path::PathBuf> {
-            let folder = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-            Ok(folder.canonicalize()?.join(path.file_name().unwrap_or_default()))
-        })
-        .transpose()?;
+    let config_path = config_path.map(watcher::watched_path).transpose()?;
+    let table_path = config.table.as_deref().map(watcher::watched_path).transpose()?;
 
     let metrics = Arc::new(Metrics::new());
     let status = Arc::new(RwLock::new(Status::default()));
@@ -93,7 +87,7 @@ pub fn serve(config: ServiceConfig, config_path: Option<&Path>) -> anyhow::Resul
         let watched = watcher::Watched {
             policy_dir,
             config: config_path,
-            table: config.table.clone(),
+            table: table_path,
             debounce: Duration::from_millis(config.debounce_ms),
         };
         let mut watcher_task = tokio::spawn(watcher::run(watched, commands.clone(), metrics.clone(), stop_rx.clone()));

@@ -194,8 +194,9 @@ impl Scheduler {
                     || config.store != self.config.store
                     || config.policy_dir != self.config.policy_dir
                     || config.device != self.config.device
+                    || config.threads != self.config.threads
                 {
-                    tracing::warn!("listen, store, policy-dir and device changes take effect after a restart");
+                    tracing::warn!("listen, store, policy-dir, device and threads changes take effect after a restart");
                 }
                 // Runs started from now on are annotated from it; the file was re-read, so an
                 // edited table counts too.

@@ -26,10 +26,39 @@ pub struct Watched {
     pub policy_dir: PathBuf,
     /// The configuration file (canonical), when the service has one.
     pub config: Option<PathBuf>,
-    /// The benchmark table the configuration names at start: editing it reloads the
-    /// configuration (and so re-reads the table).
+    /// The benchmark table the configuration names (as [`watched_path`] gives it): editing
+    /// it reloads the configuration (and so re-reads the table). Follows the configuration.
     pub table: Option<PathBuf>,
+    /// Follows the configuration too.
     pub debounce: Duration,
+}
+
+/// `path` as the watcher's events name it: its folder canonical (notify reports absolute
+/// paths, through the folder it was asked to watch), its file name as given — a
+/// ConfigMap's `knas.yaml` is a symlink into `..data/` whose target changes on every
+/// update, so the link itself is what is watched.
+pub fn watched_path(path: &Path) -> std::io::Result<PathBuf> {
+    let folder = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    Ok(folder.canonicalize()?.join(path.file_name().unwrap_or_default()))
+}
+
+/// The folders being watched, each once.
+struct Folders<W> {
+    watcher: W,
+    watching: Vec<PathBuf>,
+}
+
+impl<W: Watcher> Folders<W> {
+    fn watch_folder_of(&mut self, file: &Path) -> notify::Result<()> {
+        match file.parent() {
+            Some(folder) if !self.watching.iter().any(|w| w == folder) => {
+                self.watcher.watch(folder, RecursiveMode::NonRecursive)?;
+                self.watching.push(folder.to_owned());
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// The policy name for `path`, if it is a policy file of the folder.
@@ -65,7 +94,7 @@ fn relevant(kind: &EventKind) -> Option<&'static str> {
 /// Sends a command for every settled change until `stop` fires. Starts with one
 /// `PolicyChanged` per policy file already in the folder.
 pub async fn run(
-    watched: Watched,
+    mut watched: Watched,
     commands: Sender<Command>,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
@@ -76,15 +105,9 @@ pub async fn run(
         let _ = tx.blocking_send(event);
     })?;
     watcher.watch(&watched.policy_dir, RecursiveMode::NonRecursive)?;
-    let mut folders: Vec<&Path> = vec![watched.policy_dir.as_path()];
+    let mut folders = Folders { watcher, watching: vec![watched.policy_dir.clone()] };
     for file in [&watched.config, &watched.table].into_iter().flatten() {
-        match file.parent() {
-            Some(folder) if !folders.contains(&folder) => {
-                watcher.watch(folder, RecursiveMode::NonRecursive)?;
-                folders.push(folder);
-            }
-            _ => {}
-        }
+        folders.watch_folder_of(file)?;
     }
 
     let mut initial: Vec<PathBuf> = std::fs::read_dir(&watched.policy_dir)?
@@ -97,7 +120,8 @@ pub async fn run(
     }
 
     let mut pending: HashMap<PathBuf, Instant> = HashMap::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(50).min(watched.debounce).max(Duration::from_millis(1)));
+    let ticks = |debounce: Duration| tokio::time::interval(Duration::from_millis(50).min(debounce).max(Duration::from_millis(1)));
+    let mut tick = ticks(watched.debounce);
     loop {
         tokio::select! {
             event = rx.recv() => {
@@ -129,7 +153,20 @@ pub async fn run(
                     .collect();
                 for path in ready {
                     pending.remove(&path);
-                    settle(&watched, &path, &commands, &metrics);
+                    let Some(applied) = settle(&watched, &path, &commands, &metrics) else { continue };
+                    // What the new configuration names is watched from now on.
+                    if applied.table != watched.table {
+                        if let Some(table) = &applied.table {
+                            if let Err(error) = folders.watch_folder_of(table) {
+                                tracing::warn!("cannot watch the folder of the table {}: {error}", table.display());
+                            }
+                        }
+                        watched.table = applied.table;
+                    }
+                    if applied.debounce != watched.debounce {
+                        watched.debounce = applied.debounce;
+                        tick = ticks(watched.debounce);
+                    }
                 }
             }
             _ = stop.changed() => break,
@@ -138,31 +175,41 @@ pub async fn run(
     Ok(())
 }
 
-/// Acts on a path that has settled.
-fn settle(watched: &Watched, path: &Path, commands: &Sender<Command>, metrics: &Metrics) {
+/// What an applied configuration changes in the watching.
+struct Applied {
+    table: Option<PathBuf>,
+    debounce: Duration,
+}
+
+/// Acts on a path that has settled; for the configuration file, says what a configuration
+/// that was applied asks the watcher to watch.
+fn settle(watched: &Watched, path: &Path, commands: &Sender<Command>, metrics: &Metrics) -> Option<Applied> {
     if watched.config.as_deref() == Some(path) {
         // The table is part of the configuration: a bad one rejects the whole reload.
-        let loaded = ServiceConfig::load(path)
-            .map_err(anyhow::Error::from)
-            .and_then(|config| Ok((config.load_table()?, config)));
-        match loaded {
-            Ok((table, config)) => {
+        let loaded = ServiceConfig::load(path).map_err(anyhow::Error::from).and_then(|config| {
+            let table_path = config.table.as_deref().map(watched_path).transpose()?;
+            Ok((config.load_table()?, table_path, config))
+        });
+        return match loaded {
+            Ok((table, table_path, config)) => {
                 metrics.config_reloads.with_label_values(&["applied"]).inc();
+                let applied = Applied { table: table_path, debounce: Duration::from_millis(config.debounce_ms) };
                 let _ = commands.send(Command::Reconfigure(Box::new(config), table));
+                Some(applied)
             }
             Err(error) => {
                 metrics.config_reloads.with_label_values(&["rejected"]).inc();
                 tracing::error!("configuration rejected, keeping the previous one: {error:#}");
+                None
             }
-        }
-        return;
+        };
     }
-    let Some(name) = policy_name(&watched.policy_dir, path) else { return };
+    let name = policy_name(&watched.policy_dir, path)?;
     // The name becomes a run name, a URL path segment and a metric label.
     if !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
         let file = path.display().to_string();
         tracing::warn!("ignoring {}: policy file names may only use letters, digits, '-', '_' and '.'", escape_controls(&file));
-        return;
+        return None;
     }
     let command = if path.exists() {
         Command::PolicyChanged { name, path: path.to_owned() }
@@ -171,6 +218,7 @@ fn settle(watched: &Watched, path: &Path, commands: &Sender<Command>, metrics: &
     };
     // A send fails only when the scheduler has exited (shutdown).
     let _ = commands.send(command);
+    None
 }
 
 #[cfg(test)]
