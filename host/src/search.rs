@@ -166,6 +166,20 @@ impl Search {
         experiment: &crate::run::Experiment,
         spec: &SearchSpec,
     ) -> Result<Search, SearchError> {
+        Search::start_observed(store, runtime, module, name, experiment, spec, &mut ())
+    }
+
+    /// As [`Search::start`], telling `observer` of the policy calls it makes (instantiating,
+    /// `init`, and a resumed run's restore or replay).
+    pub fn start_observed(
+        store: &RunStore,
+        runtime: &PolicyRuntime,
+        module: &PolicyModule,
+        name: &str,
+        experiment: &crate::run::Experiment,
+        spec: &SearchSpec,
+        observer: &mut dyn SearchObserver,
+    ) -> Result<Search, SearchError> {
         let (run, resumed) = store.begin_run(name, &module.label(), experiment, spec)?;
         let checkpoint_seq = store.checkpoint(run.id)?.map_or(0, |c| c.0);
         let last_seq = store.last_seq(run.id)?;
@@ -201,7 +215,7 @@ impl Search {
             store.add_event(search.run.id, "resume", &message)?;
             tracing::info!(run = %search.run.name, "{message}");
         }
-        match search.fresh_instance(store, runtime, module, &mut ()) {
+        match search.fresh_instance(store, runtime, module, observer) {
             Ok((instance, pending)) => {
                 search.instance = Some(instance);
                 search.pending = pending;

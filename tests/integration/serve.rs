@@ -199,6 +199,33 @@ fn a_configured_table_annotates_the_runs_in_the_api() {
 }
 
 #[test]
+fn a_policy_that_fails_as_its_run_starts_waits_for_another_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = Service::start_in(dir.path(), &(config(4, 0) + "policies:\n  hostile: {act: trap, at: init}\n"));
+    service.drop_policy("hostile", "hostile");
+    service.wait_for("the run to fail", |s| s.json("/api/policies")["hostile"]["state"] == "failed");
+    let file = &service.json("/api/policies")["hostile"];
+    assert!(file["error"].as_str().unwrap().contains("trapped in `init`"), "{file}");
+    let run = service.run("hostile").unwrap();
+    assert_eq!(run["status"], "failed");
+    // The calls a run makes as it starts are counted as the later ones are.
+    let metrics = service.metrics();
+    assert_eq!(metric(&metrics, r#"knas_policy_calls_total{call="instantiate",run="hostile"}"#), Some(1.0), "{metrics}");
+    assert_eq!(metric(&metrics, r#"knas_policy_calls_total{call="init",run="hostile"}"#), Some(1.0), "{metrics}");
+    assert_eq!(metric(&metrics, r#"knas_policy_errors_total{cause="trap",policy="hostile"}"#), Some(1.0), "{metrics}");
+    let events = run["events"].as_array().unwrap().len();
+    assert!(service.terminate().success());
+
+    // Restarted with the same file, the run is not started (and failed) once more.
+    let mut service = Service::start_in(dir.path(), "");
+    service.wait_for("the failed run to be listed", |s| s.json("/api/policies")["hostile"]["state"] == "failed");
+    let again = service.run("hostile").unwrap();
+    assert_eq!(again["events"].as_array().unwrap().len(), events, "no resume, no second failure: {again}");
+    assert_eq!(metric(&service.metrics(), r#"knas_policy_calls_total{call="instantiate",run="hostile"}"#), None);
+    assert!(service.terminate().success());
+}
+
+#[test]
 fn dropped_policies_run_and_broken_files_are_reported_without_harm() {
     let dir = tempfile::tempdir().unwrap();
     let mut service = Service::start_in(dir.path(), &config(8, 1));

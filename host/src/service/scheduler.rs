@@ -208,6 +208,26 @@ impl Scheduler {
         }
     }
 
+    /// The run's policy failed as the run started (instantiating, `init`, restoring or
+    /// replaying its history); `Search::start` has recorded the run as failed. As for a run
+    /// its policy failed while stepping, a module that would only fail again waits for a
+    /// different file instead of failing again on every restart.
+    fn failed_to_start(&mut self, name: &str, path: PathBuf, label: String, error: &PolicyError) {
+        tracing::error!(run = name, policy = %label, "the policy failed as its run started: {error}");
+        self.metrics.policy_loads.with_label_values(&[name, "loaded"]).inc();
+        self.metrics.policy_errors.with_label_values(&[name, error.cause()]).inc();
+        if error.repeats() {
+            if let Err(store_error) = self.store.cache(&failed_by_key(name), &label) {
+                tracing::error!(run = name, "cannot record which module failed the run: {store_error}");
+            }
+        }
+        self.with_status(|s| {
+            s.policies.insert(name.to_owned(), PolicyFile { path, state: "failed", module: Some(label), error: Some(error.to_string()) });
+        });
+        self.free_engines();
+        self.refresh_run_counts();
+    }
+
     fn reject(&mut self, name: &str, path: PathBuf, error: &PolicyError) {
         tracing::error!(policy = name, "{error}");
         self.metrics.policy_loads.with_label_values(&[name, "rejected"]).inc();
@@ -288,7 +308,8 @@ impl Scheduler {
                     }
                 }
             }
-            let started = Search::start(&self.store, &self.runtime, &module, name, &experiment, &spec).and_then(|mut search| {
+            let mut observer = self.metrics.for_run(name);
+            let started = Search::start_observed(&self.store, &self.runtime, &module, name, &experiment, &spec, &mut observer).and_then(|mut search| {
                 if let Some(table) = &self.table {
                     search.annotate_with(&self.store, table.clone())?;
                 }
@@ -305,7 +326,7 @@ impl Scheduler {
                     }
                     self.update_budget(name);
                 }
-                Err(SearchError::Policy(error)) => return self.reject(name, path, &error),
+                Err(SearchError::Policy(error)) => return self.failed_to_start(name, path, label, &error),
                 Err(error) => return self.run_failed(name, &error),
             }
         }
