@@ -77,6 +77,11 @@ fn pruning_policy_prunes_the_supernet_to_one_architecture() {
     assert!(!winner.contains(','), "a single architecture: {winner}");
     let scored: Vec<&str> = r["leaderboard"]["top_scores"].as_array().unwrap().iter().map(|s| s["candidate"].as_str().unwrap()).collect();
     assert!(scored.iter().any(|c| c.contains(',')), "supernets were scored: {scored:?}");
+    // `top_k: 0` trains nothing, whatever the run's training budget.
+    let (_dir, path) = store();
+    let none = ["--budget", "200", "--top-k", "2", "--max-batch", "30", "--params", r#"{"refine": false, "top_k": 0}"#];
+    let r = report(search("pruning", &path, &none).assert().success());
+    assert_eq!((&r["finish"], &r["recorded"]), (&json!("policy-done"), &json!({"scores": 85, "trainings": 0})));
     // With the default local search, the rest of the budget climbs from the pruned cell.
     let (_dir, path) = store();
     let r = report(search("pruning", &path, &["--budget", "120", "--top-k", "2", "--max-batch", "30"]).assert().success());

@@ -80,6 +80,15 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The most bytes of a name or string from a policy file that its errors and reports show.
+const NAME_BYTES: usize = 256;
+
+/// A name from the file (an import, an export, the SDK string) as errors and reports show
+/// it: the file's author chose it, so it stays on one line and is capped.
+fn shown(name: &str) -> String {
+    super::runtime::printable(name, NAME_BYTES)
+}
+
 /// Inspects `bytes` and checks them against the contract.
 pub fn inspect(bytes: &[u8]) -> Result<ContractInfo, LoadError> {
     if !bytes.starts_with(b"\0asm") {
@@ -114,20 +123,20 @@ pub fn inspect(bytes: &[u8]) -> Result<ContractInfo, LoadError> {
                 }
             }
             Payload::CustomSection(reader) if reader.name() == SDK_SECTION => {
-                sdk = Some(String::from_utf8_lossy(reader.data()).into_owned());
+                sdk = Some(shown(&String::from_utf8_lossy(reader.data())));
             }
             _ => {}
         }
     }
     let prefix = format!("{CONTRACT_PACKAGE}/policy@");
     let Some(version) = exports.iter().find_map(|e| e.strip_prefix(&prefix)) else {
-        return Err(LoadError::NotAPolicy(if exports.is_empty() { "nothing".into() } else { exports.join(", ") }));
+        return Err(LoadError::NotAPolicy(if exports.is_empty() { "nothing".into() } else { shown(&exports.join(", ")) }));
     };
     if !SUPPORTED_VERSIONS.contains(&version) {
-        return Err(LoadError::WrongContract { found: version.to_owned() });
+        return Err(LoadError::WrongContract { found: shown(version) });
     }
     if let Some(forbidden) = imports.iter().find(|name| !allowed_import(name, version)) {
-        return Err(LoadError::ForbiddenImport(forbidden.clone()));
+        return Err(LoadError::ForbiddenImport(shown(forbidden)));
     }
     Ok(ContractInfo {
         contract_version: version.to_owned(),
@@ -152,6 +161,57 @@ mod tests {
         assert!(matches!(inspect(b"\0asm\x0d\0\x01\0\xff"), Err(LoadError::Malformed(_))));
         // An empty component exports nothing.
         assert_eq!(inspect(b"\0asm\x0d\0\x01\0"), Err(LoadError::NotAPolicy("nothing".into())));
+    }
+
+    /// A component that imports and exports instances under the given names (what a name
+    /// says is all `inspect` reads; nothing else needs to be valid).
+    fn component(imports: &[&str], exports: &[&str]) -> Vec<u8> {
+        // Unsigned LEB128, as the binary format writes lengths.
+        fn leb(mut n: usize, out: &mut Vec<u8>) {
+            loop {
+                let byte = (n & 0x7f) as u8;
+                n >>= 7;
+                out.push(if n > 0 { byte | 0x80 } else { byte });
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+        let mut bytes = b"\0asm\x0d\0\x01\0".to_vec();
+        for (id, names, tail) in [(10u8, imports, &[0x05u8, 0x00][..]), (11, exports, &[0x05, 0x00, 0x00])] {
+            let mut section = Vec::new();
+            leb(names.len(), &mut section);
+            for name in names {
+                section.push(0x00);
+                leb(name.len(), &mut section);
+                section.extend(name.as_bytes());
+                section.extend(tail);
+            }
+            bytes.push(id);
+            leb(section.len(), &mut bytes);
+            bytes.extend(section);
+        }
+        bytes
+    }
+
+    #[test]
+    fn names_from_the_file_stay_on_one_line_in_errors() {
+        let policy = format!("{CONTRACT_PACKAGE}/policy@{CONTRACT_VERSION}");
+        let forged = "x\n2026-01-01T00:00:00Z  INFO knas: run done";
+        for (bytes, what) in [
+            (component(&[forged], &[&policy]), "forbidden import"),
+            (component(&[], &[forged]), "not a policy"),
+            (component(&[], &[&format!("{CONTRACT_PACKAGE}/policy@9\n9")]), "wrong contract"),
+        ] {
+            let message = inspect(&bytes).expect_err(what).to_string();
+            assert!(!message.contains('\n') && message.contains("\\n"), "{what}: {message}");
+        }
+        let long = "y".repeat(100);
+        let message = inspect(&component(&[&long, &long], &[&long, &long, &long])).unwrap_err().to_string();
+        assert!(message.contains("… [truncated]") && message.len() < 600, "{message}");
+        // A well-formed name is shown as it is.
+        let message = inspect(&component(&["wasi:http/types@0.2.0"], &[&policy])).unwrap_err().to_string();
+        assert!(message.contains("imports `wasi:http/types@0.2.0`, which knas does not provide"), "{message}");
     }
 
     #[test]

@@ -389,7 +389,7 @@ fn uncaught(stderr: &[String]) -> String {
 }
 
 /// Untrusted `text` cut to `max_bytes` (at a character boundary) and escaped.
-fn printable(text: &str, max_bytes: usize) -> String {
+pub(super) fn printable(text: &str, max_bytes: usize) -> String {
     let mut cut = text.len().min(max_bytes);
     while !text.is_char_boundary(cut) {
         cut -= 1;
@@ -522,7 +522,9 @@ impl PolicyInstance {
                     call,
                     message: printable(&uncaught(&std::mem::take(&mut state.stderr_tail)), self.limits.log_record_bytes),
                 },
-                None => PolicyError::Trap { policy, call, message: format!("{error:#}") },
+                // wasmtime's message carries a backtrace that names the guest's functions
+                // as the file writes them: the policy's own text, on one line and capped.
+                None => PolicyError::Trap { policy, call, message: printable(&format!("{error:#}"), self.limits.log_record_bytes) },
             },
         }
     }

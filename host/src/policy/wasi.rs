@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `wasi:cli/environment` | no variables, no arguments, no working directory |
 //! | `wasi:cli/stdin` | closed (end of stream) |
-//! | `wasi:cli/stdout`, `stderr` | captured: each line becomes a log record of the policy (stdout at info, stderr at warn) under the same caps as `host.log`; at most [`STDIO_BYTES`] per call, after which writes fail |
+//! | `wasi:cli/stdout`, `stderr` | captured: each line becomes a log record of the policy (stdout at info, stderr at warn) under the same caps as `host.log`; at most [`STDIO_BYTES`] per call, after which writes fail (an unfinished line waits past a call up to [`PARTIAL_LINE_BYTES`]) |
 //! | `wasi:cli/exit` | ends the instance: the call fails, naming the policy |
 //! | `wasi:random/*` | streams seeded from the run's seed, so a run stays reproducible |
 //! | `wasi:clocks/wall-clock` | frozen at 2000-01-01T00:00:00Z |
@@ -27,6 +27,11 @@ use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView};
 
 /// What one call may write to stdout and to stderr, each.
 pub const STDIO_BYTES: usize = 4 << 20;
+
+/// The longest unfinished line (no newline yet) that waits for its end past a call: a
+/// longer one is a record at once, so text a policy never ends (`\r` progress) cannot fill
+/// the next calls' room.
+pub const PARTIAL_LINE_BYTES: usize = 64 << 10;
 
 /// The WASI packages a policy may import (every one of them linked to deny).
 pub const ALLOWED_PACKAGES: [&str; 6] = ["wasi:io/", "wasi:clocks/", "wasi:random/", "wasi:cli/", "wasi:filesystem/", "wasi:sockets/"];
@@ -80,12 +85,14 @@ impl PolicyWasi {
     }
 
     /// What was written since the last call, as (stream, line) pairs, taken out of the
-    /// buffers; a last line without its newline is kept for later unless `all`.
+    /// buffers; a last line without its newline is kept for later unless `all` (or it is
+    /// longer than [`PARTIAL_LINE_BYTES`]).
     pub fn drain(&mut self, all: bool) -> Vec<(&'static str, String)> {
         let mut lines = Vec::new();
         for (name, stream) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
             let mut buffer = stream.lock();
-            let end = if all { buffer.len() } else { buffer.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1) };
+            let ended = buffer.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+            let end = if all || buffer.len() - ended > PARTIAL_LINE_BYTES { buffer.len() } else { ended };
             let taken: Vec<u8> = buffer.drain(..end).collect();
             lines.extend(String::from_utf8_lossy(&taken).lines().map(|line| (name, line.to_owned())));
         }
@@ -216,13 +223,26 @@ impl HostMonotonicClock for StepClock {
     }
 
     fn now(&self) -> u64 {
-        self.0.fetch_add(1_000, Ordering::Relaxed) + 1_000
+        // A policy can move the clock anywhere, up to u64::MAX (`subscribe-instant`): it
+        // stops there rather than wrap around and run backwards.
+        let step = |t: u64| Some(t.saturating_add(1_000));
+        let before = self.0.fetch_update(Ordering::Relaxed, Ordering::Relaxed, step).unwrap_or_else(|t| t);
+        before.saturating_add(1_000)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_step_clock_never_runs_backwards() {
+        for start in [0, u64::MAX - 10, u64::MAX] {
+            let clock = StepClock(Arc::new(AtomicU64::new(start)));
+            let (a, b) = (clock.now(), clock.now());
+            assert!(a >= start && b >= a, "{start}: {a} then {b}");
+        }
+    }
 
     #[test]
     fn only_wasi_0_2_interfaces_that_grant_nothing_are_allowed() {
@@ -252,5 +272,11 @@ mod tests {
             assert_eq!(wasi.drain(true).len(), 1);
         }
         assert!(wasi.drain(true).is_empty());
+        // Nor does a long line left unfinished at the end of a call: it is a record then.
+        assert!(stdout.write(bytes::Bytes::from(vec![b'x'; STDIO_BYTES - 1])).is_ok());
+        assert_eq!(wasi.drain(false).len(), 1);
+        assert!(stdout.write(bytes::Bytes::from_static(b"y")).is_ok());
+        assert_eq!(wasi.drain(false), vec![]);
+        assert_eq!(wasi.drain(true), vec![("stdout", "y".to_owned())]);
     }
 }

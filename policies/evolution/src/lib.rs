@@ -160,9 +160,10 @@ impl Policy for Evolution {
     }
 
     fn propose(&mut self, remaining: Budget) -> Result<Proposal, String> {
-        let room = (remaining.scores as usize).min(self.max_batch);
-        // (Once every architecture is scored there is nothing new to propose.)
-        if room > 0 && self.archive.scored() < NUM_ARCHS {
+        // Never more new architectures than are left unscored: the draws below look for new
+        // ones until they find them.
+        let room = (remaining.scores as usize).min(self.max_batch).min(NUM_ARCHS.saturating_sub(self.archive.scored()));
+        if room > 0 {
             let batch = if self.population.len() < self.population_size {
                 // Seed the population with random architectures not scored yet.
                 let missing = (self.population_size - self.population.len()).min(room);

@@ -13,7 +13,7 @@
 //! Finally the `top_k` best-scored architectures are trained.
 //!
 //! Parameters: `rank_by` (`aggregate`, `score` or a measure's name), `refine` (true),
-//! `top_k` (the run's training budget), `epochs` (the run's). The procedure is
+//! `top_k` (the run's training budget; 0 trains none), `epochs` (the run's). The procedure is
 //! deterministic given the results, so a fresh instance fed a run's history retraces it
 //! and re-proposes nothing the run already scored.
 
@@ -200,7 +200,7 @@ impl Policy for Pruning {
                     return Ok(Proposal::Evaluate(next.into_iter().map(Candidate::score).collect()));
                 }
             }
-            return Ok(self.archive.train_best(self.top_k.max(1), &Ranking::Score, &remaining, self.max_batch, self.epochs));
+            return Ok(self.archive.train_best(self.top_k, &Ranking::Score, &remaining, self.max_batch, self.epochs));
         }
     }
 }
