@@ -97,18 +97,20 @@ pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 
 /// The API's routes (see the module documentation).
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+    // The probes stay outside the API's limit: they read one flag, and a liveness probe
+    // queued behind a flood of API requests would get the pod restarted for being busy.
+    let probes = Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).with_state(state.clone());
+    let api = Router::new()
         .route("/metrics", get(metrics))
         .route("/api/runs", get(runs))
         .route("/api/runs/{name}", get(run))
         .route("/api/policies", get(policies))
         .fallback(unknown)
         .with_state(state)
-        // Global: one limit for all routes (a per-route layer would give each its own).
+        // Global: one limit for all these routes (a per-route layer would give each its own).
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(MAX_CONCURRENT_REQUESTS))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT));
+    probes.merge(api)
 }
 
 /// Any other path: 404 with the endpoints that exist.
@@ -301,6 +303,29 @@ mod tests {
         assert_eq!(response.status(), StatusCode::OK);
         let body = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
         serde_json::from_slice(&body).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_probes_answer_while_the_api_is_saturated() {
+        use tower::ServiceExt;
+        let request = |path: &str| axum::http::Request::get(path).body(axum::body::Body::empty()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let state = AppState::new(Arc::new(Metrics::new()), SharedStatus::default(), RunStore::open(&dir.path().join("runs.db")).unwrap());
+        state.status.write().unwrap().alive = true;
+        let app = router(state.clone());
+        // Every run-list request now waits for the store, holding one of the API's turns.
+        let store = state.store.lock().unwrap();
+        let waiting: Vec<_> = (0..MAX_CONCURRENT_REQUESTS + 4).map(|_| tokio::spawn(app.clone().oneshot(request("/api/runs")))).collect();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        for probe in ["/healthz", "/readyz"] {
+            let answer = tokio::time::timeout(std::time::Duration::from_secs(2), app.clone().oneshot(request(probe))).await;
+            let status = answer.unwrap_or_else(|_| panic!("{probe} waited behind the API")).unwrap().status();
+            assert_eq!(status, if probe == "/healthz" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE });
+        }
+        drop(store);
+        for request in waiting {
+            assert_eq!(request.await.unwrap().unwrap().status(), StatusCode::OK);
+        }
     }
 
     #[tokio::test]
