@@ -65,6 +65,24 @@ fn evolution_policy_spends_its_budget_then_trains_the_fittest() {
 }
 
 #[test]
+fn evolution_breeds_from_no_architecture_over_its_limits() {
+    let (_dir, path) = store();
+    // No network has at most one parameter: no member may be a parent, so every child is a
+    // random draw, not a mutation (which differs from its parent in one edge).
+    let params = r#"{"population": 5, "sample": 5, "max_params": 1}"#;
+    search("evolution", &path, &["--budget", "30", "--top-k", "0", "--params", params]).assert().success();
+    let store = knas::store::RunStore::open(&path).unwrap();
+    let run = store.run("evolution").unwrap().unwrap();
+    let edges = |arch: &str| arch.split('|').filter(|edge| edge.contains('~')).map(str::to_owned).collect::<Vec<_>>();
+    let scored: Vec<Vec<String>> = store.evaluations(run.id).unwrap().iter().map(|e| edges(&e.candidate.to_string())).collect();
+    assert_eq!(scored.len(), 30);
+    let neighbours = (5..scored.len())
+        .filter(|&i| scored[..i].iter().any(|earlier| earlier.iter().zip(&scored[i]).filter(|(a, b)| a != b).count() == 1))
+        .count();
+    assert!(neighbours < 5, "{neighbours} of 25 children are one edge from an earlier architecture: {scored:?}");
+}
+
+#[test]
 fn pruning_policy_prunes_the_supernet_to_one_architecture() {
     let (_dir, path) = store();
     let pure = ["--budget", "200", "--top-k", "2", "--max-batch", "30", "--params", r#"{"refine": false}"#];

@@ -83,8 +83,8 @@ impl Evolution {
     /// Tournament selection of a parent and one mutation, retried until the child is new:
     /// a child already scored would be answered from the host's store for free, and a
     /// converged population could then loop forever without spending budget. After many
-    /// failed tries (every neighbour of the population known) a random new architecture
-    /// keeps the search moving.
+    /// failed tries (every neighbour of the population known, or no member within the
+    /// limits) a random new architecture keeps the search moving.
     fn children(&self, count: usize) -> Vec<Arch> {
         let keys = self.archive.keys(&self.ranking);
         let fitness = |arch: &Arch| {
@@ -99,12 +99,14 @@ impl Evolution {
         let is_new = |arch: &Arch, batch: &[Arch]| !self.archive.is_scored(arch) && !batch.contains(arch);
         while batch.len() < count {
             let child = (0..1000)
-                .map(|_| {
+                .filter_map(|_| {
                     let parent = (0..self.sample_size)
                         .map(|_| members[random::below(members.len() as u64) as usize])
                         .max_by(|a, b| fitness(a).total_cmp(&fitness(b)))
                         .expect("sample size is at least 1");
-                    parent.mutate(&mut random::rng())
+                    // The fittest of a sample that is all over the limits is no parent.
+                    let eligible = self.archive.get(&parent).is_none_or(|e| self.within_limits(e));
+                    eligible.then(|| parent.mutate(&mut random::rng()))
                 })
                 .find(|child| is_new(child, &batch))
                 .unwrap_or_else(|| random_new(|a| is_new(a, &batch)));
