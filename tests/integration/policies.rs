@@ -349,6 +349,13 @@ fn log_floods_are_capped_and_long_records_truncated() {
     hostile(json!({"act": "log", "count": 1, "bytes": 10000}), &["--log", "info"])
         .success()
         .stderr(predicate::str::contains("[truncated]"));
+    // A budget of one record's length still writes a long record, truncated (the mark and
+    // any escapes count in the record's length).
+    let text = "\n".repeat(5000);
+    let out = hostile(json!({"act": "log", "count": 1, "bytes": 0, "text": text}), &["--log", "info", "--policy-log-bytes-per-minute", "4096"]).success();
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    let record = stderr.lines().find(|l| l.contains(r"\n\n\n")).unwrap_or_else(|| panic!("no record written:\n{stderr}"));
+    assert!(record.contains("… [truncated]") && record.matches(r"\n").count() < 2048, "{record}");
     // Over time: 100 records of 1,000 bytes against 10,000 bytes a minute.
     let out = hostile(json!({"act": "log", "count": 100, "bytes": 1000}), &["--log", "info", "--policy-log-bytes-per-minute", "10000"]).success();
     let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();

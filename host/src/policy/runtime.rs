@@ -291,7 +291,7 @@ impl PolicyState {
 
 impl PolicyState {
     /// A log record from the policy: attributed to it, capped per call and in length.
-    pub(super) fn log(&mut self, level: tracing::Level, mut message: String) {
+    pub(super) fn log(&mut self, level: tracing::Level, message: String) {
         if let Some(panic) = message.strip_prefix("policy panicked: ") {
             self.panic_message = Some(panic.to_owned());
         }
@@ -300,17 +300,19 @@ impl PolicyState {
             self.dropped_logs += 1;
             return;
         }
+        // A policy's text must not be able to start a log line of its own. The record is
+        // capped as written, escapes and the mark included, so that a budget of one
+        // record's length (the least the limits allow) always has room for one.
+        let mut message = escape_controls(&message).into_owned();
         if message.len() > self.log_limits.1 {
-            let mut cut = self.log_limits.1;
+            const MARK: &str = "… [truncated]";
+            let mut cut = self.log_limits.1.saturating_sub(MARK.len());
             while !message.is_char_boundary(cut) {
                 cut -= 1;
             }
             message.truncate(cut);
-            message.push_str("… [truncated]");
+            message.push_str(MARK);
         }
-        // A policy's text must not be able to start a log line of its own; the budget counts
-        // what is written, escapes included.
-        let message = escape_controls(&message);
         if !self.log_budget.take(message.len(), Instant::now()) {
             return;
         }
