@@ -23,6 +23,9 @@ pub const SWAP_IMAGES: i64 = 16;
 pub(super) struct Codes {
     naswot: Option<RefCell<Result<Tensor, tch::TchError>>>,
     swap: Option<RefCell<Result<SwapPatterns, tch::TchError>>>,
+    /// NaN entries seen in ReLU inputs (on the device, read once at the end): a NaN has no
+    /// sign, so a network whose activations overflowed gets no code-based value at all.
+    nans: RefCell<Option<Tensor>>,
     batch: i64,
 }
 
@@ -43,6 +46,7 @@ impl Codes {
                 let bits = Tensor::from_slice(&bits).view([images, 1]).to_device(device);
                 RefCell::new(Ok(SwapPatterns { seen: vec![0; 1 << (images - 6).max(0)], bits }))
             }),
+            nans: RefCell::new(None),
             batch,
         }
     }
@@ -54,6 +58,15 @@ impl Codes {
 
     /// Writes the measures collected.
     pub(super) fn finish(&self, values: &mut Values) -> Result<(), MeasureError> {
+        let nans = self.nans.borrow_mut().take();
+        if nans.map(|n| n.f_int64_value(&[])).transpose()?.is_some_and(|n| n > 0) {
+            for (measure, active) in [(Measure::Naswot, self.naswot.is_some()), (Measure::Swap, self.swap.is_some())] {
+                if active {
+                    values.insert(measure, None);
+                }
+            }
+            return Ok(());
+        }
         if let Some(kernel) = &self.naswot {
             let kernel = std::mem::replace(&mut *kernel.borrow_mut(), Ok(Tensor::new()))?;
             let (_sign, log_abs_det) = Tensor::f_linalg_slogdet(&kernel)?;
@@ -71,6 +84,13 @@ impl Codes {
 impl Tap for Codes {
     fn relu_input(&self, x: &Tensor) {
         let _no_grad = tch::no_grad_guard();
+        if let Ok(count) = x.f_isnan().and_then(|n| n.f_sum(Kind::Int64)) {
+            let mut nans = self.nans.borrow_mut();
+            *nans = Some(match nans.take() {
+                Some(total) => total.f_add(&count).unwrap_or(count),
+                None => count,
+            });
+        }
         if let Some(kernel) = &self.naswot {
             let mut kernel = kernel.borrow_mut();
             if let Ok(k) = &*kernel {
@@ -149,5 +169,16 @@ mod tests {
         let mut values = Values::new();
         codes.finish(&mut values).unwrap();
         assert_eq!(values[&Measure::Swap], Some(2.0));
+    }
+
+    #[test]
+    fn a_nan_activation_leaves_both_measures_missing() {
+        let nan = Tensor::from_slice(&[1.0f32, f32::NAN, -1.0, -1.0, -3.0, 4.0]).view([2, 3]);
+        let codes = Codes::new(true, true, 2, tch::Device::Cpu);
+        codes.relu_input(&Tensor::from_slice(&[1.0f32, 2.0, -1.0, -1.0, -3.0, 4.0]).view([2, 3]));
+        codes.relu_input(&nan);
+        let mut values = Values::new();
+        codes.finish(&mut values).unwrap();
+        assert_eq!((values[&Measure::Naswot], values[&Measure::Swap]), (None, None));
     }
 }

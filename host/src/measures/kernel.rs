@@ -126,6 +126,11 @@ fn zico(layers: &[usize], a: &[Tensor], b: &[Tensor]) -> Result<Option<f64>, tch
             continue;
         }
         let (x, y) = (x.f_to_kind(Kind::Double)?, y.f_to_kind(Kind::Double)?);
+        // An overflowed gradient would drop out of the ratio below (NaN compares false),
+        // leaving a finite score; the measure is missing instead.
+        if !(super::all_finite(&x)? && super::all_finite(&y)?) {
+            return Ok(None);
+        }
         let spread = x.f_sub(&y)?.f_abs()?;
         let keep = spread.f_gt(0.0)?;
         let ratio = x.f_abs()?.f_add(&y.f_abs()?)?.f_div(&spread.f_where_scalarother(&keep, 1.0)?)?;
@@ -165,6 +170,15 @@ mod tests {
     use super::*;
     use crate::measures::tests::tiny_suite;
     use crate::space::{Arch, Candidate};
+
+    #[test]
+    fn zico_of_gradients_that_overflowed_is_missing() {
+        let t = |v: &[f64]| Tensor::from_slice(v);
+        assert!(zico(&[0], &[t(&[2.0, 1.0])], &[t(&[1.0, 2.0])]).unwrap().is_some_and(f64::is_finite));
+        assert_eq!(zico(&[0], &[t(&[f64::NAN, 1.0])], &[t(&[1.0, 2.0])]).unwrap(), None);
+        assert_eq!(zico(&[0], &[t(&[f64::INFINITY, 1.0])], &[t(&[1.0, 2.0])]).unwrap(), None);
+        assert_eq!(zico(&[0], &[t(&[f64::NAN; 2])], &[t(&[f64::NAN; 2])]).unwrap(), None);
+    }
 
     #[test]
     fn fast_per_sample_mgm_equals_the_reference_loop() {

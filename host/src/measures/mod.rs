@@ -14,9 +14,10 @@
 //! | one image alone | every layer's output | [`features`]: MeCo |
 //! | the same weights made absolute, in double precision | synaptic flow | [`saliency`]: SynFlow |
 //!
-//! Every measure is oriented so that **higher predicts better**. A value that is not finite
-//! (a network with no path from input to output, an overflow) is *missing*, never a number
-//! in a ranking: [`aggregate`] ranks missing values last.
+//! Every measure is oriented so that **higher predicts better** by its own rationale (kernel
+//! alignment is measured to rank NAS-Bench-201 in reverse; it is kept as defined). A value
+//! that is not finite (a network with no path from input to output, an overflow) is
+//! *missing*, never a number in a ranking: [`aggregate`] ranks missing values last.
 
 pub mod activation;
 pub mod aggregate;
