@@ -22,13 +22,24 @@ from aggregate_choice import pearson, ranks
 
 
 def kendall(x, y):
-    concordant = discordant = 0
+    """Kendall's tau-b: ties in either ranking (a missing value ties with another missing one)
+    count against the denominator, as knas's own statistics count them."""
+    concordant = discordant = tied_x = tied_y = 0
     for i in range(len(x)):
         for j in range(i + 1, len(x)):
-            sign = (x[i] - x[j]) * (y[i] - y[j])
-            concordant += sign > 0
-            discordant += sign < 0
-    return (concordant - discordant) / (concordant + discordant)
+            same_x, same_y = x[i] == x[j], y[i] == y[j]
+            if same_x and same_y:
+                continue
+            if same_x:
+                tied_x += 1
+            elif same_y:
+                tied_y += 1
+            elif (x[i] > x[j]) == (y[i] > y[j]):
+                concordant += 1
+            else:
+                discordant += 1
+    pairs = concordant + discordant
+    return (concordant - discordant) / math.sqrt((pairs + tied_x) * (pairs + tied_y))
 
 
 def main() -> int:
@@ -52,16 +63,19 @@ def main() -> int:
     print(f"{len(rows)} architectures")
     print("| field | Spearman rho | missing |")
     print("|---|---|---|")
+    # Missing values rank lowest (as knas ranks them).
+    def column(field):
+        return [r.get(field) if r.get(field) is not None else -math.inf for r in rows]
+
     for field in fields:
-        column = [r.get(field) if r.get(field) is not None else -math.inf for r in rows]
         missing = sum(r.get(field) is None for r in rows)
-        print(f"| {field} | {pearson(ranks(column), ranks(truth)):.3f} | {missing} |")
-    first = fields[0]
+        print(f"| {field} | {pearson(ranks(column(field)), ranks(truth)):.3f} | {missing} |")
+    first = column(fields[0])
     sample = random.Random(0).sample(range(len(rows)), min(args.kendall_sample, len(rows)))
-    tau = kendall([rows[i][first] for i in sample], [truth[i] for i in sample])
-    print(f"Kendall tau of {first} on {len(sample)} of them: {tau:.3f}")
-    best = sorted(range(len(rows)), key=lambda i: -(rows[i][first] if rows[i][first] is not None else -math.inf))
-    print(f"table accuracy of the 10 best by {first}: {', '.join(f'{truth[i]:.2f}' for i in best[:10])}")
+    tau = kendall([first[i] for i in sample], [truth[i] for i in sample])
+    print(f"Kendall tau of {fields[0]} on {len(sample)} of them: {tau:.3f}")
+    best = sorted(range(len(rows)), key=lambda i: -first[i])
+    print(f"table accuracy of the 10 best by {fields[0]}: {', '.join(f'{truth[i]:.2f}' for i in best[:10])}")
     return 0
 
 
