@@ -157,21 +157,9 @@ impl Search {
     /// Starts run `name`, or resumes it if the store has it: a fresh instance of `module`
     /// is initialised and fed the run's history. A resumed run must have been started with
     /// the same experiment and search settings; `spec.limits` (operational, not part of a
-    /// run's identity) apply to the instances this process creates.
+    /// run's identity) apply to the instances this process creates. `observer` is told of
+    /// the policy calls this makes (instantiating, `init`, a resumed run's restore or replay).
     pub fn start(
-        store: &RunStore,
-        runtime: &PolicyRuntime,
-        module: &PolicyModule,
-        name: &str,
-        experiment: &crate::run::Experiment,
-        spec: &SearchSpec,
-    ) -> Result<Search, SearchError> {
-        Search::start_observed(store, runtime, module, name, experiment, spec, &mut ())
-    }
-
-    /// As [`Search::start`], telling `observer` of the policy calls it makes (instantiating,
-    /// `init`, and a resumed run's restore or replay).
-    pub fn start_observed(
         store: &RunStore,
         runtime: &PolicyRuntime,
         module: &PolicyModule,
@@ -1056,7 +1044,7 @@ mod tests {
             let mut engine = Engine::new(&experiment, tch::Device::Cpu).unwrap();
             engine.set_workers(workers);
             anchor(&mut engine, &store, &mut |_, _| {}).unwrap();
-            let mut search = Search::start(&store, &runtime, &module, "r", &experiment, &spec).unwrap();
+            let mut search = Search::start(&store, &runtime, &module, "r", &experiment, &spec, &mut ()).unwrap();
             let mut steps = Vec::new();
             match stop_after {
                 Some(stop_after) => {

@@ -455,7 +455,7 @@ fn a_failing_policy_leaves_the_host_and_other_runs_intact() {
 
     let hostile = runtime.load_file(&policy("hostile")).unwrap();
     let trap_late = json!({"act": "trap", "at": "observe"});
-    let mut bad = Search::start(&store, &runtime, &hostile, "bad", &experiment, &settings.spec(trap_late, PolicyLimits::default())).unwrap();
+    let mut bad = Search::start(&store, &runtime, &hostile, "bad", &experiment, &settings.spec(trap_late, PolicyLimits::default()), &mut ()).unwrap();
     let error = loop {
         match bad.step(&engine, &store, &mut ()) {
             Ok(Step::Continue) => {}
@@ -467,7 +467,7 @@ fn a_failing_policy_leaves_the_host_and_other_runs_intact() {
     bad.fail(&store, &error).unwrap();
 
     let good = runtime.load_file(&policy("random")).unwrap();
-    let mut ok = Search::start(&store, &runtime, &good, "good", &experiment, &settings.spec(json!({}), PolicyLimits::default())).unwrap();
+    let mut ok = Search::start(&store, &runtime, &good, "good", &experiment, &settings.spec(json!({}), PolicyLimits::default()), &mut ()).unwrap();
     while ok.step(&engine, &store, &mut ()).unwrap() == Step::Continue {}
 
     let bad_run = store.run("bad").unwrap().unwrap();
@@ -521,7 +521,7 @@ fn long_histories_replay_in_chunks_and_checkpoints_shorten_restarts() {
         let m = NewEvaluation { score: Some(-(i as f64) / 1e4), params: Some(1000), flops: Some(1000), seconds: 0.0, ..NewEvaluation::default() };
         store.record(run.id, &Candidate::from(*arch), Fidelity::Score, "old@0", &m).unwrap();
     }
-    let mut search = Search::start(&store, &runtime, &module, "long", &experiment, &spec).unwrap();
+    let mut search = Search::start(&store, &runtime, &module, "long", &experiment, &spec, &mut ()).unwrap();
     let (calls, _) = search.policy_calls();
     let chunks = 10_000usize.div_ceil(knas::search::REPLAY_CHUNK) as u64;
     assert!(calls >= chunks, "the history went in {calls} calls");
@@ -532,7 +532,7 @@ fn long_histories_replay_in_chunks_and_checkpoints_shorten_restarts() {
     assert!(!state.is_empty());
     drop(search);
     // The restart restores the checkpoint and replays nothing.
-    let search = Search::start(&store, &runtime, &module, "long", &experiment, &spec).unwrap();
+    let search = Search::start(&store, &runtime, &module, "long", &experiment, &spec, &mut ()).unwrap();
     let (calls, _) = search.policy_calls();
     assert!(calls <= 3, "init and restore, no replay: {calls} calls");
 }
@@ -557,12 +557,12 @@ fn a_checkpoint_that_cannot_be_restored_falls_back_to_replaying_the_history() {
         let m = NewEvaluation { score: Some(i as f64), seconds: 0.0, ..NewEvaluation::default() };
         store.record(run.id, &Candidate::from(*arch), Fidelity::Score, "old@0", &m).unwrap();
     }
-    let mut search = Search::start(&store, &runtime, &module, "restored", &experiment, &spec).unwrap();
+    let mut search = Search::start(&store, &runtime, &module, "restored", &experiment, &spec, &mut ()).unwrap();
     search.step(&engine, &store, &mut ()).unwrap();
     assert!(store.checkpoint(run.id).unwrap().is_some(), "the policy keeps a checkpoint");
     drop(search);
 
-    let mut search = Search::start(&store, &runtime, &module, "restored", &experiment, &spec).expect("the history is replayed instead");
+    let mut search = Search::start(&store, &runtime, &module, "restored", &experiment, &spec, &mut ()).expect("the history is replayed instead");
     search.step(&engine, &store, &mut ()).unwrap();
     assert_eq!(store.evaluations(run.id).unwrap().len(), 302, "every result kept, one more recorded");
 }
@@ -594,7 +594,7 @@ fn an_interrupted_batch_keeps_the_scores_measured_ahead() {
     let raw = |op: u32, train: bool| json!({"ops": [[op], [3], [3], [op], [3], [3]], "train": train, "epochs": 3});
     let params = json!({"act": "propose", "candidates": [raw(1, true), raw(2, false), raw(3, false)]});
     let spec = SearchSettings { score_budget: 10, top_k: 1, max_batch: 4 }.spec(params, PolicyLimits::default());
-    let mut search = Search::start(&store, &runtime, &module, "stopped", &experiment, &spec).unwrap();
+    let mut search = Search::start(&store, &runtime, &module, "stopped", &experiment, &spec, &mut ()).unwrap();
     let error = search.step(&engine, &store, &mut StopInTraining::default()).unwrap_err();
     assert!(matches!(error, SearchError::Interrupted), "{error}");
     let recorded = store.evaluations(search.run().id).unwrap();

@@ -330,7 +330,7 @@ pub(super) fn execute(
     bar.finish_and_clear();
 
     let start = Instant::now();
-    let mut search = Search::start(store, runtime, module, name, experiment, spec)?;
+    let mut search = Search::start(store, runtime, module, name, experiment, spec, &mut ())?;
     if let Some(table) = table {
         search.annotate_with(store, table)?;
     }

@@ -188,7 +188,7 @@ impl Suggester {
                 search
             }
             _ => {
-                let mut search = Search::start(&self.store, &self.runtime, &module, &run, &plan.experiment, &spec).map_err(|e| match e {
+                let mut search = Search::start(&self.store, &self.runtime, &module, &run, &plan.experiment, &spec, &mut ()).map_err(|e| match e {
                     crate::search::SearchError::Store(crate::store::StoreError::Mismatch { what, .. }) => SuggestError::Failed(format!(
                         "experiment {} was first suggested with another {what} (run {run} in the store): its parameters and algorithm settings cannot change, and maxTrialCount can only grow",
                         plan.name

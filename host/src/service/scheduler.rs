@@ -217,15 +217,21 @@ impl Scheduler {
         self.metrics.policy_loads.with_label_values(&[name, "loaded"]).inc();
         self.metrics.policy_errors.with_label_values(&[name, error.cause()]).inc();
         if error.repeats() {
-            if let Err(store_error) = self.store.cache(&failed_by_key(name), &label) {
-                tracing::error!(run = name, "cannot record which module failed the run: {store_error}");
-            }
+            self.remember_failed_by(name, &label);
         }
         self.with_status(|s| {
             s.policies.insert(name.to_owned(), PolicyFile { path, state: "failed", module: Some(label), error: Some(error.to_string()) });
         });
         self.free_engines();
         self.refresh_run_counts();
+    }
+
+    /// Records that module `label` failed run `name` in a way it would repeat: the run then
+    /// waits for a different file instead of failing again on every restart.
+    fn remember_failed_by(&self, name: &str, label: &str) {
+        if let Err(store_error) = self.store.cache(&failed_by_key(name), label) {
+            tracing::error!(run = name, "cannot record which module failed the run: {store_error}");
+        }
     }
 
     fn reject(&mut self, name: &str, path: PathBuf, error: &PolicyError) {
@@ -309,7 +315,7 @@ impl Scheduler {
                 }
             }
             let mut observer = self.metrics.for_run(name);
-            let started = Search::start_observed(&self.store, &self.runtime, &module, name, &experiment, &spec, &mut observer).and_then(|mut search| {
+            let started = Search::start(&self.store, &self.runtime, &module, name, &experiment, &spec, &mut observer).and_then(|mut search| {
                 if let Some(table) = &self.table {
                     search.annotate_with(&self.store, table.clone())?;
                 }
@@ -400,9 +406,7 @@ impl Scheduler {
             self.metrics.policy_errors.with_label_values(&[name, policy_error.cause()]).inc();
             let label = self.runs.get(name).map(|(search, _)| search.policy_label().to_owned());
             if let (true, Some(label)) = (policy_error.repeats(), label.or_else(|| self.store.run(name).ok().flatten().map(|r| r.policy))) {
-                if let Err(store_error) = self.store.cache(&failed_by_key(name), &label) {
-                    tracing::error!(run = name, "cannot record which module failed the run: {store_error}");
-                }
+                self.remember_failed_by(name, &label);
             }
         }
         if let Some((mut search, _)) = self.runs.remove(name) {
