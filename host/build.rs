@@ -18,8 +18,9 @@ fn main() {
     builtin_policy();
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
-        return;
+        panic!("torch-sys did not say where libtorch is (DEP_TCH_LIBTORCH_LIB): run scripts/setup.sh");
     };
+    cuda_stream_shim(Path::new(&lib));
     let target = std::env::var("TARGET").unwrap_or_default();
     if target.contains("apple") || target.contains("linux") {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
@@ -29,6 +30,27 @@ fn main() {
         println!("cargo:rustc-link-arg=-ltorch_cuda");
         println!("cargo:rustc-link-arg=-Wl,--pop-state");
     }
+}
+
+/// `measures/cuda_stream.cpp`, compiled against libtorch's headers with the C++ standard
+/// and string ABI torch-sys compiles its own glue with (the ABI must match libtorch's).
+fn cuda_stream_shim(lib: &Path) {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/measures/cuda_stream.cpp");
+    println!("cargo:rerun-if-changed={}", source.display());
+    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    println!("cargo:rerun-if-env-changed=LIBTORCH_INCLUDE");
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".to_string());
+    // torch-sys's own rule: headers under $LIBTORCH_INCLUDE when set, else beside lib/.
+    let root = std::env::var_os("LIBTORCH_INCLUDE").map(PathBuf::from).unwrap_or_else(|| lib.parent().unwrap_or(lib).to_path_buf());
+    let include = root.join("include");
+    cc::Build::new()
+        .cpp(true)
+        .file(&source)
+        .include(&include)
+        .flag("-std=c++17")
+        .define("_GLIBCXX_USE_CXX11_ABI", abi.as_str())
+        .warnings(false)
+        .compile("knas_cuda_stream");
 }
 
 /// `KNAS_CONTRACT_VERSION`: the package version in `sdk/wit/policy.wit`.

@@ -30,11 +30,12 @@ installed_torch() {
 
 if [ "$(installed_torch || true)" != "$TORCH_VERSION" ]; then
   say "installing libtorch: torch==$TORCH_VERSION from PyPI into .venv (a few GB, about a minute)"
+  # --no-cache-dir: pip would otherwise keep another copy of the wheels (gigabytes) in ~/.cache.
   # A venv without pip (left by a failed `python3 -m venv`) is made again.
   if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
     python3 -m venv --clear .venv || die "python3 -m venv failed: install the venv module (apt-get install python3-venv), then rerun."
   fi
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check --progress-bar off "torch==$TORCH_VERSION" \
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-cache-dir --progress-bar off "torch==$TORCH_VERSION" \
     || die "pip could not install torch==$TORCH_VERSION (needs access to PyPI)."
 fi
 

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo bench -p knas --bench throughput -- [--archs 20] [--threads 2] [--memory-archs 3000]
-//!     [--workers 1,2,4,8 --parallel-archs 200] [--device cuda]
+//!     [--workers 1,2,4,8 --parallel-archs 200 [--shared-stream-too]] [--device cuda]
 //! ```
 //!
 //! Settings match the PyTorch eager reference in `pytorch_reference.py`: C=16, N=5,
@@ -48,6 +48,10 @@ struct Args {
     /// flight at once (see `knas::measures::pool`); empty skips.
     #[arg(long, value_delimiter = ',')]
     workers: Vec<usize>,
+    /// Also time each worker count with every worker on the device's default stream
+    /// (`knas::measures::pool::set_own_cuda_streams(false)`), for comparison.
+    #[arg(long)]
+    shared_stream_too: bool,
     /// Architectures measured for each worker count.
     #[arg(long, default_value_t = 200)]
     parallel_archs: usize,
@@ -212,7 +216,9 @@ fn parallel(suite: &Suite, args: &Args) {
     let measures = AggregateSpec::default().measures();
     let candidates: Vec<Candidate> = (0..args.parallel_archs).map(|i| arch(i).into()).collect();
     let mut first: Option<Vec<Vec<Option<u64>>>> = None;
-    for &workers in &args.workers {
+    let streams = if args.shared_stream_too { vec![true, false] } else { vec![true] };
+    for (&workers, own_streams) in args.workers.iter().flat_map(|w| streams.iter().map(move |s| (w, *s))) {
+        knas::measures::pool::set_own_cuda_streams(own_streams);
         let start = Instant::now();
         let mut values = Vec::with_capacity(candidates.len());
         knas::measures::pool::measure_in_order::<knas::measures::MeasureError>(suite, &candidates, &measures, workers, &mut |_, m| {
@@ -231,7 +237,7 @@ fn parallel(suite: &Suite, args: &Args) {
             "{}",
             json!({
                 "benchmark": "parallel", "set": "aggregate", "device": args.device, "threads": args.threads, "workers": workers,
-                "archs": candidates.len(), "seconds": seconds, "archs_per_second": candidates.len() as f64 / seconds,
+                "own_cuda_streams": own_streams, "archs": candidates.len(), "seconds": seconds, "archs_per_second": candidates.len() as f64 / seconds,
                 "identical_to_first": identical, "largest_relative_difference": difference, "first_workers": args.workers[0],
             })
         );

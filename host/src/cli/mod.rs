@@ -307,7 +307,7 @@ pub struct ComputeArgs {
     /// Architectures measured at once, each on its own thread, when a command measures
     /// many (`score`, `correlate`, an aggregate's reference sample, the new scores of one
     /// proposal in `select` and `search`). 0: one on
-    /// a CPU (libtorch's threads already share the cores), 4 on a GPU. Values do not
+    /// a CPU (libtorch's threads already share the cores), 8 on a GPU. Values do not
     /// depend on it (on a GPU, beyond the last-bit noise CUDA has from run to run); each
     /// architecture's `seconds` is then its wall time while the others run.
     #[arg(long, default_value_t = 0, value_name = "N")]

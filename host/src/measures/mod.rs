@@ -21,6 +21,7 @@
 
 pub mod activation;
 pub mod aggregate;
+mod cuda_stream;
 pub mod features;
 pub mod jacobian;
 pub mod kernel;

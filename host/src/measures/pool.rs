@@ -9,7 +9,9 @@
 //! Every worker measures with its own replica of the suite (the same batch, seed and
 //! random signs), so on a CPU an architecture's values depend neither on which worker
 //! measured it nor on how many there were (bit for bit, tested); on a GPU they differ in
-//! the last bit at most, as two one-worker CUDA runs already do. Results are handed on in
+//! the last bit at most, as two one-worker CUDA runs already do. On a GPU each worker
+//! launches on a CUDA stream of its own (`cuda_stream.rs`): on the shared default
+//! stream the GPU would run the kernels of all architectures one after another. Results are handed on in
 //! the candidates' order. A panic on a worker is caught and handed on, in its turn, as
 //! that architecture's error, so the caller sees it instead of waiting on a result that
 //! would never come.
@@ -17,6 +19,8 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
+
+use tch::Device;
 
 use super::{Measure, MeasureError, Measured, Suite};
 use crate::space::Candidate;
@@ -55,6 +59,7 @@ pub fn measure_in_order<E>(
             let sender = sender.clone();
             let (next, stop) = (&next, &stop);
             scope.spawn(move || {
+                own_cuda_stream(&replica);
                 while !stop.load(Ordering::Relaxed) {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(candidate) = candidates.get(i) else { break };
@@ -82,6 +87,35 @@ pub fn measure_in_order<E>(
         }
         Ok(())
     })
+}
+
+/// Whether workers on a GPU launch on streams of their own (the default). Only a benchmark
+/// comparing the two has reason to turn it off (`set_own_cuda_streams`).
+static OWN_CUDA_STREAMS: AtomicBool = AtomicBool::new(true);
+
+/// Workers started from now on launch on streams of their own (`true`, the default) or all
+/// on the device's default stream (`false`, as knas did before it had streams): for
+/// benchmarks that measure what the streams are worth on the same machine.
+pub fn set_own_cuda_streams(own: bool) {
+    OWN_CUDA_STREAMS.store(own, Ordering::Relaxed);
+}
+
+/// On a GPU, moves this worker's kernels off the default stream onto one of its own, so
+/// that the GPU can run the small kernels of several architectures side by side instead of
+/// one after another. Without it (an old driver, a refused pool) the worker goes on, on
+/// the shared default stream, where it is only slower: the same kernels compute the same
+/// values either way.
+fn own_cuda_stream(replica: &Suite) {
+    let Device::Cuda(index) = replica.batch().0.device() else { return };
+    if !OWN_CUDA_STREAMS.load(Ordering::Relaxed) {
+        return;
+    }
+    match super::cuda_stream::use_own_stream(index) {
+        // The batch, and the replica's own tensors, were written on the default stream,
+        // which a pool stream does not wait for: wait for everything queued so far once.
+        Ok(()) => tch::Cuda::synchronize(index as i64),
+        Err(reason) => tracing::warn!(%reason, "a measuring worker stays on the default CUDA stream"),
+    }
 }
 
 #[cfg(test)]
