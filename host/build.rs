@@ -18,7 +18,7 @@ fn main() {
     builtin_policy();
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
-        panic!("torch-sys did not say where libtorch is (DEP_TCH_LIBTORCH_LIB): run scripts/setup.sh");
+        panic!("torch-sys did not say where libtorch is (DEP_TCH_LIBTORCH_LIB), so measures/cuda_stream.cpp cannot be compiled against it");
     };
     cuda_stream_shim(Path::new(&lib));
     let target = std::env::var("TARGET").unwrap_or_default();
@@ -39,9 +39,15 @@ fn cuda_stream_shim(lib: &Path) {
     println!("cargo:rerun-if-changed={}", source.display());
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     println!("cargo:rerun-if-env-changed=LIBTORCH_INCLUDE");
+    println!("cargo:rerun-if-env-changed=LIBTORCH");
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".to_string());
-    // torch-sys's own rule: headers under $LIBTORCH_INCLUDE when set, else beside lib/.
-    let root = std::env::var_os("LIBTORCH_INCLUDE").map(PathBuf::from).unwrap_or_else(|| lib.parent().unwrap_or(lib).to_path_buf());
+    // torch-sys's rule: headers under $LIBTORCH_INCLUDE, else under $LIBTORCH (which
+    // .cargo/config.toml sets), else beside lib/ (a libtorch found through Python).
+    let root = ["LIBTORCH_INCLUDE", "LIBTORCH"]
+        .iter()
+        .find_map(std::env::var_os)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| lib.parent().unwrap_or(lib).to_path_buf());
     let include = root.join("include");
     cc::Build::new()
         .cpp(true)

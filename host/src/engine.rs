@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use tch::{Device, Kind};
 
-use crate::data::{Augment, DataError, Normalization, Split, TensorData};
+use crate::data::{Augment, DataError, DatasetSpec, ImageShape, Normalization, Split, TensorData};
 use crate::measures::aggregate::Reference;
 use crate::measures::{Measure, MeasureError, Measured, ScoreChoice, Suite};
 use crate::model::NetworkSpec;
@@ -96,6 +96,28 @@ pub fn default_workers(device: Device) -> usize {
 /// 48.1, 48.2 and 50.7 architectures a second; past 8 more threads buy next to nothing.
 pub const CUDA_WORKERS: usize = 8;
 
+/// Refuses images no network can take before any network is built: each of the two
+/// reduction blocks halves the size with a stride-2 convolution (rounding up) beside a
+/// 2×2 average pool (rounding down), so both sides must be multiples of 4. Otherwise every
+/// score and training would fail alike, naming a tensor size instead of the dataset.
+fn check_image_shapes(dataset: &DatasetSpec, train: ImageShape, heldout: ImageShape) -> Result<(), EngineError> {
+    let (h, w) = (train.height, train.width);
+    if h < 4 || w < 4 || h % 4 != 0 || w % 4 != 0 {
+        return Err(EngineError::Invalid(format!(
+            "dataset {dataset}: its images are {h}×{w} pixels; the networks halve the size twice, so height and width must be multiples of 4"
+        )));
+    }
+    if heldout != train {
+        let size = |s: ImageShape| format!("{}×{}×{}", s.channels, s.height, s.width);
+        return Err(EngineError::Invalid(format!(
+            "dataset {dataset}: its held-out images are {} (channels×height×width), its training images {}",
+            size(heldout),
+            size(train)
+        )));
+    }
+    Ok(())
+}
+
 /// Why the engine could not start or evaluate.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -142,6 +164,7 @@ impl Engine {
         let e = experiment;
         e.validate().map_err(EngineError::Invalid)?;
         let split = Split::load(&e.dataset, e.holdout, e.limit, e.seed)?;
+        check_image_shapes(&e.dataset, split.train.shape, split.heldout.shape)?;
         let norm = Normalization::of(&split.train);
         let train = norm.apply(&split.train, device, Kind::Float);
         let heldout = norm.apply(&split.heldout, device, Kind::Float);
@@ -351,6 +374,39 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn images_no_network_can_take_are_refused_naming_the_dataset() {
+        use crate::data::Holdout;
+        let dir = tempfile::tempdir().unwrap();
+        let write = |part: &str, n: u32, side: u32| {
+            let pixels = vec![7u8; (n * side * side) as usize];
+            std::fs::write(dir.path().join(format!("{part}-images-idx3-ubyte")), crate::data::encode_idx(&[n, side, side], &pixels)).unwrap();
+            let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
+            std::fs::write(dir.path().join(format!("{part}-labels-idx1-ubyte")), crate::data::encode_idx(&[n], &labels)).unwrap();
+        };
+        let experiment = |holdout| Experiment {
+            dataset: DatasetSpec::Mnist(dir.path().to_owned()),
+            holdout,
+            channels: 2,
+            cells: 1,
+            score: ScoreChoice::Measure(Measure::Params),
+            ..Experiment::default()
+        };
+        let folder = dir.path().display().to_string();
+        write("train", 20, 30);
+        let err = Engine::new(&experiment(Holdout::Fraction(0.5)), Device::Cpu).err().unwrap().to_string();
+        assert!(err.contains(&folder) && err.contains("30×30 pixels") && err.contains("multiples of 4"), "{err}");
+        write("train", 20, 0);
+        let err = Engine::new(&experiment(Holdout::Fraction(0.5)), Device::Cpu).err().unwrap().to_string();
+        assert!(err.contains("train-images-idx3-ubyte") && err.contains("images of 0×0 pixels"), "{err}");
+        write("train", 20, 8);
+        write("t10k", 10, 12);
+        let err = Engine::new(&experiment(Holdout::Official), Device::Cpu).err().unwrap().to_string();
+        assert!(err.contains("held-out images are 1×12×12") && err.contains("training images 1×8×8"), "{err}");
+        write("t10k", 10, 8);
+        assert!(Engine::new(&experiment(Holdout::Official), Device::Cpu).is_ok());
+    }
 
     #[test]
     fn device_choices_parse() {

@@ -27,9 +27,9 @@ pub struct Experiment {
     /// also holds out at most [`crate::data::LIMITED_HELDOUT`] images of a held-out
     /// fraction.
     pub limit: Option<usize>,
-    /// Channels of the first stage, C.
+    /// Channels of the first stage, C (1 to [`MAX_CHANNELS`]).
     pub channels: i64,
-    /// Cells per stage, N.
+    /// Cells per stage, N (0 to [`MAX_CELLS`]).
     pub cells: i64,
     /// Images in the scoring batch every measure reads.
     pub score_batch: usize,
@@ -96,6 +96,12 @@ impl Experiment {
         }
         if self.cells < 0 {
             return Err(format!("cells must not be negative, got {}", self.cells));
+        }
+        // Far beyond any network worth searching, and small enough that building one can
+        // neither overflow a tensor size nor take forever.
+        let most = [("channels", self.channels, MAX_CHANNELS), ("cells", self.cells, MAX_CELLS)];
+        if let Some((key, value, most)) = most.iter().find(|(_, value, most)| value > most) {
+            return Err(format!("{key} must be at most {most}, got {value}"));
         }
         if self.limit == Some(0) {
             return Err("limit must be at least 1 training image".into());
@@ -299,13 +305,20 @@ impl PolicyLimits {
 pub struct SearchSpec {
     pub budget: Budget,
     pub max_batch: u32,
-    /// The most epochs one training may ask for.
+    /// The most epochs one training may ask for; a search raises it to the experiment's
+    /// own epochs when those are more, so the default can always be asked for.
     #[serde(default = "default_max_epochs")]
     pub max_epochs: u32,
     /// The policy's parameters (a JSON object).
     pub params: serde_json::Value,
     pub limits: PolicyLimits,
 }
+
+/// The most channels (C) an experiment may ask for.
+pub const MAX_CHANNELS: i64 = 4096;
+
+/// The most cells per stage (N) an experiment may ask for.
+pub const MAX_CELLS: i64 = 64;
 
 /// Epochs one training may ask for at most, by default.
 pub const DEFAULT_MAX_EPOCHS: u32 = 10;

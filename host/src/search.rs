@@ -302,8 +302,16 @@ impl Search {
             score: e.score.to_string(),
             measures: e.score_measures().into_iter().map(|measure| OfferedMeasure { measure, weight: e.score_weight(measure) }).collect(),
             epochs: u32::try_from(e.train.epochs).unwrap_or(u32::MAX),
-            max_epochs: self.run.search.max_epochs,
+            max_epochs: self.max_epochs(),
         }
+    }
+
+    /// The most epochs a training may ask for: the run's `max-epochs`, raised to the
+    /// experiment's own epochs when those are more, so that asking for the default is
+    /// always allowed (the contract promises `epochs <= max-epochs`).
+    fn max_epochs(&self) -> u32 {
+        let epochs = u32::try_from(self.run.experiment.train.epochs).unwrap_or(u32::MAX);
+        self.run.search.max_epochs.max(epochs)
     }
 
     /// The run as it was when this search started.
@@ -432,7 +440,7 @@ impl Search {
                     pending = Some(Pending::Done);
                     break;
                 }
-                RawProposal::Evaluate(raw) => validate(&raw, self.run.search.max_batch, self.run.search.max_epochs)
+                RawProposal::Evaluate(raw) => validate(&raw, self.run.search.max_batch, self.max_epochs())
                     .map_err(|problem| PolicyError::InvalidProposal { policy: instance.label().to_owned(), problem })?,
             };
             let answers: Option<Vec<EvaluationRecord>> =
@@ -570,7 +578,7 @@ impl Search {
             None => match timed(observer, "propose", || instance.propose(remaining))? {
                 RawProposal::Done => return self.finish(store, Finish::PolicyDone),
                 RawProposal::Evaluate(raw) => (
-                    validate(&raw, self.run.search.max_batch, self.run.search.max_epochs)
+                    validate(&raw, self.run.search.max_batch, self.max_epochs())
                         .map_err(|problem| PolicyError::InvalidProposal { policy: label.clone(), problem })?,
                     true,
                 ),
@@ -1012,6 +1020,26 @@ mod tests {
         assert_eq!(serde_json::to_value(&board).unwrap(), serde_json::to_value(&every).unwrap());
         assert_eq!(every.trained.len(), 4);
         assert!(picked.len() <= TOP_SCORES + 2 * 4, "{} of 64 rows read", picked.len());
+    }
+
+    #[test]
+    fn a_policy_may_always_ask_for_the_experiments_own_epochs() {
+        let runtime = PolicyRuntime::new().unwrap();
+        let module = crate::policy::builtin::load(&runtime, "random").unwrap().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = RunStore::open(&dir.path().join("runs.db")).unwrap();
+        let spec = crate::config::SearchSettings { score_budget: 10, top_k: 1, max_batch: 16 }.spec(serde_json::json!({}), PolicyLimits::default());
+        assert_eq!(spec.max_epochs, crate::run::DEFAULT_MAX_EPOCHS);
+        let mut experiment = Experiment::default();
+        for (epochs, max_epochs) in [(1, crate::run::DEFAULT_MAX_EPOCHS), (20, 20)] {
+            experiment.train.epochs = epochs as usize;
+            let search = Search::start(&store, &runtime, &module, &format!("e{epochs}"), &experiment, &spec, &mut ()).unwrap();
+            let settings = search.settings();
+            assert_eq!((settings.epochs, settings.max_epochs), (epochs, max_epochs));
+            let ops = vec![vec![3], vec![1], vec![0], vec![2], vec![4], vec![3]];
+            let asked = crate::policy::RawCandidate { ops, fidelity: Fidelity::Train, epochs: Some(epochs) };
+            assert!(validate(&[asked], spec.max_batch, search.max_epochs()).is_ok(), "{epochs} epochs");
+        }
     }
 
     /// Counts what it sees and asks to stop after `stop_after` evaluations.

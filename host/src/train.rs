@@ -34,12 +34,19 @@ impl Default for TrainConfig {
     }
 }
 
+/// The most epochs a training may run.
+pub const MAX_EPOCHS: usize = 10_000;
+
 impl TrainConfig {
     /// Checks the settings; the message starts with the offending key.
     pub fn validate(&self) -> Result<(), String> {
         if self.epochs == 0 || self.batch_size == 0 {
             let key = if self.epochs == 0 { "epochs" } else { "batch-size" };
             return Err(format!("{key} must be at least 1, got 0"));
+        }
+        // Keeps the step count (epochs × steps per epoch) far from overflowing.
+        if self.epochs > MAX_EPOCHS {
+            return Err(format!("epochs must be at most {MAX_EPOCHS}, got {}", self.epochs));
         }
         let ranges = [
             ("learning-rate", self.learning_rate, self.learning_rate > 0.0),
@@ -122,8 +129,9 @@ impl Trainer<'_> {
             vs.set_kind(self.train.images.kind());
         }
         let c = &self.config;
-        let mut opt =
-            nn::Sgd { momentum: c.momentum, dampening: 0.0, wd: c.weight_decay, nesterov: true }.build(&vs, c.learning_rate)?;
+        // Nesterov momentum needs some momentum (libtorch refuses it at 0): plain SGD then.
+        let nesterov = c.momentum > 0.0;
+        let mut opt = nn::Sgd { momentum: c.momentum, dampening: 0.0, wd: c.weight_decay, nesterov }.build(&vs, c.learning_rate)?;
         let mut rng = ChaCha8Rng::seed_from_u64(train_seed);
         let batch = c.batch_size.max(1);
         let steps_per_epoch = n.div_ceil(batch);
@@ -278,6 +286,10 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, TrainError::Cancelled(5, 60)), "{err}");
         assert_eq!(done, 5);
+        // Momentum 0, which the settings allow, is plain SGD (libtorch refuses Nesterov's).
+        let plain = Trainer { config: TrainConfig { epochs: 1, batch_size: 50, momentum: 0.0, ..TrainConfig::default() }, ..trainer };
+        let result = plain.run(&arch, 0, 0, &mut |_, _| {}, &|| false).unwrap();
+        assert!(result.heldout_accuracy > 0.1, "{result:?}");
     }
 
     #[test]

@@ -175,10 +175,10 @@ struct SetupArgs {
     /// images used are read into memory
     #[arg(long)]
     limit: Option<usize>,
-    /// Channels of the first stage, C; the later stages have 2C and 4C [default: 16]
+    /// Channels of the first stage, C (at most 4096); the later stages have 2C and 4C [default: 16]
     #[arg(long)]
     channels: Option<i64>,
-    /// Cells per stage, N [default: 5]
+    /// Cells per stage, N (at most 64) [default: 5]
     #[arg(long)]
     cells: Option<i64>,
     /// Seed for the data split, the scoring batch, network initialisation and policies
@@ -210,7 +210,7 @@ struct ScoringArgs {
 #[derive(Debug, Args, Clone, Default)]
 #[command(next_help_heading = "Training")]
 struct TrainingArgs {
-    /// Training epochs for finalists [default: 1]
+    /// Training epochs for finalists (at most 10,000) [default: 1]
     #[arg(long)]
     epochs: Option<usize>,
     /// Training mini-batch size [default: 64]

@@ -171,6 +171,9 @@ fn read_header(stream: &mut Stream) -> Result<(usize, Vec<usize>), DataError> {
     let mut prefix = [0u8; 16];
     let got = stream.fill(&mut prefix)?;
     let (size, dims, len) = header(&prefix[..got], 3, &stream.path)?;
+    if dims[1] == 0 || dims[2] == 0 {
+        return Err(DataError::corrupt(&stream.path, format!("header {dims:?} describes images of {}×{} pixels", dims[1], dims[2])));
+    }
     let file_len = std::fs::metadata(&stream.path).map_err(|source| DataError::Io { path: stream.path.clone(), source })?.len();
     if stream.gzipped {
         if len as u64 > file_len.saturating_mul(MAX_GZIP_RATIO) {

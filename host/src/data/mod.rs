@@ -7,6 +7,8 @@ mod cifar;
 #[cfg(test)]
 mod fuzz;
 mod idx;
+#[cfg(test)]
+pub(crate) use idx::encode as encode_idx;
 mod mnist_csv;
 
 use std::fmt;

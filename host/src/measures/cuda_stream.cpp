@@ -12,27 +12,70 @@
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 
 #include <cstddef>
+#include <stdexcept>
 #include <cstdio>
 #include <exception>
+#include <map>
+#include <mutex>
+#include <utility>
 
-// Returns 0 when the thread's current stream on CUDA device `device_index` is now one of
-// libtorch's pool streams; otherwise 1, with the reason in `message` (NUL-terminated,
-// truncated to `capacity`). Never lets a C++ exception cross into Rust.
-extern "C" int knas_use_pool_cuda_stream(int device_index, char* message, std::size_t capacity) {
+namespace {
+
+const c10::impl::DeviceGuardImplInterface* cuda_guard() {
+  if (!c10::impl::hasDeviceGuardImpl(c10::DeviceType::CUDA)) {
+    throw std::runtime_error("this libtorch has no CUDA backend");
+  }
+  return c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA);
+}
+
+// The pool stream of each (device, worker slot), taken once. libtorch hands its pool's
+// streams out in rotation; taking a new one for every worker thread of every batch would
+// spread a long run over all of them, and the caching allocator and cuBLAS keep memory
+// per stream. With this, worker i always launches on the same stream.
+c10::Stream slot_stream(const c10::impl::DeviceGuardImplInterface* cuda, c10::Device device, int slot) {
+  static std::mutex lock;
+  static std::map<std::pair<int, int>, c10::Stream> streams;
+  const std::lock_guard<std::mutex> guard(lock);
+  const auto key = std::make_pair(static_cast<int>(device.index()), slot);
+  auto found = streams.find(key);
+  if (found == streams.end()) {
+    found = streams.emplace(key, cuda->getStreamFromGlobalPool(device, /*isHighPriority=*/false)).first;
+  }
+  return found->second;
+}
+
+template <typename F>
+int guarded(char* message, std::size_t capacity, F&& body) {
   try {
-    if (!c10::impl::hasDeviceGuardImpl(c10::DeviceType::CUDA)) {
-      std::snprintf(message, capacity, "this libtorch has no CUDA backend");
-      return 1;
-    }
-    const auto* cuda = c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA);
-    const c10::Device device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(device_index));
-    cuda->exchangeStream(cuda->getStreamFromGlobalPool(device, /*isHighPriority=*/false));
+    body();
     return 0;
   } catch (const std::exception& e) {
     std::snprintf(message, capacity, "%s", e.what());
-    return 1;
   } catch (...) {
     std::snprintf(message, capacity, "an unknown C++ exception");
-    return 1;
   }
+  return 1;
+}
+
+}  // namespace
+
+// Makes the pool stream of worker `slot` the calling thread's current stream on CUDA device
+// `device_index`. Returns 0, or 1 with the reason in `message` (NUL-terminated, truncated
+// to `capacity`). Never lets a C++ exception cross into Rust.
+extern "C" int knas_use_pool_cuda_stream(int device_index, int slot, char* message, std::size_t capacity) {
+  return guarded(message, capacity, [&] {
+    const auto* cuda = cuda_guard();
+    const c10::Device device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(device_index));
+    cuda->exchangeStream(slot_stream(cuda, device, slot));
+  });
+}
+
+// Sets `*is_default` to whether the calling thread's current stream on the device is the
+// device's default stream (for tests). Returns as above.
+extern "C" int knas_on_default_cuda_stream(int device_index, int* is_default, char* message, std::size_t capacity) {
+  return guarded(message, capacity, [&] {
+    const auto* cuda = cuda_guard();
+    const c10::Device device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(device_index));
+    *is_default = cuda->getStream(device) == cuda->getDefaultStream(device) ? 1 : 0;
+  });
 }

@@ -53,13 +53,18 @@ pub fn measure_in_order<E>(
     let next = AtomicUsize::new(1);
     let stop = AtomicBool::new(false);
     let (sender, results) = mpsc::channel();
+    // The batch was written on the default stream, which the workers' streams do not wait
+    // for: everything queued so far finishes first.
+    if let Device::Cuda(index) = suite.batch().0.device() {
+        tch::Cuda::synchronize(index as i64);
+    }
     std::thread::scope(|scope| {
-        for _ in 0..workers {
+        for slot in 0..workers {
             let replica = suite.replica();
             let sender = sender.clone();
             let (next, stop) = (&next, &stop);
             scope.spawn(move || {
-                own_cuda_stream(&replica);
+                own_cuda_stream(&replica, slot);
                 while !stop.load(Ordering::Relaxed) {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(candidate) = candidates.get(i) else { break };
@@ -100,21 +105,19 @@ pub fn set_own_cuda_streams(own: bool) {
     OWN_CUDA_STREAMS.store(own, Ordering::Relaxed);
 }
 
-/// On a GPU, moves this worker's kernels off the default stream onto one of its own, so
+/// On a GPU, moves this worker's kernels off the default stream onto the stream of its
+/// slot (the same one in every batch: libtorch keeps memory per stream), so
 /// that the GPU can run the small kernels of several architectures side by side instead of
 /// one after another. Without it (an old driver, a refused pool) the worker goes on, on
 /// the shared default stream, where it is only slower: the same kernels compute the same
 /// values either way.
-fn own_cuda_stream(replica: &Suite) {
+fn own_cuda_stream(replica: &Suite, slot: usize) {
     let Device::Cuda(index) = replica.batch().0.device() else { return };
     if !OWN_CUDA_STREAMS.load(Ordering::Relaxed) {
         return;
     }
-    match super::cuda_stream::use_own_stream(index) {
-        // The batch, and the replica's own tensors, were written on the default stream,
-        // which a pool stream does not wait for: wait for everything queued so far once.
-        Ok(()) => tch::Cuda::synchronize(index as i64),
-        Err(reason) => tracing::warn!(%reason, "a measuring worker stays on the default CUDA stream"),
+    if let Err(reason) = super::cuda_stream::use_own_stream(index, slot) {
+        tracing::warn!(%reason, "a measuring worker stays on the default CUDA stream");
     }
 }
 
