@@ -40,14 +40,17 @@ fn cuda_stream_shim(lib: &Path) {
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     println!("cargo:rerun-if-env-changed=LIBTORCH_INCLUDE");
     println!("cargo:rerun-if-env-changed=LIBTORCH");
+    println!("cargo:rerun-if-env-changed=LIBTORCH_USE_PYTORCH");
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".to_string());
-    // torch-sys's rule: headers under $LIBTORCH_INCLUDE, else under $LIBTORCH (which
-    // .cargo/config.toml sets), else beside lib/ (a libtorch found through Python).
-    let root = ["LIBTORCH_INCLUDE", "LIBTORCH"]
-        .iter()
-        .find_map(std::env::var_os)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| lib.parent().unwrap_or(lib).to_path_buf());
+    // torch-sys's rule: with LIBTORCH_USE_PYTORCH, Python's torch, whose headers are beside
+    // lib/; otherwise headers under $LIBTORCH_INCLUDE, else under $LIBTORCH (which
+    // .cargo/config.toml sets), else beside lib/.
+    let beside_lib = || lib.parent().unwrap_or(lib).to_path_buf();
+    let root = if std::env::var_os("LIBTORCH_USE_PYTORCH").is_some() {
+        beside_lib()
+    } else {
+        ["LIBTORCH_INCLUDE", "LIBTORCH"].iter().find_map(std::env::var_os).map(PathBuf::from).unwrap_or_else(beside_lib)
+    };
     let include = root.join("include");
     cc::Build::new()
         .cpp(true)

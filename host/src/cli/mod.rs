@@ -162,8 +162,8 @@ pub struct TrainingExperimentArgs {
 #[command(next_help_heading = "Experiment")]
 struct SetupArgs {
     /// Dataset: mnist5k (embedded, 5,000 real MNIST digits), mnist:DIR, fashion-mnist:DIR
-    /// (IDX files, gzipped or not), cifar10:DIR, cifar100:DIR (binary versions)
-    /// [default: mnist5k]
+    /// (IDX files, gzipped or not; image sides multiples of 4), cifar10:DIR, cifar100:DIR
+    /// (binary versions) [default: mnist5k]
     #[arg(long, value_parser = parse_dataset)]
     dataset: Option<DatasetSpec>,
     /// Held-out images: a fraction of the training part (seeded), or `test` for the

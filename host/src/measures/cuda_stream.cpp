@@ -33,13 +33,15 @@ const c10::impl::DeviceGuardImplInterface* cuda_guard() {
 // spread a long run over all of them, and the caching allocator and cuBLAS keep memory
 // per stream. With this, worker i always launches on the same stream.
 c10::Stream slot_stream(const c10::impl::DeviceGuardImplInterface* cuda, c10::Device device, int slot) {
-  static std::mutex lock;
-  static std::map<std::pair<int, int>, c10::Stream> streams;
-  const std::lock_guard<std::mutex> guard(lock);
+  // Never destroyed (as libtorch's own stream pools): a thread may still ask while the
+  // process exits.
+  static auto* lock = new std::mutex;
+  static auto* streams = new std::map<std::pair<int, int>, c10::Stream>;
+  const std::lock_guard<std::mutex> guard(*lock);
   const auto key = std::make_pair(static_cast<int>(device.index()), slot);
-  auto found = streams.find(key);
-  if (found == streams.end()) {
-    found = streams.emplace(key, cuda->getStreamFromGlobalPool(device, /*isHighPriority=*/false)).first;
+  auto found = streams->find(key);
+  if (found == streams->end()) {
+    found = streams->emplace(key, cuda->getStreamFromGlobalPool(device, /*isHighPriority=*/false)).first;
   }
   return found->second;
 }
