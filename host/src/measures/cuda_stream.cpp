@@ -12,11 +12,11 @@
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 
 #include <cstddef>
-#include <stdexcept>
 #include <cstdio>
 #include <exception>
 #include <map>
 #include <mutex>
+#include <stdexcept>
 #include <utility>
 
 namespace {

@@ -10,9 +10,9 @@
 //! random signs), so on a CPU an architecture's values depend neither on which worker
 //! measured it nor on how many there were (bit for bit, tested); on a GPU they differ in
 //! the last bit at most, as two one-worker CUDA runs already do. On a GPU each worker
-//! launches on a CUDA stream of its own (`cuda_stream.rs`): on the shared default
-//! stream the GPU would run the kernels of all architectures one after another. Results are handed on in
-//! the candidates' order. A panic on a worker is caught and handed on, in its turn, as
+//! launches on a CUDA stream of its own (`cuda_stream.rs`): on the shared default stream
+//! the GPU would run the kernels of all architectures one after another. Results are
+//! handed on in the candidates' order. A panic on a worker is caught and handed on, in its turn, as
 //! that architecture's error, so the caller sees it instead of waiting on a result that
 //! would never come.
 
@@ -106,9 +106,9 @@ pub fn set_own_cuda_streams(own: bool) {
 }
 
 /// On a GPU, moves this worker's kernels off the default stream onto the stream of its
-/// slot (the same one in every batch: libtorch keeps memory per stream), so
-/// that the GPU can run the small kernels of several architectures side by side instead of
-/// one after another. Without it (an old driver, a refused pool) the worker goes on, on
+/// slot (the same one in every batch: libtorch keeps memory per stream), so that the GPU
+/// can run the small kernels of several architectures side by side instead of one after
+/// another. Without it (an old driver, a refused pool) the worker goes on, on
 /// the shared default stream, where it is only slower: the same kernels compute the same
 /// values either way.
 fn own_cuda_stream(replica: &Suite, slot: usize) {
