@@ -129,6 +129,31 @@ fn bad_inputs_fail_with_clear_messages() {
         .assert()
         .failure()
         .stderr(predicate::str::contains("expected auto, cpu, cuda or cuda:N"));
+    // A bad experiment value names the flag that sets it, and the file when one was read.
+    knas()
+        .args(["score", "--sample", "1", "--batch-size", "0"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("invalid experiment: score-batch must be at least 1, got 0 (set by --batch-size)"));
+    knas()
+        .args(["train", "0", "--train-batch-size", "0"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("train.batch-size must be at least 1, got 0 (set by --train-batch-size)"));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("run.yaml");
+    std::fs::write(&config, "experiment: { channels: 0 }\nsearch: { budget: 0 }\n").unwrap();
+    let search = || {
+        let mut cmd = knas();
+        cmd.args(["search", "--policy", "random", "--store"]).arg(dir.path().join("runs.db")).arg("--config").arg(&config);
+        cmd
+    };
+    search().assert().failure().stderr(predicate::str::contains(format!("invalid search settings (from the flags or {}): budget", config.display())));
+    search()
+        .args(["--budget", "3"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains(format!("channels must be at least 1, got 0 (set by --channels or experiment.channels in {})", config.display())));
     if !tch::Cuda::is_available() {
         knas()
             .args(["score", "--sample", "1", "--channels", "2", "--cells", "1", "--device", "cuda"])

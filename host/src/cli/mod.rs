@@ -320,6 +320,8 @@ impl ComputeArgs {
         if self.threads > 0 {
             tch::set_num_threads(self.threads);
         }
+        // Refused before the device or the data is touched, naming the flag.
+        experiment.validate().map_err(|problem| invalid_experiment(&problem, None))?;
         let device = self.device.resolve()?;
         let spinner = output::spinner(format!("loading {} onto {device:?}", experiment.dataset));
         let mut engine = Engine::new(experiment, device).with_context(|| format!("cannot start on {}", experiment.dataset))?;
@@ -335,6 +337,29 @@ impl ComputeArgs {
             eprintln!("{}: {train} training and {heldout} held-out images, read from {}", experiment.dataset, names.join(", "));
         }
         Ok(engine)
+    }
+}
+
+/// An invalid experiment's error. The problem names the key as configuration files write
+/// it (`Experiment::validate`); this adds the flag that sets it and, when the values came
+/// from a `--config` file too, that file, so that a bad value can be found where it was
+/// written.
+pub(crate) fn invalid_experiment(problem: &str, config: Option<&std::path::Path>) -> anyhow::Error {
+    let key = problem.split_whitespace().next().unwrap_or_default().trim_end_matches(':');
+    let flag = match key {
+        "channels" | "cells" | "reference" | "limit" | "holdout" => Some(format!("--{key}")),
+        "score-batch" => Some("--batch-size".to_owned()),
+        "train.epochs" => Some("--epochs".to_owned()),
+        "train.batch-size" => Some("--train-batch-size".to_owned()),
+        "train.learning-rate" => Some("--lr".to_owned()),
+        _ => None,
+    };
+    let file = config.map(|path| format!("experiment.{key} in {}", path.display()));
+    let sources: Vec<String> = flag.into_iter().chain(file).collect();
+    if sources.is_empty() {
+        anyhow::anyhow!("invalid experiment: {problem}")
+    } else {
+        anyhow::anyhow!("invalid experiment: {problem} (set by {})", sources.join(" or "))
     }
 }
 

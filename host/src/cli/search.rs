@@ -201,9 +201,11 @@ pub fn run(args: &SearchArgs) -> Result<()> {
     anyhow::ensure!(params.is_object(), "policy parameters must be a JSON object, got {params}");
     let limits = args.limits.apply(config.limits);
     // Refused before any data is loaded or any run is recorded.
-    settings.validate().map_err(|problem| anyhow::anyhow!("invalid search settings: {problem}"))?;
-    limits.validate().map_err(|problem| anyhow::anyhow!("invalid policy limits: {problem}"))?;
-    experiment.validate().map_err(|problem| anyhow::anyhow!("invalid experiment: {problem}"))?;
+    // Values come from the flags, else from the file: a problem names the file too.
+    let from = args.config.as_ref().map(|path| format!(" (from the flags or {})", path.display())).unwrap_or_default();
+    settings.validate().map_err(|problem| anyhow::anyhow!("invalid search settings{from}: {problem}"))?;
+    limits.validate().map_err(|problem| anyhow::anyhow!("invalid policy limits{from}: {problem}"))?;
+    experiment.validate().map_err(|problem| super::invalid_experiment(&problem, args.config.as_deref()))?;
     let spec = settings.spec(params, limits);
 
     let table = args.table.as_deref().map(|path| BenchmarkTable::load(path, args.table_field.as_deref())).transpose()?.map(std::sync::Arc::new);

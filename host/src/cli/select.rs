@@ -87,7 +87,7 @@ struct Selection {
 pub fn run(args: &SelectArgs) -> Result<()> {
     anyhow::ensure!(args.top_k >= 1 && args.top_k <= args.candidates, "--top-k must be between 1 and --candidates");
     let experiment = args.experiment.experiment();
-    experiment.validate().map_err(|problem| anyhow::anyhow!("invalid experiment: {problem}"))?;
+    experiment.validate().map_err(|problem| super::invalid_experiment(&problem, None))?;
     let settings = SearchSettings { score_budget: args.candidates, top_k: args.top_k, ..SearchSettings::default() };
     settings.validate().map_err(|problem| anyhow::anyhow!("invalid selection: {problem}"))?;
     // The random policy's defaults are the protocol: M = the score budget, k = the training

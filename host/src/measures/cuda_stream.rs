@@ -4,6 +4,10 @@ use std::ffi::{CStr, c_char, c_int};
 
 unsafe extern "C" {
     fn knas_use_pool_cuda_stream(device_index: c_int, slot: c_int, message: *mut c_char, capacity: usize) -> c_int;
+}
+
+#[cfg(test)]
+unsafe extern "C" {
     fn knas_on_default_cuda_stream(device_index: c_int, is_default: *mut c_int, message: *mut c_char, capacity: usize) -> c_int;
 }
 
