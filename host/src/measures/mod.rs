@@ -484,14 +484,22 @@ impl Suite {
         if !(param_grads || jacobian || features || codes.active()) {
             return Ok(());
         }
-        let backward = param_grads || jacobian || blocks;
         let x = if jacobian { self.images.f_detach()?.f_set_requires_grad(true)? } else { self.images.shallow_clone() };
         let pass = crate::model::Pass {
             mode: crate::model::NormMode::Batch,
             all_nodes: codes.active(),
             tap: codes.active().then_some(&codes as &dyn crate::model::Tap),
         };
-        let forward = if backward { net.run(&x, pass, features) } else { tch::no_grad(|| net.run(&x, pass, features)) };
+        // Without a backward through the whole network, trainability's block Jacobians are
+        // taken block by block as the forward pass goes: one block's graph in memory at a
+        // time instead of the network's (the aggregate's case).
+        let whole_graph = param_grads || jacobian;
+        let mut block_sigmas = (blocks && !whole_graph).then(|| features::BlockSigmas::new(&self.signs));
+        let forward = match block_sigmas.as_mut() {
+            Some(sigmas) => net.run_block_by_block(&x, pass, &mut |input, output| sigmas.visit(input, output)),
+            None if whole_graph => net.run(&x, pass, features),
+            None => tch::no_grad(|| net.run(&x, pass, features)),
+        };
         codes.finish(values)?;
         if want(Measure::Expressivity) || want(Measure::Progressivity) {
             let (expressivity, progressivity) = features::expressivity(&forward.features)?;
@@ -521,7 +529,11 @@ impl Suite {
             values.insert(Measure::Jacov, jacobian::jacov(&forward.logits, &x, blocks)?);
         }
         if blocks {
-            values.insert(Measure::Trainability, features::trainability(&forward.features, &self.signs)?);
+            let trainability = match block_sigmas {
+                Some(sigmas) => sigmas.finish()?,
+                None => features::trainability(&forward.features, &self.signs)?,
+            };
+            values.insert(Measure::Trainability, trainability);
         }
         Ok(())
     }
@@ -571,6 +583,20 @@ pub(crate) mod tests {
         // Computing a subset gives the same numbers as computing everything.
         for m in Measure::ALL {
             assert_eq!(a.measure(&cell, &[m]).unwrap().get(m).map(f64::to_bits), first.get(m).map(f64::to_bits), "{m} alone");
+        }
+    }
+
+    #[test]
+    fn trainability_block_by_block_equals_trainability_from_the_whole_graph() {
+        // Alone (or with the other feature measures, as in the aggregate), trainability is
+        // taken block by block; with a measure that needs the whole graph, from that graph.
+        let mut s = tiny_suite(8, Kind::Float, 4);
+        s.spec.cells = 2;
+        for arch in [CONVS, NONES, "|none~0|+|none~0|none~1|+|skip_connect~0|none~1|none~2|", "|avg_pool_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+|none~0|none~1|nor_conv_3x3~2|"] {
+            let cell: Candidate = arch.parse().unwrap();
+            let alone = s.measure(&cell, &[Measure::Trainability, Measure::Expressivity]).unwrap().get(Measure::Trainability);
+            let whole = s.measure(&cell, &[Measure::Trainability, Measure::Jacov, Measure::Snip]).unwrap().get(Measure::Trainability);
+            assert_eq!(alone.map(f64::to_bits), whole.map(f64::to_bits), "{arch}: {alone:?} vs {whole:?}");
         }
     }
 
