@@ -405,7 +405,8 @@ mod tests {
         let err = Engine::new(&experiment(Holdout::Official), Device::Cpu).err().unwrap().to_string();
         assert!(err.contains("held-out images are 1×12×12") && err.contains("training images 1×8×8"), "{err}");
         write("t10k", 10, 8);
-        assert!(Engine::new(&experiment(Holdout::Official), Device::Cpu).is_ok());
+        let engine = Engine::new(&experiment(Holdout::Official), Device::Cpu).unwrap();
+        assert_eq!(engine.sizes(), (20, 10));
     }
 
     #[test]

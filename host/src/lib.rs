@@ -18,7 +18,9 @@
 //! - [`store`]: the SQLite run store;
 //! - [`search`]: the search loop that drives a policy against the engine and the store;
 //! - [`config`]: YAML configuration files;
-//! - [`service`]: `knas serve`, the watched-folder service with metrics and an HTTP API.
+//! - [`service`]: `knas serve`, the watched-folder service with metrics and an HTTP API;
+//! - [`katib`]: `knas katib`, the Kubeflow Katib suggestion service (coarse selection here,
+//!   trials in Katib).
 
 pub mod config;
 pub mod data;

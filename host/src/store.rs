@@ -725,7 +725,8 @@ mod tests {
         assert!(err.to_string().contains("already exists with different settings (experiment)"), "{err}");
         let mut bigger = spec();
         bigger.budget.scores = 11;
-        assert!(store.begin_run("evo", "evolution@abcd1234", &experiment, &bigger).is_err());
+        let err = store.begin_run("evo", "evolution@abcd1234", &experiment, &bigger).unwrap_err();
+        assert!(err.to_string().contains("different settings (budget, batch size or policy parameters)"), "{err}");
     }
 
     #[test]

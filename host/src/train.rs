@@ -289,7 +289,8 @@ mod tests {
         // Momentum 0, which the settings allow, is plain SGD (libtorch refuses Nesterov's).
         let plain = Trainer { config: TrainConfig { epochs: 1, batch_size: 50, momentum: 0.0, ..TrainConfig::default() }, ..trainer };
         let result = plain.run(&arch, 0, 0, &mut |_, _| {}, &|| false).unwrap();
-        assert!(result.heldout_accuracy > 0.1, "{result:?}");
+        // Twenty plain steps learn little, but they learn: the loss falls below chance's ln 10.
+        assert!(result.train_loss < std::f64::consts::LN_10 - 0.03 && result.heldout_loss.is_finite(), "{result:?}");
     }
 
     #[test]

@@ -355,7 +355,9 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         assert!(!result.is_empty(), "panel {panel:?}: {expr} returned nothing");
     }
     // The run variable: label_values(knas_budget, run).
-    for variable in dashboard["templating"]["list"].as_array().unwrap() {
+    let variables = dashboard["templating"]["list"].as_array().unwrap();
+    assert_eq!(variables.iter().filter(|v| v["definition"].is_string()).count(), 1, "the dashboard's run variable");
+    for variable in variables {
         if let Some(definition) = variable["definition"].as_str() {
             let inner = definition.strip_prefix("label_values(").and_then(|d| d.strip_suffix(')')).unwrap();
             let (metric, label) = inner.split_once(", ").unwrap();

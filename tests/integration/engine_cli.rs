@@ -31,12 +31,14 @@ fn score_prints_one_json_line_per_architecture_deterministically() {
         assert!(row["seconds"].as_f64().unwrap() > 0.0);
     }
     let again = score_jsonl(&["--sample", "3"]);
+    assert_eq!(again.len(), 3);
     for (a, b) in first.iter().zip(&again) {
         assert_eq!(a["arch"], b["arch"]);
         assert_eq!(a["aggregate"], b["aggregate"], "same seed, same score");
     }
     // Several architectures in flight (the reference sample too): the same lines, in order.
     let parallel = score_jsonl(&["--sample", "3", "--workers", "3"]);
+    assert_eq!(parallel.len(), 3);
     for (a, b) in first.iter().zip(&parallel) {
         assert_eq!((&a["arch"], &a["aggregate"]), (&b["arch"], &b["aggregate"]), "--workers 3");
     }
@@ -230,6 +232,8 @@ fn correlate_reports_every_measure_the_aggregate_and_a_plot() {
     }
     let aggregate = report["correlations"].as_array().unwrap().iter().find(|c| c["measure"] == "aggregate").unwrap();
     assert!(aggregate["spearman_95"].is_array(), "{aggregate}");
+    let (rho, lo, hi) = (aggregate["spearman"].as_f64(), aggregate["spearman_95"][0].as_f64(), aggregate["spearman_95"][1].as_f64());
+    assert!(matches!((rho, lo, hi), (Some(r), Some(l), Some(h)) if l <= r + 1e-9 && r <= h + 1e-9), "the aggregate's interval brackets its rho: {aggregate}");
     let svg = std::fs::read_to_string(&plot).unwrap();
     assert!(svg.contains("<svg") && svg.contains("aggregate") && svg.contains("zico"), "not the expected SVG");
 }
@@ -272,6 +276,7 @@ fn correlate_judges_against_a_published_table_without_training() {
     assert!(params["spearman"].as_f64().unwrap() > 0.9, "{params}");
     assert_eq!(params["against"], "accuracy");
     assert!(report["correlations"].as_array().unwrap().iter().all(|c| c["against"] == "accuracy"), "no loss without training");
+    assert_eq!(report["measurements"].as_array().unwrap().len(), archs.len());
     for m in report["measurements"].as_array().unwrap() {
         let acc = archs.iter().find(|(a, _)| a.as_str() == m["arch"].as_str().unwrap()).unwrap().1;
         assert_eq!(m["accuracy"], serde_json::json!([acc]));
@@ -340,6 +345,8 @@ fn correlate_reuses_an_earlier_reports_training_as_truth() {
     assert_eq!(again["truth"]["kind"], "report");
     assert_eq!(again["truth"]["epochs"], 1, "the training described is the truth's, not this run's --epochs");
     assert_eq!(again["measures"], serde_json::json!(["jacov", "naswot"]), "in the order asked for");
+    assert_eq!(again["measurements"].as_array().unwrap().len(), 3);
+    assert_eq!(first["measurements"].as_array().unwrap().len(), 3);
     for (a, b) in first["measurements"].as_array().unwrap().iter().zip(again["measurements"].as_array().unwrap()) {
         assert_eq!(a["arch"], b["arch"]);
         assert_eq!(a["accuracy"], b["accuracy"], "trained results are taken, not recomputed");

@@ -89,6 +89,7 @@ fn a_javascript_policy_completes_a_search() {
     assert_eq!(report["recorded"], json!({"scores": 16, "trainings": 2}), "{report}");
     assert!(stderr.contains("simulated annealing: T 0.5 -> 0.01, restart after 5 steps") && stderr.contains("js-annealing@"), "{stderr}");
     let out = search(&dir.join("js-annealing.wasm"), &store.path().join("other.db"), &["--params", r#"{"t0": -1}"#]);
+    assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("returned an error from `init`: need 0 < t1 <= t0"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 

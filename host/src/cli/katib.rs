@@ -26,8 +26,8 @@ pub struct KatibArgs {
     policy_dir: PathBuf,
     #[command(flatten)]
     store: StoreArgs,
-    /// The scoring experiment; the Experiment's algorithm settings (dataset, channels,
-    /// cells, batch-size, score, seed) override these flags.
+    /// The scoring experiment. An Experiment's algorithm settings (dataset, channels,
+    /// cells, batch-size, score, seed) override these flags for its own run.
     #[command(flatten)]
     experiment: ScoringExperimentArgs,
     #[command(flatten)]

@@ -306,7 +306,7 @@ pub struct ComputeArgs {
     threads: i32,
     /// Architectures measured at once, each on its own thread, when a command measures
     /// many (`score`, `correlate`, an aggregate's reference sample, the new scores of one
-    /// proposal in `select` and `search`). 0: one on
+    /// proposal in `select` and `search`; `train` measures nothing and ignores it). 0: one on
     /// a CPU (libtorch's threads already share the cores), 8 on a GPU. Values do not
     /// depend on it (on a GPU, beyond the last-bit noise CUDA has from run to run); each
     /// architecture's `seconds` is then its wall time while the others run.

@@ -34,7 +34,12 @@ enum PolicyCommand {
     ///
     /// Example: knas policy build examples/python-evolution examples/js-annealing --out-dir policies
     Build(BuildArgs),
-    /// Check policy files against the contract and show what they declare.
+    /// Check policy files against the contract and show what they declare: the contract
+    /// version each targets, its name, description and parameters.
+    ///
+    /// Example: knas policy inspect policies/*.wasm
+    ///
+    /// Example: knas policy inspect my-policy.wasm --format json
     Inspect(InspectArgs),
 }
 

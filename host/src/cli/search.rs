@@ -30,7 +30,8 @@ pub struct SearchArgs {
     /// A YAML run description (experiment, search, params, limits); flags override it.
     #[arg(long, value_name = "FILE.yaml")]
     config: Option<PathBuf>,
-    /// Kernel scores the run may compute [default: 100]
+    /// Training-free scores the run may compute (of --score: the aggregate by default)
+    /// [default: 100]
     #[arg(long)]
     budget: Option<u32>,
     /// Architectures the run may train (KNAS's k) [default: 3]

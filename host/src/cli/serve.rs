@@ -8,8 +8,9 @@ use knas::config::ServiceConfig;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// The service configuration (YAML; see examples/knas.yaml). Watched: edits apply
-    /// without a restart. Without it, the defaults: policies/ watched, knas-runs.db,
+    /// The service configuration (YAML; see examples/knas.yaml). Watched: edits apply to
+    /// runs started afterwards, without a restart (listen, policy-dir, store, device and
+    /// threads need one; a log line says so). Without it, the defaults: policies/ watched, knas-runs.db,
     /// listening on 127.0.0.1:9400.
     #[arg(long, value_name = "FILE.yaml")]
     config: Option<PathBuf>,

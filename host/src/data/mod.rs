@@ -525,6 +525,11 @@ mod tests {
         let b = Split::load(&spec, Holdout::Fraction(0.2), None, 7).unwrap();
         let c = Split::load(&spec, Holdout::Fraction(0.2), None, 8).unwrap();
         assert_eq!((a.train.len(), a.heldout.len()), (4000, 1000));
+        // Disjoint, and together every image once (the embedded digits are distinct).
+        let train: std::collections::HashSet<&[u8]> = a.train.images.chunks(784).collect();
+        let heldout: std::collections::HashSet<&[u8]> = a.heldout.images.chunks(784).collect();
+        assert_eq!((train.len(), heldout.len()), (4000, 1000));
+        assert!(train.is_disjoint(&heldout));
         assert_eq!(a.train.labels, b.train.labels);
         assert_eq!(a.heldout.images, b.heldout.images);
         assert_ne!(a.train.images, c.train.images);
@@ -544,7 +549,7 @@ mod tests {
         }
         let err = "imagenet:/d".parse::<DatasetSpec>().unwrap_err();
         assert!(err.to_string().contains("unknown dataset \"imagenet:/d\""), "{err}");
-        assert!("0.2".parse::<Holdout>().is_ok());
+        assert_eq!("0.2".parse::<Holdout>(), Ok(Holdout::Fraction(0.2)));
         assert_eq!("test".parse::<Holdout>(), Ok(Holdout::Official));
         assert!("1.5".parse::<Holdout>().is_err());
     }

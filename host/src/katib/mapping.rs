@@ -23,14 +23,14 @@ pub const ALGORITHM: &str = "knas";
 /// The settings knas reads, with what each means (also `--help` and the README).
 pub const SETTINGS: [(&str, &str); 9] = [
     ("policy", "the search policy: NAME for NAME.wasm in the policy folder (default random)"),
-    ("candidates-per-trial", "architectures scored at initialisation per trial the experiment may run (default 100)"),
-    ("score", "aggregate (default) or one measure's name, e.g. mgm"),
-    ("seed", "seed of the policy, the data split and the networks (default 0)"),
+    ("candidates-per-trial", "architectures scored at initialisation per trial the experiment may run, at most 100000 (default 100)"),
+    ("score", "aggregate or one measure's name, e.g. mgm (default: knas katib's --score, aggregate)"),
+    ("seed", "seed of the policy, the data split and the networks (default: --seed, 0)"),
     ("params", "the policy's parameters, a JSON object (default {})"),
-    ("dataset", "scoring data: mnist5k (default), cifar10:DIR, … as `knas score --dataset`"),
-    ("channels", "channels of the scored networks' first stage, C (default 16)"),
-    ("cells", "cells per stage of the scored networks, N (default 5)"),
-    ("batch-size", "images in the scoring batch (default 64)"),
+    ("dataset", "scoring data: mnist5k, cifar10:DIR, … as `knas score --dataset` (default: --dataset, mnist5k)"),
+    ("channels", "channels of the scored networks' first stage, C, 1 to 256 (default: --channels, 16)"),
+    ("cells", "cells per stage of the scored networks, N, 0 to 32 (default: --cells, 5)"),
+    ("batch-size", "images in the scoring batch, 1 to 1024 (default: --batch-size, 64)"),
 ];
 
 /// The Experiment's side of the contract, for `knas katib --help`.
@@ -467,7 +467,10 @@ mod tests {
     fn labels_are_valid_kubernetes_label_values() {
         for index in [0, 1234, 15_624] {
             let arch = Arch::from_index(index).expect("index");
-            for value in labels(&arch).values() {
+            let labels = labels(&arch);
+            assert_eq!(labels["knas.io/nb201-index"], index.to_string());
+            assert_eq!(labels["knas.io/nb201-ops"].split('.').count(), 6, "{labels:?}");
+            for value in labels.values() {
                 assert!(value.len() <= 63 && value.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)), "{value}");
             }
         }

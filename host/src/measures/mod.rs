@@ -609,6 +609,8 @@ pub(crate) mod tests {
         assert_eq!(dead.get(Measure::Jacov), None, "{:?}", dead.values);
         // Vanishing block Jacobians (σ = 0) score about −10⁶, as in AZ-NAS.
         assert!(dead.get(Measure::Trainability).unwrap() < -1e5, "{:?}", dead.values);
+        // Size is never missing: the dead cell still has its stem, reductions and head.
+        assert!(dead.get(Measure::Params).is_some() && dead.get(Measure::Flops).is_some(), "{:?}", dead.values);
         for m in [
             Measure::Synflow,
             Measure::Naswot,

@@ -9,7 +9,8 @@
 //! |                      | status, progress, best score and accuracy, errors — from the  |
 //! |                      | store's per-run summaries, never from all evaluations         |
 //! | `GET /api/runs/{n}`  | one run: the above plus leaderboard, events, policy file      |
-//! | `GET /api/policies`  | the watched policy files: loaded or rejected (with the error) |
+//! | `GET /api/policies`  | the watched policy files: loaded, rejected or failed (with    |
+//! |                      | the error)                                                    |
 
 use std::sync::{Arc, Mutex};
 
@@ -322,6 +323,8 @@ mod tests {
             let status = answer.unwrap_or_else(|_| panic!("{probe} waited behind the API")).unwrap().status();
             assert_eq!(status, if probe == "/healthz" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE });
         }
+        // The probes were answered while every API request was still held up.
+        assert!(waiting.iter().all(|request| !request.is_finished()), "the API was not saturated");
         drop(store);
         for request in waiting {
             assert_eq!(request.await.unwrap().unwrap().status(), StatusCode::OK);

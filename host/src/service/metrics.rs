@@ -1,6 +1,6 @@
 //! Prometheus metrics of the service. Names follow the Prometheus conventions (`knas_`
 //! prefix, base units, `_total` counters); labels are bounded: `run` and `policy` are policy
-//! file names, `kind` is score|train (of file-system events: create|modify|remove|other),
+//! file names (a run of `knas katib` is `katib-EXPERIMENT`), `kind` is score|train (of file-system events: create|modify|remove|other),
 //! `outcome` and `cause` come from fixed lists.
 
 use prometheus::{
