@@ -118,7 +118,11 @@ pub(super) fn trainability(features: &[Tensor], signs: &SignCache) -> Result<Opt
     let mut sigmas = Vec::with_capacity(features.len());
     for i in (1..features.len()).rev() {
         let (f_in, f_out) = (&features[i - 1], &features[i]);
-        sigmas.push(block_sigma(f_in, f_in.requires_grad(), f_out, signs, true)?);
+        let sigma = block_sigma(f_in, f_in.requires_grad(), f_out, signs, true)?;
+        if let BlockSigma::Identity = sigma {
+            return Ok(None);
+        }
+        sigmas.push(sigma);
     }
     sigmas.reverse();
     Ok(trainability_from(sigmas))
@@ -132,7 +136,10 @@ pub(super) struct BlockSigmas<'s> {
     sigmas: Result<Vec<BlockSigma>, MeasureError>,
     /// Whether the last block's output was computed from anything that requires grad: in
     /// the whole graph, a block after a cell that outputs constant zeros (every edge into
-    /// its output `none`) has an input with no graph, and its σ is taken as 0.
+    /// its output `none`) has an input with no graph, and its σ is taken as 0. Here each
+    /// block's input requires grad, so a non-constant output stands for "had a graph":
+    /// the same in NB201 networks, where every cell repeats one genotype (a constant
+    /// cell is followed by a constant cell or by a reduction, which has weights).
     last_output_had_graph: bool,
 }
 
@@ -142,9 +149,13 @@ impl<'s> BlockSigmas<'s> {
         BlockSigmas { signs, sigmas: Ok(Vec::new()), last_output_had_graph: true }
     }
 
-    /// Called with each block's input and output, in order; the first error is kept.
+    /// Called with each block's input and output, in order; the first error is kept, and
+    /// after an identity block (trainability missing) nothing more is computed.
     pub(super) fn visit(&mut self, input: &Tensor, output: &Tensor) {
         if let Ok(sigmas) = &mut self.sigmas {
+            if matches!(sigmas.last(), Some(BlockSigma::Identity)) {
+                return;
+            }
             let input_had_graph = std::mem::replace(&mut self.last_output_had_graph, output.requires_grad());
             match block_sigma(input, input_had_graph, output, self.signs, false) {
                 Ok(sigma) => sigmas.push(sigma),
