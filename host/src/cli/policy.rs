@@ -34,8 +34,8 @@ enum PolicyCommand {
     ///
     /// Example: knas policy build examples/python-evolution examples/js-annealing --out-dir policies
     Build(BuildArgs),
-    /// Check policy files against the contract and show what they declare: the contract
-    /// version each targets, its name, description and parameters.
+    /// Check policy files against the contract and show what each declares: the contract
+    /// version it targets, the SDK it was built with, its imports, size and digest.
     ///
     /// Example: knas policy inspect policies/*.wasm
     ///
