@@ -137,7 +137,7 @@ pub(super) struct BlockSigmas<'s> {
     /// Whether the last block's output was computed from anything that requires grad: in
     /// the whole graph, a block after a cell that outputs constant zeros (every edge into
     /// its output `none`) has an input with no graph, and its σ is taken as 0. Here each
-    /// block's input requires grad, so a non-constant output stands for "had a graph":
+    /// block's input requires grad, so an output that requires grad stands for "had a graph":
     /// the same in NB201 networks, where every cell repeats one genotype (a constant
     /// cell is followed by a constant cell or by a reduction, which has weights).
     last_output_had_graph: bool,
