@@ -266,7 +266,7 @@ pub(super) fn meco(net: &Network, images: &Tensor) -> Result<Option<f64>, Measur
     let _no_grad = tch::no_grad_guard();
     let outputs = LayerOutputs::default();
     let first = images.f_narrow(0, 0, 1)?;
-    net.run(&first, Pass { mode: NormMode::Instance, all_nodes: true, tap: Some(&outputs) }, false);
+    net.run(&first, Pass { all_nodes: true, tap: Some(&outputs), ..Pass::measuring(NormMode::Instance) }, false);
     let mut total = 0.0;
     for (maps, weights) in outputs.by_shape.into_inner().into_values() {
         // Pearson correlation of channels, batched over layers of the same shape.

@@ -69,7 +69,7 @@ pub(super) fn per_sample(
         let (start, end) = (n * g as i64 / groups as i64, n * (g as i64 + 1) / groups as i64);
         let x = images.f_narrow(0, start, end - start)?;
         let y = labels.f_narrow(0, start, end - start)?;
-        let logits = net.run(&x, Pass::new(NormMode::Instance), false).logits;
+        let logits = net.run(&x, Pass::measuring(NormMode::Instance), false).logits;
         let loss = cross_entropy(&logits, &y)?;
         let grads = Tensor::f_run_backward(&[&loss], &params, false, false)?;
         group_grads.push(((end - start) as f64 / n as f64, grads));

@@ -40,7 +40,7 @@ use crate::space::Candidate;
 
 /// Version of the measures' definitions: bumped whenever a measure's numbers change, so
 /// that cached reference samples are not mixed with new values.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// A training-free measure. Names are the CLI's and the stores' (kebab-case).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
@@ -486,9 +486,9 @@ impl Suite {
         }
         let x = if jacobian { self.images.f_detach()?.f_set_requires_grad(true)? } else { self.images.shallow_clone() };
         let pass = crate::model::Pass {
-            mode: crate::model::NormMode::Batch,
             all_nodes: codes.active(),
             tap: codes.active().then_some(&codes as &dyn crate::model::Tap),
+            ..crate::model::Pass::measuring(crate::model::NormMode::Batch)
         };
         // Without a backward through the whole network, trainability's block Jacobians are
         // taken block by block as the forward pass goes: one block's graph in memory at a
