@@ -104,7 +104,7 @@ pub enum Pooling {
     /// On the CPU, the window's sum as a depthwise convolution with a kernel of ones,
     /// divided by the number of the window's positions inside the map: libtorch's CPU
     /// pooling kernel is a scalar loop, and its forward and backward passes took about a
-    /// quarter of the aggregate's time; the convolution does the same work about 6× faster
+    /// quarter of trainability's time; the convolution does the same work about 6× faster
     /// (README, *Speed*). On CUDA the native kernel, a single launch, is used.
     Fast,
 }
