@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo bench -p knas --bench throughput -- [--archs 20] [--threads 2] [--memory-archs 3000]
-//!     [--workers 1,2,4,8 --parallel-archs 200 [--shared-stream-too]] [--device cuda]
+//!     [--workers 1,2,4,8 --parallel-archs 200 [--shared-stream-too] [--parallel-measures M,…]] [--device cuda]
 //! ```
 //!
 //! Settings match the PyTorch eager reference in `pytorch_reference.py`: C=16, N=5,
@@ -55,6 +55,10 @@ struct Args {
     /// Architectures measured for each worker count.
     #[arg(long, default_value_t = 200)]
     parallel_archs: usize,
+    /// Measures timed with several workers (comma-separated names); the aggregate's when
+    /// empty. Timing one pass alone shows which of them limits the throughput.
+    #[arg(long, value_delimiter = ',')]
+    parallel_measures: Vec<Measure>,
     /// Device: cpu or cuda.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -213,7 +217,8 @@ fn main() {
 /// The aggregate's measures with several architectures in flight: throughput per worker
 /// count, and whether every value equals the one-worker value bit for bit.
 fn parallel(suite: &Suite, args: &Args) {
-    let measures = AggregateSpec::default().measures();
+    let measures = if args.parallel_measures.is_empty() { AggregateSpec::default().measures() } else { args.parallel_measures.clone() };
+    let set = if args.parallel_measures.is_empty() { "aggregate".to_owned() } else { measures.iter().map(|m| m.name()).collect::<Vec<_>>().join(",") };
     let candidates: Vec<Candidate> = (0..args.parallel_archs).map(|i| arch(i).into()).collect();
     let mut first: Option<Vec<Vec<Option<u64>>>> = None;
     let streams = if args.shared_stream_too { vec![true, false] } else { vec![true] };
@@ -236,7 +241,7 @@ fn parallel(suite: &Suite, args: &Args) {
         println!(
             "{}",
             json!({
-                "benchmark": "parallel", "set": "aggregate", "device": args.device, "threads": args.threads, "workers": workers,
+                "benchmark": "parallel", "set": set, "device": args.device, "threads": args.threads, "workers": workers,
                 "own_cuda_streams": own_streams, "archs": candidates.len(), "seconds": seconds, "archs_per_second": candidates.len() as f64 / seconds,
                 "identical_to_first": identical, "largest_relative_difference": difference, "first_workers": args.workers[0],
             })

@@ -93,25 +93,31 @@ fn grouped_conv2d(x: &Tensor, weight: &Tensor, stride: i64, padding: i64, groups
     )
 }
 
-/// How a cell's 3×3 average pool is computed. Both compute NB201's pool (stride 1,
-/// padding 1, padded positions not counted in the mean); their sums may differ in the last
-/// bit.
+/// Which implementations of average pooling and batch normalisation a pass uses. Both
+/// compute the same functions (NB201's pool: stride 1, padding 1, padded positions not
+/// counted in the mean); their sums may differ in the last bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pooling {
-    /// libtorch's `avg_pool2d`. Training keeps it, so that trained accuracies repeat those
-    /// of earlier releases to the bit.
-    Native,
-    /// On the CPU, the window's sum as a depthwise convolution with a kernel of ones,
-    /// divided by the number of the window's positions inside the map: libtorch's CPU
-    /// pooling kernel is a scalar loop, and its forward and backward passes took about a
-    /// quarter of trainability's time; the convolution does the same work about 6× faster
-    /// (README, *Speed*). On CUDA the native kernel, a single launch, is used.
+pub enum Kernels {
+    /// libtorch's defaults: `avg_pool2d`, and cuDNN's batch norm on CUDA. Training keeps
+    /// them, so that trained accuracies repeat those of earlier releases to the bit.
+    Standard,
+    /// The faster ones for measuring at initialisation, where a network is run once:
+    ///
+    /// - On the CPU, the cells' 3×3 pool as the window's sum (a depthwise convolution with
+    ///   a kernel of ones) divided by the number of the window's positions inside the map:
+    ///   libtorch's CPU pooling kernel is a scalar loop, and its forward and backward
+    ///   passes took about a quarter of trainability's time; the convolution does the same
+    ///   work about 6× faster (README, *Speed*). On CUDA the native pool, one launch, is
+    ///   kept.
+    /// - On CUDA, libtorch's own batch-norm kernels rather than cuDNN's: with sixteen
+    ///   architectures in flight on one H200 they measured about a quarter more
+    ///   architectures a second (README, *Speed*). On the CPU the two are the same.
     Fast,
 }
 
 /// NB201's average pool: 3×3, stride 1, padding 1, `count_include_pad=False`.
-fn avg_pool_3x3(x: &Tensor, pooling: Pooling) -> Tensor {
-    if pooling == Pooling::Native || x.device() != Device::Cpu {
+fn avg_pool_3x3(x: &Tensor, kernels: Kernels) -> Tensor {
+    if kernels == Kernels::Standard || x.device() != Device::Cpu {
         return x.avg_pool2d([3, 3], [1, 1], [1, 1], false, false, None);
     }
     let size = x.size();
@@ -188,15 +194,49 @@ struct Builder<'a> {
     path: &'a nn::Path<'a>,
     info: NetworkInfo,
     params: Vec<Param>,
+    /// Each variable with its initial value on the host, copied in by [`upload`](Self::upload).
+    pending: Vec<(Tensor, Tensor)>,
 }
 
 impl Builder<'_> {
-    /// A trainable variable holding `value` (moved to the store's device and kind).
+    /// A trainable variable that will hold `value` (on the store's device and kind) once
+    /// [`upload`](Self::upload) has run.
     fn var(&mut self, path: &nn::Path, name: &str, value: &Tensor, kind: ParamKind) -> Tensor {
         self.info.params += value.numel() as i64;
-        let tensor = path.var_copy(name, value);
+        let tensor = path.zeros(name, &value.size());
+        self.pending.push((tensor.shallow_clone(), value.shallow_clone()));
         self.params.push(Param { tensor: tensor.shallow_clone(), kind });
         tensor
+    }
+
+    /// Copies every variable's initial value in. On the CPU one by one; on a GPU as one
+    /// transfer of them all, then copies on the device: a transfer from pageable host
+    /// memory waits until the device has caught up with the thread's stream, and a
+    /// network has over a hundred parameter tensors, each of which used to wait.
+    fn upload(&mut self) {
+        let _no_grad = tch::no_grad_guard();
+        match self.pending.first().map(|(var, _)| var.device()) {
+            None => {}
+            Some(Device::Cpu) => {
+                for (mut var, value) in self.pending.drain(..) {
+                    var.copy_(&value);
+                }
+            }
+            Some(device) => self.upload_at_once(device),
+        }
+    }
+
+    /// [`upload`](Self::upload)'s way for a GPU.
+    fn upload_at_once(&mut self, device: Device) {
+        let _no_grad = tch::no_grad_guard();
+        let flat: Vec<Tensor> = self.pending.iter().map(|(_, value)| value.reshape([-1])).collect();
+        let all = Tensor::cat(&flat, 0).to_device(device);
+        let mut offset = 0;
+        for (mut var, value) in self.pending.drain(..) {
+            let count = value.numel() as i64;
+            var.copy_(&all.narrow(0, offset, count).view(value.size().as_slice()));
+            offset += count;
+        }
     }
 
     fn conv(&mut self, path: &nn::Path, c_in: i64, c_out: i64, k: i64, out_hw: (i64, i64)) -> Tensor {
@@ -239,19 +279,20 @@ pub struct Pass<'a> {
     pub all_nodes: bool,
     /// Shown the pass's intermediate tensors.
     pub tap: Option<&'a dyn Tap>,
-    /// How cells' average pools are computed.
-    pub pooling: Pooling,
+    /// Which pooling and batch-norm implementations run.
+    pub kernels: Kernels,
 }
 
 impl<'a> Pass<'a> {
-    /// A plain pass in `mode`: live nodes only, nothing watching, libtorch's pooling.
+    /// A plain pass in `mode`: live nodes only, nothing watching, libtorch's standard
+    /// kernels.
     pub fn new(mode: NormMode) -> Pass<'a> {
-        Pass { mode, all_nodes: false, tap: None, pooling: Pooling::Native }
+        Pass { mode, all_nodes: false, tap: None, kernels: Kernels::Standard }
     }
 
-    /// A pass for measuring at initialisation: as [`new`](Self::new), with the fast pooling.
+    /// A pass for measuring at initialisation: as [`new`](Self::new), with the fast kernels.
     pub fn measuring(mode: NormMode) -> Pass<'a> {
-        Pass { pooling: Pooling::Fast, ..Pass::new(mode) }
+        Pass { kernels: Kernels::Fast, ..Pass::new(mode) }
     }
 
     fn relu(&self, x: &Tensor) -> Tensor {
@@ -280,10 +321,10 @@ struct Norm {
 }
 
 impl Norm {
-    fn forward(&self, x: &Tensor, mode: NormMode) -> Tensor {
+    fn forward(&self, x: &Tensor, pass: Pass) -> Tensor {
         let (w, b) = (Some(&self.weight), Some(&self.bias));
-        let cudnn = x.device().is_cuda();
-        match mode {
+        let cudnn = x.device().is_cuda() && pass.kernels == Kernels::Standard;
+        match pass.mode {
             NormMode::Train => x.batch_norm(
                 w,
                 b,
@@ -334,7 +375,7 @@ impl ReluConvBn {
     fn forward(&self, x: &Tensor, pass: Pass) -> Tensor {
         let y = conv2d(&pass.relu(x), &self.weight, self.stride, self.padding);
         pass.layer(&y, 1);
-        let out = self.norm.forward(&y, pass.mode);
+        let out = self.norm.forward(&y, pass);
         // The BN, its `Sequential` and the `ReLUConvBN` module all return this tensor.
         pass.layer(&out, 3);
         out
@@ -359,7 +400,7 @@ impl EdgeOp {
                 x.shallow_clone()
             }),
             EdgeOp::Pool => x.map(|x| {
-                let y = avg_pool_3x3(x, pass.pooling);
+                let y = avg_pool_3x3(x, pass.kernels);
                 // NB201's `POOLING` module and the average pool inside it.
                 pass.layer(&y, 2);
                 y
@@ -526,6 +567,7 @@ impl Network {
             path,
             info: NetworkInfo { params: 0, flops: 0 },
             params: Vec::new(),
+            pending: Vec::new(),
         };
         let root = b.path;
         let mut hw = spec.image_size;
@@ -554,6 +596,7 @@ impl Network {
         let head_weight = b.var(&head, "weight", &weight, ParamKind::LinearWeight);
         let head_bias = b.var(&head, "bias", &bias, ParamKind::LinearBias);
         b.info.flops += channels * spec.num_classes;
+        b.upload();
         Network { stem_conv, stem_norm, blocks, last_norm, head_weight, head_bias, info: b.info, params: b.params }
     }
 
@@ -608,7 +651,7 @@ impl Network {
         let stem = || {
             let stem = conv2d(x, &self.stem_conv, 1, 1);
             pass.layer(&stem, 1);
-            let h = self.stem_norm.forward(&stem, pass.mode);
+            let h = self.stem_norm.forward(&stem, pass);
             // The stem's BN and the stem's `Sequential`.
             pass.layer(&h, 2);
             h
@@ -643,7 +686,7 @@ impl Network {
 
     /// The last BN, ReLU, pooling and linear layer.
     fn head(&self, h: &Tensor, pass: Pass, kept: Vec<Tensor>) -> Forward {
-        let h = self.last_norm.forward(h, pass.mode);
+        let h = self.last_norm.forward(h, pass);
         pass.layer(&h, 1);
         let h = pass.relu(&h);
         // Global average pooling as a mean: adaptive_avg_pool2d's CUDA backward uses atomic
@@ -695,6 +738,26 @@ mod tests {
     }
 
     #[test]
+    fn initial_values_uploaded_at_once_land_in_their_own_variables() {
+        // The GPU's way, run on the CPU: one transfer, then each variable's slice.
+        let vs = nn::VarStore::new(Device::Cpu);
+        let root = vs.root();
+        let mut b = Builder { init: Init { rng: ChaCha8Rng::seed_from_u64(3) }, path: &root, info: NetworkInfo { params: 0, flops: 0 }, params: Vec::new(), pending: Vec::new() };
+        let conv = b.conv(&(&root / "a"), 2, 3, 3, (4, 4));
+        let norm = b.norm(&(&root / "n"), 3);
+        let head = b.init.uniform(&[5], 1.0);
+        let bias = b.var(&root, "bias", &head, ParamKind::LinearBias);
+        let expected: Vec<Tensor> = b.pending.iter().map(|(_, value)| value.copy()).collect();
+        b.upload_at_once(Device::Cpu);
+        assert!(b.pending.is_empty());
+        for (var, value) in [&conv, &norm.weight, &norm.bias, &bias].into_iter().zip(&expected) {
+            assert_eq!(var.size(), value.size());
+            assert!(var.equal(value), "{var} vs {value}");
+        }
+        assert!(conv.abs().sum(Kind::Double).double_value(&[]) > 0.0, "drawn, not left at zero");
+    }
+
+    #[test]
     fn parameter_counts_match_the_nb201_skeleton() {
         let spec = cifar_spec();
         for text in [
@@ -738,20 +801,20 @@ mod tests {
             for side in [1i64, 2, 3, 7, 8, 32] {
                 let x = Tensor::randn([4, 3, side, side + 1], (kind, Device::Cpu));
                 let upstream = Tensor::randn([4, 3, side, side + 1], (kind, Device::Cpu));
-                let pooled = |pooling: Pooling| {
+                let pooled = |kernels: Kernels| {
                     let leaf = x.detach().set_requires_grad(true);
-                    let y = avg_pool_3x3(&leaf, pooling);
+                    let y = avg_pool_3x3(&leaf, kernels);
                     let grad = Tensor::run_backward(&[&(&y * &upstream).sum(kind)], &[&leaf], false, false).remove(0);
                     (y.detach(), grad)
                 };
-                let ((native, native_grad), (fast, fast_grad)) = (pooled(Pooling::Native), pooled(Pooling::Fast));
+                let ((native, native_grad), (fast, fast_grad)) = (pooled(Kernels::Standard), pooled(Kernels::Fast));
                 let worst = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]) / b.abs().max().double_value(&[]);
                 assert!(worst(&fast, &native) <= tolerance, "{kind:?} {side}: forward off by {}", worst(&fast, &native));
                 assert!(worst(&fast_grad, &native_grad) <= tolerance, "{kind:?} {side}: backward off by {}", worst(&fast_grad, &native_grad));
             }
         }
         // A constant map stays that constant: every window's sum is divided by its own size.
-        let constant = avg_pool_3x3(&Tensor::full([1, 2, 5, 5], 3.0, (Kind::Float, Device::Cpu)), Pooling::Fast);
+        let constant = avg_pool_3x3(&Tensor::full([1, 2, 5, 5], 3.0, (Kind::Float, Device::Cpu)), Kernels::Fast);
         assert!(constant.equal(&Tensor::full([1, 2, 5, 5], 3.0, (Kind::Float, Device::Cpu))), "{constant}");
     }
 

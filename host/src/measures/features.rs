@@ -35,23 +35,24 @@ use crate::model::{Network, NormMode, Pass, Tap};
 /// no variance at all.
 fn spectral_entropies(features: &[Tensor]) -> Result<Vec<Option<f64>>, tch::TchError> {
     let _no_grad = tch::no_grad_guard();
+    // Channels-last rows; centred, the product is accurate in the features' own precision,
+    // and only the small C×C covariance goes to double.
+    let rows = |f: &Tensor| -> Result<Tensor, tch::TchError> { f.f_permute([0, 2, 3, 1])?.f_reshape([-1, f.size()[1]]) };
+    let covariance = |rows: &Tensor| -> Result<Tensor, tch::TchError> {
+        let centred = rows.f_sub(&rows.f_mean_dim(0, true, rows.kind())?)?;
+        centred.f_transpose(0, 1)?.f_mm(&centred)?.f_to_kind(Kind::Double)?.f_div_scalar(rows.size()[0] as f64)
+    };
+    // Every map's covariance first, then all of them to the host at once.
+    let covariances = features.iter().map(|f| covariance(&rows(f)?)).collect::<Result<Vec<_>, _>>()?;
+    let covariances = super::to_host(&covariances)?;
     let mut out = Vec::with_capacity(features.len());
-    for f in features {
-        let size = f.size();
-        let c = size[1];
-        // Channels-last rows; centred, the product is accurate in the features' own
-        // precision, and only the small C×C covariance goes to double.
-        let rows = f.f_permute([0, 2, 3, 1])?.f_reshape([-1, c])?;
-        let covariance = |rows: &Tensor| -> Result<Tensor, tch::TchError> {
-            let centred = rows.f_sub(&rows.f_mean_dim(0, true, rows.kind())?)?;
-            centred.f_transpose(0, 1)?.f_mm(&centred)?.f_to_kind(Kind::Double)?.f_div_scalar(rows.size()[0] as f64)
-        };
-        let mut cov = covariance(&rows)?;
+    for (f, mut cov) in features.iter().zip(covariances) {
         if !all_finite(&cov)? {
             // Features so large that their products overflow (a supernet summing every
             // op through many cells): the spectrum's entropy does not depend on the
             // features' scale, so it is taken from the features scaled to at most 1
             // (scaled before centring: the mean itself may overflow).
+            let rows = rows(f)?;
             let largest = rows.f_abs()?.f_max()?.f_double_value(&[])?;
             if largest.is_finite() && largest > 0.0 {
                 cov = covariance(&rows.f_div_scalar(largest)?)?;
@@ -115,17 +116,13 @@ impl SignCache {
 /// Trainability from the block outputs of a pass that kept its whole graph (see the
 /// module documentation). Missing when some block is an exact identity.
 pub(super) fn trainability(features: &[Tensor], signs: &SignCache) -> Result<Option<f64>, MeasureError> {
-    let mut sigmas = Vec::with_capacity(features.len());
+    let mut pending = Vec::with_capacity(features.len());
     for i in (1..features.len()).rev() {
         let (f_in, f_out) = (&features[i - 1], &features[i]);
-        let sigma = block_sigma(f_in, f_in.requires_grad(), f_out, signs, true)?;
-        if let BlockSigma::Identity = sigma {
-            return Ok(None);
-        }
-        sigmas.push(sigma);
+        pending.push(block_sigma(f_in, f_in.requires_grad(), f_out, signs, true)?);
     }
-    sigmas.reverse();
-    Ok(trainability_from(sigmas))
+    pending.reverse();
+    Ok(trainability_from(resolve(pending)?))
 }
 
 /// Each block's σ, gathered as a pass that cuts its graph between blocks computes them
@@ -133,7 +130,7 @@ pub(super) fn trainability(features: &[Tensor], signs: &SignCache) -> Result<Opt
 /// only one block's graph is alive at a time.
 pub(super) struct BlockSigmas<'s> {
     signs: &'s SignCache,
-    sigmas: Result<Vec<BlockSigma>, MeasureError>,
+    sigmas: Result<Vec<PendingSigma>, MeasureError>,
     /// Whether the last block's output was computed from anything that requires grad: in
     /// the whole graph, a block after a cell that outputs constant zeros (every edge into
     /// its output `none`) has an input with no graph, and its σ is taken as 0. Here each
@@ -149,13 +146,9 @@ impl<'s> BlockSigmas<'s> {
         BlockSigmas { signs, sigmas: Ok(Vec::new()), last_output_had_graph: true }
     }
 
-    /// Called with each block's input and output, in order; the first error is kept, and
-    /// after an identity block (trainability missing) nothing more is computed.
+    /// Called with each block's input and output, in order; the first error is kept.
     pub(super) fn visit(&mut self, input: &Tensor, output: &Tensor) {
         if let Ok(sigmas) = &mut self.sigmas {
-            if matches!(sigmas.last(), Some(BlockSigma::Identity)) {
-                return;
-            }
             let input_had_graph = std::mem::replace(&mut self.last_output_had_graph, output.requires_grad());
             match block_sigma(input, input_had_graph, output, self.signs, false) {
                 Ok(sigma) => sigmas.push(sigma),
@@ -166,7 +159,7 @@ impl<'s> BlockSigmas<'s> {
 
     /// Trainability, exactly as [`trainability`] computes it from the whole graph.
     pub(super) fn finish(self) -> Result<Option<f64>, MeasureError> {
-        Ok(trainability_from(self.sigmas?))
+        Ok(trainability_from(resolve(self.sigmas?)?))
     }
 }
 
@@ -175,6 +168,52 @@ impl<'s> BlockSigmas<'s> {
 enum BlockSigma {
     Sigma(f64),
     Identity,
+}
+
+/// One block's σ as the backward pass leaves it: still on the network's device, so that a
+/// GPU is not waited for block by block (see [`resolve`]).
+enum PendingSigma {
+    /// Nothing flows back: the block's output ignores its input (σ = 0).
+    Zero,
+    Computed {
+        /// A boolean scalar: whether the gradient at the input equals the signs at the
+        /// output (an identity block). `None` when their shapes differ.
+        identity: Option<Tensor>,
+        /// The Gram matrix whose largest eigenvalue is σ² ([`block_gram`]).
+        gram: Tensor,
+    },
+}
+
+/// The blocks' σ on the host: every block's flag and Gram matrix brought over in a few
+/// transfers, then decomposed there.
+fn resolve(pending: Vec<PendingSigma>) -> Result<Vec<BlockSigma>, MeasureError> {
+    let mut flags = Vec::new();
+    let mut grams = Vec::new();
+    for p in &pending {
+        if let PendingSigma::Computed { identity, gram } = p {
+            flags.extend(identity.iter().map(Tensor::shallow_clone));
+            grams.push(gram.shallow_clone());
+        }
+    }
+    let (mut flags, mut grams) = (super::to_host(&flags)?.into_iter(), super::to_host(&grams)?.into_iter());
+    let mut sigmas = Vec::with_capacity(pending.len());
+    for p in pending {
+        let PendingSigma::Computed { identity, .. } = p else {
+            sigmas.push(BlockSigma::Sigma(0.0));
+            continue;
+        };
+        let is_identity = match identity {
+            Some(_) => flags.next().map(|flag| flag.f_int64_value(&[])).transpose()? == Some(1),
+            None => false,
+        };
+        let gram = grams.next();
+        sigmas.push(match gram {
+            _ if is_identity => BlockSigma::Identity,
+            Some(gram) => BlockSigma::Sigma(sigma_from_gram(&gram)?),
+            None => BlockSigma::Sigma(f64::NAN),
+        });
+    }
+    Ok(sigmas)
 }
 
 /// The mean of the blocks' −σ − 1/σ + 2 (given in block order, summed from the last block
@@ -191,10 +230,11 @@ fn trainability_from(sigmas: Vec<BlockSigma>) -> Option<f64> {
     if pairs == 0 { None } else { finite(total / pairs as f64) }
 }
 
-/// σ of the block from `f_in` to `f_out`: random signs pushed back from its output to its
-/// input (`keep_graph` when a later backward shares the graph). `in_graph`: whether the
-/// input is part of the network's graph (not the constant output of a dead cell).
-fn block_sigma(f_in: &Tensor, in_graph: bool, f_out: &Tensor, signs: &SignCache, keep_graph: bool) -> Result<BlockSigma, MeasureError> {
+/// σ of the block from `f_in` to `f_out`, still pending: random signs pushed back from its
+/// output to its input (`keep_graph` when a later backward shares the graph). `in_graph`:
+/// whether the input is part of the network's graph (not the constant output of a dead
+/// cell).
+fn block_sigma(f_in: &Tensor, in_graph: bool, f_out: &Tensor, signs: &SignCache, keep_graph: bool) -> Result<PendingSigma, MeasureError> {
     let g_out = signs.like(f_out);
     let g_in = if f_out.requires_grad() && in_graph {
         let pushed = f_out.f_mul(&g_out)?.f_sum(Kind::Double)?;
@@ -202,26 +242,29 @@ fn block_sigma(f_in: &Tensor, in_graph: bool, f_out: &Tensor, signs: &SignCache,
     } else {
         None
     };
-    Ok(match g_in {
-        // Nothing flows back: the block's output ignores its input.
-        None => BlockSigma::Sigma(0.0),
-        Some(g_in) => {
-            if g_in.size() == g_out.size() && g_in.f_equal(&g_out.f_to_kind(g_in.kind())?)? {
-                return Ok(BlockSigma::Identity);
-            }
-            BlockSigma::Sigma(largest_singular_value(&g_in, &g_out)?)
-        }
-    })
+    let Some(g_in) = g_in else { return Ok(PendingSigma::Zero) };
+    let identity = match g_in.size() == g_out.size() {
+        true => Some(g_in.f_eq_tensor(&g_out.f_to_kind(g_in.kind())?)?.f_all()?),
+        false => None,
+    };
+    Ok(PendingSigma::Computed { identity, gram: block_gram(&g_in, &g_out)? })
 }
 
 /// σ_max of G_inᵀ G_out / (B·H·W), G the (B·H·W) × C rows of each gradient; a larger
 /// input is folded space-to-depth to the output's resolution first.
+#[cfg(test)]
+fn largest_singular_value(g_in: &Tensor, g_out: &Tensor) -> Result<f64, tch::TchError> {
+    sigma_from_gram(&block_gram(g_in, g_out)?)
+}
+
+/// The Gram matrix of M = G_inᵀ G_out / (B·H·W) (the smaller of MᵀM and MMᵀ), in double
+/// precision, on the gradients' device: σ_max² is its largest eigenvalue.
 ///
 /// The C × C product is summed image by image from the NCHW layout as it is (a batched
 /// C × HW by HW × C product in the gradients' precision, then summed over images): no
 /// channels-last copy and no double-precision copy of the whole gradient, which took a
 /// fifth of the aggregate's time on a CPU. Only the small matrix goes to double.
-fn largest_singular_value(g_in: &Tensor, g_out: &Tensor) -> Result<f64, tch::TchError> {
+fn block_gram(g_in: &Tensor, g_out: &Tensor) -> Result<Tensor, tch::TchError> {
     let (si, so) = (g_in.size(), g_out.size());
     let g_in = if si[2] != so[2] { g_in.f_pixel_unshuffle(si[2] / so[2].max(1))? } else { g_in.shallow_clone() };
     let per_image = |g: &Tensor| -> Result<Tensor, tch::TchError> {
@@ -231,9 +274,12 @@ fn largest_singular_value(g_in: &Tensor, g_out: &Tensor) -> Result<f64, tch::Tch
     let (gi, go) = (per_image(&g_in)?, per_image(g_out)?);
     let n = (so[0] * so[2] * so[3]) as f64;
     let m = gi.f_bmm(&go.f_transpose(1, 2)?)?.f_sum_dim_intlist([0i64].as_slice(), false, Kind::Double)?.f_div_scalar(n)?;
-    // σ_max² is the largest eigenvalue of the smaller of MᵀM and MMᵀ.
-    let gram = if m.size()[0] < m.size()[1] { m.f_mm(&m.f_transpose(0, 1)?)? } else { m.f_transpose(0, 1)?.f_mm(&m)? };
-    Ok(match psd_eigenvalues(&gram)? {
+    if m.size()[0] < m.size()[1] { m.f_mm(&m.f_transpose(0, 1)?) } else { m.f_transpose(0, 1)?.f_mm(&m) }
+}
+
+/// σ from [`block_gram`]'s matrix: the square root of its largest eigenvalue.
+fn sigma_from_gram(gram: &Tensor) -> Result<f64, tch::TchError> {
+    Ok(match psd_eigenvalues(gram)? {
         Some(eigenvalues) => eigenvalues.f_max()?.f_double_value(&[])?.max(0.0).sqrt(),
         None => f64::NAN,
     })

@@ -362,7 +362,13 @@ fn all_finite(t: &Tensor) -> Result<bool, tch::TchError> {
 /// repeated eigenvalues; then the singular values, which equal the eigenvalues of a
 /// positive semi-definite matrix and come from a different algorithm, are the answer. If
 /// that fails too, the solver's own error is returned.
+///
+/// The matrices are small (channels × channels, at most a few hundred), and they are
+/// decomposed on the host, whatever device they come from: on a GPU the solver launches
+/// dozens of small kernels per matrix and waits on the device between them. The
+/// eigenvalues come back on the host.
 fn psd_eigenvalues(m: &Tensor) -> Result<Option<Tensor>, tch::TchError> {
+    let m = &m.f_to_device(tch::Device::Cpu)?;
     if !all_finite(m)? {
         return Ok(None);
     }
@@ -370,6 +376,29 @@ fn psd_eigenvalues(m: &Tensor) -> Result<Option<Tensor>, tch::TchError> {
         Ok(eigenvalues) => Ok(Some(eigenvalues)),
         Err(error) => psd_eigenvalues_by_svd(m).map(Some).map_err(|_| error),
     }
+}
+
+/// Each tensor of `tensors` on the host, in order, brought over in as few transfers as
+/// there are distinct shapes: on a GPU every transfer waits until the device has caught
+/// up with the thread's stream, so a measure that needs one small matrix per block
+/// gathers them and transfers once.
+fn to_host(tensors: &[Tensor]) -> Result<Vec<Tensor>, tch::TchError> {
+    let mut host: Vec<Option<Tensor>> = tensors.iter().map(|_| None).collect();
+    let mut shapes: Vec<Vec<i64>> = Vec::new();
+    for t in tensors {
+        if !shapes.contains(&t.size()) {
+            shapes.push(t.size());
+        }
+    }
+    for shape in shapes {
+        let indices: Vec<usize> = (0..tensors.len()).filter(|&i| tensors[i].size() == shape).collect();
+        let same: Vec<&Tensor> = indices.iter().map(|&i| &tensors[i]).collect();
+        let moved = Tensor::f_stack(&same, 0)?.f_to_device(tch::Device::Cpu)?;
+        for (k, i) in indices.into_iter().enumerate() {
+            host[i] = Some(moved.f_get(k as i64)?);
+        }
+    }
+    Ok(host.into_iter().flatten().collect())
 }
 
 /// The eigenvalues of positive semi-definite matrices as their singular values (descending).
@@ -557,6 +586,19 @@ pub(crate) mod tests {
 
     pub(crate) const CONVS: &str = "|nor_conv_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|none~0|nor_conv_3x3~1|avg_pool_3x3~2|";
     pub(crate) const NONES: &str = "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|";
+
+    #[test]
+    fn to_host_keeps_order_and_values_across_shapes() {
+        let cpu = (Kind::Double, Device::Cpu);
+        let tensors = [Tensor::eye(2, cpu), Tensor::ones([3], cpu), Tensor::eye(2, cpu) * 2.0, Tensor::zeros([], cpu)];
+        let host = to_host(&tensors).unwrap();
+        assert_eq!(host.len(), tensors.len());
+        for (h, t) in host.iter().zip(&tensors) {
+            assert_eq!(h.device(), Device::Cpu);
+            assert!(h.equal(t), "{h} vs {t}");
+        }
+        assert!(to_host(&[]).unwrap().is_empty());
+    }
 
     #[test]
     fn names_round_trip_and_unknown_names_list_the_known_ones() {

@@ -16,26 +16,36 @@ use tch::{Kind, Tensor, nn};
 use super::{MeasureError, finite};
 use crate::model::{Network, NormMode};
 
-/// Σ |W ⊙ g| over layer weights; `grads` aligned with `net.params()`.
-pub(super) fn snip(net: &Network, grads: &[Tensor]) -> Result<f64, tch::TchError> {
-    let mut total = 0.0;
+/// `term(W, g)` (a scalar in double precision) for each layer weight `W` with a gradient
+/// `g`, brought to the host in one transfer, in the order of `net.params()`. One transfer
+/// rather than one per layer: on a GPU each waits until the device has caught up.
+fn layer_terms(
+    net: &Network,
+    grads: &[Tensor],
+    term: impl Fn(&Tensor, &Tensor) -> Result<Tensor, tch::TchError>,
+) -> Result<Vec<f64>, tch::TchError> {
+    let mut terms = Vec::new();
     for (param, g) in net.params().iter().zip(grads) {
         if param.kind.is_layer_weight() && g.defined() {
-            total += param.tensor.f_mul(g)?.f_abs()?.f_sum(Kind::Double)?.f_double_value(&[])?;
+            terms.push(term(&param.tensor, g)?);
         }
     }
-    Ok(total)
+    if terms.is_empty() {
+        return Ok(Vec::new());
+    }
+    Vec::<f64>::try_from(Tensor::f_stack(&terms, 0)?.f_to_device(tch::Device::Cpu)?)
+}
+
+/// Σ |W ⊙ g| over layer weights; `grads` aligned with `net.params()`.
+pub(super) fn snip(net: &Network, grads: &[Tensor]) -> Result<f64, tch::TchError> {
+    let terms = layer_terms(net, grads, |w, g| w.f_mul(g)?.f_abs()?.f_sum(Kind::Double))?;
+    Ok(terms.iter().fold(0.0, |total, t| total + t))
 }
 
 /// Σ ‖g_W‖ over layer weights; `grads` aligned with `net.params()`.
 pub(super) fn grad_norm(net: &Network, grads: &[Tensor]) -> Result<f64, tch::TchError> {
-    let mut total = 0.0;
-    for (param, g) in net.params().iter().zip(grads) {
-        if param.kind.is_layer_weight() && g.defined() {
-            total += g.f_to_kind(Kind::Double)?.f_square()?.f_sum(Kind::Double)?.f_double_value(&[])?.sqrt();
-        }
-    }
-    Ok(total)
+    let terms = layer_terms(net, grads, |_, g| g.f_to_kind(Kind::Double)?.f_square()?.f_sum(Kind::Double))?;
+    Ok(terms.iter().fold(0.0, |total, t| total + t.sqrt()))
 }
 
 /// SynFlow. Rewrites the network's weights (absolute values, double precision): call it
@@ -55,13 +65,8 @@ pub(super) fn synflow(vs: &mut nn::VarStore, net: &Network, images: &Tensor) -> 
     let flow = net.forward(&ones, NormMode::Eval).f_sum(Kind::Double)?;
     let params: Vec<&Tensor> = net.params().iter().map(|p| &p.tensor).collect();
     let grads = Tensor::f_run_backward(&[&flow], &params, false, false)?;
-    let mut total = 0.0;
-    for (param, g) in net.params().iter().zip(&grads) {
-        if param.kind.is_layer_weight() && g.defined() {
-            total += param.tensor.f_mul(g)?.f_sum(Kind::Double)?.f_double_value(&[])?;
-        }
-    }
-    Ok(finite(total))
+    let terms = layer_terms(net, &grads, |w, g| w.f_mul(g)?.f_sum(Kind::Double))?;
+    Ok(finite(terms.iter().fold(0.0, |total, t| total + t)))
 }
 
 #[cfg(test)]
