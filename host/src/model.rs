@@ -68,8 +68,11 @@ pub enum NormMode {
 /// libtorch lets cuDNN use TF32 for convolutions by default: on Ampere and newer GPUs the
 /// inputs are rounded to a 10-bit mantissa. Measured on an H200, that moved MGM by 1–4%
 /// against the CPU for the same weights, and by 41% for a deep plain chain whose gradients
-/// explode. Deterministic algorithms make CUDA scores repeat exactly. On the CPU neither
-/// flag changes anything.
+/// explode. Deterministic algorithms keep cuDNN from choosing convolutions that add in a
+/// varying order. (They do not make every CUDA score repeat to the bit: on the embedded
+/// MNIST data, measures read from gradients still vary from run to run, by up to 2·10⁻⁴
+/// relative for MGM, even with one worker; the README's *Speed* section has what was
+/// ruled out.) On the CPU neither flag changes anything.
 fn conv2d(x: &Tensor, weight: &Tensor, stride: i64, padding: i64) -> Tensor {
     grouped_conv2d(x, weight, stride, padding, 1)
 }
