@@ -177,8 +177,8 @@ enum PendingSigma {
     Zero,
     Computed {
         /// A boolean scalar: whether the gradient at the input equals the signs at the
-        /// output (an identity block). `None` when their shapes differ.
-        identity: Option<Tensor>,
+        /// output (an identity block).
+        identity: Tensor,
         /// The Gram matrix whose largest eigenvalue is σ² ([`block_gram`]).
         gram: Tensor,
     },
@@ -187,30 +187,24 @@ enum PendingSigma {
 /// The blocks' σ on the host: every block's flag and Gram matrix brought over in a few
 /// transfers, then decomposed there.
 fn resolve(pending: Vec<PendingSigma>) -> Result<Vec<BlockSigma>, MeasureError> {
-    let mut flags = Vec::new();
-    let mut grams = Vec::new();
-    for p in &pending {
-        if let PendingSigma::Computed { identity, gram } = p {
-            flags.extend(identity.iter().map(Tensor::shallow_clone));
-            grams.push(gram.shallow_clone());
-        }
-    }
-    let (mut flags, mut grams) = (super::to_host(&flags)?.into_iter(), super::to_host(&grams)?.into_iter());
+    let (flags, grams): (Vec<Tensor>, Vec<Tensor>) = pending
+        .iter()
+        .filter_map(|p| match p {
+            PendingSigma::Computed { identity, gram } => Some((identity.shallow_clone(), gram.shallow_clone())),
+            PendingSigma::Zero => None,
+        })
+        .unzip();
+    let (flags, grams) = (super::to_host(&flags)?, super::to_host(&grams)?);
+    let mut computed = 0;
     let mut sigmas = Vec::with_capacity(pending.len());
-    for p in pending {
-        let PendingSigma::Computed { identity, .. } = p else {
-            sigmas.push(BlockSigma::Sigma(0.0));
-            continue;
-        };
-        let is_identity = match identity {
-            Some(_) => flags.next().map(|flag| flag.f_int64_value(&[])).transpose()? == Some(1),
-            None => false,
-        };
-        let gram = grams.next();
-        sigmas.push(match gram {
-            _ if is_identity => BlockSigma::Identity,
-            Some(gram) => BlockSigma::Sigma(sigma_from_gram(&gram)?),
-            None => BlockSigma::Sigma(f64::NAN),
+    for p in &pending {
+        sigmas.push(match p {
+            PendingSigma::Zero => BlockSigma::Sigma(0.0),
+            PendingSigma::Computed { .. } => {
+                let (flag, gram) = (&flags[computed], &grams[computed]);
+                computed += 1;
+                if flag.f_int64_value(&[])? != 0 { BlockSigma::Identity } else { BlockSigma::Sigma(sigma_from_gram(gram)?) }
+            }
         });
     }
     Ok(sigmas)
@@ -244,8 +238,8 @@ fn block_sigma(f_in: &Tensor, in_graph: bool, f_out: &Tensor, signs: &SignCache,
     };
     let Some(g_in) = g_in else { return Ok(PendingSigma::Zero) };
     let identity = match g_in.size() == g_out.size() {
-        true => Some(g_in.f_eq_tensor(&g_out.f_to_kind(g_in.kind())?)?.f_all()?),
-        false => None,
+        true => g_in.f_eq_tensor(&g_out.f_to_kind(g_in.kind())?)?.f_all()?,
+        false => Tensor::f_zeros([], (Kind::Bool, g_in.device()))?,
     };
     Ok(PendingSigma::Computed { identity, gram: block_gram(&g_in, &g_out)? })
 }
