@@ -990,6 +990,52 @@ mod tests {
     use crate::run::{Experiment, PolicyLimits};
     use crate::space::Arch;
 
+    /// Policies' unit tests run against the SDK's simulated host
+    /// (`knas_policy_sdk::testing`): it must keep this host's rules, defaults and random
+    /// stream, or those tests would pass against a host that does not exist.
+    #[test]
+    fn the_sdks_simulated_host_keeps_this_hosts_rules_and_defaults() {
+        use knas_policy_sdk::testing;
+        assert_eq!(testing::NO_PROGRESS_LIMIT, NO_PROGRESS_LIMIT as usize);
+        assert_eq!(testing::REPLAY_CHUNK, REPLAY_CHUNK);
+
+        let simulated = testing::Host::nb201(7, 2).settings().clone();
+        let experiment = Experiment::default();
+        let search = crate::config::SearchSettings::default();
+        assert_eq!(simulated.max_batch, search.max_batch);
+        assert_eq!(simulated.max_epochs, crate::run::DEFAULT_MAX_EPOCHS);
+        assert_eq!(simulated.epochs as usize, experiment.train.epochs);
+        assert_eq!(simulated.score, experiment.score.to_string());
+        let offered: Vec<(String, String, f64)> = experiment
+            .score_measures()
+            .into_iter()
+            .map(|m| {
+                let family = serde_json::to_value(m.info().family).unwrap().as_str().unwrap().to_owned();
+                (m.to_string(), family, experiment.score_weight(m))
+            })
+            .collect();
+        let simulated_measures: Vec<(String, String, f64)> =
+            simulated.measures.iter().map(|m| (m.name.clone(), m.family.clone(), m.weight)).collect();
+        assert_eq!(simulated_measures, offered);
+        assert_eq!(simulated.space.ops, Op::ALL.iter().map(|op| op.name()).collect::<Vec<_>>());
+        let edges: Vec<(usize, usize)> = simulated.space.edges.iter().map(|e| (e.src as usize, e.dst as usize)).collect();
+        assert_eq!(edges, EDGES);
+
+        /// Draws three numbers when created.
+        struct Draws([u64; 3]);
+        impl knas_policy_sdk::Policy for Draws {
+            fn new(_: knas_policy_sdk::Settings) -> Result<Self, String> {
+                Ok(Draws(std::array::from_fn(|_| knas_policy_sdk::random::u64())))
+            }
+            fn propose(&mut self, _: knas_policy_sdk::Budget) -> Result<knas_policy_sdk::Proposal, String> {
+                Ok(knas_policy_sdk::Proposal::Done)
+            }
+        }
+        let run = testing::Host::nb201(1, 0).seed(42).run::<Draws>(|c| testing::failed(c, "not asked")).unwrap();
+        let mut host = crate::policy::runtime::generator(42);
+        assert_eq!(run.policy.0, std::array::from_fn(|_| rand::RngCore::next_u64(&mut host)));
+    }
+
     #[test]
     fn a_leaderboard_from_the_rows_the_store_picks_equals_one_from_every_row() {
         let dir = tempfile::tempdir().unwrap();

@@ -31,7 +31,8 @@
 //! What the host measures arrives in [`Evaluation`]s: the run's score (the rank aggregate
 //! by default), every training-free measure by name, the network's size, and training
 //! results. [`archive::Archive`] keeps them, ranks them, aggregates ranks and answers
-//! "top k"; [`nb201`] is the search space, the same code the host runs.
+//! "top k"; [`nb201`] is the search space, the same code the host runs. [`testing`] runs a
+//! policy against a simulated host, so it can be unit-tested with `cargo test`.
 //!
 //! The contract itself is the WIT file `sdk/wit/policy.wit` (package `knas:policy`, whose
 //! version is [`CONTRACT_VERSION`]); this crate is generated from it and hides the
@@ -39,6 +40,8 @@
 
 pub mod archive;
 pub mod nb201;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
 
 use std::cell::RefCell;
 
@@ -154,9 +157,13 @@ impl Evaluation {
     }
 }
 
-/// Writes to the host's log, attributed to this policy.
+/// Writes to the host's log, attributed to this policy. (In a native build, such as a
+/// policy's unit tests, [`testing::Run::logs`] keeps the records.)
 pub fn log(level: Level, message: &str) {
+    #[cfg(target_arch = "wasm32")]
     bindings::knas::policy::host::log(level, message);
+    #[cfg(not(target_arch = "wasm32"))]
+    testing::log(level, message);
 }
 
 /// Logs at info level.
@@ -203,9 +210,13 @@ pub mod random {
         HostRng
     }
 
-    /// 64 random bits.
+    /// 64 random bits. (In a native build, from [`crate::testing`]'s copy of the host's
+    /// generator.)
     pub fn u64() -> u64 {
-        super::bindings::knas::policy::host::random()
+        #[cfg(target_arch = "wasm32")]
+        return super::bindings::knas::policy::host::random();
+        #[cfg(not(target_arch = "wasm32"))]
+        return crate::testing::random();
     }
 
     /// A uniform integer in `0..n` (`n > 0`), without modulo bias.

@@ -109,3 +109,40 @@ impl Policy for HillClimb {
 }
 
 knas_policy_sdk::register_policy!(HillClimb);
+
+/// Unit tests run natively (`cargo test`) against the SDK's simulated host: no wasm
+/// build, no networks, a landscape made up for the test.
+#[cfg(test)]
+mod tests {
+    use knas_policy_sdk::testing::{Host, scored, trained};
+    use knas_policy_sdk::{Budget, Level};
+
+    use super::*;
+
+    /// The score counts the edges that hold `target`'s op: one peak, no plateau traps.
+    fn towards(target: Arch) -> impl Fn(&Candidate) -> Evaluation {
+        move |candidate| {
+            let arch = candidate.arch().expect("hill climbing proposes single architectures");
+            let hits = arch.ops().iter().zip(target.ops()).filter(|(a, b)| a == b).count() as f64;
+            if candidate.fidelity.is_train() { trained(candidate, hits / 6.0) } else { scored(candidate, hits, &[]) }
+        }
+    }
+
+    #[test]
+    fn climbs_to_the_peak_and_trains_it() {
+        let target = Arch::from_index(9_818).unwrap();
+        // At most 6 moves of 24 neighbours each, plus the start.
+        let run = Host::nb201(150, 1).run::<HillClimb>(towards(target)).unwrap();
+        assert_eq!(run.spent(), Budget { scores: 150, trainings: 1 });
+        assert_eq!(run.winner().and_then(|w| w.candidate.arch()), Some(target));
+        assert_eq!(run.idle_proposals, 0);
+        // Past the peak every neighbour is worse: it restarts, and says so.
+        assert!(run.logged(Level::Info).len() >= 2, "{:?}", run.logs);
+    }
+
+    #[test]
+    fn restarts_are_logged_only_when_asked() {
+        let run = Host::nb201(60, 0).params(r#"{"restarts_log": false}"#).run::<HillClimb>(towards(Arch::from_index(0).unwrap())).unwrap();
+        assert!(run.logs.is_empty(), "{:?}", run.logs);
+    }
+}

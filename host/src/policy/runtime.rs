@@ -121,7 +121,7 @@ impl PolicyRuntime {
         let state = PolicyState {
             policy: label.clone(),
             limiter: Limiter::new(limits.memory_mib << 20),
-            rng: ChaCha8Rng::seed_from_u64(seed),
+            rng: generator(seed),
             logs_this_call: 0,
             dropped_logs: 0,
             log_limits: (limits.log_records_per_call, limits.log_record_bytes),
@@ -330,6 +330,13 @@ impl PolicyState {
     pub(super) fn random(&mut self) -> u64 {
         self.rng.next_u64()
     }
+}
+
+/// The random stream (`host.random`) of an instance of a run with `seed`: every instance
+/// starts it afresh, so a fresh instance draws what the first one drew. (The SDK's
+/// simulated host, `knas_policy_sdk::testing`, draws the same stream.)
+pub fn generator(seed: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed)
 }
 
 /// A token bucket over the bytes an instance logs: it holds at most a minute's allowance

@@ -214,3 +214,96 @@ fn random_new(is_new: impl Fn(&Arch) -> bool) -> Arch {
 }
 
 knas_policy_sdk::register_policy!(Evolution);
+
+#[cfg(test)]
+mod tests {
+    use knas_policy_sdk::nb201::Op;
+    use knas_policy_sdk::testing::{Finish, Host, Resume, scored, trained};
+
+    use super::*;
+
+    /// A smooth landscape: the score counts the edges that hold `target`'s op; size grows
+    /// with the convolutions; accuracy follows the score.
+    fn matches(target: Arch) -> impl Fn(&Candidate) -> Evaluation {
+        move |candidate| {
+            let Some(arch) = candidate.arch() else { return scored(candidate, f64::NAN, &[]) };
+            let hits = arch.ops().iter().zip(target.ops()).filter(|(a, b)| a == b).count() as f64;
+            if candidate.fidelity.is_train() {
+                return trained(candidate, 0.9 + hits / 100.0);
+            }
+            let convs = arch.ops().iter().filter(|op| matches!(op, Op::Conv1x1 | Op::Conv3x3)).count() as u64;
+            Evaluation { params: Some(1_000 * convs), ..scored(candidate, hits, &[]) }
+        }
+    }
+
+    fn best_score(evaluations: &[Evaluation]) -> f64 {
+        evaluations.iter().filter_map(|e| e.score).fold(f64::NEG_INFINITY, f64::max)
+    }
+
+    #[test]
+    fn climbs_a_smooth_landscape_that_random_sampling_does_not() {
+        let target = Arch::from_index(11_318).unwrap();
+        let mut found = 0;
+        for seed in 0..5 {
+            let host = Host::nb201(150, 3).seed(seed);
+            let run = host.run::<Evolution>(matches(target)).unwrap();
+            assert_eq!(run.finish, Some(Finish::BudgetSpent), "seed {seed}");
+            assert_eq!(run.spent(), knas_policy_sdk::Budget { scores: 150, trainings: 3 }, "seed {seed}");
+            assert_eq!(run.idle_proposals, 0, "seed {seed}: no proposal without something new");
+            // The first 20 scores seed the population at random; a random architecture
+            // matches 5 of 6 edges once in 625 draws.
+            assert!(best_score(&run.evaluations[..20]) < 5.0, "seed {seed}");
+            let best = best_score(&run.evaluations);
+            assert!(best >= 5.0, "seed {seed}: best {best}");
+            found += usize::from(best == 6.0);
+            assert_eq!(run.winner().and_then(|w| w.score), Some(best), "seed {seed}: a finalist holds the best score");
+        }
+        assert!(found >= 4, "the optimum found on {found} of 5 seeds");
+    }
+
+    #[test]
+    fn limits_keep_large_networks_out_of_parents_and_finalists() {
+        // The target has four convolutions; at most two are allowed.
+        let target = Arch::from_index(11_318).unwrap();
+        let run = Host::nb201(150, 3).params(r#"{"max_params": 2000}"#).run::<Evolution>(matches(target)).unwrap();
+        let trained: Vec<&Evaluation> = run.trainings().collect();
+        assert_eq!(trained.len(), 3);
+        assert!(trained.iter().all(|e| e.params.is_some_and(|p| p <= 2_000)), "{trained:?}");
+        let best_within = run.scores().filter(|e| e.params.is_some_and(|p| p <= 2_000)).filter_map(|e| e.score).fold(0.0, f64::max);
+        assert_eq!(trained[0].score, Some(best_within), "the first finalist is the best within the limit");
+        // Parents come from within the limit, and a child differs from its parent on one
+        // edge: no child has more than three convolutions.
+        let children: Vec<Option<u64>> = run.scores().skip(20).map(|e| e.params).collect();
+        assert!(children.iter().all(|p| p.is_some_and(|p| p <= 3_000)), "{children:?}");
+    }
+
+    #[test]
+    fn a_history_rebuilds_the_population_and_a_stopped_run_resumes_by_every_route() {
+        let target = Arch::from_index(4_242).unwrap();
+        let host = Host::nb201(80, 2).max_batch(4).seed(3);
+        let whole = host.run::<Evolution>(matches(target)).unwrap();
+
+        let stopped = host.run_until::<Evolution>(45, matches(target)).unwrap();
+        let mut fed = Evolution::new(host.settings().clone()).unwrap();
+        fed.observe(stopped.evaluations.clone()).unwrap();
+        assert_eq!(fed.population, stopped.policy.population, "the last 20 scored, oldest first");
+        assert_eq!(fed.archive, stopped.policy.archive);
+
+        let retraced = host.resume(stopped, Resume::Retrace, matches(target)).unwrap();
+        assert_eq!(retraced.evaluations, whole.evaluations, "a restart continues as if never stopped");
+        for how in [Resume::Checkpoint, Resume::Replay] {
+            let stopped = host.run_until::<Evolution>(45, matches(target)).unwrap();
+            let resumed = host.resume(stopped, how, matches(target)).unwrap();
+            assert_eq!(resumed.spent(), knas_policy_sdk::Budget { scores: 80, trainings: 2 }, "{how:?}: nothing evaluated twice");
+            assert_eq!(resumed.idle_proposals, 0, "{how:?}");
+        }
+    }
+
+    #[test]
+    fn bad_params_are_named() {
+        let err = Host::nb201(10, 1).params(r#"{"population": 4, "sample": 5}"#).run::<Evolution>(matches(Arch::from_index(0).unwrap()));
+        assert!(err.err().unwrap().contains("need 1 <= sample (5) <= population (4)"));
+        let err = Host::nb201(10, 1).params(r#"{"max_params": -1}"#).run::<Evolution>(matches(Arch::from_index(0).unwrap()));
+        assert!(err.err().unwrap().contains("max_params: invalid value"));
+    }
+}

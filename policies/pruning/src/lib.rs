@@ -149,11 +149,12 @@ impl Policy for Pruning {
 
     fn observe(&mut self, results: Vec<Evaluation>) -> Result<(), String> {
         for result in &results {
-            if result.candidate.fidelity == Fidelity::Score && result.candidate.arch().is_none() {
-                if let Some(net) = result.candidate.supernet() {
-                    let measures = result.measures.iter().map(|m| (m.name.clone(), m.value)).collect();
-                    self.supernets.insert(net, Measured { score: result.score, measures });
-                }
+            if result.candidate.fidelity == Fidelity::Score
+                && result.candidate.arch().is_none()
+                && let Some(net) = result.candidate.supernet()
+            {
+                let measures = result.measures.iter().map(|m| (m.name.clone(), m.value)).collect();
+                self.supernets.insert(net, Measured { score: result.score, measures });
             }
         }
         self.archive.record(&results);
@@ -206,3 +207,88 @@ impl Policy for Pruning {
 }
 
 knas_policy_sdk::register_policy!(Pruning);
+
+#[cfg(test)]
+mod tests {
+    use knas_policy_sdk::nb201::Op;
+    use knas_policy_sdk::testing::{Finish, Host, Resume, scored, trained};
+    use knas_policy_sdk::{Budget, Level};
+
+    use super::*;
+
+    /// An additive landscape: op `o` on edge `e` is worth `worth(e, o)` (distinct values),
+    /// a cell is worth the sum over its edges of the ops it holds, and every measure of the
+    /// aggregate reads that sum. Removing the least valuable op of an edge costs least.
+    fn worth(edge: usize, op: Op) -> f64 {
+        ((edge * 7 + op.index() * 3) % 11) as f64 + edge as f64 / 100.0
+    }
+
+    fn additive(candidate: &Candidate) -> Evaluation {
+        let Some(cell) = candidate.supernet() else { return scored(candidate, f64::NAN, &[]) };
+        let value: f64 = cell.edges().iter().enumerate().map(|(e, set)| set.ops().map(|op| worth(e, op)).sum::<f64>()).sum();
+        if candidate.fidelity.is_train() {
+            return trained(candidate, value / 100.0);
+        }
+        let names = ["synflow", "meco", "expressivity", "progressivity", "trainability", "params"];
+        scored(candidate, value, &names.map(|n| (n, value)))
+    }
+
+    fn optimum() -> Arch {
+        let mut ops = [Op::None; NUM_EDGES];
+        for (e, op) in ops.iter_mut().enumerate() {
+            *op = Op::ALL.into_iter().max_by(|a, b| worth(e, *a).total_cmp(&worth(e, *b))).unwrap();
+        }
+        Arch::new(ops)
+    }
+
+    #[test]
+    fn prunes_an_additive_supernet_down_to_its_optimum() {
+        let run = Host::nb201(100, 3).run::<Pruning>(additive).unwrap();
+        assert_eq!(run.finish, Some(Finish::BudgetSpent));
+        assert_eq!(run.spent(), Budget { scores: 100, trainings: 3 });
+        assert_eq!(run.idle_proposals, 0);
+        // Four rounds remove one op per edge each: 6·5 + 6·4 + 6·3 + 6·2 supernets.
+        let supernets = run.scores().filter(|e| e.candidate.arch().is_none()).count();
+        assert_eq!(supernets, 84);
+        let first_arch = run.scores().find_map(|e| e.candidate.arch());
+        assert_eq!(first_arch, Some(optimum()), "the pruned architecture comes first");
+        assert_eq!(run.winner().and_then(|w| w.candidate.arch()), Some(optimum()));
+        assert_eq!(run.logged(Level::Info).len(), 4, "one line per round: {:?}", run.logs);
+        // The local search spends the rest on the optimum's neighbours.
+        let neighbours: Vec<Arch> = optimum().neighbours().collect();
+        assert!(run.scores().filter_map(|e| e.candidate.arch()).skip(1).all(|a| neighbours.contains(&a)));
+    }
+
+    #[test]
+    fn a_budget_too_small_to_finish_prunes_on_what_was_measured() {
+        let run = Host::nb201(40, 1).run::<Pruning>(additive).unwrap();
+        assert_eq!(run.spent(), Budget { scores: 40, trainings: 1 });
+        assert_eq!(
+            run.logged(Level::Warn),
+            ["score budget spent before pruning finished: pruning on what was measured"; 3],
+            "rounds 2, 3 and 4 prune on what was measured"
+        );
+        assert!(run.winner().is_some(), "the pruned architecture is still trained");
+    }
+
+    #[test]
+    fn a_stopped_run_resumes_as_if_never_stopped() {
+        let host = Host::nb201(100, 3).max_batch(8);
+        let whole = host.run::<Pruning>(additive).unwrap();
+        // Stopped in the middle of a round (by a restart or a hot swap, which replays the
+        // history: the procedure is deterministic given the results).
+        for (stop, how) in [(20, Resume::Retrace), (61, Resume::Retrace), (20, Resume::Replay), (90, Resume::Replay)] {
+            let stopped = host.run_until::<Pruning>(stop, additive).unwrap();
+            let resumed = host.resume(stopped, how, additive).unwrap();
+            assert_eq!(resumed.evaluations, whole.evaluations, "stopped after {stop}, {how:?}");
+        }
+    }
+
+    #[test]
+    fn bad_params_are_named() {
+        let err = Host::nb201(10, 1).params(r#"{"rank_by": "accuracy"}"#).run::<Pruning>(additive).err().unwrap();
+        assert!(err.contains("rank_by: unknown ranking \"accuracy\""), "{err}");
+        let err = Host::nb201(10, 1).params(r#"{"refine": "yes"}"#).run::<Pruning>(additive).err().unwrap();
+        assert!(err.contains("refine: invalid type"), "{err}");
+    }
+}

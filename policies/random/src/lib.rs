@@ -89,3 +89,81 @@ impl Policy for Knas {
 }
 
 knas_policy_sdk::register_policy!(Knas);
+
+#[cfg(test)]
+mod tests {
+    use knas_policy_sdk::testing::{Finish, Host, Resume, scored, trained};
+    use knas_policy_sdk::{Budget, Evaluation};
+
+    use super::*;
+
+    /// Score: the architecture's index; accuracy: the same, scaled to [0, 1).
+    fn by_index(candidate: &Candidate) -> Evaluation {
+        let index = candidate.arch().map_or(0, |a| a.index()) as f64;
+        if candidate.fidelity.is_train() { trained(candidate, index / NUM_ARCHS as f64) } else { scored(candidate, index, &[]) }
+    }
+
+    fn top_scored(evaluations: &[Evaluation], k: usize) -> Vec<Arch> {
+        let mut scored: Vec<(f64, Arch)> =
+            evaluations.iter().filter(|e| e.is_score()).filter_map(|e| Some((e.score?, e.candidate.arch()?))).collect();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+        scored.into_iter().take(k).map(|(_, a)| a).collect()
+    }
+
+    #[test]
+    fn scores_m_distinct_candidates_then_trains_the_k_best() {
+        let run = Host::nb201(100, 3).run::<Knas>(by_index).unwrap();
+        assert_eq!(run.finish, Some(Finish::BudgetSpent));
+        assert_eq!(run.spent(), Budget { scores: 100, trainings: 3 });
+        assert_eq!(run.idle_proposals, 0);
+        let scored: std::collections::HashSet<Arch> = run.scores().filter_map(|e| e.candidate.arch()).collect();
+        assert_eq!(scored.len(), 100, "every candidate scored once");
+        let trained: Vec<Arch> = run.trainings().filter_map(|e| e.candidate.arch()).collect();
+        assert_eq!(trained, top_scored(&run.evaluations, 3), "the finalists are the three best scores, best first");
+        // All scores come before any training (coarse, then fine selection).
+        let first_training = run.evaluations.iter().position(|e| e.candidate.fidelity.is_train()).unwrap();
+        assert_eq!(first_training, 100);
+    }
+
+    #[test]
+    fn params_set_m_k_and_the_ranking() {
+        let run = Host::nb201(100, 3).params(r#"{"candidates": 20, "top_k": 2, "epochs": 4}"#).run::<Knas>(by_index).unwrap();
+        assert_eq!(run.finish, Some(Finish::Done), "done with budget left");
+        assert_eq!(run.spent(), Budget { scores: 20, trainings: 2 });
+        assert!(run.trainings().all(|e| e.epochs == Some(4)));
+        // Ranked by one measure: the finalists are that measure's best, not the score's.
+        let reversed = |c: &Candidate| {
+            let index = c.arch().map_or(0, |a| a.index()) as f64;
+            if c.fidelity.is_train() { trained(c, 0.5) } else { scored(c, index, &[("meco", -index)]) }
+        };
+        let run = Host::nb201(30, 1).params(r#"{"rank_by": "meco"}"#).run::<Knas>(reversed).unwrap();
+        let lowest = run.scores().filter_map(|e| e.candidate.arch()).min_by_key(|a| a.index()).unwrap();
+        assert_eq!(run.trainings().filter_map(|e| e.candidate.arch()).collect::<Vec<_>>(), [lowest]);
+    }
+
+    #[test]
+    fn bad_params_are_named() {
+        let err = Host::nb201(10, 1).params(r#"{"top_k": "three"}"#).run::<Knas>(by_index).err().unwrap();
+        assert!(err.contains("top_k: invalid type"), "{err}");
+        let err = Host::nb201(10, 1).params(r#"{"rank_by": "nope"}"#).run::<Knas>(by_index).err().unwrap();
+        assert!(err.contains("rank_by: unknown ranking \"nope\""), "{err}");
+    }
+
+    #[test]
+    fn a_stopped_run_resumes_by_every_route_without_scoring_twice() {
+        let host = Host::nb201(60, 3).max_batch(8).seed(7);
+        let whole = host.run::<Knas>(by_index).unwrap();
+        let stopped = host.run_until::<Knas>(27, by_index).unwrap();
+        let retraced = host.resume(stopped, Resume::Retrace, by_index).unwrap();
+        assert_eq!(retraced.evaluations, whole.evaluations, "a restart continues as if never stopped");
+        for how in [Resume::Checkpoint, Resume::Replay] {
+            let stopped = host.run_until::<Knas>(27, by_index).unwrap();
+            let kept = stopped.evaluations.clone();
+            let resumed = host.resume(stopped, how, by_index).unwrap();
+            assert_eq!(resumed.evaluations[..kept.len()], kept[..], "{how:?}");
+            assert_eq!(resumed.spent(), Budget { scores: 60, trainings: 3 }, "{how:?}: nothing evaluated twice");
+            let trained: Vec<Arch> = resumed.trainings().filter_map(|e| e.candidate.arch()).collect();
+            assert_eq!(trained, top_scored(&resumed.evaluations, 3), "{how:?}");
+        }
+    }
+}

@@ -1,0 +1,509 @@
+//! Unit-test a policy with `cargo test`: a simulated knas host that runs in the test
+//! process (native builds only; inside the wasm component the real host answers).
+//!
+//! ```no_run
+//! # use knas_policy_sdk::{Budget, Candidate, Policy, Proposal, Settings};
+//! # struct MyPolicy;
+//! # impl Policy for MyPolicy {
+//! #     fn new(_: Settings) -> Result<Self, String> { Ok(MyPolicy) }
+//! #     fn propose(&mut self, _: Budget) -> Result<Proposal, String> { Ok(Proposal::Done) }
+//! # }
+//! use knas_policy_sdk::testing::{Host, scored, trained};
+//!
+//! // Score = the architecture's index; accuracy after training = the same, scaled.
+//! let run = Host::nb201(100, 3)
+//!     .run::<MyPolicy>(|candidate| match candidate.arch() {
+//!         Some(arch) if candidate.fidelity.is_train() => trained(candidate, arch.index() as f64 / 15_625.0),
+//!         Some(arch) => scored(candidate, arch.index() as f64, &[]),
+//!         None => scored(candidate, 0.0, &[]),
+//!     })
+//!     .unwrap();
+//! assert!(run.spent().scores <= 100);
+//! ```
+//!
+//! [`Host`] drives a [`Policy`] the way the knas host does: `new`, then `propose` and
+//! `observe` until the policy answers `done` or the budget is spent. A closure stands in
+//! for the networks and the training: it answers each *new* evaluation. The host's rules
+//! hold here too, and breaking one ends the run with an error that names it:
+//!
+//! - a batch holds 1 to `max-batch` candidates, each well formed (an op set per edge,
+//!   valid and distinct op indices, one op per edge for a training, 1 to `max-epochs`
+//!   epochs);
+//! - the new evaluations a batch asks for fit in the remaining budget; re-proposing what
+//!   the run already evaluated is free and answered from the record;
+//! - [`NO_PROGRESS_LIMIT`] proposals in a row that tell the policy nothing new end the run.
+//!
+//! A trained architecture that was scored carries its score and measures, as the host's
+//! answers do. Random numbers come from the host's own generator seeded the host's way
+//! (ChaCha8 from the run's seed, afresh for every instance), so a policy draws here what it
+//! draws in a real run with the same seed and results. Log records are kept in
+//! [`Run::logs`]. [`Host::resume`] takes a stopped run over with a fresh instance, by each
+//! of the host's three routes (restart, hot swap with a checkpoint, hot swap without).
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::nb201::{EDGES, NUM_EDGES, Op, Supernet};
+use crate::{Budget, Candidate, Edge, Evaluation, Fidelity, Level, MeasureInfo, MeasureValue, Policy, Proposal, Settings, Space};
+
+/// Proposals in a row that tell the policy nothing new before the host ends a run (the
+/// host's own limit).
+pub const NO_PROGRESS_LIMIT: usize = 100;
+
+/// Results per `observe` call when a history is fed to a fresh instance (the host's).
+pub const REPLAY_CHUNK: usize = 256;
+
+thread_local! {
+    static RNG: RefCell<ChaCha8Rng> = RefCell::new(ChaCha8Rng::seed_from_u64(0));
+    static LOGS: RefCell<Vec<(Level, String)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The simulated `host.random`.
+pub(crate) fn random() -> u64 {
+    RNG.with(|rng| rng.borrow_mut().next_u64())
+}
+
+/// The simulated `host.log`.
+pub(crate) fn log(level: Level, message: &str) {
+    LOGS.with(|logs| logs.borrow_mut().push((level, message.to_owned())));
+}
+
+/// A successful score evaluation of `candidate`: the run's `score` and the named
+/// `measures` (a value that is not finite becomes missing, as the host reports it).
+pub fn scored(candidate: &Candidate, score: f64, measures: &[(&str, f64)]) -> Evaluation {
+    Evaluation {
+        score: Some(score).filter(|s| s.is_finite()),
+        measures: measures.iter().map(|&(name, v)| MeasureValue { name: name.into(), value: Some(v).filter(|v| v.is_finite()) }).collect(),
+        ..blank(candidate)
+    }
+}
+
+/// A successful training of `candidate`: held-out `accuracy`, and loss `1 − accuracy`.
+pub fn trained(candidate: &Candidate, accuracy: f64) -> Evaluation {
+    Evaluation { accuracy: Some(accuracy), loss: Some(1.0 - accuracy), ..blank(candidate) }
+}
+
+/// An evaluation the host could not make (a training that diverged, a network that
+/// could not be built).
+pub fn failed(candidate: &Candidate, error: &str) -> Evaluation {
+    Evaluation { error: Some(error.into()), ..blank(candidate) }
+}
+
+fn blank(candidate: &Candidate) -> Evaluation {
+    Evaluation {
+        candidate: candidate.clone(),
+        score: None,
+        measures: Vec::new(),
+        params: None,
+        flops: None,
+        accuracy: None,
+        loss: None,
+        epochs: None,
+        error: None,
+    }
+}
+
+/// The measures the knas host offers by default, with their weights in its default
+/// aggregate score.
+const DEFAULT_MEASURES: [(&str, &str, f64); 7] = [
+    ("synflow", "saliency", 1.0),
+    ("meco", "features", 1.0),
+    ("expressivity", "features", 1.0),
+    ("progressivity", "features", 1.0),
+    ("trainability", "features", 1.0),
+    ("params", "size", 1.0),
+    ("flops", "size", 0.0),
+];
+
+/// A simulated host: the settings a run starts with, and its seed.
+#[derive(Debug, Clone)]
+pub struct Host {
+    settings: Settings,
+    seed: u64,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// The policy answered `done`.
+    Done,
+    /// Nothing was left of the budget.
+    BudgetSpent,
+}
+
+/// How [`Host::resume`] hands a stopped run to a fresh instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// A restart with the same module: the fresh instance (the run's seed) proposes again
+    /// and every proposal already answered comes from the record, until it proposes
+    /// something new.
+    Retrace,
+    /// A hot swap to a module that keeps checkpoints: the fresh instance restores the
+    /// stopped instance's checkpoint.
+    Checkpoint,
+    /// A hot swap to a module without checkpoints: the fresh instance is fed the whole
+    /// history, [`REPLAY_CHUNK`] results per `observe`.
+    Replay,
+}
+
+/// A run, stopped or finished.
+pub struct Run<P> {
+    /// The instance that drove the run last.
+    pub policy: P,
+    /// Every evaluation recorded, in order (as the run store holds them).
+    pub evaluations: Vec<Evaluation>,
+    /// Why the run ended; `None` when it was stopped ([`Host::run_until`]).
+    pub finish: Option<Finish>,
+    /// `propose` calls, over every instance.
+    pub proposals: usize,
+    /// Proposals that brought nothing to evaluate and nothing the instance had not been
+    /// told (a well-behaved policy makes none).
+    pub idle_proposals: usize,
+    /// What the policy logged, over every instance.
+    pub logs: Vec<(Level, String)>,
+    budget: Budget,
+    /// Where each (cell, is-training) evaluation is in `evaluations`.
+    recorded: HashMap<(Supernet, bool), usize>,
+    /// Evaluations the current instance has been told.
+    told: HashSet<usize>,
+}
+
+impl<P> Run<P> {
+    /// Evaluations recorded, per fidelity.
+    pub fn spent(&self) -> Budget {
+        let trainings = self.evaluations.iter().filter(|e| e.candidate.fidelity.is_train()).count() as u32;
+        Budget { scores: self.evaluations.len() as u32 - trainings, trainings }
+    }
+
+    /// What is left of the budget.
+    pub fn remaining(&self) -> Budget {
+        let spent = self.spent();
+        Budget { scores: self.budget.scores.saturating_sub(spent.scores), trainings: self.budget.trainings.saturating_sub(spent.trainings) }
+    }
+
+    /// The score evaluations, in order.
+    pub fn scores(&self) -> impl Iterator<Item = &Evaluation> {
+        self.evaluations.iter().filter(|e| e.candidate.fidelity == Fidelity::Score)
+    }
+
+    /// The trainings, in order.
+    pub fn trainings(&self) -> impl Iterator<Item = &Evaluation> {
+        self.evaluations.iter().filter(|e| e.candidate.fidelity.is_train())
+    }
+
+    /// The most accurate training (the run's winner), earliest first among equals.
+    pub fn winner(&self) -> Option<&Evaluation> {
+        self.trainings().filter(|e| e.accuracy.is_some()).fold(None, |best: Option<&Evaluation>, e| match best {
+            Some(b) if b.accuracy >= e.accuracy => Some(b),
+            _ => Some(e),
+        })
+    }
+
+    /// The messages logged at `level`.
+    pub fn logged(&self, level: Level) -> Vec<&str> {
+        self.logs.iter().filter(|(l, _)| *l == level).map(|(_, m)| m.as_str()).collect()
+    }
+}
+
+impl Host {
+    /// A run over NAS-Bench-201 with the knas host's defaults (score: the default aggregate,
+    /// with its measures; 16 candidates per batch; trainings of 1 epoch, at most 10; seed
+    /// 0; no parameters), and this budget.
+    pub fn nb201(scores: u32, trainings: u32) -> Host {
+        let space = Space {
+            name: "nas-bench-201".into(),
+            ops: Op::ALL.iter().map(|op| op.name().to_owned()).collect(),
+            edges: EDGES.iter().map(|&(src, dst)| Edge { src: src as u32, dst: dst as u32 }).collect(),
+        };
+        let measures = DEFAULT_MEASURES
+            .iter()
+            .map(|&(name, family, weight)| MeasureInfo { name: name.into(), family: family.into(), summary: String::new(), weight })
+            .collect();
+        let settings = Settings {
+            space,
+            budget: Budget { scores, trainings },
+            max_batch: 16,
+            params: "{}".into(),
+            score: "aggregate".into(),
+            measures,
+            epochs: 1,
+            max_epochs: 10,
+        };
+        Host { settings, seed: 0 }
+    }
+
+    /// The policy's parameters (a JSON object).
+    pub fn params(mut self, json: &str) -> Host {
+        self.settings.params = json.into();
+        self
+    }
+
+    /// Candidates one proposal may hold.
+    pub fn max_batch(mut self, max_batch: u32) -> Host {
+        self.settings.max_batch = max_batch;
+        self
+    }
+
+    /// The run's seed (of the generator behind [`crate::random`]).
+    pub fn seed(mut self, seed: u64) -> Host {
+        self.seed = seed;
+        self
+    }
+
+    /// The settings the policy receives.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The settings the policy receives, to change anything else.
+    pub fn settings_mut(&mut self) -> &mut Settings {
+        &mut self.settings
+    }
+
+    /// Runs a fresh instance of `P` until it answers `done` or the budget is spent;
+    /// `evaluate` answers every new evaluation. An error names the broken rule, or is the
+    /// policy's own.
+    pub fn run<P: Policy>(&self, evaluate: impl FnMut(&Candidate) -> Evaluation) -> Result<Run<P>, String> {
+        self.run_until(usize::MAX, evaluate)
+    }
+
+    /// As [`Host::run`], but stops (between proposals, as a killed host does) once
+    /// `evaluations` new evaluations are recorded.
+    pub fn run_until<P: Policy>(&self, evaluations: usize, mut evaluate: impl FnMut(&Candidate) -> Evaluation) -> Result<Run<P>, String> {
+        let policy = self.instance::<P>()?;
+        let mut run = Run {
+            policy,
+            evaluations: Vec::new(),
+            finish: None,
+            proposals: 0,
+            idle_proposals: 0,
+            logs: Vec::new(),
+            budget: self.settings.budget,
+            recorded: HashMap::new(),
+            told: HashSet::new(),
+        };
+        let outcome = self.drive(&mut run, evaluations, &mut evaluate);
+        run.logs.extend(take_logs());
+        outcome.map(|()| run)
+    }
+
+    /// Hands a stopped run to a fresh instance of `P` (by `how`) and continues it to the
+    /// end, with the same settings and seed. The result holds the whole run.
+    pub fn resume<P: Policy>(&self, stopped: Run<P>, how: Resume, mut evaluate: impl FnMut(&Candidate) -> Evaluation) -> Result<Run<P>, String> {
+        let mut fresh = self.instance::<P>()?;
+        let mut run = Run { finish: None, told: HashSet::new(), ..stopped };
+        match how {
+            Resume::Retrace => {}
+            Resume::Checkpoint => {
+                let state = run.policy.checkpoint().map_err(|e| format!("checkpoint: {e}"))?.ok_or("the policy keeps no checkpoints")?;
+                fresh.restore(&state).map_err(|e| format!("restore: {e}"))?;
+                run.told = (0..run.evaluations.len()).collect();
+            }
+            Resume::Replay => {
+                for chunk in run.evaluations.chunks(REPLAY_CHUNK) {
+                    fresh.observe(chunk.to_vec()).map_err(|e| format!("observe: {e}"))?;
+                }
+                run.told = (0..run.evaluations.len()).collect();
+            }
+        }
+        run.policy = fresh;
+        let outcome = self.drive(&mut run, usize::MAX, &mut evaluate);
+        run.logs.extend(take_logs());
+        outcome.map(|()| run)
+    }
+
+    /// A fresh instance, with the generator reseeded as the host seeds every instance.
+    fn instance<P: Policy>(&self) -> Result<P, String> {
+        RNG.with(|rng| *rng.borrow_mut() = ChaCha8Rng::seed_from_u64(self.seed));
+        // Logged outside a run (a policy created by hand): not this run's.
+        take_logs();
+        P::new(self.settings.clone()).map_err(|e| format!("init: {e}"))
+    }
+
+    fn drive<P: Policy>(&self, run: &mut Run<P>, stop_after: usize, evaluate: &mut dyn FnMut(&Candidate) -> Evaluation) -> Result<(), String> {
+        let mut fresh = 0;
+        let mut idle_in_a_row = 0;
+        while fresh < stop_after {
+            let remaining = run.remaining();
+            if remaining == (Budget { scores: 0, trainings: 0 }) {
+                run.finish = Some(Finish::BudgetSpent);
+                return Ok(());
+            }
+            run.proposals += 1;
+            let proposal = run.policy.propose(remaining).map_err(|e| format!("propose: {e}"))?;
+            let Proposal::Evaluate(batch) = proposal else {
+                run.finish = Some(Finish::Done);
+                return Ok(());
+            };
+            let keys = self.check(&batch).map_err(|e| format!("proposal {}: {e}", run.proposals))?;
+            let mut wanted = Budget { scores: 0, trainings: 0 };
+            for (i, key) in keys.iter().enumerate() {
+                if !run.recorded.contains_key(key) && !keys[..i].contains(key) {
+                    if key.1 { wanted.trainings += 1 } else { wanted.scores += 1 }
+                }
+            }
+            if wanted.scores > remaining.scores || wanted.trainings > remaining.trainings {
+                return Err(format!(
+                    "proposal {}: asks for {} new scores and {} new trainings, but only {} and {} remain in the budget",
+                    run.proposals, wanted.scores, wanted.trainings, remaining.scores, remaining.trainings
+                ));
+            }
+            let mut answers = Vec::with_capacity(batch.len());
+            let mut news = false;
+            for (candidate, key) in batch.iter().zip(keys) {
+                let at = match run.recorded.get(&key) {
+                    Some(&at) => at,
+                    None => {
+                        let answer = self.answer(run, candidate, key, evaluate);
+                        run.evaluations.push(answer);
+                        run.recorded.insert(key, run.evaluations.len() - 1);
+                        fresh += 1;
+                        run.evaluations.len() - 1
+                    }
+                };
+                news |= run.told.insert(at);
+                answers.push(run.evaluations[at].clone());
+            }
+            if news {
+                idle_in_a_row = 0;
+            } else {
+                run.idle_proposals += 1;
+                idle_in_a_row += 1;
+                if idle_in_a_row >= NO_PROGRESS_LIMIT {
+                    return Err(format!("{NO_PROGRESS_LIMIT} proposals in a row brought nothing new"));
+                }
+            }
+            run.policy.observe(answers).map_err(|e| format!("observe: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// The evaluation `evaluate` gives, completed as the host completes its answers.
+    fn answer<P>(&self, run: &Run<P>, candidate: &Candidate, key: (Supernet, bool), evaluate: &mut dyn FnMut(&Candidate) -> Evaluation) -> Evaluation {
+        let mut answer = Evaluation { candidate: candidate.clone(), ..evaluate(candidate) };
+        if let Fidelity::Train(training) = &candidate.fidelity {
+            answer.epochs = Some(training.epochs.unwrap_or(self.settings.epochs));
+            if let Some(&at) = run.recorded.get(&(key.0, false)) {
+                let score = &run.evaluations[at];
+                answer.score = score.score;
+                answer.measures = score.measures.clone();
+                answer.params = answer.params.or(score.params);
+                answer.flops = answer.flops.or(score.flops);
+            }
+        }
+        answer
+    }
+
+    /// Checks a batch as the host does; each candidate's key in the record.
+    fn check(&self, batch: &[Candidate]) -> Result<Vec<(Supernet, bool)>, String> {
+        if batch.is_empty() {
+            return Err("an empty batch (a policy with nothing to propose answers `done`)".into());
+        }
+        if batch.len() > self.settings.max_batch as usize {
+            return Err(format!("{} candidates in one batch, more than max-batch {}", batch.len(), self.settings.max_batch));
+        }
+        batch
+            .iter()
+            .enumerate()
+            .map(|(i, candidate)| {
+                let cell = candidate.supernet().filter(|_| candidate.ops.iter().all(|set| distinct(set))).ok_or_else(|| {
+                    format!("candidate {i} is malformed: {NUM_EDGES} non-empty sets of distinct op indices below {} needed, got {:?}", Op::ALL.len(), candidate.ops)
+                })?;
+                if let Fidelity::Train(training) = &candidate.fidelity {
+                    if !cell.is_single() {
+                        return Err(format!("candidate {i}: training needs one op per edge"));
+                    }
+                    if let Some(epochs) = training.epochs.filter(|&e| e == 0 || e > self.settings.max_epochs) {
+                        return Err(format!("candidate {i}: {epochs} epochs asked, outside 1..={}", self.settings.max_epochs));
+                    }
+                }
+                Ok((cell, candidate.fidelity.is_train()))
+            })
+            .collect()
+    }
+}
+
+fn distinct(set: &[u32]) -> bool {
+    set.iter().enumerate().all(|(i, op)| !set[..i].contains(op))
+}
+
+fn take_logs() -> Vec<(Level, String)> {
+    LOGS.with(|logs| std::mem::take(&mut *logs.borrow_mut()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nb201::Arch;
+
+    /// Proposes the batches it is given, in turn, then `done`.
+    struct Scripted(Vec<Vec<Candidate>>);
+
+    impl Policy for Scripted {
+        fn new(settings: Settings) -> Result<Self, String> {
+            let batches: Vec<Vec<u32>> = settings.parse_params()?;
+            let arch = |i: &u32| Arch::from_index(*i as usize).map(Candidate::score).map_err(|e| e.to_string());
+            let batches = batches.iter().map(|b| b.iter().map(arch).collect::<Result<Vec<_>, String>>()).collect::<Result<_, _>>()?;
+            Ok(Scripted(batches))
+        }
+
+        fn propose(&mut self, _remaining: Budget) -> Result<Proposal, String> {
+            crate::info("proposing");
+            Ok(if self.0.is_empty() { Proposal::Done } else { Proposal::Evaluate(self.0.remove(0)) })
+        }
+    }
+
+    fn score_by_index(candidate: &Candidate) -> Evaluation {
+        scored(candidate, candidate.arch().map_or(f64::NAN, |a| a.index() as f64), &[("params", 7.0)])
+    }
+
+    #[test]
+    fn answers_new_evaluations_and_repeats_from_the_record() {
+        let mut asked = Vec::new();
+        let run = Host::nb201(3, 0)
+            .params("[[1, 2], [2, 1], [3]]")
+            .run::<Scripted>(|c| {
+                asked.push(c.arch().map(|a| a.index()));
+                score_by_index(c)
+            })
+            .unwrap();
+        assert_eq!(asked, [Some(1), Some(2), Some(3)], "a repeated candidate is answered from the record");
+        assert_eq!(run.finish, Some(Finish::BudgetSpent));
+        assert_eq!(run.spent(), Budget { scores: 3, trainings: 0 });
+        assert_eq!(run.idle_proposals, 1);
+        assert_eq!(run.logged(Level::Info), ["proposing"; 3]);
+    }
+
+    #[test]
+    fn refuses_what_the_host_refuses() {
+        let over = Host::nb201(2, 0).params("[[1, 2, 3]]").run::<Scripted>(score_by_index).err().unwrap();
+        assert!(over.contains("asks for 3 new scores and 0 new trainings, but only 2 and 0 remain"), "{over}");
+        let wide = Host::nb201(9, 0).max_batch(2).params("[[1, 2, 3]]").run::<Scripted>(score_by_index).err().unwrap();
+        assert!(wide.contains("3 candidates in one batch, more than max-batch 2"), "{wide}");
+        let empty = Host::nb201(9, 0).params("[[]]").run::<Scripted>(score_by_index).err().unwrap();
+        assert!(empty.contains("an empty batch"), "{empty}");
+        let stuck = Host::nb201(9, 0).params(&format!("[[5]{}]", ", [5]".repeat(NO_PROGRESS_LIMIT))).run::<Scripted>(score_by_index);
+        assert!(stuck.err().unwrap().contains("100 proposals in a row brought nothing new"));
+        let bad = Host::nb201(9, 0).params("{}").run::<Scripted>(score_by_index).err().unwrap();
+        assert!(bad.starts_with("init: invalid policy parameters"), "{bad}");
+    }
+
+    #[test]
+    fn resumes_by_every_route() {
+        let host = Host::nb201(5, 0).params("[[10], [11, 12], [13], [14]]");
+        let whole = host.run::<Scripted>(score_by_index).unwrap();
+        for how in [Resume::Retrace, Resume::Replay] {
+            let stopped = host.run_until::<Scripted>(3, score_by_index).unwrap();
+            assert_eq!((stopped.finish, stopped.evaluations.len()), (None, 3));
+            let resumed = host.resume(stopped, how, score_by_index).unwrap();
+            assert_eq!(resumed.evaluations, whole.evaluations, "{how:?}");
+            assert_eq!(resumed.finish, Some(Finish::BudgetSpent));
+        }
+        let stopped = host.run_until::<Scripted>(1, score_by_index).unwrap();
+        let refused = host.resume(stopped, Resume::Checkpoint, score_by_index).err().unwrap();
+        assert_eq!(refused, "the policy keeps no checkpoints");
+    }
+}
