@@ -113,13 +113,13 @@ fn builtin_policy() {
         .output()
         .ok()
         .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
-    if let Some(sysroot) = sysroot {
-        if !sysroot.join("lib/rustlib/wasm32-unknown-unknown").is_dir() {
-            panic!(
-                "knas carries its random policy, built for wasm32-unknown-unknown, and that target is not installed: \
-                 `rustup target add wasm32-unknown-unknown` (scripts/setup.sh does it)"
-            );
-        }
+    if let Some(sysroot) = sysroot
+        && !sysroot.join("lib/rustlib/wasm32-unknown-unknown").is_dir()
+    {
+        panic!(
+            "knas carries its random policy, built for wasm32-unknown-unknown, and that target is not installed: \
+             `rustup target add wasm32-unknown-unknown` (scripts/setup.sh does it)"
+        );
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);

@@ -93,10 +93,10 @@ proptest! {
                 let message = error.to_string();
                 prop_assert!(message.starts_with(&path.display().to_string()), "{}", message);
             }
-            if let Ok(text) = std::str::from_utf8(input) {
-                if let Err(error) = crate::config::parse_yaml::<crate::config::RunConfig>(text, Path::new("run.yaml")) {
-                    prop_assert!(error.to_string().starts_with("run.yaml"), "{}", error);
-                }
+            if let Ok(text) = std::str::from_utf8(input)
+                && let Err(error) = crate::config::parse_yaml::<crate::config::RunConfig>(text, Path::new("run.yaml"))
+            {
+                prop_assert!(error.to_string().starts_with("run.yaml"), "{}", error);
             }
         }
     }

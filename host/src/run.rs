@@ -106,10 +106,10 @@ impl Experiment {
         if self.limit == Some(0) {
             return Err("limit must be at least 1 training image".into());
         }
-        if let Holdout::Fraction(f) = self.holdout {
-            if !(f > 0.0 && f < 1.0) {
-                return Err(format!("holdout must be `test` or a fraction strictly between 0 and 1, got {f}"));
-            }
+        if let Holdout::Fraction(f) = self.holdout
+            && !(f > 0.0 && f < 1.0)
+        {
+            return Err(format!("holdout must be `test` or a fraction strictly between 0 and 1, got {f}"));
         }
         self.aggregate.validate().map_err(|problem| format!("aggregate: {problem}"))?;
         self.train.validate().map_err(|problem| format!("train.{problem}"))

@@ -233,10 +233,10 @@ impl Search {
     /// Records `candidate`'s published accuracy, if the table has it. A yardstick only: a
     /// failure to write it is logged, and the run goes on.
     fn annotate(&self, store: &RunStore, candidate: &Candidate, table: &crate::table::BenchmarkTable) {
-        if let Some(accuracy) = candidate.to_arch().ok().and_then(|arch| table.accuracy(&arch)) {
-            if let Err(error) = store.record_published(self.run.id, &table.path().display().to_string(), &[(candidate, accuracy)]) {
-                tracing::warn!(run = %self.run.name, %candidate, "cannot record the published accuracy: {error}");
-            }
+        if let Some(accuracy) = candidate.to_arch().ok().and_then(|arch| table.accuracy(&arch))
+            && let Err(error) = store.record_published(self.run.id, &table.path().display().to_string(), &[(candidate, accuracy)])
+        {
+            tracing::warn!(run = %self.run.name, %candidate, "cannot record the published accuracy: {error}");
         }
     }
 

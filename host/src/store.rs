@@ -125,11 +125,11 @@ END;
 /// An experiment written by schema 1 in today's terms: its MGM mode becomes its score.
 fn migrate_experiment(json: &str) -> Result<String, serde_json::Error> {
     let mut value: serde_json::Value = serde_json::from_str(json)?;
-    if let Some(object) = value.as_object_mut() {
-        if let Some(mode) = object.remove("score-mode") {
-            let score = if mode == "batch" { "mgm-batch" } else { "mgm" };
-            object.insert("score".into(), score.into());
-        }
+    if let Some(object) = value.as_object_mut()
+        && let Some(mode) = object.remove("score-mode")
+    {
+        let score = if mode == "batch" { "mgm-batch" } else { "mgm" };
+        object.insert("score".into(), score.into());
     }
     serde_json::to_string(&value)
 }
@@ -775,7 +775,7 @@ mod tests {
         let store = RunStore::open(&dir.path().join("runs.db")).unwrap();
         for name in ["c", "a", "b"] {
             let (run, _) = store.begin_run(name, "p@1", &Experiment::default(), &spec()).unwrap();
-            let m = NewEvaluation { score: Some(f64::from(u8::try_from(name.as_bytes()[0]).unwrap())), ..NewEvaluation::default() };
+            let m = NewEvaluation { score: Some(f64::from(name.as_bytes()[0])), ..NewEvaluation::default() };
             store.record(run.id, &Candidate::from(Arch::from_index(3).unwrap()), Fidelity::Score, "p@1", &m).unwrap();
             store.record(run.id, &Candidate::from(Arch::from_index(4).unwrap()), Fidelity::Score, "p@1", &NewEvaluation::default()).unwrap();
         }

@@ -228,10 +228,10 @@ pub fn run(args: &CorrelateArgs) -> Result<()> {
         (None, None, None) => sample_archs(args.sample, experiment.seed)?,
     };
     anyhow::ensure!(archs.len() >= 2, "needs at least 2 architectures to correlate, got {}", archs.len());
-    if let Some(table) = &table {
-        if let Some(missing) = archs.iter().find(|a| table.accuracy(a).is_none()) {
-            anyhow::bail!("{}: has no row for {missing}", table.path().display());
-        }
+    if let Some(table) = &table
+        && let Some(missing) = archs.iter().find(|a| table.accuracy(a).is_none())
+    {
+        anyhow::bail!("{}: has no row for {missing}", table.path().display());
     }
 
     let mut engine = args.compute.engine(&experiment)?;

@@ -278,10 +278,10 @@ pub(super) fn ensure_a_training_succeeded(run: &str, evaluations: &[EvaluationRe
 /// Loads `--policy`: a component file, or the name of a policy built into the binary
 /// (`random`) when no file has that name.
 pub(super) fn load_policy(runtime: &PolicyRuntime, policy: &Path) -> Result<PolicyModule> {
-    if !policy.is_file() {
-        if let Some(builtin) = policy.to_str().and_then(|name| builtin::load(runtime, name)) {
-            return Ok(builtin?);
-        }
+    if !policy.is_file()
+        && let Some(builtin) = policy.to_str().and_then(|name| builtin::load(runtime, name))
+    {
+        return Ok(builtin?);
     }
     match runtime.load_file(policy) {
         Ok(module) => Ok(module),

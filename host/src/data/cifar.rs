@@ -17,7 +17,7 @@ fn bin_dir(dir: &Path, archive_folder: &str) -> PathBuf {
 /// Parses records of `label_bytes` label bytes (the label used is the last one) and an image.
 pub(super) fn parse(bytes: &[u8], label_bytes: usize, num_classes: usize, path: &Path, name: &str) -> Result<Dataset, DataError> {
     let record = label_bytes + IMAGE_BYTES;
-    if bytes.is_empty() || bytes.len() % record != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(record) {
         return Err(DataError::corrupt(
             path,
             format!(

@@ -460,7 +460,7 @@ mod tests {
         for class in 0..10u8 {
             assert_eq!(data.labels.iter().filter(|&&l| l == class).count(), 500);
         }
-        assert!(data.images.iter().any(|&p| p == 255));
+        assert!(data.images.contains(&255));
     }
 
     #[test]

@@ -105,10 +105,10 @@ impl Suggester {
             SuggestError::Invalid(format!("algorithm setting policy={name:?}: cannot read {}: {e}", path.display()))
         })?;
         let key = (meta.modified().ok(), meta.len());
-        if let Some((modified, len, module)) = self.modules.get(name) {
-            if (*modified, *len) == key {
-                return Ok(module.clone());
-            }
+        if let Some((modified, len, module)) = self.modules.get(name)
+            && (*modified, *len) == key
+        {
+            return Ok(module.clone());
         }
         let module = self
             .runtime
@@ -312,10 +312,10 @@ impl Suggester {
                     break;
                 };
                 drawn += 1;
-                if let Some(score) = record.score {
-                    if best.is_none_or(|(b, _)| score > b) {
-                        best = Some((score, arch));
-                    }
+                if let Some(score) = record.score
+                    && best.is_none_or(|(b, _)| score > b)
+                {
+                    best = Some((score, arch));
                 }
             }
             // Nothing scored (the budget spent, a tiny space, or scores not finite): a

@@ -99,10 +99,10 @@ impl Tap for Codes {
         }
         if let Some(patterns) = &self.swap {
             let mut patterns = patterns.borrow_mut();
-            if let Ok(p) = &mut *patterns {
-                if let Err(e) = p.add(x, self.batch) {
-                    *patterns = Err(e);
-                }
+            if let Ok(p) = &mut *patterns
+                && let Err(e) = p.add(x, self.batch)
+            {
+                *patterns = Err(e);
             }
         }
     }

@@ -103,11 +103,7 @@ pub fn inspect(bytes: &[u8]) -> Result<ContractInfo, LoadError> {
     for payload in Parser::new(0).parse_all(bytes) {
         let payload = payload.map_err(|e| LoadError::Malformed(e.to_string()))?;
         match payload {
-            Payload::Version { encoding, .. } => {
-                if depth == 0 && encoding == Encoding::Module {
-                    return Err(LoadError::CoreModule);
-                }
-            }
+            Payload::Version { encoding, .. } if depth == 0 && encoding == Encoding::Module => return Err(LoadError::CoreModule),
             Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
             Payload::End(_) => depth = depth.saturating_sub(1),
             Payload::ComponentImportSection(reader) if depth == 0 => {

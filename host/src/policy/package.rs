@@ -297,10 +297,10 @@ fn cargo_build(root: &Path, crates: &[PolicyCrate], options: &BuildOptions) -> R
     let mut modules = BTreeMap::new();
     if let Some(stdout) = child.stdout.take() {
         for message in Message::parse_stream(std::io::BufReader::new(stdout)).flatten() {
-            if let Message::CompilerArtifact(artifact) = message {
-                if let Some(wasm) = artifact.filenames.iter().find(|f| f.extension() == Some("wasm")) {
-                    modules.insert(artifact.target.name.replace('_', "-"), wasm.clone().into_std_path_buf());
-                }
+            if let Message::CompilerArtifact(artifact) = message
+                && let Some(wasm) = artifact.filenames.iter().find(|f| f.extension() == Some("wasm"))
+            {
+                modules.insert(artifact.target.name.replace('_', "-"), wasm.clone().into_std_path_buf());
             }
         }
     }

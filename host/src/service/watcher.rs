@@ -156,10 +156,10 @@ pub async fn run(
                     let Some(applied) = settle(&watched, &path, &commands, &metrics) else { continue };
                     // What the new configuration names is watched from now on.
                     if applied.table != watched.table {
-                        if let Some(table) = &applied.table {
-                            if let Err(error) = folders.watch_folder_of(table) {
-                                tracing::warn!("cannot watch the folder of the table {}: {error}", table.display());
-                            }
+                        if let Some(table) = &applied.table
+                            && let Err(error) = folders.watch_folder_of(table)
+                        {
+                            tracing::warn!("cannot watch the folder of the table {}: {error}", table.display());
                         }
                         watched.table = applied.table;
                     }
