@@ -92,6 +92,34 @@ pub fn failed(candidate: &Candidate, error: &str) -> Evaluation {
     Evaluation { error: Some(error.into()), ..blank(candidate) }
 }
 
+/// Answers as a real run may bring them, drawn from `seed`: scores and measures at random,
+/// about 1 in 10 of them not finite (missing), about 1 in 20 evaluations failed, and
+/// trainings with random accuracies. A policy should finish any run on them without
+/// breaking a rule: see [`Host::run`].
+pub fn noisy(seed: u64) -> impl FnMut(&Candidate) -> Evaluation {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    move |candidate| {
+        let mut unit = || (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        if unit() < 0.05 {
+            return failed(candidate, "a failure made up by testing::noisy");
+        }
+        if candidate.fidelity.is_train() {
+            return trained(candidate, unit());
+        }
+        let mut value = || if unit() < 0.1 { f64::NAN } else { unit() * 100.0 - 50.0 };
+        let score = value();
+        let measures: Vec<(&str, f64)> = DEFAULT_MEASURES.iter().map(|&(name, _, _)| (name, value())).collect();
+        let size = (unit() * 1e6) as u64;
+        Evaluation { params: Some(size), flops: Some(size * 100), ..scored(candidate, score, &measures) }
+    }
+}
+
+/// Cases a property test should run: `KNAS_FUZZ_CASES` when set (the project's fuzzing
+/// runs set 10,000), else `default`.
+pub fn fuzz_cases(default: u32) -> u32 {
+    std::env::var("KNAS_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
 fn blank(candidate: &Candidate) -> Evaluation {
     Evaluation {
         candidate: candidate.clone(),
@@ -288,6 +316,17 @@ impl Host {
         let outcome = self.drive(&mut run, evaluations, &mut evaluate);
         run.logs.extend(take_logs());
         outcome.map(|()| run)
+    }
+
+    /// Runs a fresh instance of `P` on [`noisy`] answers (drawn from the run's seed) and
+    /// checks what any policy owes the host on any input: the run ends, done or with the
+    /// budget spent, without breaking a rule and without an idle proposal.
+    pub fn run_noisy<P: Policy>(&self) -> Result<Run<P>, String> {
+        let run = self.run::<P>(noisy(self.seed))?;
+        if run.idle_proposals > 0 {
+            return Err(format!("{} of {} proposals brought nothing new", run.idle_proposals, run.proposals));
+        }
+        Ok(run)
     }
 
     /// Hands a stopped run to a fresh instance of `P` (by `how`) and continues it to the
@@ -489,6 +528,22 @@ mod tests {
         assert!(stuck.err().unwrap().contains("100 proposals in a row brought nothing new"));
         let bad = Host::nb201(9, 0).params("{}").run::<Scripted>(score_by_index).err().unwrap();
         assert!(bad.starts_with("init: invalid policy parameters"), "{bad}");
+    }
+
+    #[test]
+    fn noisy_answers_repeat_per_seed_and_hold_missing_values_and_failures() {
+        let candidates: Vec<Candidate> = (0..400).map(|i| Candidate::score(Arch::from_index(i).unwrap())).collect();
+        let answers = |seed| candidates.iter().map(noisy(seed)).collect::<Vec<_>>();
+        let (a, b) = (answers(1), answers(1));
+        assert_eq!(a, b);
+        assert_ne!(a, answers(2));
+        let failed = a.iter().filter(|e| e.error.is_some()).count();
+        let missing = a.iter().filter(|e| e.error.is_none() && e.score.is_none()).count();
+        assert!((5..40).contains(&failed) && (15..80).contains(&missing), "{failed} failed, {missing} missing of 400");
+        assert!(a.iter().filter(|e| e.error.is_none()).all(|e| e.measures.len() == DEFAULT_MEASURES.len()));
+        // A policy that repeats itself does not pass.
+        let idle = Host::nb201(9, 0).params("[[1], [1], [2]]").run_noisy::<Scripted>().err().unwrap();
+        assert_eq!(idle, "1 of 4 proposals brought nothing new");
     }
 
     #[test]

@@ -306,4 +306,19 @@ mod tests {
         let err = Host::nb201(10, 1).params(r#"{"max_params": -1}"#).run::<Evolution>(matches(Arch::from_index(0).unwrap()));
         assert!(err.err().unwrap().contains("max_params: invalid value"));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config { failure_persistence: None, ..proptest::test_runner::Config::with_cases(knas_policy_sdk::testing::fuzz_cases(200)) })]
+
+        /// Any budget, batch size, seed and parameters, on answers with missing values and
+        /// failures: see `Host::run_noisy`.
+        #[test]
+        fn fuzz_any_run_keeps_the_hosts_rules(
+            scores in 0u32..250, trainings in 0u32..6, max_batch in 1u32..20, seed: u64, population in 1u32..30, sample in 1u32..30, children in 1u32..4
+        ) {
+            let host = Host::nb201(scores, trainings).max_batch(max_batch).seed(seed).params(&format!(r#"{{"population": {population}, "sample": {}, "children": {children}}}"#, sample.min(population)));
+            let run = host.run_noisy::<Evolution>();
+            proptest::prop_assert!(run.is_ok(), "{}", run.err().unwrap_or_default());
+        }
+    }
 }

@@ -166,4 +166,19 @@ mod tests {
             assert_eq!(trained, top_scored(&resumed.evaluations, 3), "{how:?}");
         }
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config { failure_persistence: None, ..proptest::test_runner::Config::with_cases(knas_policy_sdk::testing::fuzz_cases(200)) })]
+
+        /// Any budget, batch size, seed and parameters, on answers with missing values and
+        /// failures: see `Host::run_noisy`.
+        #[test]
+        fn fuzz_any_run_keeps_the_hosts_rules(
+            scores in 0u32..250, trainings in 0u32..6, max_batch in 1u32..20, seed: u64, candidates in 0u32..300, top_k in 0u32..8
+        ) {
+            let host = Host::nb201(scores, trainings).max_batch(max_batch).seed(seed).params(&format!(r#"{{"candidates": {candidates}, "top_k": {top_k}}}"#));
+            let run = host.run_noisy::<Knas>();
+            proptest::prop_assert!(run.is_ok(), "{}", run.err().unwrap_or_default());
+        }
+    }
 }
