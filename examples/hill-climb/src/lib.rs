@@ -140,6 +140,15 @@ mod tests {
         assert!(run.logged(Level::Info).len() >= 2, "{:?}", run.logs);
     }
 
+    /// Answers with missing values and failed evaluations, on twenty seeds: every run ends
+    /// within the host's rules, without an idle proposal.
+    #[test]
+    fn survives_noisy_answers() {
+        for seed in 0..20 {
+            Host::nb201(100, 1).max_batch(8).seed(seed).run_noisy::<HillClimb>().unwrap();
+        }
+    }
+
     #[test]
     fn restarts_are_logged_only_when_asked() {
         let run = Host::nb201(60, 0).params(r#"{"restarts_log": false}"#).run::<HillClimb>(towards(Arch::from_index(0).unwrap())).unwrap();
