@@ -95,7 +95,7 @@ pub fn failed(candidate: &Candidate, error: &str) -> Evaluation {
 /// Answers as a real run may bring them, drawn from `seed`: scores and measures at random,
 /// about 1 in 10 of them not finite (missing), about 1 in 20 evaluations failed, and
 /// trainings with random accuracies. A policy should finish any run on them without
-/// breaking a rule: see [`Host::run`].
+/// breaking a rule: see [`Host::run_noisy`].
 pub fn noisy(seed: u64) -> impl FnMut(&Candidate) -> Evaluation {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     move |candidate| {
