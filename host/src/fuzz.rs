@@ -14,8 +14,7 @@ use proptest::test_runner::Config;
 
 /// Cases per target: `KNAS_FUZZ_CASES`, else 200. Failures are not persisted into the tree.
 pub(crate) fn config() -> Config {
-    let cases = std::env::var("KNAS_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
-    Config { cases, failure_persistence: None, ..Config::default() }
+    Config { cases: knas_policy_sdk::testing::fuzz_cases(200), failure_persistence: None, ..Config::default() }
 }
 
 /// Edits: (position, kind, byte) — kind 0 replaces, 1 inserts, 2 deletes, 3 truncates.

@@ -402,10 +402,9 @@ mod tests {
         }
     }
 
-    /// Cases: `KNAS_FUZZ_CASES`, else 200 (see the host's `fuzz` module).
+    /// Cases: `KNAS_FUZZ_CASES`, else 200. Failures are not persisted into the tree.
     fn fuzz_config() -> proptest::test_runner::Config {
-        let cases = std::env::var("KNAS_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
-        proptest::test_runner::Config { cases, failure_persistence: None, ..Default::default() }
+        proptest::test_runner::Config { cases: testing::fuzz_cases(200), failure_persistence: None, ..Default::default() }
     }
 
     proptest::proptest! {

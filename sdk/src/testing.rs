@@ -115,7 +115,8 @@ pub fn noisy(seed: u64) -> impl FnMut(&Candidate) -> Evaluation {
 }
 
 /// Cases a property test should run: `KNAS_FUZZ_CASES` when set (the project's fuzzing
-/// runs set 10,000), else `default`.
+/// runs set 10,000), else `default`. Every fuzz target of the project, host and SDK, reads
+/// its case count here.
 pub fn fuzz_cases(default: u32) -> u32 {
     std::env::var("KNAS_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }

@@ -166,6 +166,5 @@ impl Drop for Prometheus {
 /// Cases per fuzz target: `KNAS_FUZZ_CASES`, else 200 (as in the library's `fuzz` module).
 /// Failures are not persisted into the tree.
 pub fn fuzz_config() -> proptest::test_runner::Config {
-    let cases = std::env::var("KNAS_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
-    proptest::test_runner::Config { cases, failure_persistence: None, ..Default::default() }
+    proptest::test_runner::Config { cases: knas_policy_sdk::testing::fuzz_cases(200), failure_persistence: None, ..Default::default() }
 }
