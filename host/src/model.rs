@@ -552,6 +552,9 @@ pub struct Network {
     params: Vec<Param>,
 }
 
+/// Called with each block's (input, output) by [`Network::run_block_by_block`].
+pub type VisitBlock<'a> = &'a mut dyn FnMut(&Tensor, &Tensor);
+
 /// What a forward pass returns.
 #[derive(Debug)]
 pub struct Forward {
@@ -644,11 +647,11 @@ impl Network {
     /// CIFAR-10, the aggregate's peak resident memory fell by about 450 MiB (README). The
     /// values are those of [`run`](Self::run); the returned features are detached. Grad
     /// mode is on inside, whatever the caller's.
-    pub fn run_block_by_block(&self, x: &Tensor, pass: Pass, visit: &mut dyn FnMut(&Tensor, &Tensor)) -> Forward {
+    pub fn run_block_by_block(&self, x: &Tensor, pass: Pass, visit: VisitBlock) -> Forward {
         tch::with_grad(|| self.run_with(x, pass, true, Some(visit)))
     }
 
-    fn run_with(&self, x: &Tensor, pass: Pass, features: bool, mut visit: Option<&mut dyn FnMut(&Tensor, &Tensor)>) -> Forward {
+    fn run_with(&self, x: &Tensor, pass: Pass, features: bool, mut visit: Option<VisitBlock>) -> Forward {
         let mut kept = Vec::new();
         let cut = visit.is_some();
         let stem = || {

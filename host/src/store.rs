@@ -288,6 +288,19 @@ pub struct RunStore {
 
 const RUN_COLUMNS: &str = "id, name, policy, status, error, experiment, search, created_at, updated_at";
 
+/// A `runs` row before its status and JSON columns are decoded into a [`RunRecord`].
+struct RunRow {
+    id: i64,
+    name: String,
+    policy: String,
+    status: String,
+    error: Option<String>,
+    experiment: String,
+    search: String,
+    created_at: String,
+    updated_at: String,
+}
+
 const EVALUATION_COLUMNS: &str =
     "seq, candidate, fidelity, score, accuracy, loss, train_loss, params, flops, seconds, error, policy, created_at, measures, epochs";
 
@@ -466,24 +479,33 @@ impl RunStore {
         Ok((run, false))
     }
 
-    fn run_from_row(row: &rusqlite::Row) -> rusqlite::Result<(i64, String, String, String, Option<String>, String, String, String, String)> {
-        Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?, row.get(6)?, row.get(7)?, row.get(8)?))
+    /// A `runs` row as stored, read in `RUN_COLUMNS` order. Decoding its JSON columns is
+    /// a separate step because its errors are the store's, not SQLite's.
+    fn run_from_row(row: &rusqlite::Row) -> rusqlite::Result<RunRow> {
+        Ok(RunRow {
+            id: row.get(0)?,
+            name: row.get(1)?,
+            policy: row.get(2)?,
+            status: row.get(3)?,
+            error: row.get(4)?,
+            experiment: row.get(5)?,
+            search: row.get(6)?,
+            created_at: row.get(7)?,
+            updated_at: row.get(8)?,
+        })
     }
 
-    fn decode_run(
-        raw: (i64, String, String, String, Option<String>, String, String, String, String),
-    ) -> Result<RunRecord, StoreError> {
-        let (id, name, policy, status, error, experiment, search, created_at, updated_at) = raw;
+    fn decode_run(raw: RunRow) -> Result<RunRecord, StoreError> {
         Ok(RunRecord {
-            id,
-            name,
-            policy,
-            status: RunStatus::parse(&status),
-            error,
-            experiment: serde_json::from_str(&experiment)?,
-            search: serde_json::from_str(&search)?,
-            created_at,
-            updated_at,
+            id: raw.id,
+            name: raw.name,
+            policy: raw.policy,
+            status: RunStatus::parse(&raw.status),
+            error: raw.error,
+            experiment: serde_json::from_str(&raw.experiment)?,
+            search: serde_json::from_str(&raw.search)?,
+            created_at: raw.created_at,
+            updated_at: raw.updated_at,
         })
     }
 

@@ -387,9 +387,12 @@ mod tests {
         assert!(p.contains(&inside) && !p.contains(&outside));
     }
 
+    /// The experiment's parameters, its algorithm settings, and the message they must get.
+    type BadCase<'a> = (Vec<proto::ParameterSpec>, Vec<(&'a str, &'a str)>, &'a str);
+
     #[test]
     fn bad_parameters_and_settings_are_named() {
-        let cases: Vec<(Vec<proto::ParameterSpec>, Vec<(&str, &str)>, &str)> = vec![
+        let cases: Vec<BadCase> = vec![
             (full()[..5].to_vec(), vec![], "parameter \"edge-2-3\" is missing"),
             (
                 [full(), vec![parameter("lr", proto::ParameterType::Double, &[])]].concat(),

@@ -86,11 +86,14 @@ pub(super) fn expressivity(features: &[Tensor]) -> Result<(Option<f64>, Option<f
     Ok((finite(entropies.iter().sum()), progressivity.and_then(finite)))
 }
 
+/// What a sign tensor is drawn for: a shape, an element kind and a device.
+type SignKey = (Vec<i64>, Kind, tch::Device);
+
 /// Random ±1 tensors, one per shape, each drawn from the seed and the shape alone.
 #[derive(Debug)]
 pub struct SignCache {
     seed: u64,
-    cache: RefCell<HashMap<(Vec<i64>, Kind, tch::Device), Tensor>>,
+    cache: RefCell<HashMap<SignKey, Tensor>>,
 }
 
 impl SignCache {
@@ -282,10 +285,13 @@ fn sigma_from_gram(gram: &Tensor) -> Result<f64, tch::TchError> {
 /// Collects every layer's output for one image (a [`Tap`]), grouped by shape.
 #[derive(Default)]
 struct LayerOutputs {
-    /// (channels, positions) → (C × H·W matrices, how often each counts). Ordered, so the
-    /// sum is taken in the same order every time.
-    by_shape: RefCell<BTreeMap<(i64, i64), (Vec<Tensor>, Vec<f64>)>>,
+    /// (channels, positions) → the layers of that shape. Ordered, so the sum is taken in
+    /// the same order every time.
+    by_shape: RefCell<BTreeMap<(i64, i64), ShapeGroup>>,
 }
+
+/// The layers of one shape: their C × H·W matrices, and how often each counts.
+type ShapeGroup = (Vec<Tensor>, Vec<f64>);
 
 impl Tap for LayerOutputs {
     fn layer_output(&self, x: &Tensor, times: u32) {

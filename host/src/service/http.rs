@@ -307,6 +307,8 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    // The store's lock is held across awaits on purpose: it is what saturates the API.
+    #[allow(clippy::await_holding_lock)]
     async fn the_probes_answer_while_the_api_is_saturated() {
         use tower::ServiceExt;
         let request = |path: &str| axum::http::Request::get(path).body(axum::body::Body::empty()).unwrap();
