@@ -427,7 +427,10 @@ fn sigterm_during_a_long_training_stops_at_once_and_the_restart_redoes_only_it()
     service.wait_for("the training to start", |s| {
         metric(&s.metrics(), r#"knas_evaluations_total{kind="score",outcome="ok",run="r"}"#) == Some(2.0)
     });
-    std::thread::sleep(Duration::from_millis(1500));
+    // Some steps into the training, well before its end.
+    service.wait_for("training steps", |s| metric(&s.metrics(), r#"knas_training_steps_total{run="r"}"#).is_some_and(|n| n >= 5.0));
+    let progress = metric(&service.metrics(), r#"knas_training_progress_ratio{run="r"}"#).unwrap();
+    assert!(progress > 0.0 && progress < 0.5, "progress {progress}");
     let asked = Instant::now();
     assert!(service.terminate().success(), "clean exit on SIGTERM");
     let took = asked.elapsed();
@@ -444,6 +447,11 @@ fn sigterm_during_a_long_training_stops_at_once_and_the_restart_redoes_only_it()
     let metrics = service.metrics();
     assert_eq!(metric(&metrics, r#"knas_evaluations_total{kind="train",outcome="ok",run="r"}"#), Some(1.0));
     assert_eq!(metric(&metrics, r#"knas_evaluations_total{kind="score",outcome="ok",run="r"}"#), None, "no score computed again");
+    // The redone training counted every one of its steps: as many as the epochs times
+    // the steps per epoch.
+    assert_eq!(metric(&metrics, r#"knas_training_progress_ratio{run="r"}"#), Some(1.0));
+    let steps = metric(&metrics, r#"knas_training_steps_total{run="r"}"#).unwrap();
+    assert!(steps >= 60.0 && steps % 60.0 == 0.0, "{steps} steps");
 }
 
 #[test]
@@ -475,6 +483,21 @@ fn prometheus_scrapes_the_service() {
     assert!(value.iter().any(|s| s["metric"]["run"] == "random"), "{value:?}");
     let up = server.query_until(r#"up{job="knas"}"#, |r| r.first().is_some_and(|s| s["value"][1] == "1"));
     assert_eq!(up[0]["value"][1], "1");
+
+    // Prometheus's own linter finds nothing to say about the names, types and help texts
+    // (it reads the exposition on stdin and prints one line per problem).
+    let Some(promtool) = crate::common::tool("promtool") else { return };
+    let mut lint = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut lint.stdin.take().unwrap(), service.metrics().as_bytes()).unwrap();
+    let lint = lint.wait_with_output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&lint.stdout), String::from_utf8_lossy(&lint.stderr));
+    assert!(lint.status.success() && said.trim().is_empty(), "promtool check metrics: {said}");
 }
 
 /// Every row of the store's evaluations table, each column as SQLite holds it.

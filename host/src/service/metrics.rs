@@ -19,6 +19,11 @@ pub struct Metrics {
     pub score: HistogramVec,
     pub best_score: GaugeVec,
     pub best_accuracy: GaugeVec,
+    /// Optimiser steps of the run's trainings, and how far its latest training is: a
+    /// training takes minutes where a score takes a second, and the evaluation counters
+    /// only move when it ends.
+    pub training_steps: IntCounterVec,
+    pub training_progress: GaugeVec,
     pub budget_total: IntGaugeVec,
     pub budget_remaining: IntGaugeVec,
     pub runs: IntGaugeVec,
@@ -94,6 +99,18 @@ impl Metrics {
             ),
             best_score: gauge(&r, "knas_best_score", "Highest score recorded in the run.", &["run"]),
             best_accuracy: gauge(&r, "knas_best_accuracy_ratio", "Highest held-out accuracy (0-1) recorded in the run.", &["run"]),
+            training_steps: counter(
+                &r,
+                "knas_training_steps_total",
+                "Optimiser steps taken by the run's trainings (a training interrupted and redone counts its steps again), by run.",
+                &["run"],
+            ),
+            training_progress: gauge(
+                &r,
+                "knas_training_progress_ratio",
+                "Share (0-1) of the optimiser steps done in the run's latest training; 1 once it has ended.",
+                &["run"],
+            ),
             budget_total: int_gauge(&r, "knas_budget", "The run's budget, by kind (score|train).", &["run", "kind"]),
             budget_remaining: int_gauge(&r, "knas_budget_remaining", "What is left of the run's budget, by kind.", &["run", "kind"]),
             runs: int_gauge(&r, "knas_runs", "Runs known to the service, by status.", &["status"]),
@@ -216,6 +233,11 @@ impl SearchObserver for RunMetrics<'_> {
             m.score.with_label_values(&[self.run]).observe(score);
         }
         self.best(record);
+    }
+
+    fn training_step(&mut self, done: usize, total: usize) {
+        self.metrics.training_steps.with_label_values(&[self.run]).inc();
+        self.metrics.training_progress.with_label_values(&[self.run]).set(done as f64 / total.max(1) as f64);
     }
 
     fn policy_called(&mut self, call: &'static str, seconds: f64) {
