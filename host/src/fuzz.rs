@@ -2,10 +2,10 @@
 //! indices, YAML configuration, benchmark tables (the data file formats are in
 //! `data::fuzz`; `.wasm` bytes and HTTP paths in the integration tests). Each target
 //! feeds random input and random edits of a valid input; the property is always the same:
-//! no panic, and every rejection is an error that names the input.
+//! no panic, and every rejection is an error (naming the input where it has a name).
 //!
-//! The suite runs a few hundred cases per target; `KNAS_FUZZ_CASES=10000 cargo test --lib
-//! fuzz` runs more (the figures in the README come from that).
+//! The suite runs a few hundred cases per target; `KNAS_FUZZ_CASES=10000 cargo test -p
+//! knas --lib fuzz` runs more (the figures in the README come from that).
 
 use std::path::Path;
 

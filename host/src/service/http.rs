@@ -333,6 +333,28 @@ mod tests {
         }
     }
 
+    /// The compute thread marks itself dead when it ends, returned or panicked
+    /// (`service::serve`); from then on the liveness probe fails, so Kubernetes restarts
+    /// the pod even if the process were slow to exit.
+    #[tokio::test]
+    async fn the_liveness_probe_fails_once_the_compute_thread_is_dead() {
+        use tower::ServiceExt;
+        let dir = tempfile::tempdir().unwrap();
+        let state = AppState::new(Arc::new(Metrics::new()), SharedStatus::default(), RunStore::open(&dir.path().join("runs.db")).unwrap());
+        let app = router(state.clone());
+        let probe = || async {
+            let response = app.clone().oneshot(axum::http::Request::get("/healthz").body(axum::body::Body::empty()).unwrap()).await.unwrap();
+            let status = response.status();
+            (status, axum::body::to_bytes(response.into_body(), 1024).await.unwrap())
+        };
+        state.status.write().unwrap().alive = true;
+        assert_eq!(probe().await.0, StatusCode::OK);
+        state.status.write().unwrap().alive = false;
+        let (status, body) = probe().await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(&body[..], b"scheduler not running\n");
+    }
+
     #[tokio::test]
     async fn the_run_list_is_answered_from_the_cache_until_the_store_or_the_active_runs_change() {
         let dir = tempfile::tempdir().unwrap();
