@@ -166,8 +166,12 @@ impl Engine {
         let split = Split::load(&e.dataset, e.holdout, e.limit, e.seed)?;
         check_image_shapes(&e.dataset, split.train.shape, split.heldout.shape)?;
         let norm = Normalization::of(&split.train);
-        let train = norm.apply(&split.train, device, Kind::Float);
-        let heldout = norm.apply(&split.heldout, device, Kind::Float);
+        let place = |part: &crate::data::Dataset, which: &str| {
+            norm.apply(part, device, Kind::Float).map_err(|err| {
+                EngineError::Device(format!("dataset {}: its {} {which} images do not fit on {device:?}: {err}", e.dataset, part.len()))
+            })
+        };
+        let (train, heldout) = (place(&split.train, "training")?, place(&split.heldout, "held-out")?);
         let shape = split.train.shape;
         let spec = NetworkSpec {
             channels: e.channels,

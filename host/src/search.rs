@@ -497,7 +497,8 @@ impl Search {
     /// Saves the policy's state when enough has been recorded since its last checkpoint.
     fn checkpoint(&mut self, store: &RunStore, observer: &mut dyn SearchObserver) -> Result<(), SearchError> {
         let Some(instance) = self.instance.as_mut() else { return Ok(()) };
-        if !instance.checkpoints() || self.last_seq - self.checkpoint_seq < CHECKPOINT_EVERY {
+        // The last checkpoint's seq comes from the store file: no overflow on a corrupt one.
+        if !instance.checkpoints() || self.last_seq.saturating_sub(self.checkpoint_seq) < CHECKPOINT_EVERY {
             return Ok(());
         }
         let label = instance.label().to_owned();

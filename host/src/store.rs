@@ -149,6 +149,8 @@ pub enum StoreError {
     Mismatch { name: String, what: &'static str },
     #[error("no run named {0:?} in the store")]
     NoSuchRun(String),
+    #[error("run store: run {run:?} has the status {status:?}, which is none of running, done, failed, stopped")]
+    UnknownStatus { run: String, status: String },
 }
 
 /// Where a run stands.
@@ -176,12 +178,13 @@ impl RunStatus {
         }
     }
 
-    fn parse(text: &str) -> RunStatus {
+    fn parse(text: &str) -> Option<RunStatus> {
         match text {
-            "done" => RunStatus::Done,
-            "failed" => RunStatus::Failed,
-            "stopped" => RunStatus::Stopped,
-            _ => RunStatus::Running,
+            "running" => Some(RunStatus::Running),
+            "done" => Some(RunStatus::Done),
+            "failed" => Some(RunStatus::Failed),
+            "stopped" => Some(RunStatus::Stopped),
+            _ => None,
         }
     }
 }
@@ -496,11 +499,12 @@ impl RunStore {
     }
 
     fn decode_run(raw: RunRow) -> Result<RunRecord, StoreError> {
+        let status = RunStatus::parse(&raw.status).ok_or_else(|| StoreError::UnknownStatus { run: raw.name.clone(), status: raw.status.clone() })?;
         Ok(RunRecord {
             id: raw.id,
             name: raw.name,
             policy: raw.policy,
-            status: RunStatus::parse(&raw.status),
+            status,
             error: raw.error,
             experiment: serde_json::from_str(&raw.experiment)?,
             search: serde_json::from_str(&raw.search)?,
@@ -749,6 +753,19 @@ mod tests {
         bigger.budget.scores = 11;
         let err = store.begin_run("evo", "evolution@abcd1234", &experiment, &bigger).unwrap_err();
         assert!(err.to_string().contains("different settings (budget, batch size or policy parameters)"), "{err}");
+    }
+
+    #[test]
+    fn a_run_whose_stored_status_is_unknown_is_named_not_taken_for_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RunStore::open(&dir.path().join("runs.db")).unwrap();
+        for status in [RunStatus::Running, RunStatus::Done, RunStatus::Failed, RunStatus::Stopped] {
+            assert_eq!(RunStatus::parse(status.name()), Some(status));
+        }
+        store.begin_run("evo", "evolution@abcd1234", &Experiment::default(), &spec()).unwrap();
+        store.conn.execute("UPDATE runs SET status = 'paused'", []).unwrap();
+        let err = store.run("evo").unwrap_err();
+        assert!(err.to_string().contains(r#"run "evo" has the status "paused", which is none of running"#), "{err}");
     }
 
     #[test]

@@ -6,7 +6,6 @@
 //! policy ever reads it.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use rand::SeedableRng;
@@ -51,21 +50,18 @@ pub struct Standing {
     pub top_percent: f64,
 }
 
+/// The most a gzipped table may inflate to: 256 MiB, over a hundred times NAS-Bench-201's
+/// 15,625 rows.
+const MAX_INFLATED_TABLE: u64 = 256 << 20;
+
 impl BenchmarkTable {
     /// Reads `path` (gzipped or not). `field` names the accuracy field; `None` takes the
     /// first of [`ACCURACY_FIELDS`] present on the first line.
     pub fn load(path: &Path, field: Option<&str>) -> Result<BenchmarkTable, TableError> {
         let file_error = |message: String| TableError::File { path: path.to_owned(), message };
         let raw = std::fs::read(path).map_err(|e| file_error(e.to_string()))?;
-        let text = if raw.starts_with(&[0x1f, 0x8b]) {
-            let mut out = String::new();
-            flate2::read::MultiGzDecoder::new(&raw[..])
-                .read_to_string(&mut out)
-                .map_err(|e| file_error(format!("gzip data is truncated, corrupt or not UTF-8 ({e})")))?;
-            out
-        } else {
-            String::from_utf8(raw).map_err(|e| file_error(format!("not UTF-8 text ({e})")))?
-        };
+        let raw = if raw.starts_with(&[0x1f, 0x8b]) { crate::data::gunzip_at_most(&raw, MAX_INFLATED_TABLE).map_err(file_error)? } else { raw };
+        let text = String::from_utf8(raw).map_err(|e| file_error(format!("not UTF-8 text ({e})")))?;
         Self::parse(&text, path, field)
     }
 

@@ -236,8 +236,8 @@ mod tests {
     fn training_learns_and_is_reproducible() {
         let split = Split::load(&DatasetSpec::Mnist5k, Holdout::Fraction(0.1), Some(1000), 0).unwrap();
         let norm = Normalization::of(&split.train);
-        let train = norm.apply(&split.train, Device::Cpu, Kind::Float);
-        let heldout = norm.apply(&split.heldout, Device::Cpu, Kind::Float);
+        let train = norm.apply(&split.train, Device::Cpu, Kind::Float).unwrap();
+        let heldout = norm.apply(&split.heldout, Device::Cpu, Kind::Float).unwrap();
         let spec = NetworkSpec { channels: 8, cells: 1, in_channels: 1, image_size: (28, 28), num_classes: 10 };
         let trainer = Trainer {
             spec,

@@ -73,7 +73,7 @@ impl Ranking {
 
 /// Every architecture a run has evaluated (supernets are not kept).
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(from = "Stored", into = "Stored")]
+#[serde(try_from = "Stored", into = "Stored")]
 pub struct Archive {
     entries: Vec<Entry>,
     /// Where each architecture's entry is (derived from `entries`).
@@ -86,10 +86,22 @@ struct Stored {
     entries: Vec<Entry>,
 }
 
-impl From<Stored> for Archive {
-    fn from(stored: Stored) -> Archive {
-        let index = stored.entries.iter().enumerate().map(|(i, e)| (e.arch, i)).collect();
-        Archive { entries: stored.entries, index }
+/// A stored archive comes from a checkpoint, which the host keeps outside the policy: it is
+/// checked, not trusted, because ranking code indexes by `order` (an entry's position).
+impl TryFrom<Stored> for Archive {
+    type Error = String;
+
+    fn try_from(stored: Stored) -> Result<Archive, String> {
+        let mut index = HashMap::with_capacity(stored.entries.len());
+        for (i, entry) in stored.entries.iter().enumerate() {
+            if entry.order != i {
+                return Err(format!("archive entry {i} ({}) says it is entry {}", entry.arch, entry.order));
+            }
+            if index.insert(entry.arch, i).is_some() {
+                return Err(format!("archive holds {} twice", entry.arch));
+            }
+        }
+        Ok(Archive { entries: stored.entries, index })
     }
 }
 
@@ -336,5 +348,21 @@ mod tests {
         let back = Archive::from_bytes(&archive.to_bytes()).unwrap();
         assert_eq!(back, archive);
         assert_eq!(back.get(&arch(3)).unwrap().measure("b"), None);
+    }
+
+    #[test]
+    fn a_checkpoint_whose_entries_disagree_with_their_positions_is_refused() {
+        let mut archive = Archive::new();
+        archive.record(&[scored(1, -1.0, &[]), scored(2, -2.0, &[])]);
+        let mut stored: serde_json::Value = serde_json::from_slice(&archive.to_bytes()).unwrap();
+        // An order past the end: ranking code indexes by it.
+        stored["entries"][1]["order"] = 99.into();
+        let error = Archive::from_bytes(&serde_json::to_vec(&stored).unwrap()).unwrap_err();
+        assert!(error.contains("unreadable archive: archive entry 1 (") && error.contains("says it is entry 99"), "{error}");
+        // The same architecture twice.
+        stored["entries"][1] = stored["entries"][0].clone();
+        stored["entries"][1]["order"] = 1.into();
+        let error = Archive::from_bytes(&serde_json::to_vec(&stored).unwrap()).unwrap_err();
+        assert!(error.contains("twice"), "{error}");
     }
 }

@@ -307,10 +307,25 @@ fn gunzip_if_needed(raw: Vec<u8>, path: &Path) -> Result<Vec<u8>, DataError> {
     if !raw.starts_with(&[0x1f, 0x8b]) {
         return Ok(raw);
     }
+    gunzip_at_most(&raw, MAX_INFLATED_FILE).map_err(|message| DataError::corrupt(path, message))
+}
+
+/// The most a whole-file dataset (CSV, CIFAR batch, IDX labels) may inflate to: 1 GiB,
+/// over 30 times a CIFAR-10 batch. The big IDX image files are streamed, not inflated whole.
+const MAX_INFLATED_FILE: u64 = 1 << 30;
+
+/// Inflates gzip data (all members), refusing to produce more than `limit` bytes: deflate
+/// shrinks up to about 1032 to 1, so a small damaged or hostile file could otherwise ask
+/// for more memory than the machine has. The error says which of the two went wrong.
+pub(crate) fn gunzip_at_most(raw: &[u8], limit: u64) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
-    flate2::read::MultiGzDecoder::new(&raw[..])
+    flate2::read::MultiGzDecoder::new(raw)
+        .take(limit.saturating_add(1))
         .read_to_end(&mut out)
-        .map_err(|e| DataError::corrupt(path, format!("gzip data is truncated or corrupt ({e})")))?;
+        .map_err(|e| format!("gzip data is truncated or corrupt ({e})"))?;
+    if out.len() as u64 > limit {
+        return Err(format!("gzip data inflates to more than {} MiB, more than a file of this kind holds", limit >> 20));
+    }
     Ok(out)
 }
 
@@ -433,23 +448,39 @@ impl Normalization {
         Normalization { mean, std }
     }
 
-    /// Moves `dataset` to `device` as normalised floats of `kind`.
-    pub fn apply(&self, dataset: &Dataset, device: Device, kind: Kind) -> TensorData {
+    /// Moves `dataset` to `device` as normalised floats of `kind`. Fails (rather than
+    /// panicking) when libtorch cannot allocate it there: the images are outside input, and
+    /// a large enough file fills any device.
+    pub fn apply(&self, dataset: &Dataset, device: Device, kind: Kind) -> Result<TensorData, tch::TchError> {
         let s = dataset.shape;
         let shape = [dataset.len() as i64, s.channels, s.height, s.width];
         let c = s.channels;
-        let mean = Tensor::from_slice(&self.mean).view([1, c, 1, 1]).to_kind(kind).to_device(device);
-        let std = Tensor::from_slice(&self.std).view([1, c, 1, 1]).to_kind(kind).to_device(device);
-        let images = Tensor::from_slice(&dataset.images).view(shape).to_device(device).to_kind(kind) / 255.0;
-        let images = (images - mean) / std;
-        let labels = Tensor::from_slice(&dataset.labels).to_device(device).to_kind(Kind::Int64);
-        TensorData { images, labels }
+        let per_channel = |values: &[f64]| Tensor::from_slice(values).f_view([1, c, 1, 1])?.f_to_kind(kind)?.f_to_device(device);
+        let (mean, std) = (per_channel(&self.mean)?, per_channel(&self.std)?);
+        let images = Tensor::f_from_slice(&dataset.images)?.f_view(shape)?.f_to_device(device)?.f_to_kind(kind)?.f_div_scalar(255.0)?;
+        let images = images.f_sub(&mean)?.f_div(&std)?;
+        let labels = Tensor::f_from_slice(&dataset.labels)?.f_to_device(device)?.f_to_kind(Kind::Int64)?;
+        Ok(TensorData { images, labels })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gzip_data_that_inflates_past_the_limit_is_refused_not_read() {
+        use std::io::Write;
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(&vec![0u8; 3 << 20]).unwrap();
+        let bomb = encoder.finish().unwrap();
+        assert!(bomb.len() < 64 << 10, "{} bytes", bomb.len());
+        assert_eq!(gunzip_at_most(&bomb, 3 << 20).unwrap().len(), 3 << 20);
+        let err = gunzip_at_most(&bomb, 2 << 20).unwrap_err();
+        assert!(err.contains("inflates to more than 2 MiB"), "{err}");
+        let err = gunzip_at_most(&bomb[..bomb.len() / 2], 4 << 20).unwrap_err();
+        assert!(err.contains("truncated or corrupt"), "{err}");
+    }
 
     #[test]
     fn embedded_default_loads_with_balanced_labels() {
@@ -558,7 +589,7 @@ mod tests {
     fn normalization_gives_zero_mean_unit_variance() {
         let data = DatasetSpec::Mnist5k.load(Part::Train).unwrap().subset(&(0..500).collect::<Vec<_>>());
         let norm = Normalization::of(&data);
-        let t = norm.apply(&data, Device::Cpu, Kind::Double);
+        let t = norm.apply(&data, Device::Cpu, Kind::Double).unwrap();
         assert_eq!(t.images.size(), vec![500, 1, 28, 28]);
         assert!(t.images.mean(Kind::Double).double_value(&[]).abs() < 1e-9);
         assert!((t.images.std(false).double_value(&[]) - 1.0).abs() < 1e-6);

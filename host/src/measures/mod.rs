@@ -579,7 +579,7 @@ pub(crate) mod tests {
     pub(crate) fn tiny_suite(n: usize, kind: Kind, seed: u64) -> Suite {
         let data = DatasetSpec::Mnist5k.load(Part::Train).unwrap();
         let picked = data.subset(&(0..n).map(|i| i * 97).collect::<Vec<_>>());
-        let t = Normalization::of(&data).apply(&picked, Device::Cpu, kind);
+        let t = Normalization::of(&data).apply(&picked, Device::Cpu, kind).unwrap();
         let spec = NetworkSpec { channels: 4, cells: 1, in_channels: 1, image_size: (28, 28), num_classes: 10 };
         Suite::new(spec, t.images, t.labels, seed)
     }

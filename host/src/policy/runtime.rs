@@ -295,9 +295,11 @@ impl PolicyState {
         if let Some(panic) = message.strip_prefix("policy panicked: ") {
             self.panic_message = Some(panic.to_owned());
         }
-        self.logs_this_call += 1;
+        // Saturating: a policy given a large fuel budget could log more than 2³² times in
+        // one call, and a wrapped count would reopen the cap.
+        self.logs_this_call = self.logs_this_call.saturating_add(1);
         if self.logs_this_call > self.log_limits.0 {
-            self.dropped_logs += 1;
+            self.dropped_logs = self.dropped_logs.saturating_add(1);
             return;
         }
         // A policy's text must not be able to start a log line of its own. The record is

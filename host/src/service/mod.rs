@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod scheduler;
 pub mod watcher;
 
+use std::io::Write as _;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -80,7 +81,11 @@ pub fn serve(config: ServiceConfig, config_path: Option<&Path>) -> anyhow::Resul
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let address = listener.local_addr()?;
         // One line on stdout that tools (and tests) can read: where the service listens.
-        println!("{}", serde_json::json!({ "listening": address.to_string() }));
+        // Written, not printed: a closed stdout (a supervisor that stopped reading) must
+        // not panic the service; it is only logged.
+        if let Err(err) = writeln!(std::io::stdout(), "{}", serde_json::json!({ "listening": address.to_string() })) {
+            tracing::warn!(%err, "could not write the listening address to stdout");
+        }
         tracing::info!(%address, device = ?device, policies = %policy_dir.display(), "knas serve started");
 
         let (stop_tx, stop_rx) = watch::channel(false);
