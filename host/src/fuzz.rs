@@ -1,6 +1,7 @@
 //! Property tests ("fuzzing") of the parsers that read outside input: NB201 strings and
 //! indices, YAML configuration, benchmark tables (the data file formats are in
-//! `data::fuzz`; `.wasm` bytes and HTTP paths in the integration tests). Each target
+//! `data::fuzz`, Katib requests in `katib::mapping`; `.wasm` bytes and HTTP paths in the
+//! integration tests). Each target
 //! feeds random input and random edits of a valid input; the property is always the same:
 //! no panic, and every rejection is an error (naming the input where it has a name).
 //!

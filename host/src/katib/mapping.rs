@@ -479,3 +479,163 @@ mod tests {
         }
     }
 }
+
+/// Property tests of the two parsers of a Katib request (see `crate::fuzz`): whatever the
+/// experiment and trials hold, a plan comes out whole or the request is refused with a
+/// message; nothing panics.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Mostly the names knas expects (so that many requests get far), some junk.
+    fn word(known: Vec<String>) -> impl Strategy<Value = String> {
+        prop_oneof![4 => prop::sample::select(known), 1 => "\\PC{0,12}"]
+    }
+
+    fn op() -> impl Strategy<Value = String> {
+        word(Op::ALL.iter().map(|o| o.name().to_owned()).chain([" none ".to_owned(), String::new()]).collect())
+    }
+
+    /// A valid feasible list: some of NB201's ops, each once.
+    fn ops() -> impl Strategy<Value = Vec<String>> {
+        prop::sample::subsequence(Op::ALL.iter().map(|o| o.name().to_owned()).collect::<Vec<_>>(), 1..=Op::ALL.len())
+    }
+
+    fn edge() -> impl Strategy<Value = String> {
+        word((0..NUM_EDGES).map(parameter_name).collect())
+    }
+
+    fn parameter() -> impl Strategy<Value = proto::ParameterSpec> {
+        (edge(), prop_oneof![4 => Just(proto::ParameterType::Categorical as i32), 1 => any::<i32>()], prop::collection::vec(op(), 0..7))
+            .prop_map(|(name, parameter_type, list)| proto::ParameterSpec {
+                name,
+                parameter_type,
+                feasible_space: Some(proto::FeasibleSpace { list, ..Default::default() }),
+            })
+    }
+
+    fn setting() -> impl Strategy<Value = proto::AlgorithmSetting> {
+        let valid = prop::sample::select(vec![
+            ("policy", "evolution"),
+            ("candidates-per-trial", "20"),
+            ("seed", "7"),
+            ("score", "mgm"),
+            ("params", r#"{"population": 8}"#),
+            ("channels", "8"),
+            ("cells", "2"),
+            ("batch-size", "16"),
+        ])
+        .prop_map(|(name, value)| proto::AlgorithmSetting { name: name.into(), value: value.into() });
+        prop_oneof![2 => valid, 1 => any_setting()]
+    }
+
+    fn any_setting() -> impl Strategy<Value = proto::AlgorithmSetting> {
+        let value = prop_oneof![
+            "-?[0-9]{1,7}",
+            Just("aggregate".to_owned()),
+            Just("mgm".to_owned()),
+            Just("evolution.wasm".to_owned()),
+            Just("cifar10:/nowhere".to_owned()),
+            Just(r#"{"population": 8}"#.to_owned()),
+            "\\PC{0,16}",
+        ];
+        (word(SETTINGS.iter().map(|(n, _)| (*n).to_owned()).collect()), value).prop_map(|(name, value)| proto::AlgorithmSetting { name, value })
+    }
+
+    fn experiment() -> impl Strategy<Value = proto::Experiment> {
+        let parameters = prop_oneof![
+            // The six edges, each with some ops (now and then a junk list): the usual request.
+            prop::collection::vec(prop_oneof![6 => ops(), 1 => prop::collection::vec(op(), 0..6)], NUM_EDGES).prop_map(|lists| {
+                lists
+                    .into_iter()
+                    .enumerate()
+                    .map(|(e, list)| proto::ParameterSpec {
+                        name: parameter_name(e),
+                        parameter_type: proto::ParameterType::Categorical as i32,
+                        feasible_space: Some(proto::FeasibleSpace { list, ..Default::default() }),
+                    })
+                    .rev()
+                    .collect::<Vec<_>>()
+            }),
+            prop::collection::vec(parameter(), 0..8),
+        ];
+        (
+            word(vec!["nb201".to_owned(), "a-b.c_d".to_owned()]),
+            parameters,
+            prop_oneof![4 => Just(2), 1 => any::<i32>()],
+            word(vec!["accuracy".to_owned()]),
+            prop_oneof![4 => Just(5), 1 => any::<i32>()],
+            word(vec![ALGORITHM.to_owned()]),
+            prop::collection::vec(setting(), 0..3),
+        )
+            .prop_map(|(name, parameters, objective, metric, max_trial_count, algorithm, settings)| proto::Experiment {
+                name,
+                spec: Some(proto::ExperimentSpec {
+                    parameter_specs: Some(proto::experiment_spec::ParameterSpecs { parameters }),
+                    objective: Some(proto::ObjectiveSpec { r#type: objective, objective_metric_name: metric, ..Default::default() }),
+                    algorithm: Some(proto::AlgorithmSpec { algorithm_name: algorithm, algorithm_settings: settings }),
+                    max_trial_count,
+                    ..Default::default()
+                }),
+            })
+    }
+
+    fn trial() -> impl Strategy<Value = proto::Trial> {
+        let assignment = (edge(), op()).prop_map(|(name, value)| proto::ParameterAssignment { name, value });
+        let metric = (word(vec!["accuracy".to_owned()]), prop_oneof!["-?[0-9]\\.[0-9]{1,3}", Just("NaN".to_owned()), "\\PC{0,6}"])
+            .prop_map(|(name, value)| proto::Metric { name, value });
+        (prop::collection::vec(assignment, 0..8), prop_oneof![0..8i32, any::<i32>()], prop::collection::vec(metric, 0..3)).prop_map(
+            |(assignments, condition, metrics)| proto::Trial {
+                name: "t".into(),
+                spec: Some(proto::TrialSpec {
+                    parameter_assignments: Some(proto::trial_spec::ParameterAssignments { assignments }),
+                    ..Default::default()
+                }),
+                status: Some(proto::TrialStatus { condition, observation: Some(proto::Observation { metrics }), ..Default::default() }),
+            },
+        )
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz::config())]
+
+        #[test]
+        fn fuzz_katib_requests_are_planned_or_refused_by_name(experiment in experiment(), trials in prop::collection::vec(trial(), 0..4), index in 0..crate::space::NUM_ARCHS) {
+            let plan = match Plan::from_experiment(Some(&experiment), &Experiment::default()) {
+                Ok(plan) => plan,
+                Err(message) => {
+                    prop_assert!(!message.is_empty());
+                    return Ok(());
+                }
+            };
+            // A plan is whole: a space with every edge allowed something, budgets in range.
+            prop_assert!(plan.allowed.iter().all(|ops| !ops.is_empty()) && plan.space_size() >= 1);
+            prop_assert!((1..=100_000).contains(&plan.candidates_per_trial) && plan.max_trials >= 1 && plan.params.is_object());
+            // What knas suggests reads back as the same architecture.
+            let arch = Arch::from_index(index).expect("in range");
+            let suggested = proto::Trial {
+                name: "back".into(),
+                spec: Some(proto::TrialSpec {
+                    parameter_assignments: Some(proto::trial_spec::ParameterAssignments { assignments: plan.assignment(&arch).assignments }),
+                    ..Default::default()
+                }),
+                status: None,
+            };
+            let back = plan.trial(&suggested).expect("knas's own assignment");
+            prop_assert_eq!(back.arch, arch);
+            prop_assert!(matches!(back.outcome, Outcome::Running));
+            for trial in &trials {
+                match plan.trial(trial) {
+                    Ok(read) => {
+                        if let Outcome::Measured(value) = read.outcome {
+                            prop_assert!(value.is_finite());
+                        }
+                    }
+                    Err(message) => prop_assert!(message.starts_with("trial \"t\": "), "{}", message),
+                }
+            }
+        }
+    }
+}
