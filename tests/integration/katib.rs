@@ -43,6 +43,23 @@ fn a_whole_experiment_through_katibs_python_client() {
     }
 }
 
+/// The flags every Experiment's settings adjust are checked before serving: a bad one
+/// stops `knas katib` at once, named, instead of failing every Experiment's first request.
+#[test]
+fn a_bad_scoring_flag_stops_the_service_before_it_listens() {
+    let dir = tempfile::tempdir().unwrap();
+    for (flag, value, said) in [("--channels", "0", "channels must be at least 1"), ("--reference", "1", "reference must be at least 2")] {
+        let out = Command::new(env!("CARGO_BIN_EXE_knas"))
+            .args(["katib", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--device", "cpu", flag, value, "--store"])
+            .arg(dir.path().join("k.db"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flag} {value}: {stderr}");
+        assert!(stderr.contains(&format!("invalid scoring experiment: {said}")) && !stderr.contains("suggestion service on"), "{stderr}");
+    }
+}
+
 /// A running `knas katib` on free ports, stopped when dropped.
 pub struct Service {
     child: Child,

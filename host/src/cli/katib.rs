@@ -51,7 +51,11 @@ pub fn run(args: &KatibArgs) -> Result<()> {
     if args.compute.workers > 0 {
         suggester = suggester.with_workers(args.compute.workers);
     }
-    let service = KatibService::new(suggester, args.experiment.experiment(), metrics);
+    // The flags are the base every Experiment's settings adjust: a bad one is refused now,
+    // not at the first request, where it would read as the Experiment's fault.
+    let experiment = args.experiment.experiment();
+    experiment.validate().map_err(|problem| anyhow::anyhow!("invalid scoring experiment: {problem}"))?;
+    let service = KatibService::new(suggester, experiment, metrics);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     runtime.block_on(serve(service, args.listen, Some(args.metrics_listen), |grpc, http| {
         eprintln!("knas katib: suggestion service on {grpc} (gRPC), metrics on http://{}/metrics", http.map_or("-".into(), |h| h.to_string()));
