@@ -13,6 +13,7 @@ use crate::{Budget, Candidate, Evaluation, Fidelity, Proposal, Settings};
 /// What the host measured for one architecture.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Entry {
+    /// The architecture (single: one op per edge).
     pub arch: Arch,
     /// Order of first appearance in the run.
     pub order: usize,
@@ -22,12 +23,15 @@ pub struct Entry {
     pub score: Option<f64>,
     /// Every measure of its score evaluation, by name (`None`: not finite).
     pub measures: BTreeMap<String, Option<f64>>,
+    /// Its parameter count and FLOPs, as the host counted them when it scored it.
     pub params: Option<u64>,
+    /// See `params`.
     pub flops: Option<u64>,
     /// Whether its training is recorded (successful or not): it is not trained again.
     pub trained: bool,
-    /// Held-out accuracy and loss after training.
+    /// Held-out accuracy (0–1) after training.
     pub accuracy: Option<f64>,
+    /// Held-out loss after training.
     pub loss: Option<f64>,
 }
 

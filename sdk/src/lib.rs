@@ -38,6 +38,10 @@
 //! version is [`CONTRACT_VERSION`]); this crate is generated from it and hides the
 //! generated code behind the API above.
 
+// The guest-facing API: every public item is documented (policy authors read it on docs.rs
+// or with `cargo doc`).
+#![warn(missing_docs)]
+
 pub mod archive;
 pub mod nb201;
 #[cfg(not(target_arch = "wasm32"))]

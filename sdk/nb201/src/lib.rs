@@ -17,6 +17,10 @@
 //! of a supernet lists an edge's operations separated by commas, e.g.
 //! `|nor_conv_3x3,skip_connect~0|+…`.
 
+// Part of the policy SDK's API (re-exported as `knas_policy_sdk::nb201`): every public
+// item is documented.
+#![warn(missing_docs)]
+
 use std::fmt;
 use std::str::FromStr;
 
@@ -140,15 +144,39 @@ impl OpSet {
 /// Why an architecture string or index was rejected. `column` is 1-based, in characters.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ArchError {
+    /// The string is not in NB201's `|op~0|+|op~0|op~1|+|…|` form.
     #[error("column {column}: {message} (in {input:?})")]
-    Syntax { input: String, column: usize, message: String },
+    Syntax {
+        /// The whole string, as given.
+        input: String,
+        /// Where the problem starts.
+        column: usize,
+        /// What is wrong there.
+        message: String,
+    },
+    /// An edge lists no operation (a supernet's edge must keep at least one).
     #[error("edge {edge} ({from}→{to}) has no operation")]
-    EmptyEdge { edge: usize, from: usize, to: usize },
+    EmptyEdge {
+        /// The edge, 0..6 in NB201's order.
+        edge: usize,
+        /// The node it leaves.
+        from: usize,
+        /// The node it enters.
+        to: usize,
+    },
     /// The index as it was written.
     #[error("architecture index {0} is out of range 0..{NUM_ARCHS}")]
     IndexOutOfRange(String),
+    /// A supernet where a single architecture is needed.
     #[error("the candidate has several operations on edge {edge} ({from}→{to}); a single architecture needs exactly one")]
-    NotSingle { edge: usize, from: usize, to: usize },
+    NotSingle {
+        /// The first edge with several operations.
+        edge: usize,
+        /// The node it leaves.
+        from: usize,
+        /// The node it enters.
+        to: usize,
+    },
 }
 
 /// A cell with a *set* of operations on every edge: a single architecture when every set
