@@ -168,7 +168,7 @@ impl Engine {
         let norm = Normalization::of(&split.train);
         let place = |part: &crate::data::Dataset, which: &str| {
             norm.apply(part, device, Kind::Float).map_err(|err| {
-                EngineError::Device(format!("dataset {}: its {} {which} images do not fit on {device:?}: {err}", e.dataset, part.len()))
+                EngineError::Device(format!("dataset {}: its {} {which} images could not be placed on {device:?}: {err}", e.dataset, part.len()))
             })
         };
         let (train, heldout) = (place(&split.train, "training")?, place(&split.heldout, "held-out")?);

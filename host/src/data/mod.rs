@@ -455,7 +455,7 @@ impl Normalization {
         let s = dataset.shape;
         let shape = [dataset.len() as i64, s.channels, s.height, s.width];
         let c = s.channels;
-        let per_channel = |values: &[f64]| Tensor::from_slice(values).f_view([1, c, 1, 1])?.f_to_kind(kind)?.f_to_device(device);
+        let per_channel = |values: &[f64]| Tensor::f_from_slice(values)?.f_view([1, c, 1, 1])?.f_to_kind(kind)?.f_to_device(device);
         let (mean, std) = (per_channel(&self.mean)?, per_channel(&self.std)?);
         let images = Tensor::f_from_slice(&dataset.images)?.f_view(shape)?.f_to_device(device)?.f_to_kind(kind)?.f_div_scalar(255.0)?;
         let images = images.f_sub(&mean)?.f_div(&std)?;
