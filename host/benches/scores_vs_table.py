@@ -8,6 +8,10 @@ seeded subsample, and the table's accuracy of the best-scored architectures.
 
     python3 host/benches/scores_vs_table.py all.jsonl ../shared/data/nb201/nb201_cifar10.jsonl.gz
 
+`--within-top N` adds the same rho among the N best by the first field only: what a
+second measure would add to the choice among a search's finalists, where the first has
+already done its work.
+
 Standard library only.
 """
 
@@ -48,6 +52,7 @@ def main() -> int:
     p.add_argument("table", help="published table: JSON lines with arch and an accuracy field")
     p.add_argument("--field", default="acc", help="the table's accuracy field")
     p.add_argument("--kendall-sample", type=int, default=3000)
+    p.add_argument("--within-top", type=int, default=0, help="also rank every field among the N best by the first field")
     args = p.parse_args()
 
     opener = gzip.open if args.table.endswith(".gz") else open
@@ -76,6 +81,14 @@ def main() -> int:
     print(f"Kendall tau of {fields[0]} on {len(sample)} of them: {tau:.3f}")
     best = sorted(range(len(rows)), key=lambda i: -first[i])
     print(f"table accuracy of the 10 best by {fields[0]}: {', '.join(f'{truth[i]:.2f}' for i in best[:10])}")
+    if args.within_top:
+        top = best[: args.within_top]
+        print(f"\nAmong the {len(top)} best by {fields[0]}:")
+        print("| field | Spearman rho |")
+        print("|---|---|")
+        for field in fields:
+            values = column(field)
+            print(f"| {field} | {pearson(ranks([values[i] for i in top]), ranks([truth[i] for i in top])):.3f} |")
     return 0
 
 
