@@ -168,6 +168,9 @@ pub enum RunStatus {
 }
 
 impl RunStatus {
+    /// Every status, in the order a run may pass through them.
+    pub const ALL: [RunStatus; 4] = [RunStatus::Running, RunStatus::Done, RunStatus::Failed, RunStatus::Stopped];
+
     /// The status as stored and shown.
     pub fn name(self) -> &'static str {
         match self {
@@ -178,14 +181,9 @@ impl RunStatus {
         }
     }
 
+    /// The status stored as `text` (the inverse of [`Self::name`]).
     fn parse(text: &str) -> Option<RunStatus> {
-        match text {
-            "running" => Some(RunStatus::Running),
-            "done" => Some(RunStatus::Done),
-            "failed" => Some(RunStatus::Failed),
-            "stopped" => Some(RunStatus::Stopped),
-            _ => None,
-        }
+        RunStatus::ALL.into_iter().find(|status| status.name() == text)
     }
 }
 
@@ -759,7 +757,7 @@ mod tests {
     fn a_run_whose_stored_status_is_unknown_is_named_not_taken_for_running() {
         let dir = tempfile::tempdir().unwrap();
         let store = RunStore::open(&dir.path().join("runs.db")).unwrap();
-        for status in [RunStatus::Running, RunStatus::Done, RunStatus::Failed, RunStatus::Stopped] {
+        for status in RunStatus::ALL {
             assert_eq!(RunStatus::parse(status.name()), Some(status));
         }
         store.begin_run("evo", "evolution@abcd1234", &Experiment::default(), &spec()).unwrap();

@@ -457,7 +457,7 @@ impl Scheduler {
 
     fn refresh_run_counts(&self) {
         let Ok(runs) = self.store.runs() else { return };
-        for status in [RunStatus::Running, RunStatus::Done, RunStatus::Failed, RunStatus::Stopped] {
+        for status in RunStatus::ALL {
             let count = runs.iter().filter(|r| r.status == status).count();
             self.metrics.runs.with_label_values(&[status.name()]).set(count as i64);
         }
