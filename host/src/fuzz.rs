@@ -11,12 +11,9 @@
 use std::path::Path;
 
 use proptest::prelude::*;
-use proptest::test_runner::Config;
 
 /// Cases per target: `KNAS_FUZZ_CASES`, else 200. Failures are not persisted into the tree.
-pub(crate) fn config() -> Config {
-    Config { cases: knas_policy_sdk::testing::fuzz_cases(200), failure_persistence: None, ..Config::default() }
-}
+pub(crate) use knas_policy_sdk::testing::fuzz_config as config;
 
 /// Edits: (position, kind, byte) — kind 0 replaces, 1 inserts, 2 deletes, 3 truncates.
 pub(crate) fn edits() -> impl Strategy<Value = Vec<(usize, u8, u8)>> {

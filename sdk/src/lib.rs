@@ -406,13 +406,8 @@ mod tests {
         }
     }
 
-    /// Cases: `KNAS_FUZZ_CASES`, else 200. Failures are not persisted into the tree.
-    fn fuzz_config() -> proptest::test_runner::Config {
-        proptest::test_runner::Config { cases: testing::fuzz_cases(200), failure_persistence: None, ..Default::default() }
-    }
-
     proptest::proptest! {
-        #![proptest_config(fuzz_config())]
+        #![proptest_config(testing::fuzz_config())]
 
         /// Any text as parameters: parsed, or an error that quotes the parameters.
         #[test]

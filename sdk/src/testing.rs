@@ -121,6 +121,14 @@ pub fn fuzz_cases(default: u32) -> u32 {
     std::env::var("KNAS_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+/// The property-test configuration of every knas fuzz target (feature `fuzz`): 200 cases,
+/// or `KNAS_FUZZ_CASES`; failures are not persisted, so a test run writes nothing into
+/// the source tree. Inside `proptest!`: `#![proptest_config(knas_policy_sdk::testing::fuzz_config())]`.
+#[cfg(any(test, feature = "fuzz"))]
+pub fn fuzz_config() -> proptest::test_runner::Config {
+    proptest::test_runner::Config { cases: fuzz_cases(200), failure_persistence: None, ..Default::default() }
+}
+
 fn blank(candidate: &Candidate) -> Evaluation {
     Evaluation {
         candidate: candidate.clone(),

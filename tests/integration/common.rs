@@ -163,8 +163,5 @@ impl Drop for Prometheus {
     }
 }
 
-/// Cases per fuzz target: `KNAS_FUZZ_CASES`, else 200 (as in the library's `fuzz` module).
-/// Failures are not persisted into the tree.
-pub fn fuzz_config() -> proptest::test_runner::Config {
-    proptest::test_runner::Config { cases: knas_policy_sdk::testing::fuzz_cases(200), failure_persistence: None, ..Default::default() }
-}
+/// Cases per fuzz target: `KNAS_FUZZ_CASES`, else 200. Failures are not persisted into the tree.
+pub use knas_policy_sdk::testing::fuzz_config;

@@ -293,7 +293,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::test_runner::Config { failure_persistence: None, ..proptest::test_runner::Config::with_cases(knas_policy_sdk::testing::fuzz_cases(200)) })]
+        #![proptest_config(knas_policy_sdk::testing::fuzz_config())]
 
         /// Any budget, batch size, seed and parameters, on answers with missing values and
         /// failures: see `Host::run_noisy`.
