@@ -5,9 +5,12 @@ The demo (scripts/demo.sh) runs a search on the embedded MNIST data with `knas s
 defaults and judges its winner by its held-out accuracy after the short training. This
 runs that search for each policy and run seed, then prints the winners side by side, each
 policy's mean, and its paired difference from the baseline policy (random sampling, the
-KNAS protocol) with a bootstrap 95 % interval over the seeds.
+KNAS protocol) with a bootstrap 95 % interval over the seeds. The pseudo-policy `sampling`
+is random sampling with no score at all: the same number of seeded random cells, trained
+(`knas train --sample K`), which says whether training-free selection helps on this task.
 
     python3 host/benches/demo_seeds.py --policies pruning random --seeds 0 1 2 3 4 5 6 7 8 9
+    python3 host/benches/demo_seeds.py --policies pruning random sampling --seeds 0 1 2 3 4 5 6 7 8 9
 
 One short training is one draw: the same network trained with another shuffling order can
 land several points away. `--retrain N` separates that noise from the choice of finalists:
@@ -42,6 +45,8 @@ def run_json(cmd: list[str]) -> str:
 
 def finalists(args, policy: str, seed: int) -> list[dict]:
     """Runs (or resumes, or shows) one demo search; its trained finalists."""
+    if policy == SAMPLING:
+        return sampled(args, seed)
     name = f"demo-{policy}-s{seed}"
     start = time.time()
     search = [args.knas, "search", "--policy", str(Path(args.policies_dir) / f"{policy}.wasm"), "--name", name, "--store", args.store, "--seed", str(seed), "--threads", str(args.threads), "--format", "json"]
@@ -50,6 +55,20 @@ def finalists(args, policy: str, seed: int) -> list[dict]:
     trained = [t for t in shown["leaderboard"]["trained"] if t.get("accuracy") is not None]
     best = max((t["accuracy"] for t in trained), default=float("nan"))
     print(f"{name}: winner {best:.3f} of {len(trained)} trained ({time.time() - start:.0f} s)", file=sys.stderr)
+    return trained
+
+
+SAMPLING = "sampling"
+
+
+def sampled(args, seed: int) -> list[dict]:
+    """Random sampling without any score: `--sample-k` seeded random cells, all trained."""
+    start = time.time()
+    cmd = [args.knas, "train", "--sample", str(args.sample_k), "--seed", str(seed), "--train-seed", str(seed), "--threads", str(args.threads), "--format", "jsonl"]
+    rows = [json.loads(line) for line in run_json(cmd + args.train_args).splitlines()]
+    trained = [{"candidate": r["arch"], "accuracy": r["accuracy"]} for r in rows]
+    best = max((t["accuracy"] for t in trained), default=float("nan"))
+    print(f"sampling-s{seed}: winner {best:.3f} of {len(trained)} trained ({time.time() - start:.0f} s)", file=sys.stderr)
     return trained
 
 
@@ -81,9 +100,11 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--knas", default=str(root / "target/release/knas"), help="the knas binary")
     p.add_argument("--policies-dir", default=str(root / "policies"), help="folder of built policies (knas policy build --all)")
-    p.add_argument("--policies", nargs="+", default=["pruning", "random"])
+    p.add_argument("--policies", nargs="+", default=["pruning", "random"],
+                   help=f"built policies to run; `{SAMPLING}` is random sampling without scores (train --sample-k random cells)")
     p.add_argument("--baseline", default="random", help="the policy every other is compared with")
     p.add_argument("--seeds", nargs="+", type=int, default=list(range(10)))
+    p.add_argument("--sample-k", type=int, default=3, help=f"cells `{SAMPLING}` trains: the searches' --top-k")
     p.add_argument("--retrain", type=int, default=0, help="shuffling seeds to train every finalist again under")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--store", default="demo-seeds.db")
