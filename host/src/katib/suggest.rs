@@ -10,7 +10,7 @@
 //! none is left, new random candidates of the space are scored and the best taken.
 //!
 //! Everything is recomputed from the store and the trial list: after a restart, the run is
-//! re-executed from its seed (see `search.rs`), so the service answers as it would have —
+//! re-executed from its seed (see `search/resume.rs`), so the service answers as it would have —
 //! exactly so while the policy's own proposals fill the requests. Candidates the service
 //! filled in itself are recorded under the run's policy but told to a fresh instance only
 //! when it is brought up to date, so after a restart later fills may differ (never with an

@@ -3,7 +3,7 @@
 //! every node computed as NB201's own network computes it.
 //!
 //! - **NASWOT** (Mellor et al., "Neural Architecture Search without Training", ICML 2021):
-//!   K_H[i,j] = number of units on which images i and j have the same code; the score is
+//!   `K_H[i,j]` = number of units on which images i and j have the same code; the score is
 //!   ln |det K_H|. Networks that give different images different codes score higher.
 //! - **SWAP** (Peng et al., "SWAP-NAS: Sample-Wise Activation Patterns", ICLR 2024): each
 //!   unit's codes across 16 images form a 16-bit pattern; the score is the number of

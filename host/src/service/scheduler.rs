@@ -1,6 +1,6 @@
 //! The compute thread: owns the device, the policy runtime and the store's writer, and
 //! steps the active runs one proposal at a time, always the run that has used the least
-//! time so far ([`Turns`]) — so runs share the thread by time, and a policy that is slow
+//! time so far (`Turns`) — so runs share the thread by time, and a policy that is slow
 //! to propose, or asks for trainings, does not take more than its share from its
 //! neighbours. It takes commands (policy file changed or removed, new configuration,
 //! shutdown) between steps, and looks for them during a step too: a command that concerns
