@@ -460,3 +460,118 @@ fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
     let pad = ((hi - lo) * 0.05).max(1e-3);
     (lo - pad, hi + pad)
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// A value a damaged report may hold where it should not: a number (finite or not,
+    /// which JSON writes as null), text, null, or a list of numbers — most often plausible
+    /// ones of another length.
+    fn any_value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            1 => any::<f64>().prop_map(|v| json!(v)),
+            1 => "[a-z|~_0-9+]{0,12}".prop_map(Value::String),
+            1 => Just(Value::Null),
+            1 => prop::collection::vec(any::<f64>(), 0..4).prop_map(|v| json!(v)),
+            4 => prop::collection::vec(0.0..2.0f64, 0..5).prop_map(|v| json!(v)),
+        ]
+    }
+
+    /// A report `knas correlate` could have written for `experiment`: `seeds` training seeds
+    /// (at the top as older versions wrote it, or under `truth`), one row per architecture.
+    fn valid_report(experiment: &Experiment, seeds: u64, archs: &[usize], at_top: bool) -> Value {
+        let rows: Vec<Value> = archs
+            .iter()
+            .map(|&i| json!({ "arch": i.to_string(), "accuracy": vec![0.5; seeds as usize], "loss": vec![1.0; seeds as usize] }))
+            .collect();
+        let mut report = json!({ "experiment": experiment, "measurements": rows });
+        if at_top {
+            report["train_seeds"] = json!(seeds);
+        } else {
+            report["truth"] = json!({ "kind": "training", "train_seeds": seeds });
+        }
+        report
+    }
+
+    /// One damage: a path into the report (object keys, or row indices for the rows) and
+    /// what to put there (`None` removes it).
+    fn damage() -> impl Strategy<Value = (Vec<String>, Option<Value>)> {
+        let key = prop_oneof![
+            1 => Just(vec!["experiment".to_owned()]),
+            1 => "dataset|holdout|limit|channels|cells|seed|train|other".prop_map(|k| vec!["experiment".to_owned(), k]),
+            1 => Just(vec!["train_seeds".to_owned()]),
+            1 => Just(vec!["truth".to_owned(), "train_seeds".to_owned()]),
+            1 => Just(vec!["measurements".to_owned()]),
+            4 => (0usize..5, "arch|accuracy|loss").prop_map(|(i, k)| vec!["measurements".to_owned(), i.to_string(), k]),
+        ];
+        (key, prop::option::of(any_value()))
+    }
+
+    fn apply(report: &mut Value, (path, value): &(Vec<String>, Option<Value>)) {
+        let Some((last, parents)) = path.split_last() else { return };
+        let mut at = report;
+        for key in parents {
+            at = match at {
+                Value::Array(items) => match key.parse::<usize>().ok().and_then(|i| items.get_mut(i)) {
+                    Some(item) => item,
+                    None => return,
+                },
+                Value::Object(map) => map.entry(key.clone()).or_insert(Value::Null),
+                _ => return,
+            };
+        }
+        match (at, value) {
+            (Value::Object(map), Some(v)) => {
+                map.insert(last.clone(), v.clone());
+            }
+            (Value::Object(map), None) => {
+                map.remove(last);
+            }
+            _ => {}
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(knas_policy_sdk::testing::fuzz_config())]
+
+        /// A `--truth` report, valid or damaged in up to three places: read and fit for this
+        /// run, or refused with a message that names the file. Never a panic.
+        #[test]
+        fn fuzz_truth_reports_are_read_or_refused_by_name(
+            seeds in 1u64..4,
+            archs in prop::collection::vec(0usize..15_625, 0..5),
+            at_top: bool,
+            damages in prop::collection::vec(damage(), 0..3),
+        ) {
+            let experiment = Experiment::default();
+            let mut report = valid_report(&experiment, seeds, &archs, at_top);
+            for d in &damages {
+                apply(&mut report, d);
+            }
+            let dir = tempfile::tempdir().map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let path = dir.path().join("truth.json");
+            std::fs::write(&path, report.to_string()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            match TruthReport::load(&path, &experiment) {
+                Ok((truth, seeds, _)) => {
+                    let here = serde_json::to_value(&experiment).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    prop_assert_eq!(trained_on(&truth.experiment), trained_on(&here));
+                    prop_assert!(truth.measurements.len() >= 2);
+                    for row in &truth.measurements {
+                        prop_assert_eq!(row.accuracy.len() as u64, seeds);
+                        prop_assert_eq!(row.loss.len() as u64, seeds);
+                        prop_assert!(row.accuracy.iter().chain(&row.loss).all(|v| v.is_finite()));
+                    }
+                }
+                Err(error) => prop_assert!(format!("{error:#}").contains("truth.json"), "{error:#}"),
+            }
+            // An undamaged report with two or more rows is always taken.
+            if damages.is_empty() && archs.len() >= 2 {
+                prop_assert!(TruthReport::load(&path, &experiment).is_ok());
+            }
+        }
+    }
+}
