@@ -511,8 +511,9 @@ mod tests {
         (key, prop::option::of(any_value()))
     }
 
-    /// Puts the damage's value at its path, or removes what is there; a path through a row
-    /// that does not exist, or through a value that is not an object, leaves the report as is.
+    /// Puts the damage's value at its path, or removes what is there. A missing key on the
+    /// way is added as null (itself a damage); a path through a row that does not exist, or
+    /// through a value that is not an object, changes nothing more.
     fn apply(report: &mut Value, (path, value): &(Vec<String>, Option<Value>)) {
         let Some((last, parents)) = path.split_last() else { return };
         let mut at = report;
