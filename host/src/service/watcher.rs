@@ -167,6 +167,9 @@ pub async fn run(
                         watched.debounce = applied.debounce;
                         tick = ticks(watched.debounce);
                     }
+                    // Counted once the new table's folder is watched: whoever sees the count
+                    // may edit that table at once, and the edit must not be missed.
+                    metrics.config_reloads.with_label_values(&["applied"]).inc();
                 }
             }
             _ = stop.changed() => break,
@@ -182,7 +185,7 @@ struct Applied {
 }
 
 /// Acts on a path that has settled; for the configuration file, says what a configuration
-/// that was applied asks the watcher to watch.
+/// that was applied asks the watcher to watch (the caller counts the reload once it does).
 fn settle(watched: &Watched, path: &Path, commands: &Sender<Command>, metrics: &Metrics) -> Option<Applied> {
     if watched.config.as_deref() == Some(path) {
         // The table is part of the configuration: a bad one rejects the whole reload.
@@ -192,7 +195,6 @@ fn settle(watched: &Watched, path: &Path, commands: &Sender<Command>, metrics: &
         });
         return match loaded {
             Ok((table, table_path, config)) => {
-                metrics.config_reloads.with_label_values(&["applied"]).inc();
                 let applied = Applied { table: table_path, debounce: Duration::from_millis(config.debounce_ms) };
                 let _ = commands.send(Command::Reconfigure(Box::new(config), table));
                 Some(applied)
