@@ -293,16 +293,17 @@ mod tests {
         let run = Host::nb201(100, 3).run::<Pruning>(additive).unwrap();
         let climbed: Vec<Arch> = run.scores().filter_map(|e| e.candidate.arch()).skip(1).collect();
         assert_eq!(climbed.len(), 15, "100 scores − 84 supernets − the pruned architecture");
-        // The op pruned last on each edge is that edge's second most valuable one. Their
-        // order among themselves follows the last round's keys (the costliest removal first).
-        let mut runner_ups: Vec<Arch> = (0..NUM_EDGES)
+        // The op pruned last on each edge is that edge's second most valuable one, and the
+        // costliest of those removals (the most valuable runner-up) comes first.
+        let mut runner_ups: Vec<(f64, Arch)> = (0..NUM_EDGES)
             .map(|e| {
                 let mut ops = Op::ALL;
                 ops.sort_by(|a, b| worth(e, *b).total_cmp(&worth(e, *a)));
-                optimum().with_op(e, ops[1])
+                (worth(e, ops[1]), optimum().with_op(e, ops[1]))
             })
             .collect();
-        runner_ups.sort_by_key(|a| climbed.iter().position(|c| c == a));
+        runner_ups.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let runner_ups: Vec<Arch> = runner_ups.into_iter().map(|(_, a)| a).collect();
         assert_eq!(climbed[..NUM_EDGES], runner_ups[..], "every edge's runner-up before any third choice");
         // Then the ops pruned one round earlier, on every edge, before the first edges' last ones.
         let edges_changed = |archs: &[Arch]| {
