@@ -10,11 +10,7 @@
 //!
 //! With `refine` (default on), the rest of the score budget climbs from there: score the
 //! best architecture's untried neighbours (one edge changed), move to the best, repeat.
-//! Neighbours are tried in the order pruning's own evidence suggests: first an edge's op
-//! pruned last (the runner-up on that edge), and among those pruned in the same round the
-//! one whose removal cost most. A short budget thus tries the likeliest alternative on every
-//! edge before the unlikely ones on the first edges. Finally the `top_k` best-scored
-//! architectures are trained.
+//! Finally the `top_k` best-scored architectures are trained.
 //!
 //! Parameters: `rank_by` (`aggregate`, `score` or a measure's name), `refine` (true),
 //! `top_k` (the run's training budget; 0 trains none), `epochs` (the run's). The procedure is
@@ -59,9 +55,6 @@ struct Pruning {
     round: usize,
     /// Every supernet measured in the run.
     supernets: HashMap<Supernet, Measured>,
-    /// For each op pruned from an edge, the round that pruned it and its removal's key
-    /// (ranked among that round's removals): the evidence the local search is ordered by.
-    pruned: HashMap<(usize, nb201::Op), (usize, f64)>,
     /// Every single architecture scored or trained in the run.
     archive: Archive,
 }
@@ -94,10 +87,9 @@ impl Pruning {
                 .zip(&keys)
                 .filter(|((e, _, _), _)| *e == edge)
                 .max_by(|a, b| a.1.total_cmp(b.1).then(b.0.1.cmp(&a.0.1)))
-                .map(|((_, op, _), key)| (*op, *key));
-            if let Some((op, key)) = best {
+                .map(|((_, op, _), _)| *op);
+            if let Some(op) = best {
                 next = next.without(edge, op).unwrap_or(next);
-                self.pruned.insert((edge, op), (self.round, key));
             }
         }
         self.current = next;
@@ -124,35 +116,15 @@ impl Pruning {
     }
 
     /// The next architectures of the local search: the untried neighbours of the best
-    /// scored architecture that still has some, likeliest first (see [`Pruning::likelier`]).
+    /// scored architecture that still has some.
     fn climb(&self, room: usize) -> Vec<Arch> {
         for arch in self.archive.top(self.archive.scored(), &Ranking::Score, |_| true) {
-            let mut fresh: Vec<(usize, nb201::Op, Arch)> = (0..NUM_EDGES)
-                .flat_map(|edge| nb201::Op::ALL.into_iter().map(move |op| (edge, op)))
-                .filter(|&(edge, op)| arch.ops()[edge] != op)
-                .map(|(edge, op)| (edge, op, arch.with_op(edge, op)))
-                .filter(|(_, _, n)| !self.archive.is_scored(n))
-                .collect();
+            let fresh: Vec<Arch> = arch.neighbours().filter(|n| !self.archive.is_scored(n)).take(room).collect();
             if !fresh.is_empty() {
-                // A stable sort: equal evidence keeps the edge-by-edge order.
-                fresh.sort_by(|a, b| self.likelier((a.0, a.1), (b.0, b.1)));
-                return fresh.into_iter().take(room).map(|(_, _, n)| n).collect();
+                return fresh;
             }
         }
         Vec::new()
-    }
-
-    /// Which of two (edge, op) settings the pruning's evidence favours (`Less` first): an
-    /// op pruned in a later round first, and within a round the one whose removal ranked
-    /// worst (the op the supernet missed most). Ops never pruned (the budget ran out
-    /// mid-round) come last.
-    fn likelier(&self, a: (usize, nb201::Op), b: (usize, nb201::Op)) -> std::cmp::Ordering {
-        match (self.pruned.get(&a), self.pruned.get(&b)) {
-            (Some((round_a, key_a)), Some((round_b, key_b))) => round_b.cmp(round_a).then(key_a.total_cmp(key_b)),
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (None, Some(_)) => std::cmp::Ordering::Greater,
-            (None, None) => std::cmp::Ordering::Equal,
-        }
     }
 }
 
@@ -171,7 +143,6 @@ impl Policy for Pruning {
             current: Supernet::full(),
             round: 0,
             supernets: HashMap::new(),
-            pruned: HashMap::new(),
             archive: Archive::new(),
         })
     }
@@ -286,32 +257,6 @@ mod tests {
         // The local search spends the rest on the optimum's neighbours.
         let neighbours: Vec<Arch> = optimum().neighbours().collect();
         assert!(run.scores().filter_map(|e| e.candidate.arch()).skip(1).all(|a| neighbours.contains(&a)));
-    }
-
-    #[test]
-    fn the_local_search_tries_every_edges_runner_up_first() {
-        let run = Host::nb201(100, 3).run::<Pruning>(additive).unwrap();
-        let climbed: Vec<Arch> = run.scores().filter_map(|e| e.candidate.arch()).skip(1).collect();
-        assert_eq!(climbed.len(), 15, "100 scores − 84 supernets − the pruned architecture");
-        // The op pruned last on each edge is that edge's second most valuable one, and the
-        // costliest of those removals (the most valuable runner-up) comes first.
-        let mut runner_ups: Vec<(f64, Arch)> = (0..NUM_EDGES)
-            .map(|e| {
-                let mut ops = Op::ALL;
-                ops.sort_by(|a, b| worth(e, *b).total_cmp(&worth(e, *a)));
-                (worth(e, ops[1]), optimum().with_op(e, ops[1]))
-            })
-            .collect();
-        runner_ups.sort_by(|a, b| b.0.total_cmp(&a.0));
-        let runner_ups: Vec<Arch> = runner_ups.into_iter().map(|(_, a)| a).collect();
-        assert_eq!(climbed[..NUM_EDGES], runner_ups[..], "every edge's runner-up before any third choice");
-        // Then the ops pruned one round earlier, on every edge, before the first edges' last ones.
-        let edges_changed = |archs: &[Arch]| {
-            let mut edges: Vec<usize> = archs.iter().map(|a| (0..NUM_EDGES).find(|&e| a.ops()[e] != optimum().ops()[e]).unwrap()).collect();
-            edges.sort();
-            edges
-        };
-        assert_eq!(edges_changed(&climbed[NUM_EDGES..2 * NUM_EDGES]), (0..NUM_EDGES).collect::<Vec<_>>());
     }
 
     #[test]
