@@ -92,7 +92,7 @@ pub fn default_workers(device: Device) -> usize {
 }
 
 /// Workers on a GPU by default. Measured on an H200, each worker on a CUDA stream of its
-/// own (`throughput --device cuda --workers 1,4,8,16,24`, README "Speed"): 11.7, 35.4,
+/// own (`throughput --device cuda --workers 1,4,8,16,24`, host/benches/speed.md): 11.7, 35.4,
 /// 48.1, 48.2 and 50.7 architectures a second; past 8 more threads buy next to nothing.
 pub const CUDA_WORKERS: usize = 8;
 

@@ -71,8 +71,8 @@ pub enum NormMode {
 /// explode. Deterministic algorithms keep cuDNN from choosing convolutions that add in a
 /// varying order. (They do not make every CUDA score repeat to the bit: on the embedded
 /// MNIST data, measures read from gradients still vary from run to run, by up to 2·10⁻⁴
-/// relative for MGM, even with one worker; the README's *Speed* section has what was
-/// ruled out.) On the CPU neither flag changes anything.
+/// relative for MGM, even with one worker; host/benches/speed.md has what was ruled
+/// out.) On the CPU neither flag changes anything.
 fn conv2d(x: &Tensor, weight: &Tensor, stride: i64, padding: i64) -> Tensor {
     grouped_conv2d(x, weight, stride, padding, 1)
 }
@@ -109,12 +109,12 @@ pub enum Kernels {
     /// - On the CPU, the cells' 3×3 pool as the window's sum (a depthwise convolution with
     ///   a kernel of ones) divided by the number of the window's positions inside the map:
     ///   libtorch's CPU pooling kernel is a scalar loop, and its forward and backward
-    ///   passes took about a quarter of trainability's time; the convolution does the same
-    ///   work about 6× faster (README, *Speed*). On CUDA the native pool, one launch, is
-    ///   kept.
+    ///   passes took about a quarter of trainability's time; the convolution took 15 % off
+    ///   the aggregate's mean time per architecture (host/benches/speed.md). On CUDA the
+    ///   native pool, one launch, is kept.
     /// - On CUDA, libtorch's own batch-norm kernels rather than cuDNN's: with sixteen
     ///   architectures in flight on one H200 they measured about a quarter more
-    ///   architectures a second (README, *Speed*). On the CPU the two are the same.
+    ///   architectures a second (host/benches/speed.md). On the CPU the two are the same.
     Fast,
 }
 
