@@ -1,8 +1,10 @@
 //! The run store: every search run and every evaluation, in one SQLite file (WAL mode).
 //!
 //! Each evaluation is committed as soon as it is measured, so a killed process loses at
-//! most the evaluation in flight; `(run, candidate, fidelity)` is unique, so nothing is ever
-//! recorded — or, through the search loop's lookups, computed — twice.
+//! most the evaluations in flight (one, or with several scoring workers one proposal's new
+//! scores); `(run, candidate, fidelity)` is unique, so nothing is ever recorded twice. A run
+//! is driven by one process at a time ([`RunStore::lease`]), so, through the search loop's
+//! lookups, nothing is computed twice either.
 
 use std::path::{Path, PathBuf};
 
@@ -151,6 +153,21 @@ pub enum StoreError {
     NoSuchRun(String),
     #[error("run store: run {run:?} has the status {status:?}, which is none of running, done, failed, stopped")]
     UnknownStatus { run: String, status: String },
+    #[error("run store: the stored {what} of run {run:?} is unreadable ({message}); was the store written by a newer knas?")]
+    Unreadable { run: String, what: &'static str, message: String },
+    #[error(
+        "run {name:?} is being driven by another knas process{}; wait for it to end, or pick another --name or --store",
+        holder.as_deref().map(|pid| format!(" (pid {pid})")).unwrap_or_default()
+    )]
+    Busy { name: String, holder: Option<String> },
+}
+
+/// The right to drive one run, from [`RunStore::lease`]. Two processes driving the same run
+/// would compute the same candidates and race to record them; the lease is an OS file lock,
+/// so it ends with the process that holds it, however that process ends.
+#[derive(Debug)]
+pub struct RunLease {
+    _file: std::fs::File,
 }
 
 /// Where a run stands.
@@ -307,11 +324,12 @@ const EVALUATION_COLUMNS: &str =
 
 fn evaluation_from_row(row: &rusqlite::Row) -> rusqlite::Result<EvaluationRecord> {
     let text = |i: usize| row.get::<_, String>(i);
+    let seq: i64 = row.get(0)?;
     let bad = |i: usize, e: String| {
-        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, format!("evaluation {seq}: {e}").into())
     };
     Ok(EvaluationRecord {
-        seq: row.get(0)?,
+        seq,
         candidate: text(1)?.parse().map_err(|e: crate::space::ArchError| bad(1, e.to_string()))?,
         fidelity: Fidelity::from_name(&text(2)?).ok_or_else(|| bad(2, "unknown fidelity".into()))?,
         score: row.get(3)?,
@@ -442,6 +460,33 @@ impl RunStore {
             .optional()?)
     }
 
+    /// Takes the right to drive run `name` (which need not exist yet), or says which process
+    /// holds it. The lock files live in `STORE-locks/`, beside SQLite's own `-wal` and `-shm`.
+    pub fn lease(&self, name: &str) -> Result<RunLease, StoreError> {
+        use sha2::Digest;
+        use std::io::Write;
+        let mut folder = self.path.clone().into_os_string();
+        folder.push("-locks");
+        let folder = PathBuf::from(folder);
+        let hash: String = sha2::Sha256::digest(name.as_bytes()).iter().take(8).map(|b| format!("{b:02x}")).collect();
+        let path = folder.join(format!("{hash}.lock"));
+        let failed = |e: std::io::Error| StoreError::Open { path: path.clone(), message: format!("cannot take the lock of run {name:?}: {e}") };
+        std::fs::create_dir_all(&folder).map_err(failed)?;
+        let mut file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(failed)?;
+        match file.try_lock() {
+            Ok(()) => {
+                // Who holds it, for the message another process gets; the lock is what counts.
+                let _ = file.set_len(0).and_then(|()| writeln!(file, "{} {name}", std::process::id()));
+                Ok(RunLease { _file: file })
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).ok().and_then(|text| text.split_whitespace().next().map(str::to_owned));
+                Err(StoreError::Busy { name: name.to_owned(), holder })
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(failed(e)),
+        }
+    }
+
     /// The store's file.
     pub fn path(&self) -> &Path {
         &self.path
@@ -498,14 +543,17 @@ impl RunStore {
 
     fn decode_run(raw: RunRow) -> Result<RunRecord, StoreError> {
         let status = RunStatus::parse(&raw.status).ok_or_else(|| StoreError::UnknownStatus { run: raw.name.clone(), status: raw.status.clone() })?;
+        let unreadable = |what, e: serde_json::Error| StoreError::Unreadable { run: raw.name.clone(), what, message: e.to_string() };
+        let experiment = serde_json::from_str(&raw.experiment).map_err(|e| unreadable("experiment", e))?;
+        let search = serde_json::from_str(&raw.search).map_err(|e| unreadable("search settings", e))?;
         Ok(RunRecord {
             id: raw.id,
             name: raw.name,
             policy: raw.policy,
             status,
             error: raw.error,
-            experiment: serde_json::from_str(&raw.experiment)?,
-            search: serde_json::from_str(&raw.search)?,
+            experiment,
+            search,
             created_at: raw.created_at,
             updated_at: raw.updated_at,
         })
@@ -754,6 +802,41 @@ mod tests {
     }
 
     #[test]
+    fn one_process_at_a_time_drives_a_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RunStore::open(&dir.path().join("runs.db")).unwrap();
+        let other = RunStore::open(&dir.path().join("runs.db")).unwrap();
+        let held = store.lease("evo").unwrap();
+        // A second lock on the file conflicts even within one process, as another process's
+        // would.
+        let err = other.lease("evo").unwrap_err();
+        assert_eq!(err.to_string(), format!("run \"evo\" is being driven by another knas process (pid {}); wait for it to end, or pick another --name or --store", std::process::id()));
+        let _different_run = other.lease("evolution").unwrap();
+        drop(held);
+        other.lease("evo").expect("free once its holder let go");
+    }
+
+    #[test]
+    fn settings_that_need_every_digit_read_back_exactly_and_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RunStore::open(&dir.path().join("runs.db")).unwrap();
+        // Values whose shortest decimal form has 16–17 digits or an extreme exponent: a
+        // parser that rounds twice reads some of them back one bit off.
+        let values = [1.0 / 11.0, 0.1 + 0.2, 1e-30, 2.0 / 3.0, 0.09090909090909091, 123456789.12345679, 5e-324, 1.7976931348623157e308];
+        for (i, value) in values.into_iter().enumerate() {
+            let mut experiment = Experiment::default();
+            experiment.train.learning_rate = value;
+            experiment.train.weight_decay = value;
+            let search = SearchSpec { params: serde_json::json!({ "p": value, "list": [value, value * 3.0] }), ..spec() };
+            let name = format!("run{i}");
+            store.begin_run(&name, "random@00000000", &experiment, &search).unwrap();
+            let (_, resumed) = store.begin_run(&name, "random@00000000", &experiment, &search).unwrap_or_else(|e| panic!("{value:e}: {e}"));
+            assert!(resumed, "{value:e}");
+            assert_eq!(store.run(&name).unwrap().unwrap().experiment.train.learning_rate.to_bits(), value.to_bits(), "{value:e}");
+        }
+    }
+
+    #[test]
     fn a_run_whose_stored_status_is_unknown_is_named_not_taken_for_running() {
         let dir = tempfile::tempdir().unwrap();
         let store = RunStore::open(&dir.path().join("runs.db")).unwrap();
@@ -764,6 +847,16 @@ mod tests {
         store.conn.execute("UPDATE runs SET status = 'paused'", []).unwrap();
         let err = store.run("evo").unwrap_err();
         assert!(err.to_string().contains(r#"run "evo" has the status "paused", which is none of running"#), "{err}");
+
+        // Rows this release cannot read name the run, or the evaluation.
+        store.conn.execute("UPDATE runs SET status = 'running', experiment = '{\"channels\": 16, \"wings\": 2}'", []).unwrap();
+        let err = store.run("evo").unwrap_err().to_string();
+        assert!(err.starts_with(r#"run store: the stored experiment of run "evo" is unreadable (unknown field `wings`"#), "{err}");
+        let (run, _) = store.begin_run("ok", "evolution@abcd1234", &Experiment::default(), &spec()).unwrap();
+        store.record(run.id, &Candidate::from(Arch::from_index(7).unwrap()), Fidelity::Score, "p@1", &NewEvaluation::default()).unwrap();
+        store.conn.execute("UPDATE evaluations SET measures = 'not json'", []).unwrap();
+        let err = store.evaluations(run.id).unwrap_err().to_string();
+        assert!(err.contains("evaluation 1: unreadable measures"), "{err}");
     }
 
     #[test]

@@ -524,4 +524,12 @@ fn a_closed_stdout_ends_quietly_and_errors_say_each_cause_once() {
     let stderr = String::from_utf8_lossy(&missing.get_output().stderr).into_owned();
     assert_eq!(stderr.matches("No such file").count(), 1, "{stderr}");
     assert!(stderr.contains("/nonexistent/knas.yaml"), "{stderr}");
+
+    // A table in a folder that does not exist is named, not reported as a bare OS error.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("knas.yaml");
+    std::fs::write(&config, "listen: 127.0.0.1:0\npolicy-dir: policies\nstore: runs.db\ntable: no-such-folder/table.jsonl\n").unwrap();
+    let bad_table = knas().current_dir(dir.path()).args(["serve", "--config", "knas.yaml"]).assert().failure();
+    let stderr = String::from_utf8_lossy(&bad_table.get_output().stderr).into_owned();
+    assert!(stderr.contains("no-such-folder/table.jsonl"), "{stderr}");
 }

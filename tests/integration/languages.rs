@@ -124,7 +124,7 @@ fn hostile(fixture: &str, raise: &str, raised: &str) {
     let settings = SearchSettings { score_budget: 2, top_k: 0, max_batch: 2 };
     let run = |name: &str, params: Value| -> Result<Vec<knas::store::EvaluationRecord>, String> {
         let spec = settings.spec(params, PolicyLimits::default());
-        let mut search = Search::start(&store, &runtime, &module, name, &experiment, &spec, &mut ()).map_err(|e| e.to_string())?;
+        let mut search = Search::start(&store, store.lease(name).unwrap(), &runtime, &module, name, &experiment, &spec, &mut ()).map_err(|e| e.to_string())?;
         loop {
             match search.step(&engine, &store, &mut ()) {
                 Ok(Step::Continue) => {}

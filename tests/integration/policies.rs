@@ -19,12 +19,19 @@ fn store() -> (tempfile::TempDir, PathBuf) {
 
 /// `knas search` with tiny settings.
 fn search(policy_name: &str, store: &Path, extra: &[&str]) -> assert_cmd::Command {
+    let mut cmd = search_for_people(policy_name, store, extra);
+    cmd.args(["--format", "json"]);
+    cmd
+}
+
+/// As [`search`], with the report in text.
+fn search_for_people(policy_name: &str, store: &Path, extra: &[&str]) -> assert_cmd::Command {
     let mut cmd = knas();
     cmd.args(["search", "--policy"])
         .arg(policy(policy_name))
         .arg("--store")
         .arg(store)
-        .args(["--limit", "64", "--epochs", "1", "--reference", "6", "--format", "json"])
+        .args(["--limit", "64", "--epochs", "1", "--reference", "6"])
         .args(TINY)
         .args(extra);
     cmd
@@ -70,7 +77,9 @@ fn evolution_breeds_from_no_architecture_over_its_limits() {
     // No network has at most one parameter: no member may be a parent, so every child is a
     // random draw, not a mutation (which differs from its parent in one edge).
     let params = r#"{"population": 5, "sample": 5, "max_params": 1}"#;
-    search("evolution", &path, &["--budget", "30", "--top-k", "0", "--params", params]).assert().success();
+    let shown = search_for_people("evolution", &path, &["--budget", "30", "--top-k", "0", "--params", params]).assert().success();
+    let text = String::from_utf8_lossy(&shown.get_output().stdout).into_owned();
+    assert!(text.contains("Best by score (nothing was trained): |"), "{text}");
     let store = knas::store::RunStore::open(&path).unwrap();
     let run = store.run("evolution").unwrap().unwrap();
     let edges = |arch: &str| arch.split('|').filter(|edge| edge.contains('~')).map(str::to_owned).collect::<Vec<_>>();
@@ -459,7 +468,7 @@ fn a_failing_policy_leaves_the_host_and_other_runs_intact() {
 
     let hostile = runtime.load_file(&policy("hostile")).unwrap();
     let trap_late = json!({"act": "trap", "at": "observe"});
-    let mut bad = Search::start(&store, &runtime, &hostile, "bad", &experiment, &settings.spec(trap_late, PolicyLimits::default()), &mut ()).unwrap();
+    let mut bad = Search::start(&store, store.lease("bad").unwrap(), &runtime, &hostile, "bad", &experiment, &settings.spec(trap_late, PolicyLimits::default()), &mut ()).unwrap();
     let error = loop {
         match bad.step(&engine, &store, &mut ()) {
             Ok(Step::Continue) => {}
@@ -471,7 +480,7 @@ fn a_failing_policy_leaves_the_host_and_other_runs_intact() {
     bad.fail(&store, &error).unwrap();
 
     let good = runtime.load_file(&policy("random")).unwrap();
-    let mut ok = Search::start(&store, &runtime, &good, "good", &experiment, &settings.spec(json!({}), PolicyLimits::default()), &mut ()).unwrap();
+    let mut ok = Search::start(&store, store.lease("good").unwrap(), &runtime, &good, "good", &experiment, &settings.spec(json!({}), PolicyLimits::default()), &mut ()).unwrap();
     while ok.step(&engine, &store, &mut ()).unwrap() == Step::Continue {}
 
     let bad_run = store.run("bad").unwrap().unwrap();
@@ -525,7 +534,7 @@ fn long_histories_replay_in_chunks_and_checkpoints_shorten_restarts() {
         let m = NewEvaluation { score: Some(-(i as f64) / 1e4), params: Some(1000), flops: Some(1000), seconds: 0.0, ..NewEvaluation::default() };
         store.record(run.id, &Candidate::from(*arch), Fidelity::Score, "old@0", &m).unwrap();
     }
-    let mut search = Search::start(&store, &runtime, &module, "long", &experiment, &spec, &mut ()).unwrap();
+    let mut search = Search::start(&store, store.lease("long").unwrap(), &runtime, &module, "long", &experiment, &spec, &mut ()).unwrap();
     let (calls, _) = search.policy_calls();
     let chunks = 10_000usize.div_ceil(knas::search::REPLAY_CHUNK) as u64;
     assert!(calls >= chunks, "the history went in {calls} calls");
@@ -536,7 +545,7 @@ fn long_histories_replay_in_chunks_and_checkpoints_shorten_restarts() {
     assert!(!state.is_empty());
     drop(search);
     // The restart restores the checkpoint and replays nothing.
-    let search = Search::start(&store, &runtime, &module, "long", &experiment, &spec, &mut ()).unwrap();
+    let search = Search::start(&store, store.lease("long").unwrap(), &runtime, &module, "long", &experiment, &spec, &mut ()).unwrap();
     let (calls, _) = search.policy_calls();
     assert!(calls <= 3, "init and restore, no replay: {calls} calls");
 }
@@ -561,12 +570,12 @@ fn a_checkpoint_that_cannot_be_restored_falls_back_to_replaying_the_history() {
         let m = NewEvaluation { score: Some(i as f64), seconds: 0.0, ..NewEvaluation::default() };
         store.record(run.id, &Candidate::from(*arch), Fidelity::Score, "old@0", &m).unwrap();
     }
-    let mut search = Search::start(&store, &runtime, &module, "restored", &experiment, &spec, &mut ()).unwrap();
+    let mut search = Search::start(&store, store.lease("restored").unwrap(), &runtime, &module, "restored", &experiment, &spec, &mut ()).unwrap();
     search.step(&engine, &store, &mut ()).unwrap();
     assert!(store.checkpoint(run.id).unwrap().is_some(), "the policy keeps a checkpoint");
     drop(search);
 
-    let mut search = Search::start(&store, &runtime, &module, "restored", &experiment, &spec, &mut ()).expect("the history is replayed instead");
+    let mut search = Search::start(&store, store.lease("restored").unwrap(), &runtime, &module, "restored", &experiment, &spec, &mut ()).expect("the history is replayed instead");
     search.step(&engine, &store, &mut ()).unwrap();
     assert_eq!(store.evaluations(run.id).unwrap().len(), 302, "every result kept, one more recorded");
 }
@@ -598,7 +607,7 @@ fn an_interrupted_batch_keeps_the_scores_measured_ahead() {
     let raw = |op: u32, train: bool| json!({"ops": [[op], [3], [3], [op], [3], [3]], "train": train, "epochs": 3});
     let params = json!({"act": "propose", "candidates": [raw(1, true), raw(2, false), raw(3, false)]});
     let spec = SearchSettings { score_budget: 10, top_k: 1, max_batch: 4 }.spec(params, PolicyLimits::default());
-    let mut search = Search::start(&store, &runtime, &module, "stopped", &experiment, &spec, &mut ()).unwrap();
+    let mut search = Search::start(&store, store.lease("stopped").unwrap(), &runtime, &module, "stopped", &experiment, &spec, &mut ()).unwrap();
     let error = search.step(&engine, &store, &mut StopInTraining::default()).unwrap_err();
     assert!(matches!(error, SearchError::Interrupted), "{error}");
     let recorded = store.evaluations(search.run().id).unwrap();

@@ -223,6 +223,55 @@ fn a_policy_that_fails_as_its_run_starts_waits_for_another_file() {
     assert_eq!(again["events"].as_array().unwrap().len(), events, "no resume, no second failure: {again}");
     assert_eq!(metric(&service.metrics(), r#"knas_policy_calls_total{call="instantiate",run="hostile"}"#), None);
     assert!(service.terminate().success());
+
+    // Other limits for it are a reason to try again (a policy that ran out of memory may
+    // have been given more).
+    let config = std::fs::read_to_string(dir.path().join("knas.yaml")).unwrap() + "policy-limits:\n  hostile: {memory-mib: 128}\n";
+    std::fs::write(dir.path().join("knas.yaml"), config).unwrap();
+    let service = Service::start_in(dir.path(), "");
+    service.wait_for("the run to be tried again", |s| {
+        metric(&s.metrics(), r#"knas_policy_calls_total{call="instantiate",run="hostile"}"#) == Some(1.0)
+            && s.json("/api/policies")["hostile"]["state"] == "failed"
+    });
+    let retried = service.run("hostile").unwrap();
+    assert!(retried["events"].as_array().unwrap().len() > events, "{retried}");
+}
+
+/// Writes a tiny MNIST-shaped IDX training set (`n` images of noise, labels 0–9) into `dir`.
+fn write_idx_training_set(dir: &Path, n: u32) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut images = vec![0u8, 0, 8, 3];
+    for dim in [n, 28, 28] {
+        images.extend(dim.to_be_bytes());
+    }
+    images.extend((0..n * 28 * 28).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8));
+    let mut labels = vec![0u8, 0, 8, 1];
+    labels.extend(n.to_be_bytes());
+    labels.extend((0..n).map(|i| (i % 10) as u8));
+    std::fs::write(dir.join("train-images-idx3-ubyte"), images).unwrap();
+    std::fs::write(dir.join("train-labels-idx1-ubyte"), labels).unwrap();
+}
+
+#[test]
+fn a_finished_run_stays_done_when_its_data_is_gone_at_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_idx_training_set(&data, 100);
+    let with_data = config(4, 0).replace("reference: 6 }", &format!("reference: 6, dataset: 'mnist:{}' }}", data.display()));
+    let mut service = Service::start_in(dir.path(), &with_data);
+    service.drop_policy("random", "a");
+    service.wait_for("the run to finish", |s| s.run("a").is_some_and(|r| r["status"] == "done"));
+    assert!(service.terminate().success());
+
+    // The restart lists the finished run from the store; it needs none of its data.
+    std::fs::remove_dir_all(&data).unwrap();
+    let service = Service::start_in(dir.path(), "");
+    service.wait_for("the finished run's file to be looked at", |s| {
+        s.json("/api/policies")["a"].is_object() || s.run("a").is_some_and(|r| r["status"] != "done")
+    });
+    let run = service.run("a").unwrap();
+    assert_eq!(run["status"], "done", "{run}");
+    assert_eq!(service.json("/api/policies")["a"]["state"], "loaded");
 }
 
 #[test]
@@ -343,6 +392,25 @@ fn replacing_a_policy_hot_swaps_it_without_losing_or_repeating_work() {
         + metric(&metrics, r#"knas_evaluations_total{kind="train",outcome="ok",run="evo"}"#).unwrap();
     assert_eq!(computed, 301.0);
     assert_eq!(metric(&metrics, r#"knas_policy_loads_total{outcome="reloaded",policy="evo"}"#), Some(1.0));
+}
+
+#[test]
+fn a_run_the_service_drives_is_refused_to_a_second_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start_in(dir.path(), &config(5000, 0));
+    service.drop_policy("random", "a");
+    service.wait_for("run a to progress", |s| s.run("a").is_some_and(|r| recorded(&r) >= 2));
+    let second = knas()
+        .args(["search", "--name", "a", "--budget", "5000", "--top-k", "0", "--policy"])
+        .arg(policy("random"))
+        .arg("--store")
+        .arg(dir.path().join("runs.db"))
+        .assert()
+        .failure();
+    let stderr = String::from_utf8_lossy(&second.get_output().stderr).into_owned();
+    assert!(stderr.contains(r#"run "a" is being driven by another knas process (pid "#), "{stderr}");
+    let before = recorded(&service.run("a").unwrap());
+    service.wait_for("run a to go on", |s| s.run("a").is_some_and(|r| r["status"] == "running" && recorded(&r) > before));
 }
 
 #[test]

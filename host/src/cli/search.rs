@@ -326,6 +326,8 @@ pub(super) fn execute(
     compute: &ComputeArgs,
 ) -> Result<Executed> {
     // A rerun with changed settings is refused before the data and the reference sample.
+    // So is a run another process is driving.
+    let lease = store.lease(name)?;
     store.resumable(name, experiment, spec)?;
     let mut engine = compute.engine(experiment)?;
     let bar = output::bar(experiment.reference as u64, "reference sample");
@@ -333,7 +335,7 @@ pub(super) fn execute(
     bar.finish_and_clear();
 
     let start = Instant::now();
-    let mut search = Search::start(store, runtime, module, name, experiment, spec, &mut ())?;
+    let mut search = Search::start(store, lease, runtime, module, name, experiment, spec, &mut ())?;
     if let Some(table) = table {
         search.annotate_with(store, table)?;
     }
@@ -406,6 +408,7 @@ fn print_report(r: &SearchReport) {
     );
     match &r.leaderboard.winner {
         Some(w) if w.accuracy.is_some() => println!("Winner: {}", w.candidate),
+        Some(w) if r.recorded.trainings == 0 => println!("Best by score (nothing was trained): {}", w.candidate),
         Some(w) => println!("Best by score (no training succeeded): {}", w.candidate),
         None => println!("No candidate was evaluated."),
     }

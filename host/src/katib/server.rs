@@ -111,9 +111,6 @@ impl KatibService {
         let trials = request.trials.iter().map(|t| plan.trial(t)).collect::<Result<Vec<_>, _>>().map_err(Status::invalid_argument)?;
         let for_reply = plan.clone();
         let archs = self.with_suggester(move |s| s.suggest(&plan, &trials, wanted)).await?;
-        if archs.len() != wanted {
-            return Err(Status::out_of_range(format!("only {} of the {wanted} trials asked for could be suggested", archs.len())));
-        }
         tracing::info!(experiment = %for_reply.name, trials = request.trials.len(), suggested = archs.len(), "suggestions");
         Ok(GetSuggestionsReply { parameter_assignments: archs.iter().map(|a| for_reply.assignment(a)).collect(), ..Default::default() })
     }

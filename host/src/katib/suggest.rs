@@ -41,7 +41,8 @@ pub enum SuggestError {
     /// The request itself is wrong (`INVALID_ARGUMENT`).
     #[error("{0}")]
     Invalid(String),
-    /// The space has fewer architectures without a trial than asked for (`OUT_OF_RANGE`).
+    /// Fewer architectures than asked for can be suggested: the space has fewer without a
+    /// trial, or the policy proposes fewer (`OUT_OF_RANGE`).
     #[error("{0}")]
     Exhausted(String),
     /// The policy or the data failed (`FAILED_PRECONDITION`); nothing recorded is lost.
@@ -187,8 +188,11 @@ impl Suggester {
             {
                 search
             }
-            _ => {
-                let mut search = Search::start(&self.store, &self.runtime, &module, &run, &plan.experiment, &spec, &mut ()).map_err(|e| match e {
+            stale => {
+                // The run's earlier search, if any, lets go of the run's lease first.
+                drop(stale);
+                let lease = self.store.lease(&run).map_err(|e| failed(&e))?;
+                let mut search = Search::start(&self.store, lease, &self.runtime, &module, &run, &plan.experiment, &spec, &mut ()).map_err(|e| match e {
                     crate::search::SearchError::Store(crate::store::StoreError::Mismatch { what, .. }) => SuggestError::Failed(format!(
                         "experiment {} was first suggested with another {what} (run {run} in the store): its parameters and algorithm settings cannot change, and maxTrialCount can only grow",
                         plan.name
@@ -209,6 +213,12 @@ impl Suggester {
             self.searches.insert(run.clone(), search);
         }
         let chosen = result?;
+        // Fewer than asked for (the policy finished early, or architectures trained before
+        // an experiment was recreated fill part of the space): nothing is suggested, nothing
+        // counted.
+        if chosen.len() != wanted {
+            return Err(SuggestError::Exhausted(format!("only {} of the {wanted} trials asked for could be suggested", chosen.len())));
+        }
         self.metrics.katib_trials_proposed.with_label_values(&[&run]).inc_by(chosen.len() as u64);
         Ok(chosen)
     }

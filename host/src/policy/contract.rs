@@ -71,8 +71,13 @@ pub struct ContractInfo {
 impl ContractInfo {
     /// A short content version: the first 8 hex digits of the hash.
     pub fn short_hash(&self) -> &str {
-        &self.sha256[..8]
+        short_hash(&self.sha256)
     }
+}
+
+/// The first 8 hex digits of a SHA-256 in hex: a module's short content version.
+pub fn short_hash(sha256: &str) -> &str {
+    sha256.get(..8).unwrap_or(sha256)
 }
 
 /// The SHA-256 of `bytes` in hex: a module's content version.

@@ -62,7 +62,8 @@ pub enum RawProposal {
     Done,
 }
 
-/// Everything that can go wrong with a policy. Every variant names the policy.
+/// Everything that can go wrong with a policy. Every variant names the policy, except
+/// `Runtime`: a failure of the host's own WebAssembly runtime, not of any policy.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PolicyError {
     #[error("policy {policy} cannot be loaded: {source}")]

@@ -42,6 +42,12 @@ impl Drop for PolicyRuntime {
     }
 }
 
+/// `name@hash`: how logs, metrics and the store name the module `name` whose content
+/// version ([`ContractInfo::short_hash`]) is `short_hash`.
+pub fn module_label(name: &str, short_hash: &str) -> String {
+    format!("{name}@{short_hash}")
+}
+
 /// A compiled, contract-checked policy, ready to instantiate any number of times.
 #[derive(Clone)]
 pub struct PolicyModule {
@@ -58,7 +64,7 @@ impl PolicyModule {
 
     /// `name@hash`: the name and content version used in every message about it.
     pub fn label(&self) -> String {
-        format!("{}@{}", self.name, self.info.short_hash())
+        module_label(&self.name, self.info.short_hash())
     }
 
     /// What the file declares.
@@ -138,6 +144,9 @@ impl PolicyRuntime {
         let start = Instant::now();
         let instantiated = Bindings::instantiate(&mut instance.store, &module.component, &self.linker, &module.info.contract_version);
         instance.instantiate_time = start.elapsed();
+        // What a start function printed is logged like any call's output, and on a failure
+        // its stderr tells a panic from a bare trap.
+        instance.store.data_mut().drain_output(instantiated.is_err());
         match instantiated {
             Ok(bindings) => instance.bindings = Some(bindings),
             Err(e) => {
@@ -421,7 +430,8 @@ pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
     text.chars().map(|c| if hidden(c) { c.escape_debug().to_string() } else { c.to_string() }).collect::<String>().into()
 }
 
-/// One live policy instance. After any failure it refuses further calls.
+/// One live policy instance. After a trap, a deadline, or running out of fuel or memory
+/// it refuses further calls; an error the policy returns leaves it usable.
 pub struct PolicyInstance {
     store: Store<PolicyState>,
     bindings: Option<Bindings>,

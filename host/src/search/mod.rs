@@ -19,10 +19,11 @@ use crate::measures::{MeasureError, Measured};
 use crate::policy::{OfferedMeasure, PolicyError, PolicyInstance, PolicyModule, PolicyRuntime, RawProposal, Settings, validate};
 use crate::run::{Budget, Fidelity, Observation, Request, SearchSpec};
 use crate::space::{Candidate, EDGES, NUM_EDGES, Op, OpSet};
-use crate::store::{EvaluationRecord, NewEvaluation, RunRecord, RunStatus, RunStore, StoreError};
+use crate::store::{EvaluationRecord, NewEvaluation, RunLease, RunRecord, RunStatus, RunStore, StoreError};
 
-/// Proposals in a row that ask only for known results before the run is ended: a policy
-/// that never spends budget would otherwise loop forever.
+/// Proposals in a row that ask only for known results before the run fails with
+/// [`PolicyError::NoProgress`]: a policy that never spends budget would otherwise loop
+/// forever.
 pub const NO_PROGRESS_LIMIT: u32 = 100;
 
 /// Why a search stopped with an error.
@@ -140,16 +141,22 @@ pub struct Search {
     measured_ahead: Vec<(Candidate, Result<Measured, MeasureError>)>,
     /// Scores recorded from [`Search::measure_ahead`]'s measurements.
     measured_together: u32,
+    /// This process's right to drive the run, held as long as the search lives.
+    _lease: RunLease,
 }
 
 impl Search {
     /// Starts run `name`, or resumes it if the store has it: a fresh instance of `module`
     /// is initialised and fed the run's history. A resumed run must have been started with
     /// the same experiment and search settings; `spec.limits` (operational, not part of a
-    /// run's identity) apply to the instances this process creates. `observer` is told of
+    /// run's identity) apply to the instances this process creates. `lease` is the run's,
+    /// from [`RunStore::lease`]: taken by the caller, before it loads anything for the run,
+    /// so that a run another process drives is refused at once. `observer` is told of
     /// the policy calls this makes (instantiating, `init`, a resumed run's restore or replay).
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         store: &RunStore,
+        lease: RunLease,
         runtime: &PolicyRuntime,
         module: &PolicyModule,
         name: &str,
@@ -177,6 +184,7 @@ impl Search {
             allowed: None,
             measured_ahead: Vec::new(),
             measured_together: 0,
+            _lease: lease,
         };
         if search.run.status == RunStatus::Done {
             search.finished = Some(Finish::AlreadyDone);
@@ -306,6 +314,11 @@ impl Search {
     /// The run as it was when this search started.
     pub fn run(&self) -> &RunRecord {
         &self.run
+    }
+
+    /// The sandbox limits of the instances this process creates for the run.
+    pub fn limits(&self) -> crate::run::PolicyLimits {
+        self.limits
     }
 
     /// `name@hash` of the policy module driving the run.
@@ -573,6 +586,9 @@ impl Search {
         let observations: Vec<Observation> = records.iter().map(|r| observation(store, self.run.id, r)).collect::<Result<_, _>>()?;
         let Some(instance) = self.instance.as_mut() else { return Ok(()) };
         timed(observer, "observe", || instance.observe(&observations))?;
+        // Results recorded by someone else (Katib's trials) are the policy's now too: a
+        // checkpoint taken next must not have them replayed.
+        self.last_seq = records.iter().map(|r| r.seq).fold(self.last_seq, i64::max);
         Ok(())
     }
 
@@ -832,7 +848,7 @@ mod tests {
         let mut experiment = Experiment::default();
         for (epochs, max_epochs) in [(1, crate::run::DEFAULT_MAX_EPOCHS), (20, 20)] {
             experiment.train.epochs = epochs as usize;
-            let search = Search::start(&store, &runtime, &module, &format!("e{epochs}"), &experiment, &spec, &mut ()).unwrap();
+            let search = Search::start(&store, store.lease(&format!("e{epochs}")).unwrap(), &runtime, &module, &format!("e{epochs}"), &experiment, &spec, &mut ()).unwrap();
             let settings = search.settings();
             assert_eq!((settings.epochs, settings.max_epochs), (epochs, max_epochs));
             let ops = vec![vec![3], vec![1], vec![0], vec![2], vec![4], vec![3]];
@@ -871,7 +887,7 @@ mod tests {
             let mut engine = Engine::new(&experiment, tch::Device::Cpu).unwrap();
             engine.set_workers(workers);
             anchor(&mut engine, &store, &mut |_, _| {}).unwrap();
-            let mut search = Search::start(&store, &runtime, &module, "r", &experiment, &spec, &mut ()).unwrap();
+            let mut search = Search::start(&store, store.lease("r").unwrap(), &runtime, &module, "r", &experiment, &spec, &mut ()).unwrap();
             let mut steps = Vec::new();
             match stop_after {
                 Some(stop_after) => {

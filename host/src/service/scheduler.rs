@@ -40,10 +40,11 @@ pub enum Command {
     PolicyChanged { name: String, path: PathBuf },
     /// `NAME.wasm` is gone: stop run NAME, keeping its results.
     PolicyRemoved { name: String },
-    /// A new configuration; it applies to runs started from now on.
-    /// A new configuration, with its benchmark table read afresh.
+    /// A new configuration, with its benchmark table read afresh; it applies to runs
+    /// started from now on.
     Reconfigure(Box<ServiceConfig>, Option<Arc<BenchmarkTable>>),
-    /// Finish the step in progress, stop every run cleanly, exit.
+    /// Cut the step in progress short (a training stops at its next optimiser step and is
+    /// redone on the next start; a score finishes), stop every run cleanly, exit.
     Shutdown,
 }
 
@@ -98,6 +99,12 @@ pub struct Scheduler {
 /// Where the store remembers the module whose own fault failed run `name`.
 fn failed_by_key(name: &str) -> String {
     format!("failed-by:{name}")
+}
+
+/// What the store remembers there: the module and the limits it failed under. Raising the
+/// limits (a policy that ran out of memory or fuel) is a reason to try the run again.
+fn failed_by_value(label: &str, limits: &crate::run::PolicyLimits) -> String {
+    format!("{label} {}", serde_json::to_string(limits).unwrap_or_default())
 }
 
 fn experiment_key(experiment: &Experiment) -> String {
@@ -212,13 +219,11 @@ impl Scheduler {
     /// replaying its history); `Search::start` has recorded the run as failed. As for a run
     /// its policy failed while stepping, a module that would only fail again waits for a
     /// different file instead of failing again on every restart.
-    fn failed_to_start(&mut self, name: &str, path: PathBuf, label: String, error: &PolicyError) {
+    fn failed_to_start(&mut self, name: &str, path: PathBuf, label: String, limits: &crate::run::PolicyLimits, error: &PolicyError) {
         tracing::error!(run = name, policy = %label, "the policy failed as its run started: {error}");
         self.metrics.policy_loads.with_label_values(&[name, "loaded"]).inc();
         self.metrics.policy_errors.with_label_values(&[name, error.cause()]).inc();
-        if error.repeats() {
-            self.remember_failed_by(name, &label);
-        }
+        self.remember_failed_by(name, error.repeats().then(|| failed_by_value(&label, limits)));
         self.with_status(|s| {
             s.policies.insert(name.to_owned(), PolicyFile { path, state: "failed", module: Some(label), error: Some(error.to_string()) });
         });
@@ -226,10 +231,12 @@ impl Scheduler {
         self.refresh_run_counts();
     }
 
-    /// Records that module `label` failed run `name` in a way it would repeat: the run then
-    /// waits for a different file instead of failing again on every restart.
-    fn remember_failed_by(&self, name: &str, label: &str) {
-        if let Err(store_error) = self.store.cache(&failed_by_key(name), label) {
+    /// Records which module failed run `name`, under which limits, in a way it would repeat
+    /// (`failed_by`: see [`failed_by_value`]): the run then waits for a different file or
+    /// limits instead of failing again on every restart. `None` (the failure was not the
+    /// module's) forgets any earlier such record.
+    fn remember_failed_by(&self, name: &str, failed_by: Option<String>) {
+        if let Err(store_error) = self.store.cache(&failed_by_key(name), failed_by.as_deref().unwrap_or_default()) {
             tracing::error!(run = name, "cannot record which module failed the run: {store_error}");
         }
     }
@@ -275,28 +282,44 @@ impl Scheduler {
         } else {
             // Checked when the configuration was read; the service's limits otherwise.
             let limits = self.config.limits_for(name).unwrap_or(self.config.limits);
-            let (experiment, spec) = match self.store.run(name) {
+            let (experiment, spec, done) = match self.store.run(name) {
                 // A run its very module failed would only fail again: it waits for a
                 // different policy file instead of re-running on every restart. (Failures
                 // of the host or the data are retried.)
-                Ok(Some(run)) if run.status == RunStatus::Failed && self.store.cached(&failed_by_key(name)).ok().flatten() == Some(label.clone()) => {
+                Ok(Some(run)) if run.status == RunStatus::Failed && self.store.cached(&failed_by_key(name)).ok().flatten() == Some(failed_by_value(&label, &limits)) => {
                     let error = run.error.unwrap_or_default();
-                    tracing::warn!(run = name, policy = %label, "not restarted: it failed with this policy file ({error}); replace the file to retry");
+                    tracing::warn!(run = name, policy = %label, "not restarted: it failed with this policy file and these limits ({error}); replace the file or change its limits to retry");
                     self.with_status(|s| {
                         s.policies.insert(name.to_owned(), PolicyFile { path, state: "failed", module: Some(label), error: Some(error) });
                     });
                     return self.refresh_run_counts();
                 }
                 // A known run resumes with the settings it was started with.
-                Ok(Some(run)) => (run.experiment, crate::run::SearchSpec { limits, ..run.search }),
+                Ok(Some(run)) => (run.experiment, crate::run::SearchSpec { limits, ..run.search }, run.status == RunStatus::Done),
                 Ok(None) => (
                     self.config.experiment.clone(),
                     self.config.search.spec(self.config.params_for(name), limits),
+                    false,
                 ),
                 Err(error) => return self.run_failed(name, &error.into()),
             };
+            // Refused before anything is loaded, and without touching the run's record: the
+            // process driving it (say, a `knas search` of the same name) owns that.
+            let lease = match self.store.lease(name) {
+                Ok(lease) => lease,
+                Err(error) => {
+                    let error = format!("{error}; the service tries again when the policy file changes");
+                    tracing::error!(run = name, policy = %label, "{error}");
+                    self.metrics.policy_loads.with_label_values(&[name, "rejected"]).inc();
+                    return self.with_status(|s| {
+                        s.policies.insert(name.to_owned(), PolicyFile { path, state: "rejected", module: None, error: Some(error) });
+                    });
+                }
+            };
             let key = experiment_key(&experiment);
-            if !self.engines.contains_key(&key) {
+            // A finished run is only listed: loading its data would hold memory no run uses,
+            // and a data folder missing by now would turn its record into a failure.
+            if !done && !self.engines.contains_key(&key) {
                 let engine = Engine::new(&experiment, self.device).map_err(SearchError::from).and_then(|mut engine| {
                     crate::search::anchor(&mut engine, &self.store, &mut |_, _| {})?;
                     Ok(engine)
@@ -315,7 +338,7 @@ impl Scheduler {
                 }
             }
             let mut observer = self.metrics.for_run(name);
-            let started = Search::start(&self.store, &self.runtime, &module, name, &experiment, &spec, &mut observer).and_then(|mut search| {
+            let started = Search::start(&self.store, lease, &self.runtime, &module, name, &experiment, &spec, &mut observer).and_then(|mut search| {
                 if let Some(table) = &self.table {
                     search.annotate_with(&self.store, table.clone())?;
                 }
@@ -332,7 +355,7 @@ impl Scheduler {
                     }
                     self.update_budget(name);
                 }
-                Err(SearchError::Policy(error)) => return self.failed_to_start(name, path, label, &error),
+                Err(SearchError::Policy(error)) => return self.failed_to_start(name, path, label, &limits, &error),
                 Err(error) => return self.run_failed(name, &error),
             }
         }
@@ -402,13 +425,16 @@ impl Scheduler {
 
     fn run_failed(&mut self, name: &str, error: &SearchError) {
         tracing::error!(run = name, "{error}");
+        let mut failed_by = None;
         if let SearchError::Policy(policy_error) = error {
             self.metrics.policy_errors.with_label_values(&[name, policy_error.cause()]).inc();
-            let label = self.runs.get(name).map(|(search, _)| search.policy_label().to_owned());
-            if let (true, Some(label)) = (policy_error.repeats(), label.or_else(|| self.store.run(name).ok().flatten().map(|r| r.policy))) {
-                self.remember_failed_by(name, &label);
+            let stepped = self.runs.get(name).map(|(search, _)| (search.policy_label().to_owned(), search.limits()));
+            let stored = || self.store.run(name).ok().flatten().map(|r| (r.policy, self.config.limits_for(name).unwrap_or(self.config.limits)));
+            if policy_error.repeats() {
+                failed_by = stepped.or_else(stored).map(|(label, limits)| failed_by_value(&label, &limits));
             }
         }
+        self.remember_failed_by(name, failed_by);
         if let Some((mut search, _)) = self.runs.remove(name) {
             if let Err(store_error) = search.fail(&self.store, error) {
                 tracing::error!(run = name, "cannot record the failure: {store_error}");
@@ -541,7 +567,8 @@ impl Stepping<'_> {
             Command::PolicyChanged { name, path } => {
                 name == self.run
                     && crate::policy::runtime::read_policy_file(path).map_or(true, |bytes| {
-                        format!("{name}@{}", &crate::policy::contract::sha256_hex(&bytes)[..8]) != self.label
+                        let sha256 = crate::policy::contract::sha256_hex(&bytes);
+                        crate::policy::runtime::module_label(name, crate::policy::contract::short_hash(&sha256)) != self.label
                     })
             }
             Command::Reconfigure(..) => false,

@@ -5,7 +5,7 @@
 //! copy in progress is not picked up half-way. (A file that is still incomplete when it
 //! settles is refused by the contract check, and loaded once it is complete.)
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::Sender;
@@ -37,9 +37,10 @@ pub struct Watched {
 /// paths, through the folder it was asked to watch), its file name as given — a
 /// ConfigMap's `knas.yaml` is a symlink into `..data/` whose target changes on every
 /// update, so the link itself is what is watched.
-pub fn watched_path(path: &Path) -> std::io::Result<PathBuf> {
+pub fn watched_path(path: &Path) -> anyhow::Result<PathBuf> {
     let folder = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    Ok(folder.canonicalize()?.join(path.file_name().unwrap_or_default()))
+    let canonical = folder.canonicalize().map_err(|e| anyhow::anyhow!("cannot watch {}: its folder {}: {e}", path.display(), folder.display()))?;
+    Ok(canonical.join(path.file_name().unwrap_or_default()))
 }
 
 /// The folders being watched, each once.
@@ -59,6 +60,14 @@ impl<W: Watcher> Folders<W> {
             _ => Ok(()),
         }
     }
+}
+
+/// The policy files in the folder `dir`, sorted.
+fn policy_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(dir)?.filter_map(|entry| entry.ok().map(|e| e.path())).filter(|path| policy_name(dir, path).is_some()).collect();
+    files.sort();
+    Ok(files)
 }
 
 /// The policy name for `path`, if it is a policy file of the folder.
@@ -110,16 +119,11 @@ pub async fn run(
         folders.watch_folder_of(file)?;
     }
 
-    let mut initial: Vec<PathBuf> = std::fs::read_dir(&watched.policy_dir)?
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| policy_name(&watched.policy_dir, path).is_some())
-        .collect();
-    initial.sort();
-    for path in initial {
-        settle(&watched, &path, &commands, &metrics);
+    let initial = policy_files(&watched.policy_dir)?;
+    for path in &initial {
+        settle(&watched, path, &commands, &metrics);
     }
-
-    let mut pending: HashMap<PathBuf, Instant> = HashMap::new();
+    let mut changes = Changes { pending: HashMap::new(), seen: initial.into_iter().collect() };
     let ticks = |debounce: Duration| tokio::time::interval(Duration::from_millis(50).min(debounce).max(Duration::from_millis(1)));
     let mut tick = ticks(watched.debounce);
     loop {
@@ -133,26 +137,18 @@ pub async fn run(
                         continue;
                     }
                 };
-                let Some(kind) = relevant(&event.kind) else { continue };
-                for path in event.paths {
-                    let path = match &watched.config {
-                        Some(config) if touches_config(config, &path) || watched.table.as_ref() == Some(&path) => config.clone(),
-                        _ if policy_name(&watched.policy_dir, &path).is_some() => path,
-                        _ => continue,
-                    };
-                    metrics.watcher_events.with_label_values(&[kind]).inc();
-                    pending.insert(path, Instant::now());
-                }
+                changes.note(event, &watched, &metrics);
             }
             _ = tick.tick() => {
                 let now = Instant::now();
-                let ready: Vec<PathBuf> = pending
+                let ready: Vec<PathBuf> = changes
+                    .pending
                     .iter()
                     .filter(|(_, last)| now.duration_since(**last) >= watched.debounce)
                     .map(|(path, _)| path.clone())
                     .collect();
                 for path in ready {
-                    pending.remove(&path);
+                    changes.pending.remove(&path);
                     let Some(applied) = settle(&watched, &path, &commands, &metrics) else { continue };
                     // What the new configuration names is watched from now on.
                     if applied.table != watched.table {
@@ -176,6 +172,48 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// The paths waiting to settle.
+struct Changes {
+    /// Each path with the time of its latest event.
+    pending: HashMap<PathBuf, Instant>,
+    /// Every policy path seen: after lost events, the gone ones among them are removals.
+    seen: HashSet<PathBuf>,
+}
+
+impl Changes {
+    /// Takes note of what `event` may have changed.
+    fn note(&mut self, event: Event, watched: &Watched, metrics: &Metrics) {
+        let now = Instant::now();
+        if event.need_rescan() {
+            // The kernel's event queue overflowed: some changes were lost. Everything they
+            // could have touched is looked at again once it settles.
+            tracing::warn!("file watcher: events were lost; looking at every policy file and the configuration again");
+            metrics.watcher_events.with_label_values(&["other"]).inc();
+            match policy_files(&watched.policy_dir) {
+                Ok(files) => self.seen.extend(files),
+                Err(error) => tracing::warn!("cannot list {}: {error}", watched.policy_dir.display()),
+            }
+            for path in self.seen.iter().chain(&watched.config) {
+                self.pending.insert(path.clone(), now);
+            }
+            return;
+        }
+        let Some(kind) = relevant(&event.kind) else { return };
+        for path in event.paths {
+            let path = match &watched.config {
+                Some(config) if touches_config(config, &path) || watched.table.as_ref() == Some(&path) => config.clone(),
+                _ if policy_name(&watched.policy_dir, &path).is_some() => {
+                    self.seen.insert(path.clone());
+                    path
+                }
+                _ => continue,
+            };
+            metrics.watcher_events.with_label_values(&[kind]).inc();
+            self.pending.insert(path, now);
+        }
+    }
 }
 
 /// What an applied configuration changes in the watching.
@@ -236,6 +274,27 @@ mod tests {
         assert_eq!(policy_name(dir, &dir.join("notes.txt")), None);
         assert_eq!(policy_name(dir, &dir.join("sub").join("x.wasm")), None);
         assert_eq!(policy_name(dir, &dir.join(".wasm")), None);
+    }
+
+    #[test]
+    fn lost_events_make_every_policy_file_and_the_configuration_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let policies = dir.path().canonicalize().unwrap();
+        for file in ["a.wasm", "b.wasm", "notes.txt"] {
+            std::fs::write(policies.join(file), b"").unwrap();
+        }
+        let config = policies.join("knas.yaml");
+        let watched = Watched { policy_dir: policies.clone(), config: Some(config.clone()), table: None, debounce: Duration::from_millis(10) };
+        let metrics = Metrics::new();
+        // `gone.wasm` was seen before it was removed, in the events that were lost.
+        let mut changes = Changes { pending: HashMap::new(), seen: [policies.join("gone.wasm")].into() };
+        changes.note(Event::new(EventKind::Access(AccessKind::Read)).add_path(policies.join("a.wasm")), &watched, &metrics);
+        assert!(changes.pending.is_empty(), "a read changes nothing");
+        changes.note(Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan), &watched, &metrics);
+        let mut pending: Vec<&Path> = changes.pending.keys().map(PathBuf::as_path).collect();
+        pending.sort();
+        let expected = ["a.wasm", "b.wasm", "gone.wasm", "knas.yaml"].map(|f| policies.join(f));
+        assert_eq!(pending, expected.iter().map(PathBuf::as_path).collect::<Vec<_>>());
     }
 
     #[test]
