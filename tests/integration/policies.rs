@@ -19,19 +19,17 @@ fn store() -> (tempfile::TempDir, PathBuf) {
 
 /// `knas search` with tiny settings.
 fn search(policy_name: &str, store: &Path, extra: &[&str]) -> assert_cmd::Command {
-    let mut cmd = search_for_people(policy_name, store, extra);
-    cmd.args(["--format", "json"]);
-    cmd
+    search_as("json", policy_name, store, extra)
 }
 
-/// As [`search`], with the report in text.
-fn search_for_people(policy_name: &str, store: &Path, extra: &[&str]) -> assert_cmd::Command {
+/// As [`search`], with the report in `format`. Callers may append arguments.
+fn search_as(format: &str, policy_name: &str, store: &Path, extra: &[&str]) -> assert_cmd::Command {
     let mut cmd = knas();
     cmd.args(["search", "--policy"])
         .arg(policy(policy_name))
         .arg("--store")
         .arg(store)
-        .args(["--limit", "64", "--epochs", "1", "--reference", "6"])
+        .args(["--limit", "64", "--epochs", "1", "--reference", "6", "--format", format])
         .args(TINY)
         .args(extra);
     cmd
@@ -77,7 +75,7 @@ fn evolution_breeds_from_no_architecture_over_its_limits() {
     // No network has at most one parameter: no member may be a parent, so every child is a
     // random draw, not a mutation (which differs from its parent in one edge).
     let params = r#"{"population": 5, "sample": 5, "max_params": 1}"#;
-    let shown = search_for_people("evolution", &path, &["--budget", "30", "--top-k", "0", "--params", params]).assert().success();
+    let shown = search_as("table", "evolution", &path, &["--budget", "30", "--top-k", "0", "--params", params]).assert().success();
     let text = String::from_utf8_lossy(&shown.get_output().stdout).into_owned();
     assert!(text.contains("Best by score (nothing was trained): |"), "{text}");
     let store = knas::store::RunStore::open(&path).unwrap();
