@@ -2,7 +2,7 @@
 //! client stubs through a whole simulated experiment, and by a tonic client in Rust.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -95,6 +95,21 @@ impl Drop for Service {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Starts a service on a fresh store and runs `talk` with a client connected to it; the
+/// service is stopped when `talk` ends. Gives back the store's path, and its folder, which
+/// is removed when dropped.
+fn with_client(talk: impl AsyncFnOnce(SuggestionClient<tonic::transport::Channel>)) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("knas.db");
+    let service = Service::start(&path);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let client = SuggestionClient::connect(service.address.clone()).await.unwrap();
+        talk(client).await;
+    });
+    (dir, path)
 }
 
 pub fn experiment(name: &str, allowed: &[&[&str]; 6], settings: &[(&str, &str)], max_trials: i32) -> api::Experiment {
@@ -220,11 +235,7 @@ fn a_tonic_client_narrows_the_space_and_health_answers_during_scoring() {
 /// the policy and the budget, before any of them is handed out as a trial.
 #[test]
 fn trainings_beyond_the_trial_count_are_refused_before_any_trial() {
-    let dir = tempfile::tempdir().unwrap();
-    let service = Service::start(&dir.path().join("knas.db"));
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    runtime.block_on(async {
-        let mut client = SuggestionClient::connect(service.address.clone()).await.unwrap();
+    with_client(async |mut client| {
         // Three distinct architectures to train, with two trials in the experiment.
         let candidates: Vec<_> = (0..3).map(|op| serde_json::json!({"ops": [[op], [1], [2], [0], [3], [1]], "train": true})).collect();
         let params = serde_json::json!({"act": "propose", "candidates": candidates}).to_string();
@@ -240,11 +251,7 @@ fn trainings_beyond_the_trial_count_are_refused_before_any_trial() {
 /// not told about: a proposal the budget covered when it was made still goes on to trials.
 #[test]
 fn a_waiting_proposal_survives_the_services_own_fill_trials() {
-    let dir = tempfile::tempdir().unwrap();
-    let service = Service::start(&dir.path().join("knas.db"));
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    runtime.block_on(async {
-        let mut client = SuggestionClient::connect(service.address.clone()).await.unwrap();
+    with_client(async |mut client| {
         // Train one architecture; once it is known, three more at once.
         let train = |op: u32| serde_json::json!({"ops": [[op], [4], [4], [op], [4], [4]], "train": true});
         let params = serde_json::json!({"act": "script", "proposals": [[train(0)], [train(1), train(2), train(3)]]}).to_string();
@@ -273,11 +280,7 @@ fn a_waiting_proposal_survives_the_services_own_fill_trials() {
 /// trained then is not proposed again, though Katib sends no trials for it.
 #[test]
 fn a_recreated_experiment_does_not_train_an_architecture_twice() {
-    let dir = tempfile::tempdir().unwrap();
-    let service = Service::start(&dir.path().join("knas.db"));
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    runtime.block_on(async {
-        let mut client = SuggestionClient::connect(service.address.clone()).await.unwrap();
+    with_client(async |mut client| {
         // Three architectures: they differ on edge 0-1 only.
         let three: [&[&str]; 6] = [&["nor_conv_3x3", "skip_connect", "avg_pool_3x3"], &["none"], &["skip_connect"], &["none"], &["none"], &["nor_conv_1x1"]];
         let exp = experiment("again", &three, &[("candidates-per-trial", "3")], 3);
@@ -296,12 +299,7 @@ fn a_recreated_experiment_does_not_train_an_architecture_twice() {
 /// without scoring them: the run's scores stay within its budget.
 #[test]
 fn fills_score_only_within_the_budget() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("knas.db");
-    let service = Service::start(&path);
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    runtime.block_on(async {
-        let mut client = SuggestionClient::connect(service.address.clone()).await.unwrap();
+    let (_dir, path) = with_client(async |mut client| {
         // A space of two architectures. The policy scores random ones of the whole space
         // until the budget (2 × 2) is spent, all outside it (recorded as errors), then is
         // done: the trial is the service's fill, with nothing scored to take it from.
@@ -315,4 +313,36 @@ fn fills_score_only_within_the_budget() {
     let store = knas::store::RunStore::open(&path).unwrap();
     let run = store.run("katib-spent").unwrap().expect("the run is stored");
     assert_eq!(store.spent(run.id).unwrap().scores, 4, "no score beyond the budget");
+}
+
+/// The scores a proposal waiting on a trial will make are the policy's: the trials the
+/// service fills in meanwhile leave them room, so the run never scores past its budget.
+#[test]
+fn fills_leave_room_for_the_scores_a_waiting_proposal_will_make() {
+    let (_dir, path) = with_client(async |mut client| {
+        // Budget: 4 trials × 1 candidate = 4 scores. One proposal: three scores and a
+        // training, which waits for its trial before the scores are made.
+        let score = |op: u32| serde_json::json!({"ops": [[op], [4], [4], [1], [4], [4]]});
+        let train = serde_json::json!({"ops": [[0], [4], [4], [0], [4], [4]], "train": true});
+        let params = serde_json::json!({"act": "script", "proposals": [[score(1), score(2), score(3), train]]}).to_string();
+        let exp = experiment("reserved", &[&OPS[..]; 6], &[("policy", "hostile"), ("params", &params), ("candidates-per-trial", "1")], 4);
+        // Three trials: the policy's training and two the service fills in, scoring one
+        // candidate each at most, while the waiting proposal holds three of the four scores.
+        let first = client.get_suggestions(request(&exp, vec![], 3)).await.unwrap().into_inner();
+        let trial_of = |i: usize| first.parameter_assignments[i].assignments.clone();
+        // The training done, the fills running: the proposal goes on and makes its scores.
+        let trials = vec![trial("t", trial_of(0), "0.5"), running("f1", trial_of(1)), running("f2", trial_of(2))];
+        client.get_suggestions(request(&exp, trials, 1)).await.unwrap();
+    });
+    let store = knas::store::RunStore::open(&path).unwrap();
+    let run = store.run("katib-reserved").unwrap().expect("the run is stored");
+    let scored: Vec<_> = store.evaluations(run.id).unwrap().into_iter().filter(|r| r.fidelity == knas::run::Fidelity::Score).collect();
+    use knas::space::{Arch, Op};
+    let archs: Vec<Arch> = scored.iter().filter_map(|r| r.candidate.to_arch().ok()).collect();
+    assert_eq!(scored.len(), 4, "the budget's four scores, no more: {archs:?}");
+    let pool = Op::AvgPool3x3;
+    for op in [Op::SkipConnect, Op::Conv1x1, Op::Conv3x3] {
+        let asked = Arch::new([op, pool, pool, Op::SkipConnect, pool, pool]);
+        assert!(archs.contains(&asked), "the policy's score of {asked} was made: {archs:?}");
+    }
 }

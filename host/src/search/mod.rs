@@ -255,7 +255,9 @@ impl Search {
     /// Scores `candidate` for the run outside the policy's proposals (what the Katib service
     /// suggests when the policy has nothing to offer); answered from the store when it has
     /// the score. Recorded under the run's policy, and spends score budget like any other:
-    /// `None` once the budget has no score left.
+    /// `None` once the budget has no score left — counting the scores a proposal waiting on
+    /// trainings elsewhere will make when it goes on, which the budget covered when it was
+    /// made: spending them here would take the run past its budget then.
     pub fn score_extra(
         &mut self,
         engine: &Engine,
@@ -266,7 +268,10 @@ impl Search {
         if let Some(record) = store.find(self.run.id, candidate, Fidelity::Score)? {
             return Ok(Some(record));
         }
-        if store.spent(self.run.id)?.scores >= self.run.search.budget.scores {
+        let reserved = self.scores_waiting(store)?;
+        let waits_for_this = self.waiting_scores().any(|waiting| waiting == candidate);
+        let reserved_for_others = reserved.saturating_sub(u32::from(waits_for_this));
+        if store.spent(self.run.id)?.scores.saturating_add(reserved_for_others) >= self.run.search.budget.scores {
             return Ok(None);
         }
         self.measured_ahead.clear();
@@ -275,6 +280,26 @@ impl Search {
         let record = self.evaluate(engine, store, &request, &label, observer)?;
         observer.evaluated(&record, true);
         Ok(Some(record))
+    }
+
+    /// The candidates the waiting proposal (if any) asks to score, repeats included.
+    fn waiting_scores(&self) -> impl Iterator<Item = &Candidate> {
+        let requests = match &self.pending {
+            Some(Pending::Evaluate(requests)) => requests.as_slice(),
+            _ => &[],
+        };
+        requests.iter().filter(|r| r.fidelity == Fidelity::Score).map(|r| &r.candidate)
+    }
+
+    /// How many new scores the waiting proposal will spend when it goes on.
+    fn scores_waiting(&self, store: &RunStore) -> Result<u32, StoreError> {
+        let mut new: Vec<&Candidate> = Vec::new();
+        for candidate in self.waiting_scores() {
+            if !new.contains(&candidate) && store.find(self.run.id, candidate, Fidelity::Score)?.is_none() {
+                new.push(candidate);
+            }
+        }
+        Ok(new.len() as u32)
     }
 
     /// Why `candidate` is outside the run's space, if it is.
