@@ -413,6 +413,28 @@ fn a_run_the_service_drives_is_refused_to_a_second_process() {
     service.wait_for("run a to go on", |s| s.run("a").is_some_and(|r| r["status"] == "running" && recorded(&r) > before));
 }
 
+/// A run another process drives waits, reported once; the service takes it over once that
+/// process lets go, without the policy file being touched.
+#[test]
+fn a_run_another_process_drives_is_taken_over_once_it_is_let_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = knas::store::RunStore::open(&dir.path().join("runs.db")).unwrap();
+    let lease = store.lease("a").unwrap();
+    let service = Service::start_in(dir.path(), &config(5000, 0));
+    service.drop_policy("random", "a");
+    service.wait_for("run a to be refused", |s| s.json("/api/policies")["a"]["state"] == "rejected");
+    let error = service.json("/api/policies")["a"]["error"].as_str().unwrap().to_owned();
+    assert!(error.contains(r#"run "a" is being driven by another knas process (pid "#) && error.contains("asks for it again every"), "{error}");
+    // Asked for again a few times while held: the same refusal is counted and logged once.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(metric(&service.metrics(), r#"knas_policy_loads_total{outcome="rejected",policy="a"}"#), Some(1.0));
+    assert_eq!(service.log().matches("is being driven by another knas process").count(), 1, "{}", service.log());
+    assert!(service.run("a").is_none(), "the service left the run alone while it was held");
+    drop(lease);
+    service.wait_for("run a to be taken over", |s| s.run("a").is_some_and(|r| r["status"] == "running" && recorded(&r) >= 2));
+    assert_eq!(service.json("/api/policies")["a"]["state"], "loaded");
+}
+
 #[test]
 fn deleting_stops_a_run_sigterm_exits_cleanly_and_a_restart_resumes() {
     let dir = tempfile::tempdir().unwrap();

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 use std::path::PathBuf;
 use std::panic::AssertUnwindSafe;
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, RwLock};
 
 use tch::Device;
@@ -94,6 +94,13 @@ pub struct Scheduler {
     table: Option<Arc<BenchmarkTable>>,
     /// Commands that arrived during a step, handled before any newer one.
     arrived: VecDeque<Command>,
+    /// Runs whose policy file is here but which another process drives (a `knas search` of
+    /// the same name): each with its file and the refusal last reported. They are asked for
+    /// again every [`BUSY_RETRY`], so the service takes a run over once that process ends,
+    /// with no need to touch the file.
+    busy: BTreeMap<String, (PathBuf, String)>,
+    /// When the busy runs are asked for next.
+    next_retry: Instant,
 }
 
 /// Where the store remembers the module whose own fault failed run `name`.
@@ -106,6 +113,9 @@ fn failed_by_key(name: &str) -> String {
 fn failed_by_value(label: &str, limits: &crate::run::PolicyLimits) -> String {
     format!("{label} {}", serde_json::to_string(limits).unwrap_or_default())
 }
+
+/// How often a run another process drives is asked for again (see `Scheduler::busy`).
+const BUSY_RETRY: Duration = Duration::from_secs(2);
 
 fn experiment_key(experiment: &Experiment) -> String {
     serde_json::to_string(experiment).unwrap_or_default()
@@ -135,6 +145,8 @@ impl Scheduler {
             status,
             table,
             arrived: VecDeque::new(),
+            busy: BTreeMap::new(),
+            next_retry: Instant::now(),
         };
         scheduler.refresh_run_counts();
         Ok(scheduler)
@@ -147,13 +159,20 @@ impl Scheduler {
             s.alive = true;
         });
         loop {
-            // Block for a command when idle; between steps, only look.
+            // Block for a command when idle (until the busy runs are due, if any); between
+            // steps, only look.
             let command = if let Some(command) = self.arrived.pop_front() {
                 Some(command)
-            } else if self.turn.is_empty() {
+            } else if self.turn.is_empty() && self.busy.is_empty() {
                 match commands.recv() {
                     Ok(command) => Some(command),
                     Err(_) => break,
+                }
+            } else if self.turn.is_empty() {
+                match commands.recv_timeout(self.next_retry.saturating_duration_since(Instant::now())) {
+                    Ok(command) => Some(command),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
                 }
             } else {
                 match commands.try_recv() {
@@ -165,25 +184,38 @@ impl Scheduler {
             fail::fail_point!("scheduler::loop");
             match command {
                 Some(Command::Shutdown) => break,
-                Some(command) => {
-                    let what = format!("{command:?}");
-                    let run = match &command {
-                        Command::PolicyChanged { name, .. } | Command::PolicyRemoved { name } => Some(name.clone()),
-                        _ => None,
-                    };
-                    if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| self.handle(command))) {
-                        let message = panic_message(&*panic);
-                        tracing::error!("the service failed while handling {what}: {message}");
-                        // The run may be marked running by now: it must not stay so.
-                        if let Some(run) = run {
-                            self.run_failed(&run, &SearchError::Crashed(message));
-                        }
-                    }
-                }
+                Some(command) => self.handle_guarded(command),
+                None if !self.busy.is_empty() && Instant::now() >= self.next_retry => self.retry_busy(),
                 None => self.step_next(&commands),
             }
         }
         self.shutdown();
+    }
+
+    /// Handles `command`; a panic fails the run it concerns, not the service.
+    fn handle_guarded(&mut self, command: Command) {
+        let what = format!("{command:?}");
+        let run = match &command {
+            Command::PolicyChanged { name, .. } | Command::PolicyRemoved { name } => Some(name.clone()),
+            _ => None,
+        };
+        if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| self.handle(command))) {
+            let message = panic_message(&*panic);
+            tracing::error!("the service failed while handling {what}: {message}");
+            // The run may be marked running by now: it must not stay so.
+            if let Some(run) = run {
+                self.run_failed(&run, &SearchError::Crashed(message));
+            }
+        }
+    }
+
+    /// Asks again for every run another process was driving.
+    fn retry_busy(&mut self) {
+        let busy: Vec<(String, PathBuf)> = self.busy.iter().map(|(name, (path, _))| (name.clone(), path.clone())).collect();
+        for (name, path) in busy {
+            self.handle_guarded(Command::PolicyChanged { name, path });
+        }
+        self.next_retry = Instant::now() + BUSY_RETRY;
     }
 
     fn with_status(&self, f: impl FnOnce(&mut Status)) {
@@ -242,6 +274,8 @@ impl Scheduler {
     }
 
     fn reject(&mut self, name: &str, path: PathBuf, error: &PolicyError) {
+        // The file is refused whoever drives the run: it waits for a change of the file.
+        self.busy.remove(name);
         tracing::error!(policy = name, "{error}");
         self.metrics.policy_loads.with_label_values(&[name, "rejected"]).inc();
         self.metrics.policy_errors.with_label_values(&[name, error.cause()]).inc();
@@ -308,14 +342,24 @@ impl Scheduler {
             let lease = match self.store.lease(name) {
                 Ok(lease) => lease,
                 Err(error) => {
-                    let error = format!("{error}; the service tries again when the policy file changes");
-                    tracing::error!(run = name, policy = %label, "{error}");
-                    self.metrics.policy_loads.with_label_values(&[name, "rejected"]).inc();
+                    let error = format!("{error}; the service asks for it again every {} s", BUSY_RETRY.as_secs());
+                    // Reported once, not at every retry: only a different refusal is news.
+                    if self.busy.is_empty() {
+                        self.next_retry = Instant::now() + BUSY_RETRY;
+                    }
+                    let reported = self.busy.insert(name.to_owned(), (path.clone(), error.clone()));
+                    if reported.is_none_or(|(_, before)| before != error) {
+                        tracing::error!(run = name, policy = %label, "{error}");
+                        self.metrics.policy_loads.with_label_values(&[name, "rejected"]).inc();
+                    }
                     return self.with_status(|s| {
                         s.policies.insert(name.to_owned(), PolicyFile { path, state: "rejected", module: None, error: Some(error) });
                     });
                 }
             };
+            if self.busy.remove(name).is_some() {
+                tracing::info!(run = name, policy = %label, "the process that drove the run has let it go; the service takes it over");
+            }
             let key = experiment_key(&experiment);
             // A finished run is only listed: loading its data would hold memory no run uses,
             // and a data folder missing by now would turn its record into a failure.
@@ -367,6 +411,7 @@ impl Scheduler {
     }
 
     fn policy_removed(&mut self, name: &str) {
+        self.busy.remove(name);
         if let Some((mut search, _)) = self.runs.remove(name) {
             self.turn.leave(name);
             self.free_engines();

@@ -148,7 +148,7 @@ pub async fn run(
                     .map(|(path, _)| path.clone())
                     .collect();
                 for path in ready {
-                    changes.pending.remove(&path);
+                    changes.settled(&path);
                     let Some(applied) = settle(&watched, &path, &commands, &metrics) else { continue };
                     // What the new configuration names is watched from now on.
                     if applied.table != watched.table {
@@ -178,11 +178,22 @@ pub async fn run(
 struct Changes {
     /// Each path with the time of its latest event.
     pending: HashMap<PathBuf, Instant>,
-    /// Every policy path seen: after lost events, the gone ones among them are removals.
+    /// Every policy path seen and not known to be gone: after lost events, the gone ones
+    /// among them are removals.
     seen: HashSet<PathBuf>,
 }
 
 impl Changes {
+    /// `path` has settled and is acted on now. A policy file gone by then is forgotten:
+    /// its removal is being acted on, and a service that sees many files come and go
+    /// should not keep every name it ever saw.
+    fn settled(&mut self, path: &Path) {
+        self.pending.remove(path);
+        if !path.exists() {
+            self.seen.remove(path);
+        }
+    }
+
     /// Takes note of what `event` may have changed.
     fn note(&mut self, event: Event, watched: &Watched, metrics: &Metrics) {
         let now = Instant::now();
@@ -290,11 +301,25 @@ mod tests {
         let mut changes = Changes { pending: HashMap::new(), seen: [policies.join("gone.wasm")].into() };
         changes.note(Event::new(EventKind::Access(AccessKind::Read)).add_path(policies.join("a.wasm")), &watched, &metrics);
         assert!(changes.pending.is_empty(), "a read changes nothing");
-        changes.note(Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan), &watched, &metrics);
-        let mut pending: Vec<&Path> = changes.pending.keys().map(PathBuf::as_path).collect();
-        pending.sort();
+        let lost = || Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan);
+        let pending = |changes: &Changes| {
+            let mut pending: Vec<PathBuf> = changes.pending.keys().cloned().collect();
+            pending.sort();
+            pending
+        };
+        changes.note(lost(), &watched, &metrics);
         let expected = ["a.wasm", "b.wasm", "gone.wasm", "knas.yaml"].map(|f| policies.join(f));
-        assert_eq!(pending, expected.iter().map(PathBuf::as_path).collect::<Vec<_>>());
+        assert_eq!(pending(&changes), expected);
+
+        // Once settled (its removal acted on), a gone file is forgotten: the next lost
+        // events do not make it pending again. The files still there stay known.
+        for path in &expected {
+            changes.settled(path);
+        }
+        assert!(changes.pending.is_empty());
+        std::fs::remove_file(policies.join("b.wasm")).unwrap();
+        changes.note(lost(), &watched, &metrics);
+        assert_eq!(pending(&changes), ["a.wasm", "b.wasm", "knas.yaml"].map(|f| policies.join(f)));
     }
 
     #[test]
