@@ -278,7 +278,7 @@ mod tests {
         for (text, message) in [
             ("search: { budget: 0 }\n", "search.budget must be at least 1, got 0"),
             ("experiment: { limit: 0 }\n", "experiment.limit must be at least 1 training image"),
-            ("experiment: { score-batch: 0 }\n", "experiment.score-batch must be at least 1, got 0"),
+            ("experiment: { score-batch: 1 }\n", "experiment.score-batch must be at least 2, got 1"),
             ("experiment: { reference: 20000 }\n", "experiment.reference must be at most 15625 (the architectures in the space), got 20000"),
             ("experiment: { train: { momentum: 1.5 } }\n", "experiment.train.momentum is out of range: 1.5"),
             ("experiment: { channels: 4611686018427387904 }\n", "experiment.channels must be at most 4096, got 4611686018427387904"),

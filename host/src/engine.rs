@@ -98,13 +98,16 @@ pub const CUDA_WORKERS: usize = 8;
 
 /// Refuses images no network can take before any network is built: each of the two
 /// reduction blocks halves the size with a stride-2 convolution (rounding up) beside a
-/// 2×2 average pool (rounding down), so both sides must be multiples of 4. Otherwise every
+/// 2×2 average pool (rounding down), so both sides must be multiples of 4 (and 8 at least:
+/// see below). Otherwise every
 /// score and training would fail alike, naming a tensor size instead of the dataset.
 fn check_image_shapes(dataset: &DatasetSpec, train: ImageShape, heldout: ImageShape) -> Result<(), EngineError> {
     let (h, w) = (train.height, train.width);
-    if h < 4 || w < 4 || h % 4 != 0 || w % 4 != 0 {
+    // 8 at least: at 4 the last stage would see 1×1 maps, where normalising each image on
+    // its own leaves nothing but the bias, and every gradient before it is zero.
+    if h < 8 || w < 8 || h % 4 != 0 || w % 4 != 0 {
         return Err(EngineError::Invalid(format!(
-            "dataset {dataset}: its images are {h}×{w} pixels; the networks halve the size twice, so height and width must be multiples of 4"
+            "dataset {dataset}: its images are {h}×{w} pixels; the networks halve the size twice, so height and width must be multiples of 4, and at least 8"
         )));
     }
     if heldout != train {
@@ -182,6 +185,13 @@ impl Engine {
         };
         // The split is already a seeded shuffle: its first images are a seeded sample.
         let n = e.score_batch.min(split.train.len()) as i64;
+        if n < 2 {
+            return Err(EngineError::Invalid(format!(
+                "dataset {}: the training split holds {} image(s); scoring needs a batch of at least 2 (raise limit)",
+                e.dataset,
+                split.train.len()
+            )));
+        }
         let suite = Suite::new(spec, train.images.narrow(0, 0, n), train.labels.narrow(0, 0, n), e.seed);
         let mut files = split.train.files.clone();
         files.extend(split.heldout.files.iter().filter(|f| !files.contains(f)).cloned().collect::<Vec<_>>());
@@ -401,6 +411,9 @@ mod tests {
         write("train", 20, 30);
         let err = Engine::new(&experiment(Holdout::Fraction(0.5)), Device::Cpu).err().unwrap().to_string();
         assert!(err.contains(&folder) && err.contains("30×30 pixels") && err.contains("multiples of 4"), "{err}");
+        write("train", 20, 4);
+        let err = Engine::new(&experiment(Holdout::Fraction(0.5)), Device::Cpu).err().unwrap().to_string();
+        assert!(err.contains("4×4 pixels") && err.contains("at least 8"), "{err}");
         write("train", 20, 0);
         let err = Engine::new(&experiment(Holdout::Fraction(0.5)), Device::Cpu).err().unwrap().to_string();
         assert!(err.contains("train-images-idx3-ubyte") && err.contains("images of 0×0 pixels"), "{err}");
@@ -411,6 +424,10 @@ mod tests {
         write("t10k", 10, 8);
         let engine = Engine::new(&experiment(Holdout::Official), Device::Cpu).unwrap();
         assert_eq!(engine.sizes(), (20, 10));
+        // Scoring compares two halves of a batch: a split of one image cannot be scored.
+        write("train", 1, 8);
+        let err = Engine::new(&experiment(Holdout::Official), Device::Cpu).err().unwrap().to_string();
+        assert!(err.contains(&folder) && err.contains("holds 1 image(s)") && err.contains("at least 2"), "{err}");
     }
 
     #[test]

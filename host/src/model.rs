@@ -142,7 +142,9 @@ pub struct NetworkInfo {
     /// Trainable parameters (BN affine parameters included, running statistics not).
     pub params: i64,
     /// Multiply–accumulates of one forward pass on one image: convolutions, the linear head,
-    /// and one per pooled input element for average pooling (NB201's counting convention).
+    /// and for average pooling one per window element of each output (kernel² per output
+    /// for the cells' 3×3 pools, one per input for the reductions' 2×2 pools: NB201's
+    /// counting convention).
     pub flops: i64,
 }
 

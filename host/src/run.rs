@@ -86,7 +86,9 @@ impl Experiment {
         let reference_least = if self.score == ScoreChoice::Aggregate { 2 } else { 0 };
         // Sizes beyond i64 only need to compare as large.
         let large = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
-        let least = [("channels", self.channels, 1), ("score-batch", large(self.score_batch), 1), ("reference", large(self.reference), reference_least)];
+        // Two images at least: the gradient kernel compares the batch's halves, and Jacobian
+        // correlations need two rows.
+        let least = [("channels", self.channels, 1), ("score-batch", large(self.score_batch), 2), ("reference", large(self.reference), reference_least)];
         if let Some((key, value, least)) = least.iter().find(|(_, value, least)| value < least) {
             return Err(format!("{key} must be at least {least}, got {value}"));
         }

@@ -136,7 +136,7 @@ fn bad_inputs_fail_with_clear_messages() {
         .args(["score", "--sample", "1", "--batch-size", "0"])
         .assert()
         .failure()
-        .stderr(predicate::str::contains("invalid experiment: score-batch must be at least 1, got 0 (set by --batch-size)"));
+        .stderr(predicate::str::contains("invalid experiment: score-batch must be at least 2, got 0 (set by --batch-size)"));
     knas()
         .args(["train", "0", "--train-batch-size", "0"])
         .assert()

@@ -162,7 +162,7 @@ pub struct TrainingExperimentArgs {
 #[command(next_help_heading = "Experiment")]
 struct SetupArgs {
     /// Dataset: mnist5k (embedded, 5,000 real MNIST digits), mnist:DIR, fashion-mnist:DIR
-    /// (IDX files, gzipped or not; image sides multiples of 4), cifar10:DIR, cifar100:DIR
+    /// (IDX files, gzipped or not; image sides multiples of 4, at least 8), cifar10:DIR, cifar100:DIR
     /// (binary versions) [default: mnist5k]
     #[arg(long, value_parser = parse_dataset)]
     dataset: Option<DatasetSpec>,

@@ -23,8 +23,11 @@ pub(super) fn jacov(logits: &Tensor, input: &Tensor, keep_graph: bool) -> Result
     Ok(score(jacobian)?)
 }
 
-/// The score of a Jacobian `[n, …]`.
+/// The score of a Jacobian `[n, …]`; missing for one image, which has no correlations.
 fn score(jacobian: &Tensor) -> Result<Option<f64>, tch::TchError> {
+    if jacobian.size().first().is_none_or(|&n| n < 2) {
+        return Ok(None);
+    }
     let corr = jacobian.f_flatten(1, -1)?.f_to_kind(Kind::Double)?.f_corrcoef()?;
     // An image whose gradient is constant has no correlation (NaN entries): missing, the
     // same verdict as for overflowed gradients.
@@ -46,6 +49,8 @@ mod tests {
         let alike = Tensor::from_slice(&[1.0, 2.0, 3.0, 4.0, 1.0, 2.0, 3.0, 4.1, 1.1, 2.0, 3.0, 4.0]).view([3, 4]);
         let (d, a) = (score(&distinct).unwrap().unwrap(), score(&alike).unwrap().unwrap());
         assert!(d > a, "{d} vs {a}");
+        // One image has no correlations: missing, not an error that loses every measure.
+        assert_eq!(score(&Tensor::from_slice(&[1.0, 2.0, 3.0, 4.0]).view([1, 4])).unwrap(), None);
         // A constant row has no correlation at all.
         let flat = Tensor::from_slice(&[1.0, 1.0, 1.0, 1.0, 1.0, 2.0, 3.0, 4.0]).view([2, 4]);
         assert_eq!(score(&flat).unwrap(), None);

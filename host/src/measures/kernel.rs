@@ -37,7 +37,9 @@ pub(crate) fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor, 
 /// parameters the loss does not reach, count as zero).
 pub(crate) fn squared_norm(grads: &[Tensor]) -> Result<f64, tch::TchError> {
     let squares: Vec<Tensor> =
-        grads.iter().filter(|g| g.defined()).map(|g| g.f_square().and_then(|s| s.f_sum(Kind::Double))).collect::<Result<_, _>>()?;
+        // Squared in double too: a float32 square overflows past 1.8e19, which exploding
+        // networks reach, and the measure would go missing while the gradient norm is finite.
+        grads.iter().filter(|g| g.defined()).map(|g| g.f_to_kind(Kind::Double)?.f_square()?.f_sum(Kind::Double)).collect::<Result<_, _>>()?;
     if squares.is_empty() {
         return Ok(0.0);
     }
@@ -178,6 +180,14 @@ mod tests {
         assert_eq!(zico(&[0], &[t(&[f64::NAN, 1.0])], &[t(&[1.0, 2.0])]).unwrap(), None);
         assert_eq!(zico(&[0], &[t(&[f64::INFINITY, 1.0])], &[t(&[1.0, 2.0])]).unwrap(), None);
         assert_eq!(zico(&[0], &[t(&[f64::NAN; 2])], &[t(&[f64::NAN; 2])]).unwrap(), None);
+    }
+
+    #[test]
+    fn squared_norms_of_float32_gradients_past_the_float32_square_stay_finite() {
+        // 2e19² = 4e38 overflows float32 (max 3.4e38); the norm is taken in double.
+        let grads = [Tensor::from_slice(&[2e19f32, 1.0]), Tensor::new()];
+        let norm = squared_norm(&grads).unwrap();
+        assert!((norm / 4e38 - 1.0).abs() < 1e-6, "{norm}");
     }
 
     #[test]

@@ -40,7 +40,7 @@ use crate::space::Candidate;
 
 /// Version of the measures' definitions: bumped whenever a measure's numbers change, so
 /// that cached reference samples are not mixed with new values.
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 
 /// A training-free measure. Names are the CLI's and the stores' (kebab-case).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
