@@ -191,6 +191,9 @@ pub struct Built {
 
 struct PolicyCrate {
     package: String,
+    /// Its manifest, canonical: what its build artifacts are matched by (the library's own
+    /// name may differ from the package's).
+    manifest: PathBuf,
     policy: String,
     workspace_root: PathBuf,
 }
@@ -212,13 +215,15 @@ fn describe(dir: &Path) -> Result<PolicyCrate, PackageError> {
         .exec()
         .map_err(|e| PackageError::Metadata { path: manifest.clone(), message: e.to_string() })?;
     let manifest = manifest.canonicalize().map_err(|source| PackageError::Io { path: manifest.clone(), source })?;
+    // Both sides canonical: cargo reports the path as it was reached, symlinks included.
     let package = metadata
         .packages
         .iter()
-        .find(|p| p.manifest_path.as_std_path() == manifest)
+        .find(|p| p.manifest_path.as_std_path().canonicalize().is_ok_and(|path| path == manifest))
         .ok_or_else(|| PackageError::NotAPackage(dir.to_owned()))?;
     Ok(PolicyCrate {
         package: package.name.to_string(),
+        manifest,
         policy: policy_name(package),
         workspace_root: metadata.workspace_root.into_std_path_buf(),
     })
@@ -299,8 +304,9 @@ fn cargo_build(root: &Path, crates: &[PolicyCrate], options: &BuildOptions) -> R
         for message in Message::parse_stream(std::io::BufReader::new(stdout)).flatten() {
             if let Message::CompilerArtifact(artifact) = message
                 && let Some(wasm) = artifact.filenames.iter().find(|f| f.extension() == Some("wasm"))
+                && let Ok(manifest) = artifact.manifest_path.as_std_path().canonicalize()
             {
-                modules.insert(artifact.target.name.replace('_', "-"), wasm.clone().into_std_path_buf());
+                modules.insert(manifest, wasm.clone().into_std_path_buf());
             }
         }
     }
@@ -311,7 +317,7 @@ fn cargo_build(root: &Path, crates: &[PolicyCrate], options: &BuildOptions) -> R
     }
     Ok(crates
         .iter()
-        .filter_map(|c| modules.get(&c.package.replace('_', "-")).map(|path| (c.package.clone(), path.clone())))
+        .filter_map(|c| modules.get(&c.manifest).map(|path| (c.package.clone(), path.clone())))
         .collect())
 }
 
@@ -340,4 +346,25 @@ fn componentize(krate: &PolicyCrate, module: &Path, options: &BuildOptions) -> R
     std::fs::write(&partial, &component).map_err(|source| PackageError::Io { path: partial.clone(), source })?;
     std::fs::rename(&partial, &path).map_err(|source| PackageError::Io { path: path.clone(), source })?;
     Ok(Built { crate_name: krate.package.clone(), policy: krate.policy.clone(), path, size: component.len() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[cfg(unix)]
+    fn a_crate_reached_through_a_symlink_is_described() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real").join("pol");
+        std::fs::create_dir_all(real.join("src")).unwrap();
+        let manifest = "[package]\nname = \"pol\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[workspace]\n\n\
+                        [lib]\nname = \"other_name\"\ncrate-type = [\"cdylib\"]\n\n[package.metadata.knas]\npolicy = \"mine\"\n";
+        std::fs::write(real.join("Cargo.toml"), manifest).unwrap();
+        std::fs::write(real.join("src").join("lib.rs"), "").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("real"), dir.path().join("link")).unwrap();
+        let krate = describe(&dir.path().join("link").join("pol")).unwrap();
+        assert_eq!((krate.package.as_str(), krate.policy.as_str()), ("pol", "mine"));
+        assert_eq!(krate.manifest, real.join("Cargo.toml").canonicalize().unwrap());
+    }
 }
