@@ -71,6 +71,47 @@ fn score_prints_one_field_per_measure() {
         .stderr(predicate::str::contains("unknown measure \"mgn\""))
         .stderr(predicate::str::contains("mgm, mgm-batch, kernel-alignment"));
     knas().args(["score", "--sample", "1", "--threads=-2"]).assert().failure().stderr(predicate::str::contains("--threads"));
+    // With `--score MEASURE`, that measure is what is printed, unless --measure says more.
+    let by_mgm = score_jsonl(&["--sample", "2", "--score", "mgm"]);
+    assert_eq!(by_mgm[0]["mgm"], all[0]["mgm"]);
+    assert!(by_mgm[0].get("aggregate").is_none(), "{}", by_mgm[0]);
+    // The aggregate asked for with another score is refused before the data is read.
+    knas()
+        .args(["score", "--sample", "1", "--score", "mgm", "--measure", "aggregate", "--dataset", "cifar10:/nonexistent"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("needs the experiment's score to be the aggregate"))
+        .stderr(predicate::str::contains("nonexistent").not());
+}
+
+/// A log filter tracing cannot read is refused, naming the flag; with `--log-json` every
+/// line on stderr is a JSON record.
+#[test]
+fn log_settings_are_checked_and_json_logs_are_only_json() {
+    knas().args(["--log", "knas=loud", "score", "1", "--measure", "params"]).assert().code(2).stderr(predicate::str::contains("invalid value 'knas=loud' for '--log <LOG>'"));
+    knas().env("KNAS_LOG", "knas=loud").args(["score", "1", "--measure", "params"]).assert().code(2).stderr(predicate::str::contains("--log"));
+    // A dataset read from files says which files at the default log level; with JSON logs
+    // the engine's record says it, and no plain line joins the records.
+    let dir = tempfile::tempdir().unwrap();
+    // IDX: two zero bytes, the type (8: unsigned bytes), the rank, big-endian sizes, data.
+    let idx = |sizes: &[u32], data: &[u8]| -> Vec<u8> {
+        let header = [0, 0, 8, sizes.len() as u8].into_iter().chain(sizes.iter().flat_map(|n| n.to_be_bytes()));
+        header.chain(data.iter().copied()).collect()
+    };
+    let images: Vec<u8> = (0..16 * 8 * 8).map(|i| (i * 7 % 256) as u8).collect();
+    std::fs::write(dir.path().join("train-images-idx3-ubyte"), idx(&[16, 8, 8], &images)).unwrap();
+    std::fs::write(dir.path().join("train-labels-idx1-ubyte"), idx(&[16], &[0, 1].repeat(8))).unwrap();
+    let dataset = format!("mnist:{}", dir.path().display());
+    let score = |extra: &[&str]| {
+        let out = knas().args(extra).args(["score", "1", "--measure", "params", "--channels", "2", "--cells", "1", "--dataset", &dataset]).assert().success();
+        String::from_utf8_lossy(&out.get_output().stderr).into_owned()
+    };
+    assert!(score(&[]).contains("read from train-images-idx3-ubyte"), "{}", score(&[]));
+    let json = score(&["--log-json", "--log", "info"]);
+    for line in json.lines() {
+        assert!(serde_json::from_str::<Value>(line).is_ok(), "not a JSON record: {line:?} in\n{json}");
+    }
+    assert!(json.contains("engine ready") && json.contains("train-images-idx3-ubyte"), "{json}");
 }
 
 #[test]

@@ -41,7 +41,7 @@ pub struct Cli {
     command: Command,
 
     /// Log filter (error, warn, info, debug, trace, or a tracing directive). Also KNAS_LOG.
-    #[arg(long, global = true, env = "KNAS_LOG", default_value = "warn")]
+    #[arg(long, global = true, env = "KNAS_LOG", default_value = "warn", value_parser = parse_log_filter)]
     log: String,
 
     /// Log records as JSON lines on stderr instead of text.
@@ -330,11 +330,13 @@ impl ComputeArgs {
         }
         spinner.finish_and_clear();
         let (train, heldout) = engine.sizes();
-        tracing::info!(dataset = %experiment.dataset, train, heldout, device = ?device, "engine ready");
-        if !engine.files().is_empty() {
-            let names: Vec<String> =
-                engine.files().iter().map(|f| f.file_name().map_or_else(|| f.display().to_string(), |n| n.to_string_lossy().into_owned())).collect();
-            eprintln!("{}: {train} training and {heldout} held-out images, read from {}", experiment.dataset, names.join(", "));
+        let names: Vec<String> =
+            engine.files().iter().map(|f| f.file_name().map_or_else(|| f.display().to_string(), |n| n.to_string_lossy().into_owned())).collect();
+        let files = names.join(", ");
+        tracing::info!(dataset = %experiment.dataset, train, heldout, device = ?device, files, "engine ready");
+        // Which files were read, said by default; with JSON logs the record above says it.
+        if !names.is_empty() && !LOG_JSON.load(std::sync::atomic::Ordering::Relaxed) {
+            eprintln!("{}: {train} training and {heldout} held-out images, read from {files}", experiment.dataset);
         }
         Ok(engine)
     }
@@ -416,7 +418,18 @@ pub fn sample_archs(n: usize, seed: u64) -> Result<Vec<Arch>> {
     Ok(Arch::sample(n, seed))
 }
 
+/// A `--log` value tracing accepts: refused when read, not silently replaced.
+fn parse_log_filter(value: &str) -> Result<String, String> {
+    EnvFilter::try_new(value).map(|_| value.to_owned()).map_err(|e| format!("not a log level or tracing directive: {e}"))
+}
+
+/// Whether log records go to stderr as JSON lines (`--log-json`): then no plain-text line
+/// may go there besides them.
+static LOG_JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn init_logging(cli: &Cli) {
+    LOG_JSON.store(cli.log_json, std::sync::atomic::Ordering::Relaxed);
+    // Checked when the command line was parsed.
     let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if cli.log_json {

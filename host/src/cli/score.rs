@@ -16,9 +16,10 @@ pub struct ScoreArgs {
     /// reference sample), measure names (comma-separated), or `all` (every measure and
     /// the aggregate). Measures: mgm, mgm-batch, kernel-alignment, zico, grad-norm, snip,
     /// synflow, jacov, naswot, swap, meco, expressivity, progressivity, trainability,
-    /// params, flops (each with its paper in the README).
-    #[arg(long, value_delimiter = ',', default_value = "aggregate", value_name = "aggregate|all|MEASURE,…")]
-    measure: Vec<Selection>,
+    /// params, flops (each with its paper in the README). [default: aggregate, or the
+    /// measure `--score` names]
+    #[arg(long, value_delimiter = ',', value_name = "aggregate|all|MEASURE,…")]
+    measure: Option<Vec<Selection>>,
     #[command(flatten)]
     experiment: ScoringExperimentArgs,
     #[command(flatten)]
@@ -54,9 +55,18 @@ impl std::str::FromStr for Selection {
 pub fn run(args: &ScoreArgs) -> Result<()> {
     let experiment = args.experiment.experiment();
     let archs = args.source.resolve(experiment.seed)?;
-    let aggregate = args.measure.iter().any(|s| matches!(s, Selection::Aggregate | Selection::All));
+    let selections = args.measure.clone().unwrap_or_else(|| match experiment.score {
+        ScoreChoice::Measure(m) => vec![Selection::One(m)],
+        ScoreChoice::Aggregate => vec![Selection::Aggregate],
+    });
+    let aggregate = selections.iter().any(|s| matches!(s, Selection::Aggregate | Selection::All));
+    // Checked before any data is loaded.
+    anyhow::ensure!(
+        !aggregate || experiment.score == ScoreChoice::Aggregate,
+        "--measure aggregate (and all, which includes it) needs the experiment's score to be the aggregate: drop --score, or name measures only"
+    );
     let mut measures: Vec<Measure> = Vec::new();
-    for selection in &args.measure {
+    for selection in &selections {
         let add: Vec<Measure> = match selection {
             Selection::All => Measure::ALL.to_vec(),
             Selection::Aggregate => vec![],
@@ -71,10 +81,6 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
     let mut engine = args.compute.engine(&experiment)?;
     let mut computed = measures.clone();
     if aggregate {
-        anyhow::ensure!(
-            experiment.score == ScoreChoice::Aggregate,
-            "--measure aggregate (and all, which includes it) needs the experiment's score to be the aggregate: drop --score, or name measures only"
-        );
         let store = args.store.open()?;
         let bar = output::bar(experiment.reference as u64, "reference sample");
         knas::search::anchor(&mut engine, &store, &mut |done, _| bar.set_position(done as u64))?;
