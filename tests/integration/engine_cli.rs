@@ -279,6 +279,36 @@ fn correlate_reports_every_measure_the_aggregate_and_a_plot() {
     assert!(svg.contains("<svg") && svg.contains("aggregate") && svg.contains("zico"), "not the expected SVG");
 }
 
+/// A training that fails (here an injected panic, as a diverging network's NaN loss would
+/// fail it) leaves its architecture out, named in the report; the others are correlated.
+#[test]
+fn correlate_leaves_out_an_architecture_whose_training_failed() {
+    let out = knas()
+        .env("FAILPOINTS", "engine::train=1*panic(diverged)->off")
+        .args(["correlate", "--sample", "4", "--train-seeds", "2", "--measures", "params", "--format", "json"])
+        .args(QUICK)
+        .args(TINY)
+        .assert()
+        .success();
+    let report: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let failed = report["failed_trainings"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{report}");
+    assert!(failed[0]["error"].as_str().unwrap().contains("training seed 0") && failed[0]["error"].as_str().unwrap().contains("diverged"), "{report}");
+    let measured: Vec<&Value> = report["measurements"].as_array().unwrap().iter().collect();
+    assert_eq!((report["archs"].as_u64(), measured.len()), (Some(3), 3));
+    assert!(measured.iter().all(|m| m["arch"] != failed[0]["arch"] && m["accuracy"].as_array().unwrap().len() == 2), "{report}");
+    // The table says so too.
+    let out = knas()
+        .env("FAILPOINTS", "engine::train=1*panic(diverged)->off")
+        .args(["correlate", "--sample", "4", "--train-seeds", "1", "--measures", "params"])
+        .args(QUICK)
+        .args(TINY)
+        .assert()
+        .success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert!(text.contains("Left out, their training failed (1):") && text.contains("diverged"), "{text}");
+}
+
 /// Writes a benchmark table: every architecture of `archs` with a made-up accuracy.
 fn table(dir: &std::path::Path, archs: &[(String, f64)]) -> std::path::PathBuf {
     let path = dir.join("table.jsonl");

@@ -136,6 +136,17 @@ struct CorrelationReport {
     seconds_per_arch: f64,
     correlations: Vec<Correlation>,
     measurements: Vec<Row>,
+    /// Architectures left out because a training of theirs failed (it diverged, say):
+    /// they have no accuracy to rank against.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    failed_trainings: Vec<FailedTraining>,
+}
+
+/// An architecture whose training failed, and why.
+#[derive(Debug, serde::Serialize)]
+struct FailedTraining {
+    arch: Arch,
+    error: String,
 }
 
 /// Trained results read back from an earlier report (`--truth`).
@@ -272,6 +283,7 @@ pub fn run(args: &CorrelateArgs) -> Result<()> {
         row.aggregate_in_sample = v;
     }
 
+    let mut failed_trainings = Vec::new();
     let source = match (&table, &truth) {
         (Some(table), _) => {
             for row in &mut rows {
@@ -287,7 +299,15 @@ pub fn run(args: &CorrelateArgs) -> Result<()> {
             TruthSource::Report { file: args.truth.clone().unwrap_or_default(), epochs: *epochs, train_seeds: *seeds }
         }
         (None, None) => {
-            train_all(&engine, &mut rows, args.train_seeds, experiment.seed)?;
+            failed_trainings = train_all(&engine, &mut rows, args.train_seeds, experiment.seed);
+            rows.retain(|row| !failed_trainings.iter().any(|f| f.arch == row.arch));
+            anyhow::ensure!(
+                rows.len() >= 2,
+                "only {} of the {} architectures trained (needs 2 to correlate); the failures: {}",
+                rows.len(),
+                archs.len(),
+                failed_trainings.iter().map(|f| format!("{}: {}", f.arch, f.error)).collect::<Vec<_>>().join("; ")
+            );
             TruthSource::Training { epochs: experiment.train.epochs, train_seeds: args.train_seeds }
         }
     };
@@ -302,6 +322,7 @@ pub fn run(args: &CorrelateArgs) -> Result<()> {
         seconds_per_arch,
         experiment,
         measurements: rows,
+        failed_trainings,
     };
     if let Some(path) = &args.plot {
         plot(&report, path).with_context(|| format!("cannot write the plot to {}", path.display()))?;
@@ -324,20 +345,31 @@ fn dedup(list: &[Measure]) -> Vec<Measure> {
     out
 }
 
-fn train_all(engine: &Engine, rows: &mut [Row], train_seeds: u64, seed: u64) -> Result<()> {
+/// Trains every row under each seed; a failed training (a network that diverges, say)
+/// does not lose the others' work: it is returned, and the rest of its seeds skipped.
+fn train_all(engine: &Engine, rows: &mut [Row], train_seeds: u64, seed: u64) -> Vec<FailedTraining> {
     let bar = output::bar(rows.len() as u64 * train_seeds, "training");
+    let mut failed = Vec::new();
     for row in rows {
         for train_seed in 0..train_seeds {
-            let result = engine
-                .train(&row.arch, seed.wrapping_add(train_seed), &mut |_, _| {})
-                .with_context(|| format!("training {} (seed {train_seed})", row.arch))?;
-            row.accuracy.push(result.heldout_accuracy);
-            row.loss.push(result.heldout_loss);
-            bar.inc(1);
+            match engine.train(&row.arch, seed.wrapping_add(train_seed), &mut |_, _| {}) {
+                Ok(result) => {
+                    row.accuracy.push(result.heldout_accuracy);
+                    row.loss.push(result.heldout_loss);
+                    bar.inc(1);
+                }
+                Err(error) => {
+                    let error = format!("training seed {train_seed}: {error}");
+                    bar.suspend(|| tracing::warn!(arch = %row.arch, "left out of the correlations: {error}"));
+                    failed.push(FailedTraining { arch: row.arch, error });
+                    bar.inc(train_seeds - train_seed);
+                    break;
+                }
+            }
         }
     }
     bar.finish_and_clear();
-    Ok(())
+    failed
 }
 
 /// Bootstrap resamples behind each interval.
@@ -407,6 +439,12 @@ fn print_report(r: &CorrelationReport) {
         r.reference,
         r.seconds_per_arch
     );
+    if !r.failed_trainings.is_empty() {
+        println!("Left out, their training failed ({}):", r.failed_trainings.len());
+        for f in &r.failed_trainings {
+            println!("  {}: {}", f.arch, f.error);
+        }
+    }
     println!("A good measure correlates positively with accuracy (and negatively with loss).");
     let mut table = output::table(&["measure", "against", "Spearman ρ", "ρ 95% interval", "Kendall τ", "missing"]);
     for c in &r.correlations {
