@@ -183,6 +183,10 @@ impl ServiceConfig {
         for name in config.policy_limits.keys() {
             config.limits_for(name).map_err(|message| ConfigError::Semantic { path: path.to_owned(), message })?;
         }
+        // As `--table-field` needs `--table`: a field alone would be silently ignored.
+        if config.table_field.is_some() && config.table.is_none() {
+            return Err(ConfigError::Semantic { path: path.to_owned(), message: "table-field: set, but no table: to read it from".into() });
+        }
         if let Some((name, params)) = config.policies.iter().find(|(_, p)| !p.is_object() && !p.is_null()) {
             return Err(ConfigError::Semantic {
                 path: path.to_owned(),
@@ -289,6 +293,7 @@ mod tests {
             ("policy-limits: { py: { memory-mib: 0 } }\n", "policy-limits.py.memory-mib must be between 1 and 4096, got 0"),
             ("policy-limits: { py: { memory: 9 } }\n", "policy-limits.py: unknown field `memory`, expected one of `call-timeout-ms`, `fuel-per-call`, `memory-mib`, `log-records-per-call`, `log-record-bytes`, `log-bytes-per-minute`"),
             ("threads: -2\n", "threads: must not be negative, got -2"),
+            ("table-field: acc\n", "table-field: set, but no table: to read it from"),
         ] {
             std::fs::write(&path, text).unwrap();
             let err = ServiceConfig::load(&path).unwrap_err().to_string();

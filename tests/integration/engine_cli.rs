@@ -479,6 +479,10 @@ fn select_is_a_recorded_run_of_the_built_in_random_policy() {
     let missing = dir.path().join("run.db");
     knas().args(["runs", "--store"]).arg(&missing).assert().failure().stderr(predicate::str::contains("no run store at"));
     assert!(!missing.exists());
+    // Nor is an empty file (or any other that is not SQLite) made into one.
+    std::fs::write(&missing, b"").unwrap();
+    knas().args(["runs", "--store"]).arg(&missing).assert().failure().stderr(predicate::str::contains("is not a run store: not an SQLite database"));
+    assert_eq!(std::fs::metadata(&missing).unwrap().len(), 0);
 
     // The same selection again is answered from the store, result for result (only this
     // command's own wall time differs).

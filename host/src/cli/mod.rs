@@ -122,6 +122,15 @@ impl StoreArgs {
     /// mistyped path.
     fn open_existing(&self) -> Result<knas::store::RunStore> {
         anyhow::ensure!(self.path.is_file(), "no run store at {} (--store names the SQLite file a search wrote)", self.path.display());
+        // Opening creates the schema in an empty file: a command that only reads must not
+        // turn a file that is not a store (an empty one, a typo'd path) into one.
+        let mut header = [0u8; 16];
+        let read = std::fs::File::open(&self.path).and_then(|mut file| std::io::Read::read_exact(&mut file, &mut header));
+        anyhow::ensure!(
+            read.is_ok() && &header == b"SQLite format 3\0",
+            "{} is not a run store: not an SQLite database (--store names the SQLite file a search wrote)",
+            self.path.display()
+        );
         self.open()
     }
 }
