@@ -101,7 +101,8 @@ pub const CUDA_WORKERS: usize = 8;
 /// 2×2 average pool (rounding down), so both sides must be multiples of 4 (and 8 at least:
 /// see below). Otherwise every
 /// score and training would fail alike, naming a tensor size instead of the dataset.
-fn check_image_shapes(dataset: &DatasetSpec, train: ImageShape, heldout: ImageShape) -> Result<(), EngineError> {
+fn check_image_shapes(dataset: &DatasetSpec, split: &Split) -> Result<(), EngineError> {
+    let (train, heldout) = (split.train.shape, split.heldout.shape);
     let (h, w) = (train.height, train.width);
     // 8 at least: at 4 the last stage would see 1×1 maps, where normalising each image on
     // its own leaves nothing but the bias, and every gradient before it is zero.
@@ -112,9 +113,15 @@ fn check_image_shapes(dataset: &DatasetSpec, train: ImageShape, heldout: ImageSh
     }
     if heldout != train {
         let size = |s: ImageShape| format!("{}×{}×{}", s.channels, s.height, s.width);
+        let names = |files: &[std::path::PathBuf]| {
+            let names: Vec<String> = files.iter().filter_map(|f| f.file_name()).map(|n| n.to_string_lossy().into_owned()).collect();
+            if names.is_empty() { String::new() } else { format!(" (read from {})", names.join(", ")) }
+        };
         return Err(EngineError::Invalid(format!(
-            "dataset {dataset}: its held-out images are {} (channels×height×width), its training images {}",
+            "dataset {dataset}: its held-out images{} are {} (channels×height×width), its training images{} {}",
+            names(&split.heldout.files),
             size(heldout),
+            names(&split.train.files),
             size(train)
         )));
     }
@@ -167,7 +174,7 @@ impl Engine {
         let e = experiment;
         e.validate().map_err(EngineError::Invalid)?;
         let split = Split::load(&e.dataset, e.holdout, e.limit, e.seed)?;
-        check_image_shapes(&e.dataset, split.train.shape, split.heldout.shape)?;
+        check_image_shapes(&e.dataset, &split)?;
         let norm = Normalization::of(&split.train);
         let place = |part: &crate::data::Dataset, which: &str| {
             norm.apply(part, device, Kind::Float).map_err(|err| {
@@ -420,7 +427,8 @@ mod tests {
         write("train", 20, 8);
         write("t10k", 10, 12);
         let err = Engine::new(&experiment(Holdout::Official), Device::Cpu).err().unwrap().to_string();
-        assert!(err.contains("held-out images are 1×12×12") && err.contains("training images 1×8×8"), "{err}");
+        assert!(err.contains("held-out images (read from t10k-images-idx3-ubyte") && err.contains("are 1×12×12"), "{err}");
+        assert!(err.contains("training images (read from train-images-idx3-ubyte") && err.contains(") 1×8×8"), "{err}");
         write("t10k", 10, 8);
         let engine = Engine::new(&experiment(Holdout::Official), Device::Cpu).unwrap();
         assert_eq!(engine.sizes(), (20, 10));
