@@ -44,6 +44,12 @@ export const policy = {
     const t0 = params.t0 ?? 0.5;
     const t1 = params.t1 ?? 0.01;
     if (!(t0 > 0 && t1 > 0 && t1 <= t0)) fail("need 0 < t1 <= t0");
+    // Counts: whole numbers, 0 or more (a negative top_k would slice from the end).
+    for (const key of ["patience", "top_k"]) {
+      if (key in params && !(Number.isInteger(params[key]) && params[key] >= 0)) {
+        fail(`${key}: expected a whole number, 0 or more, got ${JSON.stringify(params[key])}`);
+      }
+    }
     state = {
       ops: settings.space.ops.length,
       edges: settings.space.edges.length,

@@ -31,6 +31,15 @@ def rand_below(n):
     return host.random() % n
 
 
+def count(params, key, default):
+    """A whole-number parameter, 0 or more; anything else is refused naming the key
+    (a negative top_k would slice from the end)."""
+    value = params.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise Err(f"{key}: expected a whole number, 0 or more, got {json.dumps(value)}")
+    return value
+
+
 class Evolution:
     """The search's state. componentize-py calls each export on a fresh `Policy`, so the
     state lives in the module (`STATE`), not in the `Policy` object."""
@@ -45,11 +54,11 @@ class Evolution:
             raise Err(f"unknown parameters: {', '.join(sorted(unknown))}")
         self.ops = len(settings.space.ops)
         self.edges = len(settings.space.edges)
-        self.population_size = int(params.get("population", 20))
-        self.sample = int(params.get("sample", 5))
+        self.population_size = count(params, "population", 20)
+        self.sample = count(params, "sample", 5)
         if self.population_size < 2 or not 1 <= self.sample <= self.population_size:
             raise Err("need population >= 2 and 1 <= sample <= population")
-        self.top_k = int(params.get("top_k", settings.budget.trainings))
+        self.top_k = count(params, "top_k", settings.budget.trainings)
         self.max_batch = max(1, settings.max_batch)
         self.population = deque()  # (arch, score), oldest first
         self.scores = {}  # arch -> score (None: not finite)

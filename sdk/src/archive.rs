@@ -19,6 +19,10 @@ pub struct Entry {
     pub order: usize,
     /// Whether its score evaluation is recorded (successful or not).
     pub scored: bool,
+    /// Whether that evaluation failed (the host's error): such an architecture has no
+    /// measures to rank by, and is never among [`Archive::top`].
+    #[serde(default)]
+    pub score_failed: bool,
     /// The run's score.
     pub score: Option<f64>,
     /// Every measure of its score evaluation, by name (`None`: not finite).
@@ -57,14 +61,12 @@ pub enum Ranking {
 
 impl Ranking {
     /// The ranking a policy parameter names: `score` (the default, for `None`),
-    /// `aggregate` (the host aggregate's measures and weights, ranked within the archive)
-    /// or one of the measures the host offers.
+    /// `aggregate` (the measures and weights of the host's score, ranked within the archive:
+    /// for a score that is one measure, that measure's rank) or one of the measures the
+    /// host offers.
     pub fn named(name: Option<&str>, settings: &Settings) -> Result<Ranking, String> {
         match name.unwrap_or("score") {
             "score" => Ok(Ranking::Score),
-            "aggregate" if settings.weights().is_empty() => {
-                Err("`aggregate` ranking: the host's score is a single measure, not an aggregate; rank by `score`".into())
-            }
             "aggregate" => Ok(Ranking::Aggregate(settings.weights())),
             measure if settings.measures.iter().any(|m| m.name == measure) => Ok(Ranking::Measure(measure.into())),
             other => Err(format!(
@@ -142,6 +144,7 @@ impl Archive {
                     arch,
                     order,
                     scored: false,
+                    score_failed: false,
                     score: None,
                     measures: BTreeMap::new(),
                     params: None,
@@ -163,7 +166,10 @@ impl Archive {
             entry.params = entry.params.or(result.params);
             entry.flops = entry.flops.or(result.flops);
             match result.candidate.fidelity {
-                Fidelity::Score => entry.scored = true,
+                Fidelity::Score => {
+                    entry.scored = true;
+                    entry.score_failed = result.error.is_some();
+                }
                 Fidelity::Train(_) => {
                     entry.trained = true;
                     entry.accuracy = result.accuracy;
@@ -204,14 +210,13 @@ impl Archive {
     }
 
     /// The sort key of every entry under `ranking` (entries order; higher is better;
-    /// unscored entries and missing values are −∞).
+    /// unscored entries and missing or non-finite values are −∞).
     pub fn keys(&self, ranking: &Ranking) -> Vec<f64> {
         let missing = f64::NEG_INFINITY;
+        let key = |e: &Entry, value: Option<f64>| if e.scored { value.filter(|v| v.is_finite()).unwrap_or(missing) } else { missing };
         match ranking {
-            Ranking::Score => self.entries.iter().map(|e| if e.scored { e.score.unwrap_or(missing) } else { missing }).collect(),
-            Ranking::Measure(name) => {
-                self.entries.iter().map(|e| if e.scored { e.measure(name).unwrap_or(missing) } else { missing }).collect()
-            }
+            Ranking::Score => self.entries.iter().map(|e| key(e, e.score)).collect(),
+            Ranking::Measure(name) => self.entries.iter().map(|e| key(e, e.measure(name))).collect(),
             Ranking::Aggregate(weights) => {
                 let scored: Vec<usize> = (0..self.entries.len()).filter(|&i| self.entries[i].scored).collect();
                 let rows: Vec<&BTreeMap<String, Option<f64>>> = scored.iter().map(|&i| &self.entries[i].measures).collect();
@@ -225,10 +230,11 @@ impl Archive {
     }
 
     /// The `k` best scored architectures under `ranking` that pass `keep`, best first
-    /// (ties broken by order of appearance).
+    /// (ties broken by order of appearance); those whose score failed are left out.
     pub fn top(&self, k: usize, ranking: &Ranking, keep: impl Fn(&Entry) -> bool) -> Vec<Arch> {
         let keys = self.keys(ranking);
-        let mut order: Vec<usize> = (0..self.entries.len()).filter(|&i| self.entries[i].scored && keep(&self.entries[i])).collect();
+        let mut order: Vec<usize> =
+            (0..self.entries.len()).filter(|&i| self.entries[i].scored && !self.entries[i].score_failed && keep(&self.entries[i])).collect();
         order.sort_by(|&a, &b| keys[b].total_cmp(&keys[a]).then(a.cmp(&b)));
         order.into_iter().take(k).map(|i| self.entries[i].arch).collect()
     }
@@ -242,10 +248,13 @@ impl Archive {
     }
 
     /// Fine selection: train those of the `k` best under `ranking` not trained yet, as many
-    /// as the training budget and `max_batch` allow; `Done` once none is left.
+    /// as the training budget and `max_batch` allow; `Done` once none is left. Only
+    /// architectures the ranking has a value for are finalists: one whose value is missing
+    /// is not worth a training on that evidence.
     pub fn train_best(&self, k: usize, ranking: &Ranking, remaining: &Budget, max_batch: usize, epochs: Option<u32>) -> Proposal {
+        let keys = self.keys(ranking);
         let batch: Vec<Candidate> = self
-            .top(k, ranking, |_| true)
+            .top(k, ranking, |e| keys[e.order] > f64::NEG_INFINITY)
             .into_iter()
             .filter(|arch| !self.get(arch).is_some_and(|e| e.trained))
             .take((remaining.trainings as usize).min(max_batch))
@@ -277,12 +286,14 @@ pub fn ranks(values: &[f64]) -> Vec<f64> {
 }
 
 /// Σ weight · ln(rank / N) per row over the named measures, ranks taken among `rows`
-/// (missing values lowest). Higher is better; 0 is the best on every measure.
+/// (missing and non-finite values lowest, as the host's aggregate has them). Higher is
+/// better; 0 is the best on every measure.
 pub fn aggregate(rows: &[&BTreeMap<String, Option<f64>>], weights: &[(String, f64)]) -> Vec<f64> {
     let n = rows.len() as f64;
     let mut total = vec![0.0; rows.len()];
     for (name, weight) in weights {
-        let column: Vec<f64> = rows.iter().map(|r| r.get(name).copied().flatten().unwrap_or(f64::NEG_INFINITY)).collect();
+        let column: Vec<f64> =
+            rows.iter().map(|r| r.get(name).copied().flatten().filter(|v| v.is_finite()).unwrap_or(f64::NEG_INFINITY)).collect();
         for (t, rank) in total.iter_mut().zip(ranks(&column)) {
             *t += weight * (rank / n).ln();
         }
@@ -352,6 +363,41 @@ mod tests {
         let back = Archive::from_bytes(&archive.to_bytes()).unwrap();
         assert_eq!(back, archive);
         assert_eq!(back.get(&arch(3)).unwrap().measure("b"), None);
+    }
+
+    #[test]
+    fn failed_scores_and_values_that_are_not_finite_are_never_finalists() {
+        let mut archive = Archive::new();
+        let failed = Evaluation { score: None, error: Some("out of memory".into()), ..scored(3, 0.0, &[]) };
+        archive.record(&[
+            scored(1, f64::NAN, &[("a", Some(f64::INFINITY))]),
+            scored(2, -2.0, &[("a", Some(1.0))]),
+            failed,
+            scored(4, -4.0, &[("a", Some(2.0))]),
+        ]);
+        let arch = |i| Arch::from_index(i).unwrap();
+        // NaN and +∞ rank as missing (lowest), as the host's aggregate has them.
+        assert_eq!(archive.top(4, &Ranking::Score, |_| true), vec![arch(2), arch(4), arch(1)]);
+        assert_eq!(archive.top(1, &Ranking::Measure("a".into()), |_| true), vec![arch(4)]);
+        let keys = archive.keys(&Ranking::Aggregate(vec![("a".into(), 1.0)]));
+        assert!(keys[0] < keys[1] && keys[1] < keys[3], "{keys:?}");
+        assert!(archive.get(&arch(3)).unwrap().score_failed && !archive.get(&arch(2)).unwrap().score_failed);
+        // Five trainings on offer: only the two with a score are trained, the failed one
+        // never (though its aggregate key, the lowest ranks, is finite).
+        let budget = Budget { scores: 0, trainings: 5 };
+        let trained = |proposal: Proposal| match proposal {
+            Proposal::Evaluate(batch) => batch.iter().map(|c| c.arch().unwrap()).collect::<Vec<_>>(),
+            Proposal::Done => vec![],
+        };
+        assert_eq!(trained(archive.train_best(5, &Ranking::Score, &budget, 8, None)), vec![arch(2), arch(4)]);
+        let by_aggregate = trained(archive.train_best(5, &Ranking::Aggregate(vec![("a".into(), 1.0)]), &budget, 8, None));
+        assert_eq!(by_aggregate, vec![arch(4), arch(2), arch(1)]);
+        // An archive checkpointed before `score_failed` existed still reads.
+        let mut stored: serde_json::Value = serde_json::from_slice(&archive.to_bytes()).unwrap();
+        for entry in stored["entries"].as_array_mut().unwrap() {
+            entry.as_object_mut().unwrap().remove("score_failed");
+        }
+        assert_eq!(Archive::from_bytes(&serde_json::to_vec(&stored).unwrap()).unwrap().len(), 4);
     }
 
     #[test]

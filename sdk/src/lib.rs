@@ -126,6 +126,18 @@ impl Settings {
         })
     }
 
+    /// A policy's `epochs` parameter, checked against what the host trains (1 to
+    /// `max_epochs`): refused at `init`, naming the key, rather than as an invalid proposal
+    /// once the score budget is spent. `None` (the run's own epochs) passes.
+    pub fn check_epochs(&self, epochs: Option<u32>) -> Result<Option<u32>, String> {
+        match epochs {
+            Some(e) if e == 0 || e > self.max_epochs => {
+                Err(format!("invalid policy parameters: epochs: {e} is outside 1..={} (the host's max-epochs)", self.max_epochs))
+            }
+            _ => Ok(epochs),
+        }
+    }
+
     /// The aggregate's weights, by measure name (measures with weight 0 left out).
     pub fn weights(&self) -> Vec<(String, f64)> {
         self.measures.iter().filter(|m| m.weight > 0.0).map(|m| (m.name.clone(), m.weight)).collect()
@@ -387,6 +399,17 @@ mod tests {
         assert!(err.contains("unknown field `popul`"), "{err}");
         assert!(settings("").parse_params::<Params>().unwrap_err().contains("missing field `population`"));
         assert_eq!(settings("{}").weights(), vec![("zico".to_owned(), 1.0)]);
+    }
+
+    #[test]
+    fn epochs_outside_what_the_host_trains_are_refused_naming_the_key() {
+        let s = settings("{}");
+        assert_eq!(s.check_epochs(None), Ok(None));
+        assert_eq!(s.check_epochs(Some(10)), Ok(Some(10)));
+        for bad in [0, 11] {
+            let err = s.check_epochs(Some(bad)).unwrap_err();
+            assert!(err.contains(&format!("epochs: {bad} is outside 1..=10")), "{err}");
+        }
     }
 
     /// Parameters shaped like the built-in policies' (defaults, options, a nested table).

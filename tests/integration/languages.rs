@@ -76,6 +76,10 @@ fn a_python_policy_completes_a_search() {
     let out = search(&dir.join("python-evolution.wasm"), &store.path().join("other.db"), &["--params", r#"{"populace": 4}"#]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("returned an error from `init`: unknown parameters: populace"));
+    // A count that is not one is refused naming the key, not raised as a Python exception.
+    let out = search(&dir.join("python-evolution.wasm"), &store.path().join("third.db"), &["--params", r#"{"top_k": -1}"#]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("returned an error from `init`: top_k: expected a whole number, 0 or more, got -1"), "{stderr}");
 }
 
 #[test]
@@ -91,6 +95,9 @@ fn a_javascript_policy_completes_a_search() {
     let out = search(&dir.join("js-annealing.wasm"), &store.path().join("other.db"), &["--params", r#"{"t0": -1}"#]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("returned an error from `init`: need 0 < t1 <= t0"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = search(&dir.join("js-annealing.wasm"), &store.path().join("third.db"), &["--params", r#"{"top_k": -1}"#]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("returned an error from `init`: top_k: expected a whole number, 0 or more, got -1"), "{stderr}");
 }
 
 /// Every hostile case in one process per language (each component is compiled once):

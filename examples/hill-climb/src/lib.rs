@@ -2,8 +2,8 @@
 //!
 //! Start from a random architecture; score all 24 neighbours (each of the 6 edges set to
 //! each of the 4 other ops); move to the best neighbour if it beats the current one,
-//! otherwise restart from a new random architecture. When the score budget is spent,
-//! train the best architecture found.
+//! otherwise restart from a new random architecture. When the score budget is spent (or
+//! every architecture of the space is scored), train the best architecture found.
 //!
 //! Build it and run it:
 //!
@@ -19,7 +19,7 @@ use knas_policy_sdk::nb201::{self, Arch};
 use knas_policy_sdk::{Budget, Candidate, Evaluation, Policy, Proposal, Settings, info, random};
 
 #[derive(serde::Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 struct Params {
     restarts_log: bool,
 }
@@ -45,19 +45,20 @@ impl HillClimb {
         self.archive.get(arch).filter(|e| e.scored).map(|e| e.score.unwrap_or(f64::NEG_INFINITY))
     }
 
-    /// A fresh random start that has not been scored yet.
-    fn restart(&mut self) -> Arch {
-        let start = loop {
-            let arch = Arch::random(&mut random::rng());
-            if !self.archive.is_scored(&arch) {
-                break arch;
-            }
-        };
+    /// A fresh start that has not been scored yet: random, or the first unscored
+    /// architecture once random draws keep finding scored ones; `None` when the whole space
+    /// is scored.
+    fn restart(&mut self) -> Option<Arch> {
+        let unscored = |arch: &Arch| !self.archive.is_scored(arch);
+        let start = (0..1_000)
+            .map(|_| Arch::random(&mut random::rng()))
+            .find(unscored)
+            .or_else(|| (0..nb201::NUM_ARCHS).filter_map(|i| Arch::from_index(i).ok()).find(unscored))?;
         if self.params.restarts_log {
             info(&format!("restarting from {start}"));
         }
         self.current = Some(start);
-        start
+        Some(start)
     }
 }
 
@@ -82,10 +83,10 @@ impl Policy for HillClimb {
             let current = match self.current {
                 Some(arch) if self.archive.is_scored(&arch) => arch,
                 Some(arch) => return Ok(Proposal::Evaluate(vec![Candidate::score(arch)])),
-                None => {
-                    let start = self.restart();
-                    return Ok(Proposal::Evaluate(vec![Candidate::score(start)]));
-                }
+                None => match self.restart() {
+                    Some(start) => return Ok(Proposal::Evaluate(vec![Candidate::score(start)])),
+                    None => return self.train(&remaining),
+                },
             };
             let unscored: Vec<Arch> = current.neighbours().filter(|n| !self.archive.is_scored(n)).collect();
             if !unscored.is_empty() {
@@ -99,12 +100,19 @@ impl Policy for HillClimb {
                 .map(|n| (n, self.score(&n).unwrap_or(f64::NEG_INFINITY)))
                 .max_by(|a, b| a.1.total_cmp(&b.1))
                 .expect("24 neighbours");
-            let next = if best_score > here { best } else { self.restart() };
+            let next = if best_score > here { Some(best) } else { self.restart() };
+            let Some(next) = next else { return self.train(&remaining) };
             self.current = Some(next);
             return self.propose(remaining);
         }
-        // Train the best architecture found.
-        Ok(self.archive.train_best(1, &Ranking::Score, &remaining, self.max_batch, None))
+        self.train(&remaining)
+    }
+}
+
+impl HillClimb {
+    /// Trains the best architecture found.
+    fn train(&self, remaining: &Budget) -> Result<Proposal, String> {
+        Ok(self.archive.train_best(1, &Ranking::Score, remaining, self.max_batch, None))
     }
 }
 
@@ -153,5 +161,17 @@ mod tests {
     fn restarts_are_logged_only_when_asked() {
         let run = Host::nb201(60, 0).params(r#"{"restarts_log": false}"#).run::<HillClimb>(towards(Arch::from_index(0).unwrap())).unwrap();
         assert!(run.logs.is_empty(), "{:?}", run.logs);
+        // A misspelt parameter is named, not ignored.
+        let err = Host::nb201(60, 0).params(r#"{"restart_log": false}"#).run::<HillClimb>(towards(Arch::from_index(0).unwrap())).err().unwrap();
+        assert!(err.contains("unknown field `restart_log`"), "{err}");
+    }
+
+    /// A budget larger than the space: once every architecture is scored, it trains
+    /// instead of looking for a new start forever.
+    #[test]
+    fn a_budget_beyond_the_space_ends_with_the_training() {
+        let run = Host::nb201(20_000, 1).max_batch(64).params(r#"{"restarts_log": false}"#).run::<HillClimb>(towards(Arch::from_index(77).unwrap())).unwrap();
+        assert_eq!(run.spent(), Budget { scores: nb201::NUM_ARCHS as u32, trainings: 1 });
+        assert_eq!(run.winner().and_then(|w| w.candidate.arch()), Arch::from_index(77).ok());
     }
 }

@@ -140,7 +140,7 @@ impl Policy for Evolution {
             ranking,
             max_params: p.max_params,
             max_flops: p.max_flops,
-            epochs: p.epochs,
+            epochs: settings.check_epochs(p.epochs)?,
             max_batch: settings.max_batch.max(1) as usize,
             population: VecDeque::new(),
             archive: Archive::new(),

@@ -55,6 +55,9 @@ struct Pruning {
     round: usize,
     /// Every supernet measured in the run.
     supernets: HashMap<Supernet, Measured>,
+    /// For each edge, its ops' removal keys from the latest round that measured every
+    /// removal on it: how the edge is pruned once the budget runs out mid-pruning.
+    last_full: [Vec<(nb201::Op, f64)>; NUM_EDGES],
     /// Every single architecture scored or trained in the run.
     archive: Archive,
 }
@@ -75,19 +78,29 @@ impl Pruning {
         out
     }
 
-    /// Prunes, on every edge with a choice, the op whose removal ranks best. Unmeasured
-    /// removals (budget ran out) rank worst, so those ops are kept.
+    /// Prunes, on every edge with a choice, the op whose removal ranks best. On an edge
+    /// whose removals were not all measured (the budget ran out), the edge's latest fully
+    /// measured round decides among the ops left; on one never fully measured, unmeasured
+    /// removals rank worst, so those ops are kept.
     fn prune(&mut self) {
         let removals = self.removals();
         let keys = self.keys(&removals.iter().map(|r| &r.2).collect::<Vec<_>>());
         let mut next = self.current;
         for edge in 0..NUM_EDGES {
-            let best = removals
-                .iter()
-                .zip(&keys)
-                .filter(|((e, _, _), _)| *e == edge)
-                .max_by(|a, b| a.1.total_cmp(b.1).then(b.0.1.cmp(&a.0.1)))
-                .map(|((_, op, _), _)| *op);
+            let mut on_edge: Vec<(nb201::Op, f64)> = Vec::new();
+            let mut complete = true;
+            for ((e, op, net), key) in removals.iter().zip(&keys) {
+                if *e == edge {
+                    complete &= self.supernets.contains_key(net);
+                    on_edge.push((*op, *key));
+                }
+            }
+            if complete && !on_edge.is_empty() {
+                self.last_full[edge].clone_from(&on_edge);
+            } else if !self.last_full[edge].is_empty() {
+                on_edge = self.last_full[edge].iter().copied().filter(|(op, _)| self.current.edges()[edge].contains(*op)).collect();
+            }
+            let best = on_edge.iter().max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0))).map(|(op, _)| *op);
             if let Some(op) = best {
                 next = next.without(edge, op).unwrap_or(next);
             }
@@ -138,11 +151,12 @@ impl Policy for Pruning {
             ranking,
             refine: p.refine,
             top_k: p.top_k.unwrap_or(settings.budget.trainings) as usize,
-            epochs: p.epochs,
+            epochs: settings.check_epochs(p.epochs)?,
             max_batch: settings.max_batch.max(1) as usize,
             current: Supernet::full(),
             round: 0,
             supernets: HashMap::new(),
+            last_full: Default::default(),
             archive: Archive::new(),
         })
     }
@@ -189,7 +203,7 @@ impl Policy for Pruning {
                 }
                 // No score left to spend on it: train the pruned architecture as it is.
                 let trained = self.archive.get(&arch).is_some_and(|e| e.trained);
-                return Ok(if remaining.trainings > 0 && !trained {
+                return Ok(if remaining.trainings > 0 && self.top_k > 0 && !trained {
                     Proposal::Evaluate(vec![Candidate::train(arch, self.epochs)])
                 } else {
                     Proposal::Done
@@ -268,7 +282,12 @@ mod tests {
             ["score budget spent before pruning finished: pruning on what was measured"; 3],
             "rounds 2, 3 and 4 prune on what was measured"
         );
-        assert!(run.winner().is_some(), "the pruned architecture is still trained");
+        // Edges not measured in full in the later rounds are pruned as their last full
+        // round ranked them: on this landscape, down to the optimum all the same.
+        assert_eq!(run.winner().and_then(|w| w.candidate.arch()), Some(optimum()), "the pruned architecture is still trained");
+        // Asked to train none, it trains none.
+        let run = Host::nb201(40, 1).params(r#"{"top_k": 0}"#).run::<Pruning>(additive).unwrap();
+        assert_eq!(run.spent(), Budget { scores: 40, trainings: 0 });
     }
 
     #[test]
@@ -290,6 +309,9 @@ mod tests {
         assert!(err.contains("rank_by: unknown ranking \"accuracy\""), "{err}");
         let err = Host::nb201(10, 1).params(r#"{"refine": "yes"}"#).run::<Pruning>(additive).err().unwrap();
         assert!(err.contains("refine: invalid type"), "{err}");
+        // Refused at once, not after the scores are spent.
+        let err = Host::nb201(10, 1).params(r#"{"epochs": 11}"#).run::<Pruning>(additive).err().unwrap();
+        assert!(err.starts_with("init: ") && err.contains("epochs: 11 is outside 1..=10"), "{err}");
     }
 
     proptest::proptest! {

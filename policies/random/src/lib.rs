@@ -49,7 +49,7 @@ impl Policy for Knas {
             candidates,
             top_k,
             ranking,
-            epochs: params.epochs,
+            epochs: settings.check_epochs(params.epochs)?,
             max_batch: settings.max_batch.max(1) as usize,
             archive: Archive::new(),
             pending: Vec::new(),
