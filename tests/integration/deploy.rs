@@ -140,6 +140,22 @@ fn chart_lints_and_renders_every_install_scenario() {
     let policies = find(&objects, "ConfigMap", "rel-knas-policies").expect("the user policies ConfigMap");
     assert_eq!(policies["binaryData"]["custom.wasm"], "AGFzbQ0AAQA=");
     assert!(find(&objects, "PersistentVolumeClaim", "rel-knas-policies").is_none(), "policies on an emptyDir");
+    // Other policy bytes roll the pod out (only its init container reads them); the same
+    // bytes do not.
+    let checksum = |objects: &[Yaml]| {
+        let deployment = find(objects, "Deployment", "rel-knas").expect("the Deployment");
+        deployment["spec"]["template"]["metadata"]["annotations"]["checksum/policies"].as_str().expect("a policies checksum").to_owned()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other-policy.yaml");
+    let monitoring = std::fs::read_to_string(chart.join("ci/monitoring-values.yaml")).unwrap();
+    std::fs::write(&other, monitoring.replace("custom: AGFzbQ0AAQA=", "custom: AGFzbQ0AAQB=")).unwrap();
+    assert_ne!(checksum(&objects), checksum(&render(&helm_bin, Some(&other))));
+    assert_eq!(checksum(&objects), checksum(&render(&helm_bin, Some(&chart.join("ci/monitoring-values.yaml")))));
+    // A parent chart's `global:` values pass the schema.
+    let umbrella = dir.path().join("global.yaml");
+    std::fs::write(&umbrella, "global:\n  imageRegistry: registry.example\n").unwrap();
+    render(&helm_bin, Some(&umbrella));
 
     // Katib: the suggestion algorithm entry, with the chart's image, running `knas katib`
     // with flags it accepts.
@@ -154,6 +170,10 @@ fn chart_lints_and_renders_every_install_scenario() {
     let command: Vec<&str> = entry["command"].as_sequence().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     assert_eq!(&command[..2], ["knas", "katib"]);
     assert!(command.contains(&"--device=cuda") && command.contains(&"--store=/opt/katib/data/knas-runs.db"), "{command:?}");
+    // A CUDA device comes with a GPU; the metrics port is named for a PodMonitor.
+    assert_eq!(entry["resources"]["limits"]["nvidia.com/gpu"], 1, "{entry:?}");
+    assert!(command.contains(&"--metrics-listen=0.0.0.0:9400"), "{command:?}");
+    assert_eq!((entry["ports"][0]["name"].as_str(), entry["ports"][0]["containerPort"].as_u64()), (Some("metrics"), Some(9400)));
     let help = crate::common::knas().args(["katib", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
     for flag in &command[2..] {
@@ -210,15 +230,32 @@ fn katib_example_is_complete_and_accepted() {
     let plan = knas::katib::mapping::Plan::from_experiment(Some(&proto), &knas::run::Experiment::default()).expect("the example is valid");
     assert_eq!(plan.space_size(), 15_625);
     assert!(policy(&plan.policy).is_file(), "the example's policy {} is built in", plan.policy);
-    // The trial command: `knas train` takes the NB201 string the template assembles.
+    // The trial command, as Katib's StdOut collector runs it: `sh -c` and the container's
+    // command words (after a leading `sh -c`) joined by spaces, then its redirection and
+    // completion mark. Run by a real shell against a stand-in `knas` that writes down its
+    // arguments: `knas train` gets the NB201 string the template assembles, whole.
     let container = &spec["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]["containers"][0];
-    assert_eq!(container["command"][1], "train");
-    let mut arch = container["args"][0].as_str().unwrap().to_owned();
-    for (reference, op) in [("e01", "nor_conv_3x3"), ("e02", "none"), ("e12", "skip_connect"), ("e03", "none"), ("e13", "nor_conv_1x1"), ("e23", "avg_pool_3x3")] {
-        arch = arch.replace(&format!("${{trialParameters.{reference}}}"), op);
+    let words: Vec<&str> = container["command"].as_sequence().unwrap().iter().chain(container["args"].as_sequence().unwrap()).map(|w| w.as_str().unwrap()).collect();
+    assert_eq!(&words[..2], ["sh", "-c"], "{words:?}");
+    let mut line = words[2..].join(" ");
+    let (ops, arch) = (["nor_conv_3x3", "none", "skip_connect", "none", "nor_conv_1x1", "avg_pool_3x3"], "|nor_conv_3x3~0|+|none~0|skip_connect~1|+|none~0|nor_conv_1x1~1|avg_pool_3x3~2|");
+    for (reference, op) in ["e01", "e02", "e12", "e03", "e13", "e23"].iter().zip(ops) {
+        line = line.replace(&format!("${{trialParameters.{reference}}}"), op);
     }
-    assert_eq!(arch.parse::<knas::space::Arch>().unwrap().to_string(), arch);
-    assert!(container["args"].as_sequence().unwrap().iter().any(|a| a == "--format=katib"));
+    let dir = tempfile::tempdir().unwrap();
+    let stand_in = dir.path().join("knas");
+    std::fs::write(&stand_in, "#!/bin/sh\nprintf '%s\\n' \"$@\" > \"$ARGS_FILE\"\n").unwrap();
+    std::fs::set_permissions(&stand_in, <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755)).unwrap();
+    let metrics = dir.path().join("metrics.log");
+    let wrapped = format!("{line} 1>{} 2>&1 && echo completed > {}", metrics.display(), dir.path().join("done.pid").display());
+    let path = format!("{}:{}", dir.path().display(), std::env::var("PATH").unwrap_or_default());
+    let status = Command::new("sh").arg("-c").arg(&wrapped).env("PATH", path).env("ARGS_FILE", dir.path().join("args")).status().unwrap();
+    assert!(status.success(), "{wrapped}");
+    let args = std::fs::read_to_string(dir.path().join("args")).unwrap();
+    let args: Vec<&str> = args.lines().collect();
+    assert_eq!(&args[..2], ["train", arch], "{wrapped}");
+    assert!(args.contains(&"--format=katib"), "{args:?}");
+    assert!(dir.path().join("done.pid").is_file());
     let config: Yaml = serde_yaml::from_str(&std::fs::read_to_string(root.join("katib-config.yaml")).unwrap()).unwrap();
     let inner: Yaml = serde_yaml::from_str(config["data"]["katib-config.yaml"].as_str().unwrap()).unwrap();
     assert_eq!(inner["runtime"]["suggestions"][0]["algorithmName"], "knas");
@@ -283,8 +320,11 @@ fn dockerfile_builds_from_files_that_exist() {
     let user = dockerfile.lines().find_map(|l| l.strip_prefix("USER ")).expect("a USER line");
     assert!(!user.starts_with("0") && !user.starts_with("root"), "USER {user}");
     assert!(dockerfile.contains(r#"ENTRYPOINT ["knas", "serve"]"#));
+    // The Katib suggestion pod's store folder is the image user's, for experiments that
+    // mount no volume there.
+    assert!(dockerfile.contains("/opt/katib/data") && dockerfile.lines().any(|l| l.contains("chown") && l.contains("/opt/katib/data")));
     let ignore = std::fs::read_to_string(root.join(".dockerignore")).unwrap();
-    for heavy in ["target", ".venv"] {
+    for heavy in ["target", ".venv", ".git"] {
         assert!(ignore.lines().any(|l| l == heavy), ".dockerignore leaves out {heavy}");
     }
 }
