@@ -217,4 +217,13 @@ fn python_and_javascript_policies_run_and_hot_swap_in_the_service() {
     assert_eq!(run["recorded"], json!({"scores": 400, "trainings": 1}), "{run}");
     let events: Vec<&str> = run["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
     assert!(events.contains(&"reload"), "{events:?}");
+    // Nothing evaluated twice: the evaluations computed, whatever their outcome, are the
+    // ones recorded (the store's unique index alone would keep the count above right).
+    let metrics = service.metrics();
+    let computed: f64 = metrics
+        .lines()
+        .filter(|line| line.starts_with("knas_evaluations_total{") && line.contains(r#"run="run""#))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(computed, 401.0, "{metrics}");
 }

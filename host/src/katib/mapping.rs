@@ -457,6 +457,11 @@ mod tests {
         assert_eq!(t.outcome, Outcome::Failed("Katib trial t1 ended FAILED".into()));
         let t = p.trial(&trial(C::Succeeded, &[("loss", "0.3")], reply.assignments.clone())).expect("valid");
         assert!(matches!(t.outcome, Outcome::Failed(ref m) if m.contains("without reporting accuracy")));
+        // A value that is not a finite number is the trial's failure, named, never a result.
+        for bad in ["NaN", "inf", "-inf", "high", ""] {
+            let t = p.trial(&trial(C::Succeeded, &[("accuracy", bad)], reply.assignments.clone())).expect("valid");
+            assert_eq!(t.outcome, Outcome::Failed(format!("Katib trial t1 reported accuracy={bad:?}, not a number")), "{bad}");
+        }
         reply.assignments[3].value = "conv9x9".into();
         let error = p.trial(&trial(C::Running, &[], reply.assignments.clone())).expect_err("unknown op");
         assert_eq!(error, "trial \"t1\": parameter \"edge-0-3\": unknown op \"conv9x9\"");
@@ -627,6 +632,19 @@ mod fuzz {
             prop_assert_eq!(back.arch, arch);
             prop_assert!(matches!(back.outcome, Outcome::Running));
             for trial in &trials {
+                // The same status on an assignment knas made (random assignments are
+                // almost never whole): read as an outcome, or refused for its condition
+                // alone; a measured value is always a finite number.
+                let on_valid = proto::Trial { spec: suggested.spec.clone(), ..trial.clone() };
+                match plan.trial(&on_valid) {
+                    Ok(read) => {
+                        prop_assert_eq!(read.arch, arch);
+                        if let Outcome::Measured(value) = read.outcome {
+                            prop_assert!(value.is_finite());
+                        }
+                    }
+                    Err(message) => prop_assert!(message.contains("unknown condition"), "{}", message),
+                }
                 match plan.trial(trial) {
                     Ok(read) => {
                         if let Outcome::Measured(value) = read.outcome {

@@ -136,7 +136,7 @@ impl Metrics {
             policy_loads: counter(
                 &r,
                 "knas_policy_loads_total",
-                "Policy files taken from the watched folder, by policy and outcome (loaded|reloaded|rejected).",
+                "Policy files taken from the watched folder, by policy and outcome (loaded|reloaded|rejected|waiting: asked again for a run another process still drives).",
                 &["policy", "outcome"],
             ),
             watcher_events: counter(

@@ -351,6 +351,8 @@ impl Scheduler {
                     if reported.is_none_or(|(_, before)| before != error) {
                         tracing::error!(run = name, policy = %label, "{error}");
                         self.metrics.policy_loads.with_label_values(&[name, "rejected"]).inc();
+                    } else {
+                        self.metrics.policy_loads.with_label_values(&[name, "waiting"]).inc();
                     }
                     return self.with_status(|s| {
                         s.policies.insert(name.to_owned(), PolicyFile { path, state: "rejected", module: None, error: Some(error) });
