@@ -166,6 +166,9 @@ fn hostile(fixture: &str, raise: &str, raised: &str) {
     let first = run("time-1", json!({"act": "time"})).unwrap();
     let second = run("time-2", json!({"act": "time"})).unwrap();
     assert_eq!(first[0].candidate, second[0].candidate);
+    // Each edge read the clocks afresh (a chance match of two real clocks is then 5^-6).
+    let ops: std::collections::BTreeSet<_> = first[0].candidate.to_string().split('|').filter_map(|op| op.split_once('~')).map(|(op, _)| op.to_owned()).collect();
+    assert!(ops.len() > 1, "{}", first[0].candidate);
     // The runtime still runs a well-behaved run.
     assert_eq!(run("fine", json!({})).unwrap().len(), 1);
 }

@@ -4,7 +4,8 @@
 // {"act": "allocate", "mib": N}   keeps N MiB alive
 // {"act": "throw", "message": M}  throws an Error(M) it does not catch
 // {"act": "print", "lines": N}    console.log()s N lines, then proposes normally
-// {"act": "time"}                 proposes one candidate picked by Date, performance and Math.random
+// {"act": "time"}                 proposes one candidate whose op on each edge is picked by fresh
+//                                 readings of Date, performance and Math.random
 
 const kept = [];
 let state = null;
@@ -19,7 +20,7 @@ export const policy = {
   propose(_remaining) {
     if (state.done) return { tag: "done" };
     const { act } = state.params;
-    let op = 3;
+    let op = () => 3;
     if (act === "spin") {
       for (;;) {}
     } else if (act === "allocate") {
@@ -31,9 +32,11 @@ export const policy = {
     } else if (act === "print") {
       for (let i = 0; i < state.params.lines; i++) console.log(`line ${i}`);
     } else if (act === "time") {
-      op = (Math.floor(Date.now() / 1000) + Math.floor(performance.now()) + Math.floor(Math.random() * 5)) % 5;
+      // One reading per edge, so that a real clock or an unseeded random would give two
+      // runs the same candidate only once in 5^edges, not once in 5.
+      op = () => (Math.floor(Date.now() / 1000) + Math.floor(performance.now()) + Math.floor(Math.random() * 5)) % 5;
     }
-    return { tag: "evaluate", val: [{ ops: Array.from({ length: state.edges }, () => [op]), fidelity: { tag: "score" } }] };
+    return { tag: "evaluate", val: [{ ops: Array.from({ length: state.edges }, () => [op()]), fidelity: { tag: "score" } }] };
   },
   checkpoint() {
     return undefined;

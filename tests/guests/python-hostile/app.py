@@ -5,7 +5,8 @@
 {"act": "raise", "message": M}  raises an uncaught ValueError(M)
 {"act": "print", "lines": N}    prints N lines to stdout, then proposes normally
 {"act": "open", "path": P}      opens P (there is no filesystem: it fails, uncaught)
-{"act": "time"}                 proposes one candidate picked by the clocks and random
+{"act": "time"}                 proposes one candidate whose op on each edge is picked by
+                                fresh readings of the clocks and random
 {"act": "sleep", "seconds": S}  sleeps S seconds, then proposes op 4 on every edge if the
                                 monotonic clock moved by S (op 0 if not)
 """
@@ -57,8 +58,10 @@ class Policy(exports.Policy):
             return Proposal_Evaluate([Candidate([[op]] * self.edges, Fidelity_Score())])
         elif act == "time":
             # Frozen wall clock, stepping monotonic clock, seeded random: the same every run.
-            op = (int(time.time()) + time.monotonic_ns() + random.randrange(5)) % 5
-            return Proposal_Evaluate([Candidate([[op]] * self.edges, Fidelity_Score())])
+            # One reading per edge, so that a real clock or an unseeded random would give
+            # two runs the same candidate only once in 5^edges, not once in 5.
+            ops = [[(int(time.time()) + time.monotonic_ns() + random.randrange(5)) % 5] for _ in range(self.edges)]
+            return Proposal_Evaluate([Candidate(ops, Fidelity_Score())])
         return Proposal_Evaluate([Candidate([[3]] * self.edges, Fidelity_Score())])
 
     def checkpoint(self):
