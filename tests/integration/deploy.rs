@@ -174,6 +174,23 @@ fn chart_lints_and_renders_every_install_scenario() {
     assert_eq!(entry["resources"]["limits"]["nvidia.com/gpu"], 1, "{entry:?}");
     assert!(command.contains(&"--metrics-listen=0.0.0.0:9400"), "{command:?}");
     assert_eq!((entry["ports"][0]["name"].as_str(), entry["ports"][0]["containerPort"].as_u64()), (Some("metrics"), Some(9400)));
+    // The PodMonitor scrapes that port on Katib's suggestion pods, in the Experiments'
+    // namespace, or in every namespace when none is named; none unless asked for.
+    let monitor = find(&objects, "PodMonitor", "rel-knas-katib").expect("a PodMonitor");
+    assert_eq!(monitor["metadata"]["labels"]["release"], "kube-prometheus-stack");
+    let selector = &monitor["spec"]["selector"]["matchExpressions"][0];
+    assert_eq!((selector["key"].as_str(), selector["operator"].as_str()), (Some("katib.kubeflow.org/suggestion"), Some("Exists")));
+    assert_eq!(monitor["spec"]["podMetricsEndpoints"][0]["port"], entry["ports"][0]["name"]);
+    assert_eq!(monitor["spec"]["podMetricsEndpoints"][0]["path"], "/metrics");
+    assert_eq!(monitor["spec"]["namespaceSelector"]["matchNames"][0], "kubeflow-user");
+    let dir = tempfile::tempdir().unwrap();
+    let everywhere = dir.path().join("everywhere.yaml");
+    std::fs::write(&everywhere, "katib: { enabled: true, podMonitor: { enabled: true } }\n").unwrap();
+    let objects = render(&helm_bin, Some(&everywhere));
+    assert_eq!(find(&objects, "PodMonitor", "rel-knas-katib").expect("a PodMonitor")["spec"]["namespaceSelector"]["any"], true);
+    let off = dir.path().join("off.yaml");
+    std::fs::write(&off, "katib: { enabled: true }\n").unwrap();
+    assert!(render(&helm_bin, Some(&off)).iter().all(|o| o["kind"] != "PodMonitor"));
     let help = crate::common::knas().args(["katib", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
     for flag in &command[2..] {
@@ -273,6 +290,7 @@ fn values_schema_rejects_bad_values() {
         ("securityContext:\n  allowPrivilegeEscalation: true\n", "securityContext.allowPrivilegeEscalation"),
         ("replicaCount: 3\n", "Additional property replicaCount is not allowed"),
         ("config:\n  device: tpu\n", "config.device: Does not match pattern"),
+        ("katib:\n  podMonitor:\n    namespaces: [Team_A]\n", "katib.podMonitor.namespaces.0: Does not match pattern"),
     ] {
         let file = dir.path().join("bad-values.yaml");
         std::fs::write(&file, values).unwrap();
