@@ -317,6 +317,29 @@ fn fills_score_only_within_the_budget() {
 
 /// The scores a proposal waiting on a trial will make are the policy's: the trials the
 /// service fills in meanwhile leave them room, so the run never scores past its budget.
+/// A proposal refused for asking more scores than the budget holds stays refused when
+/// Katib asks again: the instance that re-executes the run makes it again, and is held to
+/// the score budget too (Katib bounds the trainings itself, nothing else the scores).
+#[test]
+fn a_proposal_refused_for_its_scores_stays_refused_when_asked_again() {
+    let (_dir, path) = with_client(async |mut client| {
+        // Budget: 2 trials × 3 candidates = 6 scores. A training, then seven scores.
+        let train = serde_json::json!({"ops": [[0], [4], [4], [0], [4], [4]], "train": true});
+        let scores: Vec<_> = (0..7).map(|i| serde_json::json!({"ops": [[i % 5], [i / 5], [4], [1], [4], [4]]})).collect();
+        let params = serde_json::json!({"act": "script", "proposals": [[train], scores]}).to_string();
+        let exp = experiment("overdrawn", &[&OPS[..]; 6], &[("policy", "hostile"), ("params", &params), ("candidates-per-trial", "3")], 2);
+        let first = client.get_suggestions(request(&exp, vec![], 1)).await.unwrap().into_inner();
+        let trials = vec![trial("t0", first.parameter_assignments[0].assignments.clone(), "0.5")];
+        for _ in 0..2 {
+            let refused = client.get_suggestions(request(&exp, trials.clone(), 1)).await.unwrap_err();
+            assert!(refused.message().contains("asks for 7 new scores and 0 new trainings, but only 6 and 1 remain"), "{}", refused.message());
+        }
+    });
+    let store = knas::store::RunStore::open(&path).unwrap();
+    let run = store.run("katib-overdrawn").unwrap().expect("the run is stored");
+    assert_eq!(store.spent(run.id).unwrap(), knas::run::Budget { scores: 0, trainings: 1 }, "nothing of the refused proposal made");
+}
+
 #[test]
 fn fills_leave_room_for_the_scores_a_waiting_proposal_will_make() {
     let (_dir, path) = with_client(async |mut client| {

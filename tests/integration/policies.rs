@@ -548,34 +548,59 @@ fn long_histories_replay_in_chunks_and_checkpoints_shorten_restarts() {
     assert!(calls <= 3, "init and restore, no replay: {calls} calls");
 }
 
-/// A policy that panics restoring its checkpoint (say, a new version handed the state of
-/// another) does not fail the run: the host replays the whole history instead.
-#[test]
-fn a_checkpoint_that_cannot_be_restored_falls_back_to_replaying_the_history() {
+/// A run of the hostile fixture with `params`, started on a history of 300 scores another
+/// module wrote: long enough for a checkpoint to be asked for after one more result.
+fn hostile_on_a_long_history(direct: &Direct, name: &str, params: serde_json::Value) -> (i64, impl Fn() -> knas::search::Search) {
     use knas::config::SearchSettings;
     use knas::run::{Fidelity, PolicyLimits};
-    use knas::search::Search;
     use knas::space::{Arch, Candidate};
     use knas::store::NewEvaluation;
 
-    let Direct { _dir, store, runtime, experiment, engine } = direct();
+    let Direct { store, runtime, experiment, .. } = direct;
     let module = runtime.load_file(&policy("hostile")).unwrap();
-    let params = json!({"act": "panic", "message": "not my state", "at": "restore"});
     let spec = SearchSettings { score_budget: 400, top_k: 0, max_batch: 1 }.spec(params, PolicyLimits::default());
-    // A history another module wrote, long enough for a checkpoint after one more result.
-    let (run, _) = store.begin_run("restored", &module.label(), &experiment, &spec).unwrap();
+    let (run, _) = store.begin_run(name, &module.label(), experiment, &spec).unwrap();
     for (i, arch) in Arch::sample(300, 3).iter().enumerate() {
         let m = NewEvaluation { score: Some(i as f64), seconds: 0.0, ..NewEvaluation::default() };
         store.record(run.id, &Candidate::from(*arch), Fidelity::Score, "old@0", &m).unwrap();
     }
-    let mut search = Search::start(&store, store.lease("restored").unwrap(), &runtime, &module, "restored", &experiment, &spec, &mut ()).unwrap();
-    search.step(&engine, &store, &mut ()).unwrap();
-    assert!(store.checkpoint(run.id).unwrap().is_some(), "the policy keeps a checkpoint");
-    drop(search);
+    let start = move || knas::search::Search::start(store, store.lease(name).unwrap(), runtime, &module, name, experiment, &spec, &mut ()).expect("the run starts");
+    (run.id, start)
+}
 
-    let mut search = Search::start(&store, store.lease("restored").unwrap(), &runtime, &module, "restored", &experiment, &spec, &mut ()).expect("the history is replayed instead");
-    search.step(&engine, &store, &mut ()).unwrap();
-    assert_eq!(store.evaluations(run.id).unwrap().len(), 302, "every result kept, one more recorded");
+/// A policy that panics restoring its checkpoint (say, a new version handed the state of
+/// another) does not fail the run: the host replays the whole history instead.
+#[test]
+fn a_checkpoint_that_cannot_be_restored_falls_back_to_replaying_the_history() {
+    let direct = direct();
+    let (run, start) = hostile_on_a_long_history(&direct, "restored", json!({"act": "panic", "message": "not my state", "at": "restore"}));
+    let Direct { store, engine, .. } = &direct;
+    let mut search = start();
+    search.step(engine, store, &mut ()).unwrap();
+    assert!(store.checkpoint(run).unwrap().is_some(), "the policy keeps a checkpoint");
+    drop(search);
+    // The history is replayed instead.
+    let mut search = start();
+    search.step(engine, store, &mut ()).unwrap();
+    assert_eq!(store.evaluations(run).unwrap().len(), 302, "every result kept, one more recorded");
+}
+
+/// A policy that cannot save its state (its `checkpoint` returns an error) keeps its run:
+/// a restart replays the history instead.
+#[test]
+fn a_policy_that_cannot_checkpoint_keeps_its_run() {
+    let direct = direct();
+    let (run, start) = hostile_on_a_long_history(&direct, "unsaved", json!({"act": "error", "message": "no state to give", "at": "checkpoint"}));
+    let Direct { store, engine, .. } = &direct;
+    let mut search = start();
+    search.step(engine, store, &mut ()).expect("the step goes on without a checkpoint");
+    search.step(engine, store, &mut ()).expect("and so does the next");
+    assert!(store.checkpoint(run).unwrap().is_none());
+    assert_eq!(store.evaluations(run).unwrap().len(), 302);
+    drop(search);
+    let mut search = start();
+    search.step(engine, store, &mut ()).unwrap();
+    assert_eq!(store.evaluations(run).unwrap().len(), 303, "every result kept, one more recorded");
 }
 
 /// Stopped while training the first candidate of a batch, a search still records the

@@ -102,11 +102,13 @@ pub enum Step {
     Waiting(Vec<Candidate>),
 }
 
-/// A proposal a re-executed instance made that the store could not answer: the next step
-/// carries it out instead of asking again.
+/// A proposal the next step carries out instead of asking again: one a re-executed
+/// instance made that the store could not answer, or one waiting on trainings run elsewhere.
 #[derive(Debug)]
 enum Pending {
-    Evaluate(Vec<Request>),
+    /// `checked`: the budget was found to cover it when it was first carried out (a
+    /// proposal waiting on trainings); a re-executed one never was.
+    Evaluate { requests: Vec<Request>, checked: bool },
     Done,
 }
 
@@ -285,7 +287,7 @@ impl Search {
     /// The candidates the waiting proposal (if any) asks to score, repeats included.
     fn waiting_scores(&self) -> impl Iterator<Item = &Candidate> {
         let requests = match &self.pending {
-            Some(Pending::Evaluate(requests)) => requests.as_slice(),
+            Some(Pending::Evaluate { requests, .. }) => requests.as_slice(),
             _ => &[],
         };
         requests.iter().filter(|r| r.fidelity == Fidelity::Score).map(|r| &r.candidate)
@@ -434,15 +436,18 @@ impl Search {
             return Err(PolicyError::Runtime(format!("run {} has no live policy instance", self.run.name)).into());
         };
         let label = instance.label().to_owned();
-        let (requests, proposed_now) = match self.pending.take() {
+        // (the requests, whether the policy made them just now, whether the budget was
+        // already found to cover them)
+        let (requests, proposed_now, checked) = match self.pending.take() {
             Some(Pending::Done) => return self.finish(store, Finish::PolicyDone),
-            Some(Pending::Evaluate(requests)) => (requests, false),
+            Some(Pending::Evaluate { requests, checked }) => (requests, false, checked),
             None => match timed(observer, "propose", || instance.propose(remaining))? {
                 RawProposal::Done => return self.finish(store, Finish::PolicyDone),
                 RawProposal::Evaluate(raw) => (
                     validate(&raw, self.run.search.max_batch, self.max_epochs())
                         .map_err(|problem| PolicyError::InvalidProposal { policy: label.clone(), problem })?,
                     true,
+                    false,
                 ),
             },
         };
@@ -462,10 +467,18 @@ impl Search {
             known.push(record);
         }
         // A proposal waiting on trainings run elsewhere was checked when it was made: the
-        // trials the Katib service fills in itself may have spent budget since, which is
-        // not the policy's doing.
-        let checked = proposed_now || !self.trains_elsewhere;
-        if checked && (wanted.scores > remaining.scores || wanted.trainings > remaining.trainings) {
+        // trials the Katib service fills in itself may have spent trainings since, which is
+        // not the policy's doing (the scores it will make are kept for it). A re-executed
+        // one under Katib is held to the scores only, for the same reason: Katib itself
+        // never runs more trials than the budget, but nothing else bounds the scores.
+        let over_scores = wanted.scores > remaining.scores;
+        let over_trainings = wanted.trainings > remaining.trainings;
+        let refused = match (checked, self.trains_elsewhere) {
+            (true, _) => false,
+            (false, true) if !proposed_now => over_scores,
+            (false, _) => over_scores || over_trainings,
+        };
+        if refused {
             return Err(PolicyError::InvalidProposal {
                 policy: label,
                 problem: format!(
@@ -488,7 +501,7 @@ impl Search {
                 .flatten()
                 .collect();
             if !waiting.is_empty() {
-                self.pending = Some(Pending::Evaluate(requests));
+                self.pending = Some(Pending::Evaluate { requests, checked: true });
                 return Ok(Step::Waiting(waiting));
             }
         }
@@ -518,7 +531,9 @@ impl Search {
             self.tell(store, &records, observer)?;
             return Err(SearchError::Interrupted);
         }
-        if wanted == Budget::default() {
+        // A proposal that waited on trainings run elsewhere brought the policy news even
+        // though the service, not this step, recorded it.
+        if wanted == Budget::default() && !checked {
             self.stale_proposals += 1;
             if self.stale_proposals >= NO_PROGRESS_LIMIT {
                 return Err(PolicyError::NoProgress { policy: label, proposals: self.stale_proposals }.into());
@@ -880,6 +895,37 @@ mod tests {
             let asked = crate::policy::RawCandidate { ops, fidelity: Fidelity::Train, epochs: Some(epochs) };
             assert!(validate(&[asked], spec.max_batch, search.max_epochs()).is_ok(), "{epochs} epochs");
         }
+    }
+
+    #[test]
+    fn trainings_run_elsewhere_one_at_a_time_are_progress() {
+        // More single trainings, each waited for, than the no-progress limit allows
+        // proposals that bring nothing new: each brought its result.
+        let trainings = NO_PROGRESS_LIMIT + 5;
+        let experiment = Experiment { channels: 2, cells: 1, score_batch: 4, limit: Some(64), reference: 6, ..Experiment::default() };
+        let spec = crate::config::SearchSettings { score_budget: trainings, top_k: trainings, max_batch: 1 }.spec(serde_json::json!({}), PolicyLimits::default());
+        let runtime = PolicyRuntime::new().unwrap();
+        let module = crate::policy::builtin::load(&runtime, "random").unwrap().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = RunStore::open(&dir.path().join("runs.db")).unwrap();
+        let mut engine = Engine::new(&experiment, tch::Device::Cpu).unwrap();
+        anchor(&mut engine, &store, &mut |_, _| {}).unwrap();
+        let mut search = Search::start(&store, store.lease("k").unwrap(), &runtime, &module, "k", &experiment, &spec, &mut ()).unwrap();
+        search.train_elsewhere();
+        let finish = loop {
+            match search.step(&engine, &store, &mut ()).unwrap() {
+                Step::Continue => {}
+                Step::Waiting(candidates) => {
+                    for candidate in candidates {
+                        let result = NewEvaluation { accuracy: Some(0.5), ..NewEvaluation::default() };
+                        store.record(search.run().id, &candidate, Fidelity::Train, "elsewhere", &result).unwrap();
+                    }
+                }
+                Step::Finished(finish) => break finish,
+            }
+        };
+        assert_eq!(finish, Finish::BudgetSpent);
+        assert_eq!(store.spent(search.run().id).unwrap(), Budget { scores: trainings, trainings });
     }
 
     /// Counts what it sees and asks to stop after `stop_after` evaluations.

@@ -122,7 +122,7 @@ impl Search {
             let answers: Option<Vec<EvaluationRecord>> =
                 requests.iter().map(|r| store.find(self.run.id, &r.candidate, r.fidelity)).collect::<Result<_, _>>()?;
             let Some(answers) = answers else {
-                pending = Some(Pending::Evaluate(requests));
+                pending = Some(Pending::Evaluate { requests, checked: false });
                 break;
             };
             stale += 1;
@@ -141,7 +141,7 @@ impl Search {
         // Recorded but never told, leaving out what the pending proposal will report (a batch
         // the run was stopped in the middle of).
         let in_pending = |r: &EvaluationRecord| match &pending {
-            Some(Pending::Evaluate(requests)) => requests.iter().any(|q| q.candidate == r.candidate && q.fidelity == r.fidelity),
+            Some(Pending::Evaluate { requests, .. }) => requests.iter().any(|q| q.candidate == r.candidate && q.fidelity == r.fidelity),
             _ => false,
         };
         if history.iter().all(|r| told.contains(&r.seq) || in_pending(r)) {
@@ -178,7 +178,18 @@ impl Search {
             return Ok(());
         }
         let label = instance.label().to_owned();
-        match timed(observer, "checkpoint", || instance.checkpoint())? {
+        let answer = match timed(observer, "checkpoint", || instance.checkpoint()) {
+            Ok(answer) => answer,
+            // A policy that cannot save its state now (it said so) is resumed by replay
+            // instead: no reason to end its run. A trap or a limit leaves the instance
+            // unusable, and ends it as in any other call.
+            Err(error @ PolicyError::Guest { .. }) => {
+                tracing::warn!(run = %self.run.name, "{error}; a restart replays the history instead");
+                None
+            }
+            Err(error) => return Err(error.into()),
+        };
+        match answer {
             Some(state) if state.len() <= MAX_CHECKPOINT_BYTES => {
                 store.save_checkpoint(self.run.id, self.last_seq, &label, &state)?;
             }

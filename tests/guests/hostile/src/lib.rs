@@ -3,8 +3,9 @@
 //! the host enforces is tested twice with it: once staying inside (obeyed), once breaking
 //! it (violated).
 //!
-//! Parameters: `{"act": "<what>", "at": "init" | "propose" | "observe" | "restore", ...}`
-//! (with `restore`, the policy keeps a checkpoint and misbehaves when restoring it) with
+//! Parameters: `{"act": "<what>", "at": "init" | "propose" | "observe" | "restore" |
+//! "checkpoint", ...}` (with `restore`, the policy keeps a checkpoint and misbehaves when
+//! restoring it; `checkpoint` takes only `error`, returned by every checkpoint) with
 //! - `spin` `{iterations}`: burn CPU (`u64::MAX`: forever);
 //! - `allocate` `{mib}`: allocate and touch that much memory;
 //! - `panic` `{message}` / `trap` / `error` `{message}`;
@@ -57,6 +58,8 @@ enum At {
     Propose,
     Observe,
     Restore,
+    /// Only `error`: every `checkpoint` returns it.
+    Checkpoint,
 }
 
 #[derive(serde::Deserialize)]
@@ -168,6 +171,9 @@ impl Policy for Hostile {
     }
 
     fn checkpoint(&self) -> Result<Option<Vec<u8>>, String> {
+        if let (At::Checkpoint, Some(Act::Error { message })) = (self.at, &self.act) {
+            return Err(message.clone());
+        }
         Ok((self.at == At::Restore).then(|| b"hostile".to_vec()))
     }
 
