@@ -302,7 +302,13 @@ impl PolicyState {
     /// A log record from the policy: attributed to it, capped per call and in length.
     pub(super) fn log(&mut self, level: tracing::Level, message: String) {
         if let Some(panic) = message.strip_prefix("policy panicked: ") {
-            self.panic_message = Some(panic.to_owned());
+            // Kept only as far as the error will show it (and a character more, so that it
+            // still reads as cut).
+            let mut end = panic.len().min(self.log_limits.1.saturating_add(4));
+            while !panic.is_char_boundary(end) {
+                end -= 1;
+            }
+            self.panic_message = Some(panic[..end].to_owned());
         }
         // Saturating: a policy given a large fuel budget could log more than 2³² times in
         // one call, and a wrapped count would reopen the cap.
@@ -311,19 +317,7 @@ impl PolicyState {
             self.dropped_logs = self.dropped_logs.saturating_add(1);
             return;
         }
-        // A policy's text must not be able to start a log line of its own. The record is
-        // capped as written, escapes and the mark included, so that a budget of one
-        // record's length (the least the limits allow) always has room for one.
-        let mut message = escape_controls(&message).into_owned();
-        if message.len() > self.log_limits.1 {
-            const MARK: &str = "… [truncated]";
-            let mut cut = self.log_limits.1.saturating_sub(MARK.len());
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-            message.push_str(MARK);
-        }
+        let message = log_record(&message, self.log_limits.1);
         if !self.log_budget.take(message.len(), Instant::now()) {
             return;
         }
@@ -416,6 +410,31 @@ pub(super) fn printable(text: &str, max_bytes: usize) -> String {
     }
     let shown = escape_controls(&text[..cut]).into_owned();
     if cut < text.len() { shown + "… [truncated]" } else { shown }
+}
+
+/// A policy's log message as its record: escaped, so that the policy's text cannot start a
+/// log line of its own, and capped at `limit` bytes as written, escapes and the mark
+/// included, so that a budget of one record's length (the least the limits allow) always
+/// has room for one.
+fn log_record(message: &str, limit: usize) -> String {
+    // Escaping never shortens text, so only a prefix a character longer than the cap is
+    // escaped: escaping the whole of a message of many MiB would cost the host memory and
+    // time that no limit of the policy's sees.
+    let mut end = message.len().min(limit.saturating_add(4));
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut record = escape_controls(&message[..end]).into_owned();
+    if record.len() > limit {
+        const MARK: &str = "… [truncated]";
+        let mut cut = limit.saturating_sub(MARK.len());
+        while !record.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        record.truncate(cut);
+        record.push_str(MARK);
+    }
+    record
 }
 
 /// `text` with newlines and other control characters written as escapes (`\n`, `\u{1b}`),
@@ -672,5 +691,34 @@ mod tests {
         assert_eq!(escape_controls("a\nb\r\tc\u{1b}[0m"), r"a\nb\r\tc\u{1b}[0m");
         assert_eq!(escape_controls("x\u{2028}y\u{202e}z"), r"x\u{2028}y\u{202e}z");
         assert_eq!(printable("ab\ncd", 3), r"ab\n… [truncated]");
+    }
+
+    #[test]
+    fn a_log_record_escapes_only_what_it_keeps_and_reads_as_if_all_were_escaped() {
+        // What escaping all of the message, then cutting it, gives.
+        let whole = |message: &str, limit: usize| {
+            let mut record = escape_controls(message).into_owned();
+            if record.len() > limit {
+                let mut cut = limit.saturating_sub("… [truncated]".len());
+                while !record.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                record.truncate(cut);
+                record.push_str("… [truncated]");
+            }
+            record
+        };
+        for unit in ["x", "\u{1}", "é", "\u{2028}", "🦀", "ab\n"] {
+            for repeats in [0, 1, 15, 16, 17, 40, 41, 42, 100] {
+                let message = unit.repeat(repeats);
+                for limit in [0, 1, 13, 14, 16, 20, 40, 64] {
+                    assert_eq!(log_record(&message, limit), whole(&message, limit), "{message:?} at {limit}");
+                }
+            }
+        }
+        // 64 MiB of control characters: one capped record.
+        let huge = "\u{1}".repeat(64 << 20);
+        let record = log_record(&huge, 4096);
+        assert!(record.len() <= 4096 && record.starts_with(r"\u{1}\u{1}") && record.ends_with("… [truncated]"), "{}", record.len());
     }
 }
