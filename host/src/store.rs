@@ -302,6 +302,9 @@ pub struct Event {
 pub struct RunStore {
     conn: Connection,
     path: PathBuf,
+    /// The file's own path, links resolved: run leases are keyed on it, so that two
+    /// processes reaching one store by different paths still exclude each other.
+    real_path: PathBuf,
 }
 
 const RUN_COLUMNS: &str = "id, name, policy, status, error, experiment, search, created_at, updated_at";
@@ -388,6 +391,13 @@ impl RunStore {
         conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
         let user_version = |conn: &Connection| retry_busy(|| conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))).map_err(open_err);
         match user_version(&conn)? {
+            // Nothing knas writes: a version below 0 is a file damaged or someone else's.
+            unknown if unknown < 0 => {
+                return Err(StoreError::Open {
+                    path: path.to_owned(),
+                    message: format!("schema version {unknown} is not one knas writes: the file is damaged or not a knas run store"),
+                });
+            }
             0..SCHEMA_VERSION => {
                 // Every step in one transaction: a store is upgraded wholly or not at all.
                 // It takes the write lock first, and the version is read again under it:
@@ -416,7 +426,8 @@ impl RunStore {
                 });
             }
         }
-        Ok(RunStore { conn, path: path.to_owned() })
+        let real_path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+        Ok(RunStore { conn, path: path.to_owned(), real_path })
     }
 
     /// Upgrades a schema-1 store (inside the caller's transaction): nothing recorded is
@@ -465,7 +476,7 @@ impl RunStore {
     pub fn lease(&self, name: &str) -> Result<RunLease, StoreError> {
         use sha2::Digest;
         use std::io::Write;
-        let mut folder = self.path.clone().into_os_string();
+        let mut folder = self.real_path.clone().into_os_string();
         folder.push("-locks");
         let folder = PathBuf::from(folder);
         let hash: String = sha2::Sha256::digest(name.as_bytes()).iter().take(8).map(|b| format!("{b:02x}")).collect();
@@ -814,6 +825,11 @@ mod tests {
         let _different_run = other.lease("evolution").unwrap();
         drop(held);
         other.lease("evo").expect("free once its holder let go");
+        // The same store reached through a link is the same store.
+        let link = dir.path().join("link.db");
+        std::os::unix::fs::symlink(dir.path().join("runs.db"), &link).unwrap();
+        let _held = store.lease("evo").unwrap();
+        assert!(matches!(RunStore::open(&link).unwrap().lease("evo"), Err(StoreError::Busy { .. })));
     }
 
     #[test]
@@ -984,5 +1000,10 @@ mod tests {
         std::fs::write(&path, vec![7u8; 4096]).unwrap();
         let err = RunStore::open(&path).err().unwrap().to_string();
         assert!(err.contains("junk.db") && err.contains("not a database"), "{err}");
+        // A version knas never writes is not blamed on a newer knas.
+        let path = dir.path().join("odd.db");
+        Connection::open(&path).unwrap().pragma_update(None, "user_version", -1).unwrap();
+        let err = RunStore::open(&path).err().unwrap().to_string();
+        assert!(err.contains("odd.db") && err.contains("schema version -1 is not one knas writes"), "{err}");
     }
 }
