@@ -29,7 +29,7 @@ use crate::panic_message;
 use crate::policy::{PolicyError, PolicyRuntime};
 use crate::run::{Experiment, Fidelity};
 use crate::search::{Search, SearchError, SearchObserver, Step};
-use crate::store::{RunStatus, RunStore};
+use crate::store::{RunStatus, RunStore, StoreError};
 use crate::table::BenchmarkTable;
 
 /// What the scheduler is asked to do.
@@ -213,6 +213,12 @@ impl Scheduler {
     fn retry_busy(&mut self) {
         let busy: Vec<(String, PathBuf)> = self.busy.iter().map(|(name, (path, _))| (name.clone(), path.clone())).collect();
         for (name, path) in busy {
+            // Compiling the policy takes seconds of this thread: only once the run is free.
+            // (The lease is let go at once and taken again when the run starts.)
+            if let Err(StoreError::Busy { .. }) = self.store.lease(&name) {
+                self.metrics.policy_loads.with_label_values(&[&name, "waiting"]).inc();
+                continue;
+            }
             self.handle_guarded(Command::PolicyChanged { name, path });
         }
         self.next_retry = Instant::now() + BUSY_RETRY;
