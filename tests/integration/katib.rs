@@ -206,8 +206,18 @@ fn a_tonic_client_narrows_the_space_and_health_answers_during_scoring() {
         let lowered = client.get_suggestions(request(&grow(1, "0"), trials.clone(), 1)).await.unwrap_err();
         assert!(lowered.message().contains("maxTrialCount can only grow"), "{}", lowered.message());
         let denser = experiment("grow", &full, &[("candidates-per-trial", "5"), ("seed", "0")], 3);
-        let denser = client.get_suggestions(request(&denser, trials, 1)).await.unwrap_err();
+        let denser = client.get_suggestions(request(&denser, trials.clone(), 1)).await.unwrap_err();
         assert!(denser.message().contains("first suggested with another budget"), "{}", denser.message());
+        // So is a narrower space, or another objective: the run would mix their results.
+        let mut narrower = full;
+        narrower[1] = &OPS[..2];
+        let narrower = client.get_suggestions(request(&experiment("grow", &narrower, &[("candidates-per-trial", "3"), ("seed", "0")], 2), trials.clone(), 1)).await.unwrap_err();
+        assert_eq!(narrower.code(), tonic::Code::FailedPrecondition, "{narrower:?}");
+        assert!(narrower.message().contains("another objective or parameter space") && narrower.message().contains("| none,skip_connect |"), "{}", narrower.message());
+        let mut flipped = grow(2, "0");
+        flipped.spec.as_mut().unwrap().objective = Some(api::ObjectiveSpec { r#type: api::ObjectiveType::Maximize as i32, objective_metric_name: "accuracy".into(), ..Default::default() });
+        let flipped = client.get_suggestions(request(&flipped, trials, 1)).await.unwrap_err();
+        assert!(flipped.message().contains("(minimize loss, ops per edge") && flipped.message().contains("now maximize accuracy"), "{}", flipped.message());
 
         // A long request: 600 candidates scored before the first trial is proposed.
         let long = experiment("long", &full, &[("candidates-per-trial", "600")], 1);

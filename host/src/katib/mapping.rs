@@ -78,6 +78,14 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// What the run's results depend on that its stored settings do not hold: the objective
+    /// the trials report and the ops Katib may suggest. Compared when Katib asks again, so
+    /// that a run never mixes results of two objectives or spaces.
+    pub fn trial_terms(&self) -> String {
+        let edges: Vec<String> = self.allowed.iter().map(|set| set.ops().map(|op| op.to_string()).collect::<Vec<_>>().join(",")).collect();
+        format!("{} {}, ops per edge {}", if self.maximize { "maximize" } else { "minimize" }, self.metric, edges.join(" | "))
+    }
+
     /// Reads and checks an experiment; `base` is the scoring experiment the settings adjust.
     pub fn from_experiment(experiment: Option<&proto::Experiment>, base: &Experiment) -> Result<Plan, String> {
         let experiment = experiment.ok_or("the request carries no experiment")?;

@@ -161,6 +161,20 @@ impl Suggester {
             params: plan.params.clone(),
             limits: self.limits,
         };
+        // The objective and the space are not in the run's record: kept beside it, and
+        // refused when they change, as the settings in the record are.
+        let terms_key = format!("katib-terms:{run}");
+        let terms = plan.trial_terms();
+        match self.store.cached(&terms_key).map_err(|e| internal(&e))? {
+            Some(first) if first != terms => {
+                return Err(SuggestError::Failed(format!(
+                    "experiment {} was first suggested with another objective or parameter space ({first}; now {terms}): its parameters and algorithm settings cannot change, and maxTrialCount can only grow",
+                    plan.name
+                )));
+            }
+            Some(_) => {}
+            None => self.store.cache(&terms_key, &terms).map_err(|e| internal(&e))?,
+        }
         // Raising maxTrialCount is how a Katib experiment is resumed: the run's budget grows
         // with it, at the same candidates per trial. Any other change of settings (the
         // budget included) is refused below, naming what changed.
