@@ -242,6 +242,18 @@ fn summary_from_row(row: &rusqlite::Row, first: usize) -> rusqlite::Result<RunSu
     })
 }
 
+/// A decoded run for a listing: a run that cannot be decoded is warned about, by name, and
+/// left out; other errors are not decoding's and cannot happen here.
+fn readable(decoded: Result<RunRecord, StoreError>) -> Option<RunRecord> {
+    match decoded {
+        Ok(run) => Some(run),
+        Err(error) => {
+            tracing::warn!("{error}; the run is left out of the list");
+            None
+        }
+    }
+}
+
 /// One evaluation, as stored.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct EvaluationRecord {
@@ -579,11 +591,13 @@ impl RunStore {
         raw.map(Self::decode_run).transpose()
     }
 
-    /// Every run, oldest first.
+    /// Every run this release can read, oldest first; one it cannot (say, written by a
+    /// newer knas) is left out with a warning that names it, so that it does not hide the
+    /// others.
     pub fn runs(&self) -> Result<Vec<RunRecord>, StoreError> {
         let mut stmt = self.conn.prepare(&format!("SELECT {RUN_COLUMNS} FROM runs ORDER BY id"))?;
         let raws = stmt.query_map([], Self::run_from_row)?.collect::<Result<Vec<_>, _>>()?;
-        raws.into_iter().map(Self::decode_run).collect()
+        Ok(raws.into_iter().filter_map(|raw| readable(Self::decode_run(raw))).collect())
     }
 
     /// A number that changes whenever *another* connection commits to the store (SQLite's
@@ -593,19 +607,33 @@ impl RunStore {
         Ok(self.conn.query_row("PRAGMA data_version", [], |row| row.get(0))?)
     }
 
-    /// Up to `limit` runs with their summaries, by name, starting after `after`.
+    /// Up to `limit` runs with their summaries, by name, starting after `after`; as in
+    /// [`RunStore::runs`], one this release cannot read is left out with a warning, and
+    /// the page reads on past it.
     pub fn summaries(&self, after: Option<&str>, limit: usize) -> Result<Vec<(RunRecord, RunSummary)>, StoreError> {
         let columns = RUN_COLUMNS.split(", ").map(|c| format!("r.{c}")).collect::<Vec<_>>().join(", ");
         let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT {columns}, s.scores, s.trainings, s.best_score, s.best_accuracy, s.errors, s.last_error \
              FROM runs r JOIN run_summaries s ON s.run_id = r.id WHERE r.name > ?1 ORDER BY r.name LIMIT ?2"
         ))?;
-        let rows = stmt.query_map(params![after.unwrap_or(""), limit as i64], |row| Ok((Self::run_from_row(row)?, summary_from_row(row, 9)?)))?;
-        rows.map(|row| {
-            let (raw, summary) = row?;
-            Ok((Self::decode_run(raw)?, summary))
-        })
-        .collect()
+        let mut listed = Vec::with_capacity(limit);
+        let mut after = after.unwrap_or("").to_owned();
+        loop {
+            let wanted = limit - listed.len();
+            let rows = stmt
+                .query_map(params![after, wanted as i64], |row| Ok((Self::run_from_row(row)?, summary_from_row(row, 9)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            let read = rows.len();
+            for (raw, summary) in rows {
+                after.clone_from(&raw.name);
+                if let Some(run) = readable(Self::decode_run(raw)) {
+                    listed.push((run, summary));
+                }
+            }
+            if read < wanted || listed.len() == limit {
+                return Ok(listed);
+            }
+        }
     }
 
     /// The summary of run `run`.
@@ -931,6 +959,12 @@ mod tests {
         assert!(names(Some("c"), 2).is_empty());
         let (_, b) = &store.summaries(Some("a"), 1).unwrap()[0];
         assert_eq!((b.recorded.scores, b.best_score), (2, Some(98.0)), "a missing score does not displace the best");
+        // A run this release cannot read is left out of the lists, and a page reads on
+        // past it.
+        store.conn.execute("UPDATE runs SET experiment = '{\"wings\": 2}' WHERE name = 'b'", []).unwrap();
+        assert_eq!(names(None, 2), ["a", "c"]);
+        assert_eq!(names(Some("a"), 1), ["c"]);
+        assert_eq!(store.runs().unwrap().iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["c", "a"]);
     }
 
     #[test]

@@ -535,7 +535,10 @@ impl Scheduler {
     }
 
     fn refresh_run_counts(&self) {
-        let Ok(runs) = self.store.runs() else { return };
+        let runs = match self.store.runs() {
+            Ok(runs) => runs,
+            Err(error) => return tracing::warn!("cannot count the runs for knas_runs: {error}"),
+        };
         for status in RunStatus::ALL {
             let count = runs.iter().filter(|r| r.status == status).count();
             self.metrics.runs.with_label_values(&[status.name()]).set(count as i64);
