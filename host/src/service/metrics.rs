@@ -197,6 +197,32 @@ impl Metrics {
         }
     }
 
+    /// Drops every series of run (or policy file) `name`: the service calls it when the
+    /// file is removed, so that the series stay bounded by the files present rather than
+    /// by every name the folder ever held.
+    pub fn forget(&self, name: &str) {
+        use std::collections::HashMap;
+        // Each series found is removed from every family with a run or policy label; only
+        // the one whose label names match takes it, the others refuse.
+        macro_rules! remove_from_all {
+            ($labels:expr, $($vec:ident),+) => {
+                $(let _ = self.$vec.remove($labels);)+
+            };
+        }
+        for family in self.registry.gather() {
+            for metric in family.get_metric() {
+                let labels: HashMap<&str, &str> = metric.get_label().iter().map(|l| (l.name(), l.value())).collect();
+                if labels.get("run") == Some(&name) || labels.get("policy") == Some(&name) {
+                    remove_from_all!(
+                        &labels, evaluations, evaluation_seconds, score, best_score, best_accuracy, training_steps, training_progress,
+                        budget_total, budget_remaining, policy_calls, policy_errors, policy_loads, katib_candidates_scored, katib_trials_proposed
+                    );
+                }
+            }
+        }
+        self.scored_runs.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+    }
+
     /// An observer that updates the per-run metrics of `run`.
     pub fn for_run<'a>(&'a self, run: &'a str) -> RunMetrics<'a> {
         RunMetrics { metrics: self, run }
@@ -274,5 +300,54 @@ impl RunMetrics<'_> {
                 g.set(accuracy);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::space::{Arch, Candidate};
+
+    #[test]
+    fn a_forgotten_name_leaves_no_series_and_the_others_stay() {
+        let metrics = Metrics::new();
+        for run in ["gone", "kept"] {
+            let mut observer = metrics.for_run(run);
+            let record = EvaluationRecord {
+                seq: 1,
+                candidate: Candidate::from(Arch::from_index(3).unwrap()),
+                fidelity: Fidelity::Score,
+                score: Some(-1.0),
+                accuracy: None,
+                loss: None,
+                train_loss: None,
+                params: None,
+                flops: None,
+                measures: None,
+                epochs: None,
+                seconds: 0.1,
+                error: None,
+                policy: format!("{run}@1"),
+                created_at: String::new(),
+            };
+            observer.evaluated(&record, true);
+            observer.training_step(1, 2);
+            observer.policy_called("propose", 0.01);
+            metrics.set_budget(run, Budget { scores: 4, trainings: 1 }, Budget { scores: 1, trainings: 0 });
+            metrics.policy_loads.with_label_values(&[run, "loaded"]).inc();
+            metrics.policy_errors.with_label_values(&[run, "trap"]).inc();
+            metrics.katib_trials_proposed.with_label_values(&[run]).inc();
+        }
+        let text = metrics.render();
+        assert!(text.contains(r#"run="gone""#) && text.contains(r#"policy="gone""#), "{text}");
+        metrics.forget("gone");
+        let text = metrics.render();
+        assert!(!text.contains(r#""gone""#), "{text}");
+        for kept in [r#"knas_best_score{run="kept"} -1"#, r#"knas_policy_loads_total{outcome="loaded",policy="kept"} 1"#, r#"knas_katib_trials_proposed_total{run="kept"} 1"#] {
+            assert!(text.contains(kept), "{kept} in {text}");
+        }
+        // A name used again starts afresh: its first score sets its best, whatever it is.
+        let scored = metrics.scored_runs.lock().unwrap().clone();
+        assert_eq!(scored.into_iter().collect::<Vec<_>>(), ["kept"]);
     }
 }

@@ -431,6 +431,7 @@ impl Scheduler {
         self.with_status(|s| {
             s.policies.remove(name);
         });
+        self.metrics.forget(name);
         self.publish_active();
         self.refresh_run_counts();
     }
