@@ -327,6 +327,30 @@ fn fills_score_only_within_the_budget() {
 
 /// The scores a proposal waiting on a trial will make are the policy's: the trials the
 /// service fills in meanwhile leave them room, so the run never scores past its budget.
+/// Trial results Katib reports count in the run's metrics, as a run's own trainings do.
+#[test]
+fn trial_results_reach_the_runs_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(&dir.path().join("knas.db"));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let mut client = SuggestionClient::connect(service.address.clone()).await.unwrap();
+        let mut exp = experiment("observed", &[&OPS[..]; 6], &[("candidates-per-trial", "1")], 3);
+        exp.spec.as_mut().unwrap().objective = Some(api::ObjectiveSpec { r#type: api::ObjectiveType::Maximize as i32, objective_metric_name: "accuracy".into(), ..Default::default() });
+        let first = client.get_suggestions(request(&exp, vec![], 2)).await.unwrap().into_inner();
+        let accuracy = |name: &str, i: usize, value: &str| {
+            let mut trial = trial(name, first.parameter_assignments[i].assignments.clone(), value);
+            trial.status.as_mut().unwrap().observation = Some(api::Observation { metrics: vec![api::Metric { name: "accuracy".into(), value: value.into() }] });
+            trial
+        };
+        client.get_suggestions(request(&exp, vec![accuracy("a", 0, "0.5"), accuracy("b", 1, "0.625")], 1)).await.unwrap();
+    });
+    let metrics = reqwest::blocking::get(format!("http://{}/metrics", service.metrics)).unwrap().text().unwrap();
+    for series in [r#"knas_best_accuracy_ratio{run="katib-observed"} 0.625"#, r#"knas_evaluations_total{kind="train",outcome="ok",run="katib-observed"} 2"#] {
+        assert!(metrics.lines().any(|line| line == series), "{series} in:\n{metrics}");
+    }
+}
+
 /// A proposal refused for asking more scores than the budget holds stays refused when
 /// Katib asks again: the instance that re-executes the run makes it again, and is held to
 /// the score budget too (Katib bounds the trainings itself, nothing else the scores).

@@ -263,7 +263,8 @@ impl Suggester {
                 Outcome::Failed(why) => NewEvaluation { error: Some(why.clone()), ..NewEvaluation::default() },
             };
             if self.store.find(run_id, &candidate, Fidelity::Train).map_err(|e| internal(&e))?.is_none() {
-                self.store.record(run_id, &candidate, Fidelity::Train, &label, &new).map_err(|e| internal(&e))?;
+                let record = self.store.record(run_id, &candidate, Fidelity::Train, &label, &new).map_err(|e| internal(&e))?;
+                self.metrics.for_run(&run).measured_elsewhere(&record);
             }
         }
 

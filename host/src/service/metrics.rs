@@ -284,6 +284,14 @@ fn score_buckets() -> Vec<f64> {
 }
 
 impl RunMetrics<'_> {
+    /// A result measured outside this process (a Katib trial): counted, and its accuracy
+    /// raises the best, but its time is not this process's to put in the histogram.
+    pub fn measured_elsewhere(&self, record: &EvaluationRecord) {
+        let outcome = if record.error.is_some() { "error" } else { "ok" };
+        self.metrics.evaluations.with_label_values(&[self.run, record.fidelity.name(), outcome]).inc();
+        self.best(record);
+    }
+
     /// Raises the best-score and best-accuracy gauges to `record`'s values.
     pub fn best(&self, record: &EvaluationRecord) {
         let m = self.metrics;
