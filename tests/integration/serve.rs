@@ -497,6 +497,23 @@ fn a_panic_while_stepping_a_run_fails_that_run_only() {
 }
 
 #[test]
+fn a_dead_file_watcher_stops_the_runs_before_the_service_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    // The watcher fails some seconds in (ticks are 50 ms), with a long run under way.
+    let faults = [("FAILPOINTS", "watcher::tick=200*off->return")];
+    let mut service = Service::start_with(dir.path(), &config(100_000, 0), &faults);
+    service.drop_policy("random", "a");
+    service.wait_for("the run to start", |s| s.run("a").is_some_and(|r| r["status"] == "running"));
+    let status = service.wait_exit(Duration::from_secs(60));
+    assert!(!status.success(), "the process exits with an error");
+    let log = service.log();
+    assert!(log.contains("the file watcher failed: injected watcher failure"), "{log}");
+    // Recorded as stopped, as at SIGTERM: nothing is left marked running.
+    let store = knas::store::RunStore::open(&dir.path().join("runs.db")).unwrap();
+    assert_eq!(store.run("a").unwrap().unwrap().status, knas::store::RunStatus::Stopped);
+}
+
+#[test]
 fn a_dead_compute_thread_is_never_reported_healthy() {
     let dir = tempfile::tempdir().unwrap();
     let faults = [("FAILPOINTS", "scheduler::loop=3*off->panic(compute thread killed)")];

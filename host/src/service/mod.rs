@@ -108,22 +108,30 @@ pub fn serve(config: ServiceConfig, config_path: Option<&Path>) -> anyhow::Resul
         );
 
         // Without its watcher the service would serve on but never load a policy again.
+        // (why, and whether the compute thread still runs)
         let died = tokio::select! {
             _ = shutdown_signal() => None,
-            outcome = &mut ended => Some(match outcome {
+            outcome = &mut ended => Some((match outcome {
                 Ok(Err(panic)) => format!("the compute thread died: {panic}"),
                 _ => "the compute thread stopped unexpectedly".to_owned(),
-            }),
-            outcome = &mut watcher_task => Some(match outcome {
+            }, false)),
+            outcome = &mut watcher_task => Some((match outcome {
                 Ok(Err(error)) => format!("the file watcher failed: {error:#}"),
                 Ok(Ok(())) => "the file watcher stopped unexpectedly".to_owned(),
                 Err(join) if join.is_panic() => format!("the file watcher died: {}", crate::panic_message(&*join.into_panic())),
                 Err(_) => "the file watcher was cancelled".to_owned(),
-            }),
+            }, true)),
         };
-        if let Some(reason) = died {
-            // Nothing computes any more: stop serving, and say so with the exit status.
+        if let Some((reason, computing)) = died {
+            // Nothing will compute any more: stop serving, and say so with the exit status.
             tracing::error!("{reason}; shutting down");
+            if computing {
+                // As at SIGTERM, the runs it drives are recorded as stopped, not left
+                // marked running with nothing driving them.
+                let _ = commands.send(Command::Shutdown);
+                let _ = ended.await;
+                let _ = tokio::task::spawn_blocking(move || scheduler_thread.join()).await;
+            }
             let _ = stop_tx.send(true);
             let _ = server.await;
             anyhow::bail!("{reason}");

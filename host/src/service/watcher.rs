@@ -140,6 +140,7 @@ pub async fn run(
                 changes.note(event, &watched, &metrics);
             }
             _ = tick.tick() => {
+                fail::fail_point!("watcher::tick", |_| Err(anyhow::anyhow!("injected watcher failure")));
                 let now = Instant::now();
                 let ready: Vec<PathBuf> = changes
                     .pending
