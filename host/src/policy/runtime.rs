@@ -284,15 +284,19 @@ impl PolicyState {
     /// Turns what the policy wrote to stdout and stderr into its log records; `all` also
     /// takes a last line without a newline (the call failed: nothing more will follow).
     fn drain_output(&mut self, all: bool) {
-        for (stream, line) in self.wasi.drain(all) {
-            if stream == "stderr" {
-                self.stderr_tail.push(line.clone());
-                if self.stderr_tail.len() > STDERR_TAIL_LINES {
-                    self.stderr_tail.remove(0);
+        // Line by line from the bytes taken, never all the lines at once: a call may write
+        // millions of empty ones.
+        for (stream, bytes) in self.wasi.drain(all) {
+            for line in String::from_utf8_lossy(&bytes).lines() {
+                if stream == "stderr" {
+                    self.stderr_tail.push(line.to_owned());
+                    if self.stderr_tail.len() > STDERR_TAIL_LINES {
+                        self.stderr_tail.remove(0);
+                    }
+                    self.log(tracing::Level::WARN, format!("stderr: {line}"));
+                } else {
+                    self.log(tracing::Level::INFO, format!("stdout: {line}"));
                 }
-                self.log(tracing::Level::WARN, format!("stderr: {line}"));
-            } else {
-                self.log(tracing::Level::INFO, format!("stdout: {line}"));
             }
         }
     }

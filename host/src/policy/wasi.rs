@@ -33,6 +33,11 @@ pub const STDIO_BYTES: usize = 4 << 20;
 /// the next calls' room.
 pub const PARTIAL_LINE_BYTES: usize = 64 << 10;
 
+/// The most WASI resources (streams, pollables) an instance may hold at once: they live in
+/// the host's memory, outside the policy's own limit. Far above what a language runtime
+/// keeps open; a policy that leaks them traps instead of growing the host.
+pub const MAX_RESOURCES: usize = 1 << 16;
+
 /// The WASI packages a policy may import (every one of them linked to deny).
 pub const ALLOWED_PACKAGES: [&str; 6] = ["wasi:io/", "wasi:clocks/", "wasi:random/", "wasi:cli/", "wasi:filesystem/", "wasi:sockets/"];
 
@@ -69,7 +74,9 @@ impl PolicyWasi {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
-        PolicyWasi { ctx, table: ResourceTable::new(), stdout, stderr, clock }
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
+        PolicyWasi { ctx, table, stdout, stderr, clock }
     }
 
     /// A pollable that is ready at once, with the clock moved forward to `until` (ns).
@@ -84,19 +91,20 @@ impl PolicyWasi {
         WasiCtxView { ctx: &mut self.ctx, table: &mut self.table }
     }
 
-    /// What was written since the last call, as (stream, line) pairs, taken out of the
-    /// buffers; a last line without its newline is kept for later unless `all` (or it is
-    /// longer than [`PARTIAL_LINE_BYTES`]).
-    pub fn drain(&mut self, all: bool) -> Vec<(&'static str, String)> {
-        let mut lines = Vec::new();
+    /// What was written since the last call, per stream (stdout, then stderr, each only
+    /// when it has something), taken out of the buffers; a last line without its newline
+    /// is kept for later unless `all` (or it is longer than [`PARTIAL_LINE_BYTES`]).
+    pub fn drain(&mut self, all: bool) -> Vec<(&'static str, Vec<u8>)> {
+        let mut taken = Vec::new();
         for (name, stream) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
             let mut buffer = stream.lock();
             let ended = buffer.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
             let end = if all || buffer.len() - ended > PARTIAL_LINE_BYTES { buffer.len() } else { ended };
-            let taken: Vec<u8> = buffer.drain(..end).collect();
-            lines.extend(String::from_utf8_lossy(&taken).lines().map(|line| (name, line.to_owned())));
+            if end > 0 {
+                taken.push((name, buffer.drain(..end).collect()));
+            }
         }
-        lines
+        taken
     }
 }
 
@@ -262,9 +270,9 @@ mod tests {
         assert_eq!((clock.now(), clock.now()), (1_000, 2_000));
         let mut wasi = PolicyWasi::new(7);
         let _ = wasi.stdout.clone().write(bytes::Bytes::from_static(b"one\ntw"));
-        assert_eq!(wasi.drain(false), vec![("stdout", "one".to_owned())]);
+        assert_eq!(wasi.drain(false), vec![("stdout", b"one\n".to_vec())]);
         let _ = wasi.stdout.clone().write(bytes::Bytes::from_static(b"o\n"));
-        assert_eq!(wasi.drain(false), vec![("stdout", "two".to_owned())]);
+        assert_eq!(wasi.drain(false), vec![("stdout", b"two\n".to_vec())]);
         // The cap is per call: what was drained no longer counts.
         let mut stdout = wasi.stdout.clone();
         for _ in 0..3 {
@@ -278,6 +286,14 @@ mod tests {
         assert_eq!(wasi.drain(false).len(), 1);
         assert!(stdout.write(bytes::Bytes::from_static(b"y")).is_ok());
         assert_eq!(wasi.drain(false), vec![]);
-        assert_eq!(wasi.drain(true), vec![("stdout", "y".to_owned())]);
+        assert_eq!(wasi.drain(true), vec![("stdout", b"y".to_vec())]);
+    }
+
+    #[test]
+    fn an_instance_holds_a_bounded_number_of_resources() {
+        let mut wasi = PolicyWasi::new(7);
+        let held: Vec<_> = (0..MAX_RESOURCES).map(|_| wasi.table.push(Ready).expect("within the bound")).collect();
+        assert!(wasi.table.push(Ready).is_err(), "one more is refused");
+        drop(held);
     }
 }
