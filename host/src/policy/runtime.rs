@@ -48,6 +48,11 @@ pub fn module_label(name: &str, short_hash: &str) -> String {
     format!("{name}@{short_hash}")
 }
 
+/// The name a policy file goes by: its file name without the extension.
+fn file_policy_name(path: &std::path::Path) -> String {
+    path.file_stem().map_or_else(|| path.display().to_string(), |s| s.to_string_lossy().into_owned())
+}
+
 /// A compiled, contract-checked policy, ready to instantiate any number of times.
 #[derive(Clone)]
 pub struct PolicyModule {
@@ -103,13 +108,22 @@ impl PolicyRuntime {
 
     /// Checks and compiles a policy file; `name` is used in every message about it.
     pub fn load_file(&self, path: &std::path::Path) -> Result<PolicyModule, PolicyError> {
-        let name = path.file_stem().map_or_else(|| path.display().to_string(), |s| s.to_string_lossy().into_owned());
+        let name = file_policy_name(path);
         let bytes =
             read_policy_file(path).map_err(|problem| PolicyError::Load { policy: path.display().to_string(), source: LoadError::Io(problem) })?;
         self.load_bytes(&name, &bytes).map_err(|e| match e {
             PolicyError::Load { source, .. } => PolicyError::Load { policy: path.display().to_string(), source },
             other => other,
         })
+    }
+
+    /// The label the file at `path` would load under, read without compiling it: whether
+    /// a changed file is the running module again costs a hash, not seconds of compiling.
+    /// `None` when the file cannot be read.
+    pub fn label_of_file(path: &std::path::Path) -> Option<String> {
+        let name = file_policy_name(path);
+        let bytes = read_policy_file(path).ok()?;
+        Some(module_label(&name, contract::short_hash(&contract::sha256_hex(&bytes))))
     }
 
     /// Checks and compiles policy bytes.
@@ -623,6 +637,18 @@ mod tests {
         assert_eq!(read_policy_file(&big).unwrap_err(), "268435457 bytes, more than the 256 MiB a policy may have");
         std::fs::write(&big, b"\0asm").unwrap();
         assert_eq!(read_policy_file(&big).unwrap(), b"\0asm");
+    }
+
+    #[test]
+    fn a_files_label_read_without_compiling_is_the_one_it_loads_under() {
+        let runtime = PolicyRuntime::new().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mine.wasm");
+        std::fs::write(&path, crate::policy::builtin::component("random").unwrap().unwrap()).unwrap();
+        let label = PolicyRuntime::label_of_file(&path).unwrap();
+        assert!(label.starts_with("mine@"), "{label}");
+        assert_eq!(label, runtime.load_file(&path).unwrap().label());
+        assert_eq!(PolicyRuntime::label_of_file(&dir.path().join("missing.wasm")), None);
     }
 
     #[test]

@@ -297,6 +297,16 @@ impl Scheduler {
     }
 
     fn policy_changed(&mut self, name: &str, path: PathBuf) {
+        // The file is the running module again (touched, copied over with the same bytes,
+        // seen again in a rescan): nothing to compile.
+        if let Some((search, _)) = self.runs.get(name)
+            && PolicyRuntime::label_of_file(&path).is_some_and(|label| label == search.policy_label())
+        {
+            let module = Some(search.policy_label().to_owned());
+            return self.with_status(|s| {
+                s.policies.insert(name.to_owned(), PolicyFile { path, state: "loaded", module, error: None });
+            });
+        }
         let module = match self.runtime.load_file(&path) {
             Ok(module) => module,
             Err(error) => return self.reject(name, path, &error),
