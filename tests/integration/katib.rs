@@ -90,6 +90,22 @@ impl Service {
     }
 }
 
+impl Service {
+    /// SIGTERM, then the exit status (within a minute).
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let sent = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(sent.success());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "no exit a minute after SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 impl Drop for Service {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -327,6 +343,29 @@ fn fills_score_only_within_the_budget() {
 
 /// The scores a proposal waiting on a trial will make are the policy's: the trials the
 /// service fills in meanwhile leave them room, so the run never scores past its budget.
+/// At SIGTERM the runs the service drives are recorded as stopped, not left running.
+#[test]
+fn sigterm_records_the_runs_it_drives_as_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("knas.db");
+    let mut service = Service::start(&path);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let mut client = SuggestionClient::connect(service.address.clone()).await.unwrap();
+        let exp = experiment("halted", &[&OPS[..]; 6], &[("candidates-per-trial", "2")], 3);
+        client.get_suggestions(request(&exp, vec![], 1)).await.unwrap();
+    });
+    let status = |path: &Path| {
+        let store = knas::store::RunStore::open(path).unwrap();
+        store.run("katib-halted").unwrap().expect("the run is stored").status
+    };
+    assert_eq!(status(&path), knas::store::RunStatus::Running, "waiting on its trial");
+    // The client's runtime still holds its connection open: the exit also shows that such
+    // a client keeps the service no longer than its grace period.
+    assert!(service.terminate().success(), "a clean exit");
+    assert_eq!(status(&path), knas::store::RunStatus::Stopped);
+}
+
 /// Trial results Katib reports count in the run's metrics, as a run's own trainings do.
 #[test]
 fn trial_results_reach_the_runs_metrics() {

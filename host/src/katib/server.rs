@@ -18,6 +18,10 @@ use crate::service::metrics::Metrics;
 /// The health service names Katib's suggestion client checks (besides the empty name).
 pub const HEALTH_NAMES: [&str; 2] = ["manager.v1beta1.Suggestion", "api.v1beta1.Suggestion"];
 
+/// How long, after SIGTERM, open connections may keep the gRPC server: requests in
+/// flight finish well within it (what they scored is recorded as they go either way).
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Katib's `Suggestion` service.
 #[derive(Clone)]
 pub struct KatibService {
@@ -154,14 +158,33 @@ pub async fn serve(
         None => None,
     };
     on_bound(grpc_bound, http_server.as_ref().map(|(bound, _)| *bound));
-    tonic::transport::Server::builder()
+    let suggester = service.suggester.clone();
+    let (signalled_tx, signalled) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
         .add_service(health)
         .add_service(service.into_server())
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), crate::service::shutdown_signal())
-        .await
-        .context("the gRPC server failed")?;
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
+            crate::service::shutdown_signal().await;
+            let _ = signalled_tx.send(());
+        });
+    // A graceful shutdown waits for the clients to close their connections; one that
+    // never does (a hung client) must not keep the process past its grace period.
+    tokio::select! {
+        served = server => served.context("the gRPC server failed")?,
+        () = async {
+            if signalled.await.is_ok() {
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => tracing::warn!("connections still open {} s after the signal; closing them", SHUTDOWN_GRACE.as_secs()),
+    }
     if let Some((_, task)) = http_server {
         task.abort();
     }
+    // After the last request: the lock is free, or held by a request still finishing.
+    tokio::task::spawn_blocking(move || suggester.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).stop_all("service shut down"))
+        .await
+        .context("recording the runs as stopped")?;
     Ok(())
 }

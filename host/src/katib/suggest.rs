@@ -139,6 +139,19 @@ impl Suggester {
         }
     }
 
+    /// Records every run this process drives and has not finished as stopped (at
+    /// shutdown): not left marked running with nothing driving it. Katib's next request
+    /// resumes it.
+    pub fn stop_all(&mut self, why: &str) {
+        for (run, mut search) in self.searches.drain() {
+            if search.finished().is_none()
+                && let Err(error) = search.stop(&self.store, why)
+            {
+                tracing::error!(run = %run, "cannot record the stop: {error}");
+            }
+        }
+    }
+
     /// The next `wanted` architectures to train, none of which has a trial.
     pub fn suggest(&mut self, plan: &Plan, trials: &[Trial], wanted: usize) -> Result<Vec<Arch>, SuggestError> {
         let trialled: HashSet<Arch> = trials.iter().map(|t| t.arch).collect();
