@@ -242,18 +242,6 @@ fn summary_from_row(row: &rusqlite::Row, first: usize) -> rusqlite::Result<RunSu
     })
 }
 
-/// A decoded run for a listing: a run that cannot be decoded is warned about, by name, and
-/// left out; other errors are not decoding's and cannot happen here.
-fn readable(decoded: Result<RunRecord, StoreError>) -> Option<RunRecord> {
-    match decoded {
-        Ok(run) => Some(run),
-        Err(error) => {
-            tracing::warn!("{error}; the run is left out of the list");
-            None
-        }
-    }
-}
-
 /// One evaluation, as stored.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct EvaluationRecord {
@@ -317,6 +305,9 @@ pub struct RunStore {
     /// The file's own path, links resolved: run leases are keyed on it, so that two
     /// processes reaching one store by different paths still exclude each other.
     real_path: PathBuf,
+    /// Runs left out of a listing as unreadable, each warned about once: listings are
+    /// read after every evaluation.
+    unreadable: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 const RUN_COLUMNS: &str = "id, name, policy, status, error, experiment, search, created_at, updated_at";
@@ -439,7 +430,7 @@ impl RunStore {
             }
         }
         let real_path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
-        Ok(RunStore { conn, path: path.to_owned(), real_path })
+        Ok(RunStore { conn, path: path.to_owned(), real_path, unreadable: Default::default() })
     }
 
     /// Upgrades a schema-1 store (inside the caller's transaction): nothing recorded is
@@ -564,6 +555,21 @@ impl RunStore {
         })
     }
 
+    /// A run row decoded for a listing: one this release cannot read is left out, with a
+    /// warning naming it the first time.
+    fn readable(&self, raw: RunRow) -> Option<RunRecord> {
+        let name = raw.name.clone();
+        match Self::decode_run(raw) {
+            Ok(run) => Some(run),
+            Err(error) => {
+                if self.unreadable.lock().unwrap_or_else(|e| e.into_inner()).insert(name) {
+                    tracing::warn!("{error}; the run is left out of the lists");
+                }
+                None
+            }
+        }
+    }
+
     fn decode_run(raw: RunRow) -> Result<RunRecord, StoreError> {
         let status = RunStatus::parse(&raw.status).ok_or_else(|| StoreError::UnknownStatus { run: raw.name.clone(), status: raw.status.clone() })?;
         let unreadable = |what, e: serde_json::Error| StoreError::Unreadable { run: raw.name.clone(), what, message: e.to_string() };
@@ -597,7 +603,7 @@ impl RunStore {
     pub fn runs(&self) -> Result<Vec<RunRecord>, StoreError> {
         let mut stmt = self.conn.prepare(&format!("SELECT {RUN_COLUMNS} FROM runs ORDER BY id"))?;
         let raws = stmt.query_map([], Self::run_from_row)?.collect::<Result<Vec<_>, _>>()?;
-        Ok(raws.into_iter().filter_map(|raw| readable(Self::decode_run(raw))).collect())
+        Ok(raws.into_iter().filter_map(|raw| self.readable(raw)).collect())
     }
 
     /// A number that changes whenever *another* connection commits to the store (SQLite's
@@ -626,7 +632,7 @@ impl RunStore {
             let read = rows.len();
             for (raw, summary) in rows {
                 after.clone_from(&raw.name);
-                if let Some(run) = readable(Self::decode_run(raw)) {
+                if let Some(run) = self.readable(raw) {
                     listed.push((run, summary));
                 }
             }

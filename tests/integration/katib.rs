@@ -93,8 +93,17 @@ impl Service {
 impl Service {
     /// SIGTERM, then the exit status (within a minute).
     pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal_term();
+        self.wait_exit()
+    }
+
+    pub fn signal_term(&self) {
         let sent = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
         assert!(sent.success());
+    }
+
+    /// The exit status, within a minute.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -364,6 +373,40 @@ fn sigterm_records_the_runs_it_drives_as_stopped() {
     // a client keeps the service no longer than its grace period.
     assert!(service.terminate().success(), "a clean exit");
     assert_eq!(status(&path), knas::store::RunStatus::Stopped);
+}
+
+/// SIGTERM during a request that would score for hours: the request stops at its next
+/// candidate and is answered UNAVAILABLE, what it scored is kept, the run is recorded as
+/// stopped, and the process exits.
+#[test]
+fn sigterm_cuts_a_long_request_short_and_keeps_what_it_scored() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("knas.db");
+    let mut service = Service::start(&path);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let scored = |path: &Path| -> Option<(knas::store::RunStatus, u32)> {
+        let store = knas::store::RunStore::open(path).ok()?;
+        let run = store.run("katib-endless").ok()??;
+        Some((run.status, store.spent(run.id).ok()?.scores))
+    };
+    runtime.block_on(async {
+        let mut client = SuggestionClient::connect(service.address.clone()).await.unwrap();
+        let endless = experiment("endless", &[&OPS[..]; 6], &[("candidates-per-trial", "100000")], 1);
+        let scoring = tokio::spawn(async move { client.get_suggestions(request(&endless, vec![], 1)).await });
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while scored(&path).is_none_or(|(_, scores)| scores < 3) {
+            assert!(Instant::now() < deadline, "no scores recorded");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        service.signal_term();
+        let answer = scoring.await.unwrap().unwrap_err();
+        assert_eq!(answer.code(), tonic::Code::Unavailable, "{answer:?}");
+        assert!(answer.message().contains("shutting down; what was scored is kept"), "{}", answer.message());
+    });
+    assert!(service.wait_exit().success(), "a clean exit");
+    let (status, scores) = scored(&path).unwrap();
+    assert_eq!(status, knas::store::RunStatus::Stopped);
+    assert!((3..15_625).contains(&scores), "{scores} scores kept");
 }
 
 /// Trial results Katib reports count in the run's metrics, as a run's own trainings do.

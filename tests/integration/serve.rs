@@ -499,8 +499,8 @@ fn a_panic_while_stepping_a_run_fails_that_run_only() {
 #[test]
 fn a_dead_file_watcher_stops_the_runs_before_the_service_exits() {
     let dir = tempfile::tempdir().unwrap();
-    // The watcher fails some seconds in (ticks are 50 ms), with a long run under way.
-    let faults = [("FAILPOINTS", "watcher::tick=200*off->return")];
+    // The watcher fails 20 s in (ticks are 50 ms), with a long run under way by then.
+    let faults = [("FAILPOINTS", "watcher::tick=400*off->return")];
     let mut service = Service::start_with(dir.path(), &config(100_000, 0), &faults);
     service.drop_policy("random", "a");
     service.wait_for("the run to start", |s| s.run("a").is_some_and(|r| r["status"] == "running"));

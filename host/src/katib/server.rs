@@ -77,6 +77,7 @@ fn status(error: SuggestError) -> Status {
         SuggestError::Exhausted(m) => Status::out_of_range(m),
         SuggestError::Failed(m) => Status::failed_precondition(m),
         SuggestError::Internal(m) => Status::internal(m),
+        SuggestError::Unavailable(m) => Status::unavailable(m),
     }
 }
 
@@ -159,12 +160,16 @@ pub async fn serve(
     };
     on_bound(grpc_bound, http_server.as_ref().map(|(bound, _)| *bound));
     let suggester = service.suggester.clone();
+    // Read without the suggester's lock, which a request in progress holds.
+    let stopping = suggester.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).stopping();
     let (signalled_tx, signalled) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
         .add_service(health)
         .add_service(service.into_server())
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
             crate::service::shutdown_signal().await;
+            // The request in progress stops at its next candidate; none starts after it.
+            stopping.store(true, std::sync::atomic::Ordering::Relaxed);
             let _ = signalled_tx.send(());
         });
     // A graceful shutdown waits for the clients to close their connections; one that

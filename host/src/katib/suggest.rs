@@ -19,6 +19,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rand::{Rng, SeedableRng};
 use tch::Device;
@@ -27,7 +28,7 @@ use super::mapping::{Outcome, Plan, Trial};
 use crate::engine::Engine;
 use crate::policy::{PolicyModule, PolicyRuntime};
 use crate::run::{Budget, Experiment, Fidelity, PolicyLimits, SearchSpec};
-use crate::search::{Search, Step, anchor};
+use crate::search::{Search, SearchError, Step, anchor};
 use crate::service::metrics::Metrics;
 use crate::space::{Arch, Candidate, NUM_ARCHS};
 use crate::store::{NewEvaluation, RunStore};
@@ -51,6 +52,9 @@ pub enum SuggestError {
     /// The run store failed (`INTERNAL`).
     #[error("{0}")]
     Internal(String),
+    /// The service is shutting down (`UNAVAILABLE`): Katib asks again, of the next pod.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// The state the service keeps between calls: all of it can be rebuilt from the store.
@@ -69,6 +73,9 @@ pub struct Suggester {
     workers: Option<usize>,
     /// Live runs by name.
     searches: HashMap<String, Search>,
+    /// Set at shutdown: the work in progress stops at the next candidate, and no request
+    /// is taken after it.
+    stopping: Arc<AtomicBool>,
 }
 
 impl Suggester {
@@ -85,7 +92,21 @@ impl Suggester {
             engine: None,
             workers: None,
             searches: HashMap::new(),
+            stopping: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// The flag that, once set, stops the work in progress at the next candidate and
+    /// refuses further requests: set it at shutdown, without waiting for the suggester.
+    pub fn stopping(&self) -> Arc<AtomicBool> {
+        self.stopping.clone()
+    }
+
+    fn refuse_when_stopping(&self) -> Result<(), SuggestError> {
+        if self.stopping.load(Ordering::Relaxed) {
+            return Err(SuggestError::Unavailable("the suggestion service is shutting down; ask again".to_owned()));
+        }
+        Ok(())
     }
 
     /// Measures this many architectures at once (see [`crate::measures::pool`]).
@@ -143,6 +164,9 @@ impl Suggester {
     /// shutdown): not left marked running with nothing driving it. Katib's next request
     /// resumes it.
     pub fn stop_all(&mut self, why: &str) {
+        // A request waiting for the suggester behind this call is refused, not a run
+        // started again.
+        self.stopping.store(true, Ordering::Relaxed);
         for (run, mut search) in self.searches.drain() {
             if search.finished().is_none()
                 && let Err(error) = search.stop(&self.store, why)
@@ -154,6 +178,7 @@ impl Suggester {
 
     /// The next `wanted` architectures to train, none of which has a trial.
     pub fn suggest(&mut self, plan: &Plan, trials: &[Trial], wanted: usize) -> Result<Vec<Arch>, SuggestError> {
+        self.refuse_when_stopping()?;
         let trialled: HashSet<Arch> = trials.iter().map(|t| t.arch).collect();
         let free = plan.space_size() - trialled.iter().filter(|a| plan.contains(a)).count();
         if wanted > free {
@@ -228,6 +253,8 @@ impl Suggester {
                 })?;
                 search.train_elsewhere();
                 search.restrict(plan.allowed);
+                // The gauges say what the run found, before this process too.
+                self.metrics.for_run(&run).restore_best(&self.store.evaluations(search.run().id).map_err(|e| internal(&e))?);
                 search
             }
         };
@@ -236,7 +263,9 @@ impl Suggester {
         if let Ok(spent) = self.store.spent(search.run().id) {
             self.metrics.set_budget(&run, search.run().search.budget, spent);
         }
-        if result.is_ok() {
+        // Kept live unless it failed; one cut short at shutdown is then recorded as stopped
+        // with the others (`stop_all`).
+        if matches!(result, Ok(_) | Err(SuggestError::Unavailable(_))) {
             self.searches.insert(run.clone(), search);
         }
         let chosen = result?;
@@ -283,12 +312,16 @@ impl Suggester {
 
         let Some((_, engine)) = &self.engine else { return Err(SuggestError::Failed("no engine".to_owned())) };
         let scored_before = search.fresh().scores;
-        let mut observer = self.metrics.for_run(&run);
+        let mut observer = self.metrics.for_run(&run).stopped_by(&self.stopping);
+        // Cut short at shutdown: what was scored is recorded, the run is not failed, and
+        // Katib asks again.
+        let cut_short = || SuggestError::Unavailable(format!("run {run}: the suggestion service is shutting down; what was scored is kept"));
         let waiting = loop {
             match search.step(engine, &self.store, &mut observer) {
                 Ok(Step::Continue) => {}
                 Ok(Step::Waiting(candidates)) => break candidates,
                 Ok(Step::Finished(_)) => break Vec::new(),
+                Err(SearchError::Interrupted) => return Err(cut_short()),
                 Err(error) => {
                     let _ = search.fail(&self.store, &error);
                     return Err(failed(&error));
@@ -345,7 +378,11 @@ impl Suggester {
                     continue;
                 }
                 // The score budget spent: this draw, unscored.
-                let Some(record) = search.score_extra(engine, &self.store, &Candidate::from(arch), &mut observer).map_err(|e| failed(&e))? else {
+                let scored = match search.score_extra(engine, &self.store, &Candidate::from(arch), &mut observer) {
+                    Err(SearchError::Interrupted) => return Err(cut_short()),
+                    other => other.map_err(|e| failed(&e))?,
+                };
+                let Some(record) = scored else {
                     unscored = Some(arch);
                     break;
                 };

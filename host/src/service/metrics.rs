@@ -225,7 +225,7 @@ impl Metrics {
 
     /// An observer that updates the per-run metrics of `run`.
     pub fn for_run<'a>(&'a self, run: &'a str) -> RunMetrics<'a> {
-        RunMetrics { metrics: self, run }
+        RunMetrics { metrics: self, run, stop: None }
     }
 }
 
@@ -239,6 +239,8 @@ impl Default for Metrics {
 pub struct RunMetrics<'a> {
     metrics: &'a Metrics,
     run: &'a str,
+    /// Once set, the search is asked to stop (see [`RunMetrics::stopped_by`]).
+    stop: Option<&'a std::sync::atomic::AtomicBool>,
 }
 
 impl SearchObserver for RunMetrics<'_> {
@@ -270,6 +272,10 @@ impl SearchObserver for RunMetrics<'_> {
         self.metrics.policy_calls.with_label_values(&[self.run, call]).inc();
         self.metrics.policy_call_seconds.with_label_values(&[call]).observe(seconds);
     }
+
+    fn interrupted(&self) -> bool {
+        self.stop.is_some_and(|stop| stop.load(std::sync::atomic::Ordering::Relaxed))
+    }
 }
 
 /// Buckets for scores of any scale and sign: the aggregate lives in (−20, 0], a single
@@ -283,13 +289,29 @@ fn score_buckets() -> Vec<f64> {
     buckets
 }
 
-impl RunMetrics<'_> {
+impl<'a> RunMetrics<'a> {
+    /// The same observer, also asking the search to stop once `stop` is set.
+    pub fn stopped_by(self, stop: &'a std::sync::atomic::AtomicBool) -> RunMetrics<'a> {
+        RunMetrics { stop: Some(stop), ..self }
+    }
+
     /// A result measured outside this process (a Katib trial): counted, and its accuracy
     /// raises the best, but its time is not this process's to put in the histogram.
     pub fn measured_elsewhere(&self, record: &EvaluationRecord) {
         let outcome = if record.error.is_some() { "error" } else { "ok" };
         self.metrics.evaluations.with_label_values(&[self.run, record.fidelity.name(), outcome]).inc();
         self.best(record);
+    }
+
+    /// Sets the best-score and best-accuracy gauges from a run's stored records (a run
+    /// this process takes up again): the gauges say what the run found, not what this
+    /// process saw of it.
+    pub fn restore_best(&self, records: &[EvaluationRecord]) {
+        for record in records {
+            if record.fidelity == Fidelity::Score || record.accuracy.is_some() {
+                self.best(record);
+            }
+        }
     }
 
     /// Raises the best-score and best-accuracy gauges to `record`'s values.

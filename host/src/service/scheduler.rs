@@ -27,7 +27,7 @@ use crate::config::ServiceConfig;
 use crate::engine::Engine;
 use crate::panic_message;
 use crate::policy::{PolicyError, PolicyRuntime};
-use crate::run::{Experiment, Fidelity};
+use crate::run::Experiment;
 use crate::search::{Search, SearchError, SearchObserver, Step};
 use crate::store::{RunStatus, RunStore, StoreError};
 use crate::table::BenchmarkTable;
@@ -337,6 +337,9 @@ impl Scheduler {
                 // different policy file instead of re-running on every restart. (Failures
                 // of the host or the data are retried.)
                 Ok(Some(run)) if run.status == RunStatus::Failed && self.store.cached(&failed_by_key(name)).ok().flatten() == Some(failed_by_value(&label, &limits)) => {
+                    // Not asked for again every few seconds either (the process that held
+                    // it may have failed it since).
+                    self.busy.remove(name);
                     let error = run.error.unwrap_or_default();
                     tracing::warn!(run = name, policy = %label, "not restarted: it failed with this policy file and these limits ({error}); replace the file or change its limits to retry");
                     self.with_status(|s| {
@@ -351,7 +354,10 @@ impl Scheduler {
                     self.config.search.spec(self.config.params_for(name), limits),
                     false,
                 ),
-                Err(error) => return self.run_failed(name, &error.into()),
+                Err(error) => {
+                    self.busy.remove(name);
+                    return self.run_failed(name, &error.into());
+                }
             };
             // Refused before anything is loaded, and without touching the run's record: the
             // process driving it (say, a `knas search` of the same name) owns that.
@@ -532,12 +538,7 @@ impl Scheduler {
 
     /// Seeds the best-score gauges of a (resumed) run from the store.
     fn restore_best(&self, name: &str, run: i64) {
-        let observer = self.metrics.for_run(name);
-        for record in self.store.evaluations(run).unwrap_or_default() {
-            if record.fidelity == Fidelity::Score || record.accuracy.is_some() {
-                observer.best(&record);
-            }
-        }
+        self.metrics.for_run(name).restore_best(&self.store.evaluations(run).unwrap_or_default());
     }
 
     fn publish_active(&self) {
@@ -632,11 +633,7 @@ impl Stepping<'_> {
             Command::PolicyRemoved { name } => name == self.run,
             // A touch or an identical copy is not a new policy: let the step finish.
             Command::PolicyChanged { name, path } => {
-                name == self.run
-                    && crate::policy::runtime::read_policy_file(path).map_or(true, |bytes| {
-                        let sha256 = crate::policy::contract::sha256_hex(&bytes);
-                        crate::policy::runtime::module_label(name, crate::policy::contract::short_hash(&sha256)) != self.label
-                    })
+                name == self.run && PolicyRuntime::label_of_file(path).is_none_or(|label| label != self.label)
             }
             Command::Reconfigure(..) => false,
         }
