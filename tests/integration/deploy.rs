@@ -291,6 +291,8 @@ fn values_schema_rejects_bad_values() {
         ("replicaCount: 3\n", "Additional property replicaCount is not allowed"),
         ("config:\n  device: tpu\n", "config.device: Does not match pattern"),
         ("katib:\n  podMonitor:\n    namespaces: [Team_A]\n", "katib.podMonitor.namespaces.0: Does not match pattern"),
+        // A PodMonitor for the pods of a katib entry the chart does not render.
+        ("katib:\n  podMonitor:\n    enabled: true\n", "katib.enabled does not match: true"),
     ] {
         let file = dir.path().join("bad-values.yaml");
         std::fs::write(&file, values).unwrap();
