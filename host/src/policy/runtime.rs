@@ -322,11 +322,7 @@ impl PolicyState {
         if let Some(panic) = message.strip_prefix("policy panicked: ") {
             // Kept only as far as the error will show it (and a character more, so that it
             // still reads as cut).
-            let mut end = panic.len().min(self.log_limits.1.saturating_add(4));
-            while !panic.is_char_boundary(end) {
-                end -= 1;
-            }
-            self.panic_message = Some(panic[..end].to_owned());
+            self.panic_message = Some(char_prefix(panic, self.log_limits.1.saturating_add(4)).to_owned());
         }
         // Saturating: a policy given a large fuel budget could log more than 2³² times in
         // one call, and a wrapped count would reopen the cap.
@@ -422,12 +418,18 @@ fn uncaught(stderr: &[String]) -> String {
 
 /// Untrusted `text` cut to `max_bytes` (at a character boundary) and escaped.
 pub(super) fn printable(text: &str, max_bytes: usize) -> String {
-    let mut cut = text.len().min(max_bytes);
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
+    let kept = char_prefix(text, max_bytes);
+    let shown = escape_controls(kept).into_owned();
+    if kept.len() < text.len() { shown + "… [truncated]" } else { shown }
+}
+
+/// The longest prefix of `text` of at most `max_bytes` that ends on a character boundary.
+fn char_prefix(text: &str, max_bytes: usize) -> &str {
+    let mut end = text.len().min(max_bytes);
+    while !text.is_char_boundary(end) {
+        end -= 1;
     }
-    let shown = escape_controls(&text[..cut]).into_owned();
-    if cut < text.len() { shown + "… [truncated]" } else { shown }
+    &text[..end]
 }
 
 /// A policy's log message as its record: escaped, so that the policy's text cannot start a
@@ -438,17 +440,10 @@ fn log_record(message: &str, limit: usize) -> String {
     // Escaping never shortens text, so only a prefix a character longer than the cap is
     // escaped: escaping the whole of a message of many MiB would cost the host memory and
     // time that no limit of the policy's sees.
-    let mut end = message.len().min(limit.saturating_add(4));
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
-    let mut record = escape_controls(&message[..end]).into_owned();
+    let mut record = escape_controls(char_prefix(message, limit.saturating_add(4))).into_owned();
     if record.len() > limit {
         const MARK: &str = "… [truncated]";
-        let mut cut = limit.saturating_sub(MARK.len());
-        while !record.is_char_boundary(cut) {
-            cut -= 1;
-        }
+        let cut = char_prefix(&record, limit.saturating_sub(MARK.len())).len();
         record.truncate(cut);
         record.push_str(MARK);
     }
