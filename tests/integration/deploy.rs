@@ -305,6 +305,33 @@ fn values_schema_rejects_bad_values() {
 }
 
 #[test]
+fn monitors_refuse_a_scrape_timeout_longer_than_their_interval() {
+    let Some(helm_bin) = tool("helm") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let render = |values: &str| {
+        let file = dir.path().join("values.yaml");
+        std::fs::write(&file, values).unwrap();
+        helm(&helm_bin, &["template", "rel", chart().to_str().unwrap(), "-f", file.to_str().unwrap()])
+    };
+    for (values, complaint) in [
+        ("serviceMonitor: {enabled: true, interval: 5s, scrapeTimeout: 10s}\n", "serviceMonitor.scrapeTimeout (10s) is longer than serviceMonitor.interval (5s)"),
+        // Units are compared, not the numbers as written.
+        ("katib: {enabled: true, podMonitor: {enabled: true, interval: 500ms, scrapeTimeout: 1s}}\n", "katib.podMonitor.scrapeTimeout (1s) is longer than katib.podMonitor.interval (500ms)"),
+    ] {
+        let out = render(values);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "accepted:\n{values}");
+        assert!(stderr.contains(complaint), "for\n{values}expected {complaint:?} in:\n{stderr}");
+    }
+    // Equal, or a smaller number in a larger unit, renders as given.
+    let out = render("serviceMonitor: {enabled: true, interval: 1m, scrapeTimeout: 60000ms}\nkatib: {enabled: true, podMonitor: {enabled: true, interval: 1h, scrapeTimeout: 59m}}\n");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rendered = String::from_utf8_lossy(&out.stdout);
+    assert!(rendered.contains("interval: 1m\n      scrapeTimeout: 60000ms"), "{rendered}");
+    assert!(rendered.contains("interval: 1h\n      scrapeTimeout: 59m"), "{rendered}");
+}
+
+#[test]
 fn dockerfile_builds_from_files_that_exist() {
     let root = workspace();
     let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();

@@ -71,3 +71,28 @@ The knas configuration file: the user's `config` with the chart's paths and addr
 {{- end }}
 {{- toYaml $config }}
 {{- end }}
+
+{{/*
+A duration the schema admits (`15s`, `500ms`, `1m`, `2h`) in milliseconds.
+*/}}
+{{- define "knas.durationMs" -}}
+{{- $count := regexFind "^[0-9]+" . }}
+{{- $unit := trimPrefix $count . }}
+{{- mul (int64 $count) (get (dict "ms" 1 "s" 1000 "m" 60000 "h" 3600000) $unit) }}
+{{- end }}
+
+{{/*
+A scrape's interval and timeout, checked against each other: Prometheus refuses a scrape
+whose timeout is longer than its interval (the Operator drops such a monitor, with only a
+line in its own log; an older one hands the pair on and Prometheus rejects its whole
+configuration). Called with (list KEY VALUES).
+*/}}
+{{- define "knas.scrapeTiming" -}}
+{{- $key := index . 0 }}
+{{- $monitor := index . 1 }}
+{{- if gt (int64 (include "knas.durationMs" $monitor.scrapeTimeout)) (int64 (include "knas.durationMs" $monitor.interval)) }}
+{{- fail (printf "%s.scrapeTimeout (%s) is longer than %s.interval (%s): Prometheus refuses such a scrape configuration" $key $monitor.scrapeTimeout $key $monitor.interval) }}
+{{- end }}
+interval: {{ $monitor.interval }}
+scrapeTimeout: {{ $monitor.scrapeTimeout }}
+{{- end }}
