@@ -101,6 +101,21 @@ pub struct RunConfig {
     pub limits: PolicyLimits,
 }
 
+impl RunConfig {
+    /// Reads a run file; a relative data folder is relative to the file's folder, as in a
+    /// service configuration.
+    pub fn load(path: &Path) -> Result<RunConfig, ConfigError> {
+        let mut config: RunConfig = load_yaml(path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        if let Some(folder) = config.experiment.dataset.folder_mut()
+            && folder.is_relative()
+        {
+            *folder = base.join(&*folder);
+        }
+        Ok(config)
+    }
+}
+
 /// The service's configuration: `knas serve --config knas.yaml`. An annotated example is
 /// `examples/knas.yaml`. Relative paths are relative to the file's folder.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -250,9 +265,19 @@ mod tests {
         assert_eq!(service.params_for("evolution"), serde_json::json!({"population": 10, "sample": 3}));
         assert_eq!(service.experiment, Experiment::default(), "the example documents the defaults");
         assert_eq!(service.limits_for("python-evolution").unwrap().memory_mib, 256);
-        let run: RunConfig = load_yaml(&examples.join("run.yaml")).unwrap();
+        let run = RunConfig::load(&examples.join("run.yaml")).unwrap();
         assert_eq!(run.search.top_k, 5);
         assert_eq!(run.experiment.train.epochs, 2);
+    }
+
+    #[test]
+    fn run_configs_resolve_the_data_folder_against_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.yaml");
+        std::fs::write(&path, "experiment: { dataset: \"cifar10:images\" }\n").unwrap();
+        assert_eq!(RunConfig::load(&path).unwrap().experiment.dataset, crate::data::DatasetSpec::Cifar10(dir.path().join("images")));
+        std::fs::write(&path, "experiment: { dataset: \"mnist:/data/mnist\" }\n").unwrap();
+        assert_eq!(RunConfig::load(&path).unwrap().experiment.dataset, crate::data::DatasetSpec::Mnist("/data/mnist".into()));
     }
 
     #[test]

@@ -194,7 +194,7 @@ impl Engine {
         let n = e.score_batch.min(split.train.len()) as i64;
         if n < 2 {
             return Err(EngineError::Invalid(format!(
-                "dataset {}: the training split holds {} image(s); scoring needs a batch of at least 2 (raise limit)",
+                "dataset {}: the training split holds {} image(s); scoring needs a batch of at least 2 (raise the image limit, --limit)",
                 e.dataset,
                 split.train.len()
             )));

@@ -105,6 +105,15 @@ impl Experiment {
         if let Some((key, value, most)) = most.iter().find(|(_, value, most)| value > most) {
             return Err(format!("{key} must be at most {most}, got {value}"));
         }
+        // The two bounds apart still admit networks no machine holds, and a weight tensor
+        // larger than memory aborts the process while it is built rather than failing.
+        let weights = most_weights(self.channels, self.cells);
+        if weights > MAX_WEIGHTS {
+            return Err(format!(
+                "channels {} with cells {} admit networks of up to {weights} weights (every edge a 3×3 convolution), more than the {MAX_WEIGHTS} knas builds: lower channels or cells",
+                self.channels, self.cells
+            ));
+        }
         if self.limit == Some(0) {
             return Err("limit must be at least 1 training image".into());
         }
@@ -322,6 +331,21 @@ pub const MAX_CHANNELS: i64 = 4096;
 /// The most cells per stage (N) an experiment may ask for.
 pub const MAX_CELLS: i64 = 64;
 
+/// The most weights the largest network of an experiment's space may have: 4 GB in single
+/// precision before a gradient is taken. NB201's own networks (C 16, N 5) have at most 1.5
+/// million; C 256 with N 5 stays below it.
+pub const MAX_WEIGHTS: u128 = 1_000_000_000;
+
+/// The weights of the largest network of the space at `channels` (C) and `cells` (N):
+/// every edge a 3×3 convolution (9c² weights at c channels), N cells of six edges at C, 2C
+/// and 4C, and the two reductions (a 3×3 convolution c→2c, one 2c→2c and a 1×1 shortcut:
+/// 56c²). The stem, the batch norms and the classifier are linear in C and left out.
+pub fn most_weights(channels: i64, cells: i64) -> u128 {
+    let c2 = u128::from(channels.unsigned_abs()).pow(2);
+    let n = u128::from(cells.unsigned_abs());
+    n * 6 * 9 * (1 + 4 + 16) * c2 + 56 * (1 + 4) * c2
+}
+
 /// Epochs one training may ask for at most, by default.
 pub const DEFAULT_MAX_EPOCHS: u32 = 10;
 
@@ -333,6 +357,17 @@ fn default_max_epochs() -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn networks_too_large_to_build_are_refused_by_their_size() {
+        let sized = |channels, cells| Experiment { channels, cells, ..Experiment::default() }.validate();
+        // NB201's own largest network, to the weight (the stem, norms and classifier aside).
+        assert_eq!(most_weights(16, 5), 1_523_200);
+        assert!(sized(256, 5).is_ok());
+        let err = sized(4096, 5).unwrap_err();
+        assert!(err.starts_with("channels 4096 with cells 5 admit networks of up to 99824435200 weights"), "{err}");
+        assert!(sized(512, 5).is_err() && sized(256, 32).is_err() && sized(64, 64).is_ok());
+    }
 
     #[test]
     fn a_budget_total_does_not_overflow() {

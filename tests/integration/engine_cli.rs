@@ -197,6 +197,27 @@ fn bad_inputs_fail_with_clear_messages() {
         .assert()
         .failure()
         .stderr(predicate::str::contains(format!("channels must be at least 1, got 0 (set by --channels or experiment.channels in {})", config.display())));
+    // A policy limit names its flag and the file; one without a flag, the file alone.
+    std::fs::write(&config, "search: { budget: 3 }\nlimits: { log-record-bytes: 200000 }\n").unwrap();
+    search().args(["--policy-log-bytes-per-minute", "100000"]).assert().failure().stderr(predicate::str::contains(format!(
+        "invalid policy limits: log-bytes-per-minute (100000) must be at least log-record-bytes (200000) (set by --policy-log-bytes-per-minute or limits.log-bytes-per-minute in {})",
+        config.display()
+    )));
+    std::fs::write(&config, "search: { budget: 3 }\nlimits: { log-record-bytes: 2 }\n").unwrap();
+    search().assert().failure().stderr(predicate::str::contains(format!(
+        "invalid policy limits: log-record-bytes must be at least 16, got 2 (set by limits.log-record-bytes in {})",
+        config.display()
+    )));
+    // Zero of something counted names its flag; a network too large to build is refused.
+    knas().args(["score", "--sample", "0"]).assert().failure().stderr(predicate::str::contains("--sample must be at least 1, got 0"));
+    knas().args(["select", "--candidates", "0"]).assert().failure().stderr(predicate::str::contains("--candidates must be at least 1, got 0"));
+    knas().args(["select", "--candidates", "4", "--top-k", "5"]).assert().failure().stderr(predicate::str::contains("--top-k must be between 1 and --candidates (4), got 5"));
+    knas()
+        .args(["score", "0", "--channels", "4096", "--measure", "params"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("channels 4096 with cells 5 admit networks of up to 99824435200 weights"));
+    knas().args(["score", "0", "--workers", "100000"]).assert().failure().stderr(predicate::str::contains("100000 is not in 0..=256"));
     if !tch::Cuda::is_available() {
         knas()
             .args(["score", "--sample", "1", "--channels", "2", "--cells", "1", "--device", "cuda"])
@@ -364,6 +385,19 @@ fn correlate_judges_against_a_published_table_without_training() {
     let aggregate = |r: &Value| r["correlations"].as_array().unwrap().iter().find(|c| c["measure"] == "aggregate").unwrap().clone();
     assert_eq!(aggregate(&scored), aggregate(&report));
     assert!(aggregate(&report)["spearman"].is_f64(), "{report}");
+    // A plot that cannot be written fails the command, but after the report is printed.
+    let unplotted = knas()
+        .args(["correlate", "--sample", "6", "--measures", "params,flops,synflow", "--format", "json", "--table"])
+        .arg(&path)
+        .arg("--plot")
+        .arg(dir.path().join("no-such-folder/corr.svg"))
+        .args(QUICK)
+        .args(TINY)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("cannot write the plot to").and(predicate::str::contains("no-such-folder/corr.svg")));
+    let unplotted: Value = serde_json::from_slice(&unplotted.get_output().stdout).unwrap();
+    assert_eq!(unplotted["measurements"], report["measurements"]);
     // Bad tables are named with the line and the problem.
     std::fs::write(&path, format!("{{\"arch\": \"{ARCH}\", \"acc\": 1}}\n{{\"arch\": \"{ARCH}\", \"acc\": 2}}\n")).unwrap();
     knas()
@@ -381,6 +415,12 @@ fn correlate_judges_against_a_published_table_without_training() {
         .assert()
         .failure()
         .stderr(predicate::str::contains("table.jsonl:2: missing the accuracy field `acc`"));
+    knas()
+        .args(["correlate", "--sample", "2", "--score", "params", "--reference", "0", "--table"])
+        .arg(&path)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("--reference must be at least 2 here, got 0"));
     knas()
         .args(["correlate", "--sample", "2", "--measures", "mgn", "--table"])
         .arg(&path)

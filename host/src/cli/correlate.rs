@@ -229,6 +229,13 @@ pub fn run(args: &CorrelateArgs) -> Result<()> {
     anyhow::ensure!(args.sample >= 2, "--sample needs at least 2 architectures to correlate");
     anyhow::ensure!(args.train_seeds >= 1, "--train-seeds must be at least 1");
     let experiment = args.experiment.experiment();
+    // `--score MEASURE` lets a search go without the reference sample, but this report
+    // always has the aggregate's row, which would be a constant without one.
+    anyhow::ensure!(
+        experiment.reference >= 2,
+        "--reference must be at least 2 here, got {}: correlate always reports the aggregate, which ranks each measure within the reference sample",
+        experiment.reference
+    );
     let measures = dedup(&args.measures.concat());
     let table = args.table.as_deref().map(|path| BenchmarkTable::load(path, args.table_field.as_deref())).transpose()?;
     let truth = args.truth.as_deref().map(|path| TruthReport::load(path, &experiment)).transpose()?;
@@ -324,12 +331,14 @@ pub fn run(args: &CorrelateArgs) -> Result<()> {
         measurements: rows,
         failed_trainings,
     };
-    if let Some(path) = &args.plot {
-        plot(&report, path).with_context(|| format!("cannot write the plot to {}", path.display()))?;
-    }
+    // The report first: a plot that cannot be written must not take the measurements (and
+    // trainings) with it.
     match args.format {
         Report::Json => output::json(&report)?,
         Report::Table => print_report(&report),
+    }
+    if let Some(path) = &args.plot {
+        plot(&report, path).with_context(|| format!("cannot write the plot to {} (the report is on standard output)", path.display()))?;
     }
     Ok(())
 }

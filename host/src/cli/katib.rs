@@ -43,13 +43,13 @@ pub fn run(args: &KatibArgs) -> Result<()> {
     }
     let device = args.compute.device.resolve()?;
     let limits = args.limits.apply(PolicyLimits::default());
-    limits.validate().map_err(|problem| anyhow::anyhow!("invalid policy limits: {problem}"))?;
+    limits.validate().map_err(|problem| super::search::LimitArgs::invalid(&problem, None))?;
     let store = args.store.open()?;
     let metrics = Arc::new(Metrics::new());
     let mut suggester = Suggester::new(store, args.policy_dir.clone(), device, limits, metrics.clone())
         .map_err(|e| anyhow::anyhow!("cannot start the policy runtime: {e}"))?;
     if args.compute.workers > 0 {
-        suggester = suggester.with_workers(args.compute.workers);
+        suggester = suggester.with_workers(usize::from(args.compute.workers));
     }
     // The flags are the base every Experiment's settings adjust: a bad one is refused now,
     // not at the first request, where it would read as the Experiment's fault.
@@ -58,6 +58,12 @@ pub fn run(args: &KatibArgs) -> Result<()> {
     let service = KatibService::new(suggester, experiment, metrics);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     runtime.block_on(serve(service, args.listen, Some(args.metrics_listen), |grpc, http| {
-        eprintln!("knas katib: suggestion service on {grpc} (gRPC), metrics on http://{}/metrics", http.map_or("-".into(), |h| h.to_string()));
+        let metrics = http.map_or("-".into(), |h| h.to_string());
+        tracing::info!(%grpc, %metrics, "knas katib started");
+        // Said by default, for a person or a script to find the ports; with JSON logs
+        // every line on stderr is a record, and the one above says it.
+        if !super::LOG_JSON.load(std::sync::atomic::Ordering::Relaxed) {
+            eprintln!("knas katib: suggestion service on {grpc} (gRPC), metrics on http://{metrics}/metrics");
+        }
     }))
 }

@@ -184,7 +184,9 @@ struct SetupArgs {
     /// images used are read into memory
     #[arg(long)]
     limit: Option<usize>,
-    /// Channels of the first stage, C (at most 4096); the later stages have 2C and 4C [default: 16]
+    /// Channels of the first stage, C (at most 4096; with --cells, the space's largest network
+    /// must stay within 10⁹ weights: C 256 at N 5 does); the later stages have 2C and 4C
+    /// [default: 16]
     #[arg(long)]
     channels: Option<i64>,
     /// Cells per stage, N (at most 64) [default: 5]
@@ -318,9 +320,10 @@ pub struct ComputeArgs {
     /// proposal in `select` and `search`; `train` measures nothing and ignores it). 0: one on
     /// a CPU (libtorch's threads already share the cores), 8 on a GPU. Values do not
     /// depend on it (on a GPU, beyond the last-bit noise CUDA has from run to run); each
-    /// architecture's `seconds` is then its wall time while the others run.
-    #[arg(long, default_value_t = 0, value_name = "N")]
-    workers: usize,
+    /// architecture's `seconds` is then its wall time while the others run. At most 256:
+    /// each worker builds its own networks, so memory grows with them.
+    #[arg(long, default_value_t = 0, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=256))]
+    workers: u16,
 }
 
 impl ComputeArgs {
@@ -335,7 +338,7 @@ impl ComputeArgs {
         let spinner = output::spinner(format!("loading {} onto {device:?}", experiment.dataset));
         let mut engine = Engine::new(experiment, device).with_context(|| format!("cannot start on {}", experiment.dataset))?;
         if self.workers > 0 {
-            engine.set_workers(self.workers);
+            engine.set_workers(usize::from(self.workers));
         }
         spinner.finish_and_clear();
         let (train, heldout) = engine.sizes();
@@ -423,6 +426,7 @@ pub fn read_arch_file(path: &std::path::Path) -> Result<Vec<Arch>> {
 
 /// `n` distinct architectures drawn uniformly, reproducibly from `seed`.
 pub fn sample_archs(n: usize, seed: u64) -> Result<Vec<Arch>> {
+    anyhow::ensure!(n >= 1, "--sample must be at least 1, got 0");
     anyhow::ensure!(n <= NUM_ARCHS, "cannot sample {n} distinct architectures: the space has {NUM_ARCHS}");
     Ok(Arch::sample(n, seed))
 }

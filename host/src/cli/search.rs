@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::ProgressBar;
-use knas::config::{RunConfig, SearchSettings, load_yaml};
+use knas::config::{RunConfig, SearchSettings};
 use knas::policy::{PolicyModule, PolicyRuntime, builtin};
 use knas::run::{Budget, Experiment, Fidelity, PolicyLimits, SearchSpec};
 use knas::search::{Finish, Leaderboard, Search, SearchObserver, Step};
@@ -27,7 +27,8 @@ pub struct SearchArgs {
     /// that run where it stopped.
     #[arg(long)]
     name: Option<String>,
-    /// A YAML run description (experiment, search, params, limits); flags override it.
+    /// A YAML run description (experiment, search, params, limits; examples/run.yaml); flags
+    /// override it. A relative data folder in it is relative to the file's folder.
     #[arg(long, value_name = "FILE.yaml")]
     config: Option<PathBuf>,
     /// Training-free scores the run may compute (of --score: the aggregate by default)
@@ -84,6 +85,28 @@ pub struct LimitArgs {
 }
 
 impl LimitArgs {
+    /// An invalid limit's error: the problem (from [`PolicyLimits::validate`], naming the
+    /// key as a configuration file's `limits` writes it) with the flag that sets the key
+    /// and, when the values came from a `--config` file too, that file.
+    pub fn invalid(problem: &str, config: Option<&std::path::Path>) -> anyhow::Error {
+        let key = problem.split_whitespace().next().unwrap_or_default();
+        let flag = match key {
+            "call-timeout-ms" => Some("--policy-timeout-ms"),
+            "fuel-per-call" => Some("--policy-fuel"),
+            "memory-mib" => Some("--policy-memory-mib"),
+            "log-bytes-per-minute" => Some("--policy-log-bytes-per-minute"),
+            // log-record-bytes has no flag: only a configuration file sets it.
+            _ => None,
+        };
+        let file = config.map(|path| format!("limits.{key} in {}", path.display()));
+        let sources: Vec<String> = flag.map(str::to_owned).into_iter().chain(file).collect();
+        if sources.is_empty() {
+            anyhow::anyhow!("invalid policy limits: {problem}")
+        } else {
+            anyhow::anyhow!("invalid policy limits: {problem} (set by {})", sources.join(" or "))
+        }
+    }
+
     pub fn apply(&self, base: PolicyLimits) -> PolicyLimits {
         PolicyLimits {
             call_timeout_ms: self.policy_timeout_ms.unwrap_or(base.call_timeout_ms),
@@ -186,7 +209,7 @@ impl SearchObserver for Progress {
 
 pub fn run(args: &SearchArgs) -> Result<()> {
     let config: RunConfig = match &args.config {
-        Some(path) => load_yaml(path)?,
+        Some(path) => RunConfig::load(path)?,
         None => RunConfig::default(),
     };
     let experiment = args.experiment.apply(config.experiment.clone());
@@ -205,7 +228,7 @@ pub fn run(args: &SearchArgs) -> Result<()> {
     // Values come from the flags, else from the file: a problem names the file too.
     let from = args.config.as_ref().map(|path| format!(" (from the flags or {})", path.display())).unwrap_or_default();
     settings.validate().map_err(|problem| anyhow::anyhow!("invalid search settings{from}: {problem}"))?;
-    limits.validate().map_err(|problem| anyhow::anyhow!("invalid policy limits{from}: {problem}"))?;
+    limits.validate().map_err(|problem| LimitArgs::invalid(&problem, args.config.as_deref()))?;
     experiment.validate().map_err(|problem| super::invalid_experiment(&problem, args.config.as_deref()))?;
     let spec = settings.spec(params, limits);
 

@@ -85,7 +85,13 @@ struct Selection {
 }
 
 pub fn run(args: &SelectArgs) -> Result<()> {
-    anyhow::ensure!(args.top_k >= 1 && args.top_k <= args.candidates, "--top-k must be between 1 and --candidates");
+    anyhow::ensure!(args.candidates >= 1, "--candidates must be at least 1, got 0");
+    anyhow::ensure!(
+        args.top_k >= 1 && args.top_k <= args.candidates,
+        "--top-k must be between 1 and --candidates ({}), got {}",
+        args.candidates,
+        args.top_k
+    );
     let experiment = args.experiment.experiment();
     experiment.validate().map_err(|problem| super::invalid_experiment(&problem, None))?;
     let settings = SearchSettings { score_budget: args.candidates, top_k: args.top_k, ..SearchSettings::default() };

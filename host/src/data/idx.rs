@@ -174,6 +174,11 @@ fn read_header(stream: &mut Stream) -> Result<(usize, Vec<usize>), DataError> {
     if dims[1] == 0 || dims[2] == 0 {
         return Err(DataError::corrupt(&stream.path, format!("header {dims:?} describes images of {}×{} pixels", dims[1], dims[2])));
     }
+    // Nothing to train on, and with no image the size check below would pass any sides:
+    // one image of them is allocated before the first is read.
+    if dims[0] == 0 {
+        return Err(DataError::corrupt(&stream.path, format!("header {dims:?} describes no images")));
+    }
     let file_len = std::fs::metadata(&stream.path).map_err(|source| DataError::Io { path: stream.path.clone(), source })?.len();
     if stream.gzipped {
         if len as u64 > file_len.saturating_mul(MAX_GZIP_RATIO) {
@@ -378,6 +383,15 @@ mod tests {
                 "train-images-idx3-ubyte: truncated: header [1, 4294967295, 4294967295] promises 18446744065119617025 data bytes, found 784"
             };
             assert!(err.contains(expected), "{err}");
+        }
+        // No image at all: the size check passes any sides, so the count is refused.
+        let empty = encode(&[0, u32::MAX, u32::MAX], &[]);
+        for gzip in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            write(dir.path(), "train-images-idx3-ubyte", &empty, gzip);
+            write(dir.path(), "train-labels-idx1-ubyte", &encode(&[0], &[]), gzip);
+            let err = load(dir.path(), Part::Train, "mnist").unwrap_err().to_string();
+            assert!(err.contains("train-images-idx3-ubyte") && err.ends_with("header [0, 4294967295, 4294967295] describes no images"), "{err}");
         }
     }
 }

@@ -30,7 +30,7 @@ pub const SETTINGS: [(&str, &str); 9] = [
     ("dataset", "scoring data: mnist5k, cifar10:DIR, … as `knas score --dataset` (default: --dataset, mnist5k)"),
     ("channels", "channels of the scored networks' first stage, C, 1 to 256 (default: --channels, 16)"),
     ("cells", "cells per stage of the scored networks, N, 0 to 32 (default: --cells, 5)"),
-    ("batch-size", "images in the scoring batch, 1 to 1024 (default: --batch-size, 64)"),
+    ("batch-size", "images in the scoring batch, 2 to 1024 (default: --batch-size, 64)"),
 ];
 
 /// The Experiment's side of the contract, for `knas katib --help`.
@@ -174,7 +174,7 @@ impl Plan {
             // Bounded so that an Experiment cannot make the suggestion pod run out of memory.
             "channels" => self.experiment.channels = within(number(value)?, 1, 256)?,
             "cells" => self.experiment.cells = within(number(value)?, 0, 32)?,
-            "batch-size" => self.experiment.score_batch = within(number(value)?, 1, 1024)?,
+            "batch-size" => self.experiment.score_batch = within(number(value)?, 2, 1024)?,
             _ => return Err("unknown setting".to_owned()),
         }
         Ok(())
@@ -432,7 +432,7 @@ mod tests {
             (full(), vec![("policy", "../etc/x")], "algorithm setting policy="),
             (full(), vec![("channels", "-4")], "algorithm setting channels=\"-4\": must be between 1 and 256 here"),
             (full(), vec![("channels", "100000")], "algorithm setting channels=\"100000\": must be between 1 and 256 here"),
-            (full(), vec![("batch-size", "0")], "algorithm setting batch-size=\"0\": must be between 1 and 1024 here"),
+            (full(), vec![("batch-size", "1")], "algorithm setting batch-size=\"1\": must be between 2 and 1024 here"),
         ];
         for (parameters, settings, expected) in cases {
             let error = plan(parameters, &settings).expect_err(expected);
