@@ -41,6 +41,12 @@ export const policy = {
     const known = ["t0", "t1", "patience", "top_k"];
     const unknown = Object.keys(params).filter((k) => !known.includes(k));
     if (unknown.length > 0) fail(`unknown parameters: ${unknown.join(", ")}`);
+    // Numbers, not strings: "10" <= "2" compares as text.
+    for (const key of ["t0", "t1"]) {
+      if (key in params && !(typeof params[key] === "number" && Number.isFinite(params[key]))) {
+        fail(`${key}: expected a number, got ${JSON.stringify(params[key])}`);
+      }
+    }
     const t0 = params.t0 ?? 0.5;
     const t1 = params.t1 ?? 0.01;
     if (!(t0 > 0 && t1 > 0 && t1 <= t0)) fail("need 0 < t1 <= t0");

@@ -249,8 +249,9 @@ impl Archive {
 
     /// Fine selection: train those of the `k` best under `ranking` not trained yet, as many
     /// as the training budget and `max_batch` allow; `Done` once none is left. Only
-    /// architectures the ranking has a value for are finalists: one whose value is missing
-    /// is not worth a training on that evidence.
+    /// architectures the ranking has a value for are finalists: one whose score or measure
+    /// is missing is not worth a training on that evidence. (Under the aggregate every
+    /// scored architecture has one: its missing measures rank lowest.)
     pub fn train_best(&self, k: usize, ranking: &Ranking, remaining: &Budget, max_batch: usize, epochs: Option<u32>) -> Proposal {
         let keys = self.keys(ranking);
         let batch: Vec<Candidate> = self

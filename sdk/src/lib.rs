@@ -114,16 +114,20 @@ pub trait Policy: 'static {
 }
 
 impl Settings {
-    /// Deserialises the policy's parameters; missing fields take their serde defaults. An
-    /// error names the offending key (`population: invalid type: …`).
+    /// Deserialises the policy's parameters (the host hands a JSON object, and refuses
+    /// anything else before a policy sees it); missing fields take their serde defaults.
+    /// An error names the offending key (`population: invalid type: …`).
     pub fn parse_params<T: serde::de::DeserializeOwned>(&self) -> Result<T, String> {
         let text = if self.params.trim().is_empty() { "{}" } else { &self.params };
         let mut deserializer = serde_json::Deserializer::from_str(text);
-        serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
             let path = e.path().to_string();
             let at = if path == "." { String::new() } else { format!("{path}: ") };
             format!("invalid policy parameters {text}: {at}{}", e.inner())
-        })
+        })?;
+        // Nothing may follow the object.
+        deserializer.end().map_err(|e| format!("invalid policy parameters {text}: {e}"))?;
+        Ok(value)
     }
 
     /// A policy's `epochs` parameter, checked against what the host trains (1 to
@@ -398,6 +402,8 @@ mod tests {
         let err = settings(r#"{"population": 1, "popul": 2}"#).parse_params::<Params>().unwrap_err();
         assert!(err.contains("unknown field `popul`"), "{err}");
         assert!(settings("").parse_params::<Params>().unwrap_err().contains("missing field `population`"));
+        let err = settings(r#"{"population": 1} junk"#).parse_params::<Params>().unwrap_err();
+        assert!(err.contains("trailing characters"), "{err}");
         assert_eq!(settings("{}").weights(), vec![("zico".to_owned(), 1.0)]);
     }
 

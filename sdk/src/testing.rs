@@ -33,10 +33,14 @@
 //!   the run already evaluated is free and answered from the record;
 //! - [`NO_PROGRESS_LIMIT`] proposals in a row that tell the policy nothing new end the run.
 //!
-//! A trained architecture that was scored carries its score and measures, as the host's
-//! answers do. Random numbers come from the host's own generator seeded the host's way
-//! (ChaCha8 from the run's seed, afresh for every instance), so a policy draws here what it
-//! draws in a real run with the same seed and results. Log records are kept in
+//! Answers are completed as the host completes them: a score that is not finite is an
+//! error (its measures kept); a training's candidate and `epochs` say the epochs it ran
+//! (none for a failed one); a trained architecture that was scored carries its score and
+//! measures. Random numbers come from the host's own generator seeded the host's way
+//! (ChaCha8, afresh for every instance: from the run's seed, and for an instance that takes
+//! a run over by checkpoint or replay from the seed xor the run's length times
+//! 0x9e3779b97f4a7c15), so a policy draws here what it draws in a real run with the same
+//! seed and results. Log records are kept in
 //! [`Run::logs`]. [`Host::resume`] takes a stopped run over with a fresh instance, by each
 //! of the host's three routes (restart, hot swap with a checkpoint, hot swap without).
 
@@ -55,6 +59,14 @@ pub const NO_PROGRESS_LIMIT: usize = 100;
 
 /// Results per `observe` call when a history is fed to a fresh instance (the host's).
 pub const REPLAY_CHUNK: usize = 256;
+
+/// New results between two checkpoints of a policy that keeps them (the host's; see
+/// [`Host::checkpoint_every`]).
+pub const CHECKPOINT_EVERY: usize = 256;
+
+/// What the host multiplies a run's length by to seed an instance that takes a run over
+/// by checkpoint or replay (xor the run's seed): a stream of its own, not a retrace.
+pub const TAKE_OVER_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
 
 thread_local! {
     static RNG: RefCell<ChaCha8Rng> = RefCell::new(ChaCha8Rng::seed_from_u64(0));
@@ -160,6 +172,7 @@ const DEFAULT_MEASURES: [(&str, &str, f64); 7] = [
 pub struct Host {
     settings: Settings,
     seed: u64,
+    checkpoint_every: usize,
 }
 
 /// How a run ended.
@@ -179,7 +192,8 @@ pub enum Resume {
     /// something new.
     Retrace,
     /// A hot swap to a module that keeps checkpoints: the fresh instance restores the
-    /// stopped instance's checkpoint.
+    /// run's latest checkpoint (taken every [`Host::checkpoint_every`] results) and is fed
+    /// what was recorded after it; without one, the whole history, as [`Resume::Replay`].
     Checkpoint,
     /// A hot swap to a module without checkpoints: the fresh instance is fed the whole
     /// history, [`REPLAY_CHUNK`] results per `observe`.
@@ -206,6 +220,14 @@ pub struct Run<P> {
     recorded: HashMap<(Supernet, bool), usize>,
     /// Evaluations the current instance has been told.
     told: HashSet<usize>,
+    /// The latest checkpoint: how many evaluations were recorded when it was taken, and
+    /// the state.
+    checkpoint: Option<(usize, Vec<u8>)>,
+    /// Evaluations recorded when a checkpoint was last asked for.
+    checkpoint_asked: usize,
+    /// Whether the instance is retracing the run (a restart): until it proposes something
+    /// not recorded, it is told the budget as it was when the run was there.
+    retracing: bool,
 }
 
 impl<P> Run<P> {
@@ -269,7 +291,15 @@ impl Host {
             epochs: 1,
             max_epochs: 10,
         };
-        Host { settings, seed: 0 }
+        Host { settings, seed: 0, checkpoint_every: CHECKPOINT_EVERY }
+    }
+
+    /// New results between two checkpoints ([`CHECKPOINT_EVERY`], as the host, unless
+    /// set): a smaller value lets a short test run restore a checkpoint and then be told
+    /// what came after it, as a long real run is.
+    pub fn checkpoint_every(mut self, results: usize) -> Host {
+        self.checkpoint_every = results.max(1);
+        self
     }
 
     /// The policy's parameters (a JSON object).
@@ -310,7 +340,7 @@ impl Host {
     /// As [`Host::run`], but stops (between proposals, as a killed host does) once
     /// `evaluations` new evaluations are recorded.
     pub fn run_until<P: Policy>(&self, evaluations: usize, mut evaluate: impl FnMut(&Candidate) -> Evaluation) -> Result<Run<P>, String> {
-        let policy = self.instance::<P>()?;
+        let policy = self.instance::<P>(self.seed)?;
         let mut run = Run {
             policy,
             evaluations: Vec::new(),
@@ -321,6 +351,9 @@ impl Host {
             budget: self.settings.budget,
             recorded: HashMap::new(),
             told: HashSet::new(),
+            checkpoint: None,
+            checkpoint_asked: 0,
+            retracing: false,
         };
         let outcome = self.drive(&mut run, evaluations, &mut evaluate);
         run.logs.extend(take_logs());
@@ -341,21 +374,26 @@ impl Host {
     /// Hands a stopped run to a fresh instance of `P` (by `how`) and continues it to the
     /// end, with the same settings and seed. The result holds the whole run.
     pub fn resume<P: Policy>(&self, stopped: Run<P>, how: Resume, mut evaluate: impl FnMut(&Candidate) -> Evaluation) -> Result<Run<P>, String> {
-        let mut fresh = self.instance::<P>()?;
-        let mut run = Run { finish: None, told: HashSet::new(), ..stopped };
-        match how {
-            Resume::Retrace => {}
-            Resume::Checkpoint => {
-                let state = run.policy.checkpoint().map_err(|e| format!("checkpoint: {e}"))?.ok_or("the policy keeps no checkpoints")?;
-                fresh.restore(&state).map_err(|e| format!("restore: {e}"))?;
-                run.told = (0..run.evaluations.len()).collect();
+        let recorded = stopped.evaluations.len();
+        // As the host seeds them: the run's seed to retrace it, else one of its own.
+        let seed = match how {
+            Resume::Retrace => self.seed,
+            Resume::Checkpoint | Resume::Replay => self.seed ^ (recorded as u64).wrapping_mul(TAKE_OVER_SEED),
+        };
+        let mut fresh = self.instance::<P>(seed)?;
+        let mut run = Run { finish: None, told: HashSet::new(), retracing: how == Resume::Retrace, ..stopped };
+        let mut replay_from = 0;
+        if how == Resume::Checkpoint
+            && let Some((at, state)) = &run.checkpoint
+        {
+            fresh.restore(state).map_err(|e| format!("restore: {e}"))?;
+            replay_from = *at;
+        }
+        if how != Resume::Retrace {
+            for chunk in run.evaluations[replay_from..].chunks(REPLAY_CHUNK) {
+                fresh.observe(chunk.to_vec()).map_err(|e| format!("observe: {e}"))?;
             }
-            Resume::Replay => {
-                for chunk in run.evaluations.chunks(REPLAY_CHUNK) {
-                    fresh.observe(chunk.to_vec()).map_err(|e| format!("observe: {e}"))?;
-                }
-                run.told = (0..run.evaluations.len()).collect();
-            }
+            run.told = (0..recorded).collect();
         }
         run.policy = fresh;
         let outcome = self.drive(&mut run, usize::MAX, &mut evaluate);
@@ -363,9 +401,9 @@ impl Host {
         outcome.map(|()| run)
     }
 
-    /// A fresh instance, with the generator reseeded as the host seeds every instance.
-    fn instance<P: Policy>(&self) -> Result<P, String> {
-        RNG.with(|rng| *rng.borrow_mut() = ChaCha8Rng::seed_from_u64(self.seed));
+    /// A fresh instance, with the generator reseeded (the host seeds every instance).
+    fn instance<P: Policy>(&self, seed: u64) -> Result<P, String> {
+        RNG.with(|rng| *rng.borrow_mut() = ChaCha8Rng::seed_from_u64(seed));
         // Logged outside a run (a policy created by hand): not this run's.
         take_logs();
         P::new(self.settings.clone()).map_err(|e| format!("init: {e}"))
@@ -376,12 +414,21 @@ impl Host {
         let mut idle_in_a_row = 0;
         while fresh < stop_after {
             let remaining = run.remaining();
-            if remaining == (Budget { scores: 0, trainings: 0 }) {
+            // Retracing, the instance is told the budget left when the run was where it
+            // is now: what it has been told is what was spent.
+            let told = if run.retracing {
+                let trainings = run.told.iter().filter(|&&at| run.evaluations[at].candidate.fidelity.is_train()).count() as u32;
+                let spent = Budget { scores: run.told.len() as u32 - trainings, trainings };
+                Budget { scores: run.budget.scores.saturating_sub(spent.scores), trainings: run.budget.trainings.saturating_sub(spent.trainings) }
+            } else {
+                remaining
+            };
+            if told == (Budget { scores: 0, trainings: 0 }) {
                 run.finish = Some(Finish::BudgetSpent);
                 return Ok(());
             }
             run.proposals += 1;
-            let proposal = run.policy.propose(remaining).map_err(|e| format!("propose: {e}"))?;
+            let proposal = run.policy.propose(told).map_err(|e| format!("propose: {e}"))?;
             let Proposal::Evaluate(batch) = proposal else {
                 run.finish = Some(Finish::Done);
                 return Ok(());
@@ -398,6 +445,10 @@ impl Host {
                     "proposal {}: asks for {} new scores and {} new trainings, but only {} and {} remain in the budget",
                     run.proposals, wanted.scores, wanted.trainings, remaining.scores, remaining.trainings
                 ));
+            }
+            // Something not recorded: the instance no longer retraces the run.
+            if keys.iter().any(|key| !run.recorded.contains_key(key)) {
+                run.retracing = false;
             }
             let mut answers = Vec::with_capacity(batch.len());
             let mut news = false;
@@ -425,6 +476,14 @@ impl Host {
                 }
             }
             run.policy.observe(answers).map_err(|e| format!("observe: {e}"))?;
+            // As the host: asked again only after as many new results, whatever the answer;
+            // a policy that cannot save its state now is resumed by replay instead.
+            if run.evaluations.len() - run.checkpoint_asked >= self.checkpoint_every {
+                run.checkpoint_asked = run.evaluations.len();
+                if let Ok(Some(state)) = run.policy.checkpoint() {
+                    run.checkpoint = Some((run.evaluations.len(), state));
+                }
+            }
         }
         Ok(())
     }
@@ -432,8 +491,15 @@ impl Host {
     /// The evaluation `evaluate` gives, completed as the host completes its answers.
     fn answer<P>(&self, run: &Run<P>, candidate: &Candidate, key: (Supernet, bool), evaluate: &mut dyn FnMut(&Candidate) -> Evaluation) -> Evaluation {
         let mut answer = Evaluation { candidate: candidate.clone(), ..evaluate(candidate) };
+        // A score that is not finite is an error, its measures kept.
+        if candidate.fidelity == Fidelity::Score && answer.score.is_none() && answer.error.is_none() {
+            answer.error = Some(format!("the score ({}) is not finite for this network", self.settings.score));
+        }
         if let Fidelity::Train(training) = &candidate.fidelity {
-            answer.epochs = Some(training.epochs.unwrap_or(self.settings.epochs));
+            // The epochs a training ran, in its candidate too; none for a failed one.
+            let epochs = answer.error.is_none().then(|| training.epochs.unwrap_or(self.settings.epochs));
+            answer.candidate.fidelity = Fidelity::Train(crate::Training { epochs });
+            answer.epochs = epochs;
             if let Some(&at) = run.recorded.get(&(key.0, false)) {
                 let score = &run.evaluations[at];
                 answer.score = score.score;
@@ -566,8 +632,95 @@ mod tests {
             assert_eq!(resumed.evaluations, whole.evaluations, "{how:?}");
             assert_eq!(resumed.finish, Some(Finish::BudgetSpent));
         }
-        let stopped = host.run_until::<Scripted>(1, score_by_index).unwrap();
-        let refused = host.resume(stopped, Resume::Checkpoint, score_by_index).err().unwrap();
-        assert_eq!(refused, "the policy keeps no checkpoints");
+        // A policy without checkpoints is taken over by replay, as the host does.
+        let by = |how| host.resume(host.run_until::<Scripted>(3, score_by_index).unwrap(), how, score_by_index).map(|r| r.evaluations);
+        assert_eq!(by(Resume::Checkpoint), by(Resume::Replay));
+    }
+
+    /// Scores architectures 0, 1, 2, … one per proposal, counting the results it is told;
+    /// checkpoints the count, and keeps the first number it drew.
+    struct Counting {
+        told: usize,
+        restored: Option<usize>,
+        draw: u64,
+    }
+
+    impl Policy for Counting {
+        fn new(_: Settings) -> Result<Self, String> {
+            Ok(Counting { told: 0, restored: None, draw: crate::random::u64() })
+        }
+
+        fn observe(&mut self, results: Vec<Evaluation>) -> Result<(), String> {
+            self.told += results.len();
+            Ok(())
+        }
+
+        fn propose(&mut self, remaining: Budget) -> Result<Proposal, String> {
+            // The budget it is told must agree with what it was told: a retrace sees the
+            // run as it was.
+            let expected = 10 - self.told as u32;
+            if remaining.scores != expected {
+                return Err(format!("told {} results but {} scores remain", self.told, remaining.scores));
+            }
+            Ok(Proposal::Evaluate(vec![Candidate::score(Arch::from_index(self.told).map_err(|e| e.to_string())?)]))
+        }
+
+        fn checkpoint(&self) -> Result<Option<Vec<u8>>, String> {
+            Ok(Some((self.told as u64).to_le_bytes().to_vec()))
+        }
+
+        fn restore(&mut self, state: &[u8]) -> Result<(), String> {
+            let told = u64::from_le_bytes(state.try_into().map_err(|_| "not 8 bytes")?) as usize;
+            (self.told, self.restored) = (told, Some(told));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn takes_a_run_over_as_the_host_does() {
+        let host = Host::nb201(10, 0).seed(5).checkpoint_every(3);
+        let whole = host.run::<Counting>(score_by_index).unwrap();
+        let first = ChaCha8Rng::seed_from_u64(5).next_u64();
+        assert_eq!(whole.policy.draw, first);
+        for how in [Resume::Retrace, Resume::Checkpoint, Resume::Replay] {
+            let resumed = host.resume(host.run_until::<Counting>(7, score_by_index).unwrap(), how, score_by_index).unwrap();
+            assert_eq!(resumed.evaluations, whole.evaluations, "{how:?}");
+            assert_eq!(resumed.policy.told, 10, "{how:?}");
+            // A retrace is the run's own instance again; a take-over gets a stream of its own.
+            let seed = if how == Resume::Retrace { 5 } else { 5 ^ 7u64.wrapping_mul(TAKE_OVER_SEED) };
+            assert_eq!(resumed.policy.draw, ChaCha8Rng::seed_from_u64(seed).next_u64(), "{how:?}");
+            // The checkpoint taken after 6 results, then the seventh replayed.
+            assert_eq!(resumed.policy.restored, (how == Resume::Checkpoint).then_some(6), "{how:?}");
+        }
+    }
+
+    #[test]
+    fn answers_are_completed_as_the_host_completes_them() {
+        struct Trains;
+        impl Policy for Trains {
+            fn new(_: Settings) -> Result<Self, String> {
+                Ok(Trains)
+            }
+            fn propose(&mut self, remaining: Budget) -> Result<Proposal, String> {
+                let arch = |i| Arch::from_index(i).map_err(|e| e.to_string());
+                Ok(match remaining {
+                    Budget { scores: 1, .. } => Proposal::Evaluate(vec![Candidate::score(arch(1)?)]),
+                    Budget { trainings: 2, .. } => Proposal::Evaluate(vec![Candidate::train(arch(1)?, None), Candidate::train(arch(2)?, Some(3))]),
+                    _ => Proposal::Done,
+                })
+            }
+        }
+        let run = Host::nb201(1, 2)
+            .run::<Trains>(|c| match c.arch().map(|a| a.index()) {
+                Some(2) if c.fidelity.is_train() => failed(c, "diverged"),
+                Some(_) if c.fidelity.is_train() => trained(c, 0.5),
+                _ => scored(c, f64::NAN, &[("params", 7.0)]),
+            })
+            .unwrap();
+        let [score, ran, diverged] = &run.evaluations[..] else { panic!("{:?}", run.evaluations) };
+        assert_eq!(score.error.as_deref(), Some("the score (aggregate) is not finite for this network"));
+        assert_eq!(score.measure("params"), Some(7.0), "the measures are kept");
+        assert_eq!((&ran.candidate.fidelity, ran.epochs), (&Fidelity::Train(crate::Training { epochs: Some(1) }), Some(1)));
+        assert_eq!((&diverged.candidate.fidelity, diverged.epochs), (&Fidelity::Train(crate::Training { epochs: None }), None));
     }
 }

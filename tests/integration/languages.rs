@@ -98,6 +98,10 @@ fn a_javascript_policy_completes_a_search() {
     let out = search(&dir.join("js-annealing.wasm"), &store.path().join("third.db"), &["--params", r#"{"top_k": -1}"#]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("returned an error from `init`: top_k: expected a whole number, 0 or more, got -1"), "{stderr}");
+    // Strings compare as text ("10" <= "2"): refused, not an annealing that heats up.
+    let out = search(&dir.join("js-annealing.wasm"), &store.path().join("fourth.db"), &["--params", r#"{"t0": "2", "t1": "10"}"#]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains(r#"returned an error from `init`: t0: expected a number, got "2""#), "{stderr}");
 }
 
 /// Every hostile case in one process per language (each component is compiled once):

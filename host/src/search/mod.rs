@@ -807,6 +807,8 @@ mod tests {
         use knas_policy_sdk::testing;
         assert_eq!(testing::NO_PROGRESS_LIMIT, NO_PROGRESS_LIMIT as usize);
         assert_eq!(testing::REPLAY_CHUNK, REPLAY_CHUNK);
+        assert_eq!(testing::CHECKPOINT_EVERY as i64, CHECKPOINT_EVERY);
+        assert_eq!(testing::TAKE_OVER_SEED, super::resume::TAKE_OVER_SEED);
 
         let simulated = testing::Host::nb201(7, 2).settings().clone();
         let experiment = Experiment::default();

@@ -21,6 +21,10 @@ pub const REPLAY_CHUNK: usize = 256;
 /// New results between two checkpoints of a policy that keeps them.
 pub const CHECKPOINT_EVERY: i64 = 256;
 
+/// What a run's length is multiplied by, then xored with the run's seed, to seed an
+/// instance that takes the run over by checkpoint or replay.
+pub const TAKE_OVER_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
+
 /// The largest checkpoint kept; a bigger one is ignored (with a warning), and the history
 /// is replayed instead.
 pub const MAX_CHECKPOINT_BYTES: usize = 16 << 20;
@@ -50,7 +54,7 @@ impl Search {
         }
         // Seeded by the run's seed and how far the run got: a history written by other
         // modules cannot be retraced, so the new instance gets a stream of its own.
-        let seed = self.run.experiment.seed ^ (history.len() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let seed = self.run.experiment.seed ^ (history.len() as u64).wrapping_mul(TAKE_OVER_SEED);
         if let Some((seq, written_by, state)) = store.checkpoint(self.run.id)? {
             let mut instance = timed(observer, "instantiate", || runtime.instantiate(module, seed, self.limits))?;
             timed(observer, "init", || instance.init(&settings))?;

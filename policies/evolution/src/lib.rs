@@ -180,7 +180,9 @@ impl Policy for Evolution {
             };
             return Ok(Proposal::Evaluate(batch.into_iter().map(Candidate::score).collect()));
         }
-        let finalists: Vec<Arch> = self.archive.top(self.top_k, &self.ranking, |e| self.within_limits(e));
+        // As `Archive::train_best`, within the limits: a finalist needs a value to rank by.
+        let keys = self.archive.keys(&self.ranking);
+        let finalists: Vec<Arch> = self.archive.top(self.top_k, &self.ranking, |e| self.within_limits(e) && keys[e.order] > f64::NEG_INFINITY);
         let batch: Vec<Candidate> = finalists
             .into_iter()
             .filter(|a| !self.archive.get(a).is_some_and(|e| e.trained))
@@ -280,7 +282,9 @@ mod tests {
     #[test]
     fn a_history_rebuilds_the_population_and_a_stopped_run_resumes_by_every_route() {
         let target = Arch::from_index(4_242).unwrap();
-        let host = Host::nb201(80, 2).max_batch(4).seed(3);
+        // A checkpoint every 20 results: the take-over by checkpoint restores the latest one
+        // before the stop and is told what came after it.
+        let host = Host::nb201(80, 2).max_batch(4).seed(3).checkpoint_every(20);
         let whole = host.run::<Evolution>(matches(target)).unwrap();
 
         let stopped = host.run_until::<Evolution>(45, matches(target)).unwrap();
@@ -297,6 +301,24 @@ mod tests {
             assert_eq!(resumed.spent(), knas_policy_sdk::Budget { scores: 80, trainings: 2 }, "{how:?}: nothing evaluated twice");
             assert_eq!(resumed.idle_proposals, 0, "{how:?}");
         }
+    }
+
+    #[test]
+    fn ranked_by_a_measure_only_architectures_with_a_value_are_finalists() {
+        // Only one architecture in seven has the measure: the rest rank nowhere.
+        let with_meco = |c: &Candidate| {
+            let Some(arch) = c.arch() else { return scored(c, f64::NAN, &[]) };
+            if c.fidelity.is_train() {
+                return trained(c, 0.5);
+            }
+            let meco = if arch.index() % 7 == 0 { arch.index() as f64 } else { f64::NAN };
+            scored(c, 1.0, &[("meco", meco)])
+        };
+        let run = Host::nb201(5, 3).params(r#"{"population": 5, "sample": 2, "rank_by": "meco"}"#).run::<Evolution>(with_meco).unwrap();
+        let valued = run.scores().filter(|e| e.measure("meco").is_some()).count();
+        let trained: Vec<usize> = run.trainings().filter_map(|e| e.candidate.arch()).map(|a| a.index()).collect();
+        assert_eq!(trained.len(), valued.min(3), "{trained:?}");
+        assert!(trained.iter().all(|i| i % 7 == 0), "{trained:?}");
     }
 
     #[test]

@@ -81,17 +81,21 @@ impl Pruning {
     /// Prunes, on every edge with a choice, the op whose removal ranks best. On an edge
     /// whose removals were not all measured (the budget ran out), the edge's latest fully
     /// measured round decides among the ops left; on one never fully measured, unmeasured
-    /// removals rank worst, so those ops are kept.
+    /// removals rank worst, so those ops are kept. On an edge none of whose removals was
+    /// measured yet (a budget below the first round's 30), each op's removal counts as its
+    /// mean over the edges where it was (see [`Self::prior`]).
     fn prune(&mut self) {
         let removals = self.removals();
         let keys = self.keys(&removals.iter().map(|r| &r.2).collect::<Vec<_>>());
+        let measured: Vec<bool> = removals.iter().map(|r| self.supernets.contains_key(&r.2)).collect();
         let mut next = self.current;
         for edge in 0..NUM_EDGES {
             let mut on_edge: Vec<(nb201::Op, f64)> = Vec::new();
-            let mut complete = true;
-            for ((e, op, net), key) in removals.iter().zip(&keys) {
+            let (mut complete, mut any) = (true, false);
+            for (((e, op, _), key), m) in removals.iter().zip(&keys).zip(&measured) {
                 if *e == edge {
-                    complete &= self.supernets.contains_key(net);
+                    complete &= *m;
+                    any |= *m;
                     on_edge.push((*op, *key));
                 }
             }
@@ -99,6 +103,8 @@ impl Pruning {
                 self.last_full[edge].clone_from(&on_edge);
             } else if !self.last_full[edge].is_empty() {
                 on_edge = self.last_full[edge].iter().copied().filter(|(op, _)| self.current.edges()[edge].contains(*op)).collect();
+            } else if !any {
+                on_edge = on_edge.iter().map(|(op, _)| (*op, self.prior(*op))).collect();
             }
             let best = on_edge.iter().max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0))).map(|(op, _)| *op);
             if let Some(op) = best {
@@ -108,6 +114,15 @@ impl Pruning {
         self.current = next;
         self.round += 1;
         info(&format!("pruning round {}: ops per edge {:?}", self.round, self.current.edges().iter().map(|s| s.len()).collect::<Vec<_>>()));
+    }
+
+    /// What removing `op` is worth where nothing says so for an edge: its mean key over
+    /// the other edges' latest fully measured rounds (an op whose removal cost little there
+    /// is pruned first), −∞ where it was never measured. Keys of different rounds are
+    /// mixed: a rough guide, for a budget too small for anything better.
+    fn prior(&self, op: nb201::Op) -> f64 {
+        let seen: Vec<f64> = self.last_full.iter().flatten().filter(|(o, _)| *o == op).map(|(_, key)| *key).collect();
+        if seen.is_empty() { f64::NEG_INFINITY } else { seen.iter().sum::<f64>() / seen.len() as f64 }
     }
 
     /// The ranking's key of each supernet, ranks taken among `nets`.
@@ -129,9 +144,11 @@ impl Pruning {
     }
 
     /// The next architectures of the local search: the untried neighbours of the best
-    /// scored architecture that still has some.
-    fn climb(&self, room: usize) -> Vec<Arch> {
-        for arch in self.archive.top(self.archive.scored(), &Ranking::Score, |_| true) {
+    /// scored architecture that still has some, else of the `pruned` one (whose own score
+    /// may have failed: its neighbours are then the search's only lead).
+    fn climb(&self, room: usize, pruned: Arch) -> Vec<Arch> {
+        let ranked = self.archive.top(self.archive.scored(), &Ranking::Score, |_| true);
+        for arch in ranked.into_iter().chain([pruned]) {
             let fresh: Vec<Arch> = arch.neighbours().filter(|n| !self.archive.is_scored(n)).take(room).collect();
             if !fresh.is_empty() {
                 return fresh;
@@ -197,23 +214,33 @@ impl Policy for Pruning {
                 }
                 return Ok(Proposal::Evaluate(missing.into_iter().take(room).collect()));
             };
+            // Trains the pruned architecture as it is: the procedure's answer, when no
+            // score can rank it against others.
+            let train_pruned = || {
+                let trained = self.archive.get(&arch).is_some_and(|e| e.trained);
+                if remaining.trainings > 0 && self.top_k > 0 && !trained {
+                    Proposal::Evaluate(vec![Candidate::train(arch, self.epochs)])
+                } else {
+                    Proposal::Done
+                }
+            };
             if !self.archive.is_scored(&arch) {
                 if room > 0 {
                     return Ok(Proposal::Evaluate(vec![Candidate::score(arch)]));
                 }
-                // No score left to spend on it: train the pruned architecture as it is.
-                let trained = self.archive.get(&arch).is_some_and(|e| e.trained);
-                return Ok(if remaining.trainings > 0 && self.top_k > 0 && !trained {
-                    Proposal::Evaluate(vec![Candidate::train(arch, self.epochs)])
-                } else {
-                    Proposal::Done
-                });
+                // No score left to spend on it.
+                return Ok(train_pruned());
             }
             if room > 0 && self.refine {
-                let next = self.climb(room);
+                let next = self.climb(room, arch);
                 if !next.is_empty() {
                     return Ok(Proposal::Evaluate(next.into_iter().map(Candidate::score).collect()));
                 }
+            }
+            // Every single architecture's score failed (a network that could not be built
+            // or measured): no ranking to pick finalists by.
+            if self.archive.top(1, &Ranking::Score, |_| true).is_empty() {
+                return Ok(train_pruned());
             }
             return Ok(self.archive.train_best(self.top_k, &Ranking::Score, &remaining, self.max_batch, self.epochs));
         }
@@ -225,7 +252,7 @@ knas_policy_sdk::register_policy!(Pruning);
 #[cfg(test)]
 mod tests {
     use knas_policy_sdk::nb201::Op;
-    use knas_policy_sdk::testing::{Finish, Host, Resume, scored, trained};
+    use knas_policy_sdk::testing::{Finish, Host, Resume, failed, scored, trained};
     use knas_policy_sdk::{Budget, Level};
 
     use super::*;
@@ -285,9 +312,41 @@ mod tests {
         // Edges not measured in full in the later rounds are pruned as their last full
         // round ranked them: on this landscape, down to the optimum all the same.
         assert_eq!(run.winner().and_then(|w| w.candidate.arch()), Some(optimum()), "the pruned architecture is still trained");
+        // Below the first round's 30 removals, the edges never measured follow the ops'
+        // removals on those that were: on a landscape where every edge values its ops in
+        // the same order, that is the optimum, not the op listed last on those edges.
+        let same_everywhere = |c: &Candidate| {
+            let worth = |op: Op| [0.0, 2.0, 3.0, 5.0, 1.0][op.index()];
+            let Some(cell) = c.supernet() else { return scored(c, f64::NAN, &[]) };
+            let value: f64 = cell.edges().iter().map(|set| set.ops().map(worth).sum::<f64>()).sum();
+            if c.fidelity.is_train() { trained(c, value / 100.0) } else { scored(c, value, &[("synflow", value), ("params", value)]) }
+        };
+        let run = Host::nb201(12, 1).run::<Pruning>(same_everywhere).unwrap();
+        assert_eq!(run.winner().and_then(|w| w.candidate.arch()), Some(Arch::new([Op::Conv3x3; NUM_EDGES])));
         // Asked to train none, it trains none.
         let run = Host::nb201(40, 1).params(r#"{"top_k": 0}"#).run::<Pruning>(additive).unwrap();
         assert_eq!(run.spent(), Budget { scores: 40, trainings: 0 });
+    }
+
+    #[test]
+    fn a_failed_score_of_the_pruned_architecture_does_not_end_the_search() {
+        let pruned = optimum();
+        let failing = |with_neighbours: bool| {
+            move |c: &Candidate| {
+                let fails = c.arch().is_some_and(|a| a == pruned || (with_neighbours && a.neighbours().any(|n| n == pruned)));
+                if fails && !c.fidelity.is_train() { failed(c, "out of memory") } else { additive(c) }
+            }
+        };
+        // The local search climbs from its neighbours, and the best of them are trained.
+        let run = Host::nb201(100, 3).run::<Pruning>(failing(false)).unwrap();
+        assert_eq!(run.spent(), Budget { scores: 100, trainings: 3 }, "{:?}", run.finish);
+        assert!(run.scores().filter_map(|e| e.candidate.arch()).skip(1).take(15).all(|a| a.neighbours().any(|n| n == pruned)));
+        // With every single architecture's score failed, the pruned one is trained as it is.
+        let run = Host::nb201(85, 3).params(r#"{"refine": false}"#).run::<Pruning>(failing(false)).unwrap();
+        assert_eq!(run.spent(), Budget { scores: 85, trainings: 1 });
+        assert_eq!(run.winner().and_then(|w| w.candidate.arch()), Some(pruned));
+        let run = Host::nb201(100, 3).run::<Pruning>(failing(true)).unwrap();
+        assert_eq!(run.winner().and_then(|w| w.candidate.arch()), Some(pruned));
     }
 
     #[test]

@@ -151,7 +151,9 @@ mod tests {
 
     #[test]
     fn a_stopped_run_resumes_by_every_route_without_scoring_twice() {
-        let host = Host::nb201(60, 3).max_batch(8).seed(7);
+        // A checkpoint every 20 results: the take-over by checkpoint restores the latest one
+        // before the stop and is told what came after it.
+        let host = Host::nb201(60, 3).max_batch(8).seed(7).checkpoint_every(20);
         let whole = host.run::<Knas>(by_index).unwrap();
         let stopped = host.run_until::<Knas>(27, by_index).unwrap();
         let retraced = host.resume(stopped, Resume::Retrace, by_index).unwrap();
