@@ -46,7 +46,10 @@ class Service:
             stderr=subprocess.PIPE, text=True, env={**os.environ, "KNAS_LOG": "info"})
         line = self.proc.stderr.readline()
         found = re.search(r"suggestion service on (\S+) \(gRPC\), metrics on http://(\S+)/metrics", line)
-        check(found, f"no address in {line!r}")
+        if not found:
+            # Not left running: it holds this script's stdout, and whoever waits for it.
+            self.proc.kill()
+            check(False, f"no address in {line!r}")
         self.address, self.metrics = found.group(1), found.group(2)
         # Keep draining stderr into the log so the service never blocks on it.
         self.drain = concurrent.futures.ThreadPoolExecutor(1)

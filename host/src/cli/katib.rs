@@ -59,11 +59,11 @@ pub fn run(args: &KatibArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     runtime.block_on(serve(service, args.listen, Some(args.metrics_listen), |grpc, http| {
         let metrics = http.map_or("-".into(), |h| h.to_string());
-        tracing::info!(%grpc, %metrics, "knas katib started");
-        // Said by default, for a person or a script to find the ports; with JSON logs
-        // every line on stderr is a record, and the one above says it.
+        // Said first, whatever the log level, for a person or a script to find the ports;
+        // with JSON logs every line on stderr is a record, and the one below says it.
         if !super::LOG_JSON.load(std::sync::atomic::Ordering::Relaxed) {
             eprintln!("knas katib: suggestion service on {grpc} (gRPC), metrics on http://{metrics}/metrics");
         }
+        tracing::info!(%grpc, %metrics, "knas katib started");
     }))
 }
