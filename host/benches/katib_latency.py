@@ -22,7 +22,6 @@ Needs the venv `scripts/install-test-tools.sh` makes (.tools/bin/katib-python) a
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -59,8 +58,8 @@ def main():
     work = tempfile.mkdtemp(prefix="knas-katib-bench-")
     proc = subprocess.Popen([args.knas, "katib", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--device", "cpu",
                              "--threads", str(args.threads), "--policy-dir", args.policy_dir, "--store", os.path.join(work, "knas.db")],
-                            stderr=subprocess.PIPE, text=True)
-    address = re.search(r"on (\S+) \(gRPC\)", proc.stderr.readline()).group(1)
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    address = json.loads(proc.stdout.readline())["grpc"]
     channel = grpc.insecure_channel(address)
     grpc.channel_ready_future(channel).result(timeout=30)
     stub = api_grpc.SuggestionStub(channel)

@@ -103,17 +103,24 @@ pub struct RunConfig {
 
 impl RunConfig {
     /// Reads a run file; a relative data folder is relative to the file's folder, as in a
-    /// service configuration.
+    /// service configuration. It is recorded with the run, so it is spelled one way
+    /// however the file was named (`run.yaml`, `./run.yaml`: `images`, not `./images`).
     pub fn load(path: &Path) -> Result<RunConfig, ConfigError> {
         let mut config: RunConfig = load_yaml(path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         if let Some(folder) = config.experiment.dataset.folder_mut()
             && folder.is_relative()
         {
-            *folder = base.join(&*folder);
+            *folder = beside(base, folder);
         }
         Ok(config)
     }
+}
+
+/// `path` relative to the folder `base`, without `.` components: one spelling however the
+/// file that names it was named.
+fn beside(base: &Path, path: &Path) -> PathBuf {
+    base.join(path).components().filter(|c| *c != std::path::Component::CurDir).collect()
 }
 
 /// The service's configuration: `knas serve --config knas.yaml`. An annotated example is
@@ -278,6 +285,10 @@ mod tests {
         assert_eq!(RunConfig::load(&path).unwrap().experiment.dataset, crate::data::DatasetSpec::Cifar10(dir.path().join("images")));
         std::fs::write(&path, "experiment: { dataset: \"mnist:/data/mnist\" }\n").unwrap();
         assert_eq!(RunConfig::load(&path).unwrap().experiment.dataset, crate::data::DatasetSpec::Mnist("/data/mnist".into()));
+        // A file in the working folder, however named, gives the folder as written there.
+        for (base, path, expected) in [("", "images", "images"), (".", "./images", "images"), ("./conf", "images", "conf/images"), ("conf", "../data", "conf/../data")] {
+            assert_eq!(beside(Path::new(base), Path::new(path)), Path::new(expected), "{base} {path}");
+        }
     }
 
     #[test]

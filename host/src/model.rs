@@ -708,7 +708,7 @@ impl Network {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::space::Arch;
+    use crate::space::{Arch, Candidate};
 
     fn cifar_spec() -> NetworkSpec {
         NetworkSpec::nb201(3, (32, 32), 10)
@@ -787,6 +787,15 @@ mod tests {
             &spec,
         );
         assert_eq!(all_conv.info().params, 1_531_546);
+        // The bound experiments are held to: above every network, the largest included,
+        // and close to it.
+        for spec in [NetworkSpec::nb201(3, (32, 32), 100), NetworkSpec { channels: 4, cells: 2, ..NetworkSpec::nb201(1, (28, 28), 10) }] {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let full = Network::new(&vs.root(), &spec, &Candidate::full(), 0).info().params as u128;
+            let bound = crate::run::most_weights(spec.channels, spec.cells);
+            assert!(full <= bound && full * 100 >= bound * 95, "{full} weights, bound {bound}");
+        }
+        assert!(all_conv.info().params as u128 <= crate::run::most_weights(16, 5));
         let (_, empty) = build("|skip_connect~0|+|none~0|avg_pool_3x3~1|+|none~0|none~1|skip_connect~2|", &spec);
         assert_eq!(empty.info().params, 73_306);
     }

@@ -64,6 +64,10 @@ pub const REPLAY_CHUNK: usize = 256;
 /// [`Host::checkpoint_every`]).
 pub const CHECKPOINT_EVERY: usize = 256;
 
+/// The largest checkpoint the host keeps; a larger one is ignored and the history replayed
+/// instead (the host's).
+pub const MAX_CHECKPOINT_BYTES: usize = 16 << 20;
+
 /// What the host multiplies a run's length by to seed an instance that takes a run over
 /// by checkpoint or replay (xor the run's seed): a stream of its own, not a retrace.
 pub const TAKE_OVER_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -265,6 +269,29 @@ impl<P> Run<P> {
     pub fn logged(&self, level: Level) -> Vec<&str> {
         self.logs.iter().filter(|(l, _)| *l == level).map(|(_, m)| m.as_str()).collect()
     }
+
+    /// Evaluation `at` as the policy is told it: a training carries its architecture's
+    /// score and measures when the run holds them by then (scored later, or in the same
+    /// batch), as the host completes it when it tells it, not when it records it.
+    fn as_told(&self, at: usize) -> Evaluation {
+        let mut told = self.evaluations[at].clone();
+        if told.candidate.fidelity.is_train()
+            && told.score.is_none()
+            && let Some(cell) = told.candidate.supernet()
+            && let Some(&scored) = self.recorded.get(&(cell, false))
+        {
+            carry_score(&mut told, &self.evaluations[scored]);
+        }
+        told
+    }
+}
+
+/// A training's evaluation completed with its architecture's score evaluation.
+fn carry_score(training: &mut Evaluation, score: &Evaluation) {
+    training.score = score.score;
+    training.measures = score.measures.clone();
+    training.params = training.params.or(score.params);
+    training.flops = training.flops.or(score.flops);
 }
 
 impl Host {
@@ -371,8 +398,13 @@ impl Host {
         Ok(run)
     }
 
-    /// Hands a stopped run to a fresh instance of `P` (by `how`) and continues it to the
-    /// end, with the same settings and seed. The result holds the whole run.
+    /// Hands a stopped run to a fresh instance of `P` (by `how`, seeded as the host seeds
+    /// it) and continues it to the end, with the same settings. The result holds the whole
+    /// run.
+    ///
+    /// Unlike the host, a `Retrace` here expects the policy to retrace its own run (the
+    /// host replays whatever a policy that strays was not told, and drops its proposal):
+    /// a policy that strays fails here on the budget or on progress.
     pub fn resume<P: Policy>(&self, stopped: Run<P>, how: Resume, mut evaluate: impl FnMut(&Candidate) -> Evaluation) -> Result<Run<P>, String> {
         let recorded = stopped.evaluations.len();
         // As the host seeds them: the run's seed to retrace it, else one of its own.
@@ -380,18 +412,24 @@ impl Host {
             Resume::Retrace => self.seed,
             Resume::Checkpoint | Resume::Replay => self.seed ^ (recorded as u64).wrapping_mul(TAKE_OVER_SEED),
         };
+        // As the host, which counts from the last saved checkpoint when it starts.
+        let checkpoint_asked = stopped.checkpoint.as_ref().map_or(0, |(at, _)| *at);
+        let mut run = Run { finish: None, told: HashSet::new(), retracing: how == Resume::Retrace, checkpoint_asked, ..stopped };
         let mut fresh = self.instance::<P>(seed)?;
-        let mut run = Run { finish: None, told: HashSet::new(), retracing: how == Resume::Retrace, ..stopped };
         let mut replay_from = 0;
         if how == Resume::Checkpoint
             && let Some((at, state)) = &run.checkpoint
         {
-            fresh.restore(state).map_err(|e| format!("restore: {e}"))?;
-            replay_from = *at;
+            match fresh.restore(state) {
+                Ok(()) => replay_from = *at,
+                // Declined (another state format, say): the host starts afresh and replays.
+                Err(_) => fresh = self.instance::<P>(seed)?,
+            }
         }
         if how != Resume::Retrace {
-            for chunk in run.evaluations[replay_from..].chunks(REPLAY_CHUNK) {
-                fresh.observe(chunk.to_vec()).map_err(|e| format!("observe: {e}"))?;
+            for chunk in (replay_from..recorded).collect::<Vec<_>>().chunks(REPLAY_CHUNK) {
+                let told: Vec<Evaluation> = chunk.iter().map(|&at| run.as_told(at)).collect();
+                fresh.observe(told).map_err(|e| format!("observe: {e}"))?;
             }
             run.told = (0..recorded).collect();
         }
@@ -450,7 +488,7 @@ impl Host {
             if keys.iter().any(|key| !run.recorded.contains_key(key)) {
                 run.retracing = false;
             }
-            let mut answers = Vec::with_capacity(batch.len());
+            let mut answered = Vec::with_capacity(batch.len());
             let mut news = false;
             for (candidate, key) in batch.iter().zip(keys) {
                 let at = match run.recorded.get(&key) {
@@ -464,8 +502,10 @@ impl Host {
                     }
                 };
                 news |= run.told.insert(at);
-                answers.push(run.evaluations[at].clone());
+                answered.push(at);
             }
+            // Told once the whole batch is recorded, as the host tells it.
+            let answers: Vec<Evaluation> = answered.iter().map(|&at| run.as_told(at)).collect();
             if news {
                 idle_in_a_row = 0;
             } else {
@@ -480,7 +520,10 @@ impl Host {
             // a policy that cannot save its state now is resumed by replay instead.
             if run.evaluations.len() - run.checkpoint_asked >= self.checkpoint_every {
                 run.checkpoint_asked = run.evaluations.len();
-                if let Ok(Some(state)) = run.policy.checkpoint() {
+                // A checkpoint larger than the host keeps is ignored, as the host does.
+                if let Ok(Some(state)) = run.policy.checkpoint()
+                    && state.len() <= MAX_CHECKPOINT_BYTES
+                {
                     run.checkpoint = Some((run.evaluations.len(), state));
                 }
             }
@@ -501,11 +544,7 @@ impl Host {
             answer.candidate.fidelity = Fidelity::Train(crate::Training { epochs });
             answer.epochs = epochs;
             if let Some(&at) = run.recorded.get(&(key.0, false)) {
-                let score = &run.evaluations[at];
-                answer.score = score.score;
-                answer.measures = score.measures.clone();
-                answer.params = answer.params.or(score.params);
-                answer.flops = answer.flops.or(score.flops);
+                carry_score(&mut answer, &run.evaluations[at]);
             }
         }
         answer
@@ -632,22 +671,28 @@ mod tests {
             assert_eq!(resumed.evaluations, whole.evaluations, "{how:?}");
             assert_eq!(resumed.finish, Some(Finish::BudgetSpent));
         }
-        // A policy without checkpoints is taken over by replay, as the host does.
-        let by = |how| host.resume(host.run_until::<Scripted>(3, score_by_index).unwrap(), how, score_by_index).map(|r| r.evaluations);
-        assert_eq!(by(Resume::Checkpoint), by(Resume::Replay));
     }
 
     /// Scores architectures 0, 1, 2, … one per proposal, counting the results it is told;
-    /// checkpoints the count, and keeps the first number it drew.
+    /// keeps the first number it drew. Checkpoints the count unless `{"checkpoints":
+    /// false}`; declines every checkpoint it is handed with `{"decline": true}`.
     struct Counting {
         told: usize,
         restored: Option<usize>,
         draw: u64,
+        params: CountingParams,
+    }
+
+    #[derive(serde::Deserialize, Default)]
+    #[serde(default)]
+    struct CountingParams {
+        checkpoints: Option<bool>,
+        decline: bool,
     }
 
     impl Policy for Counting {
-        fn new(_: Settings) -> Result<Self, String> {
-            Ok(Counting { told: 0, restored: None, draw: crate::random::u64() })
+        fn new(settings: Settings) -> Result<Self, String> {
+            Ok(Counting { told: 0, restored: None, draw: crate::random::u64(), params: settings.parse_params()? })
         }
 
         fn observe(&mut self, results: Vec<Evaluation>) -> Result<(), String> {
@@ -666,10 +711,13 @@ mod tests {
         }
 
         fn checkpoint(&self) -> Result<Option<Vec<u8>>, String> {
-            Ok(Some((self.told as u64).to_le_bytes().to_vec()))
+            Ok(self.params.checkpoints.unwrap_or(true).then(|| (self.told as u64).to_le_bytes().to_vec()))
         }
 
         fn restore(&mut self, state: &[u8]) -> Result<(), String> {
+            if self.params.decline {
+                return Err("another state format".into());
+            }
             let told = u64::from_le_bytes(state.try_into().map_err(|_| "not 8 bytes")?) as usize;
             (self.told, self.restored) = (told, Some(told));
             Ok(())
@@ -678,49 +726,65 @@ mod tests {
 
     #[test]
     fn takes_a_run_over_as_the_host_does() {
-        let host = Host::nb201(10, 0).seed(5).checkpoint_every(3);
-        let whole = host.run::<Counting>(score_by_index).unwrap();
         let first = ChaCha8Rng::seed_from_u64(5).next_u64();
-        assert_eq!(whole.policy.draw, first);
-        for how in [Resume::Retrace, Resume::Checkpoint, Resume::Replay] {
-            let resumed = host.resume(host.run_until::<Counting>(7, score_by_index).unwrap(), how, score_by_index).unwrap();
-            assert_eq!(resumed.evaluations, whole.evaluations, "{how:?}");
-            assert_eq!(resumed.policy.told, 10, "{how:?}");
-            // A retrace is the run's own instance again; a take-over gets a stream of its own.
-            let seed = if how == Resume::Retrace { 5 } else { 5 ^ 7u64.wrapping_mul(TAKE_OVER_SEED) };
-            assert_eq!(resumed.policy.draw, ChaCha8Rng::seed_from_u64(seed).next_u64(), "{how:?}");
-            // The checkpoint taken after 6 results, then the seventh replayed.
-            assert_eq!(resumed.policy.restored, (how == Resume::Checkpoint).then_some(6), "{how:?}");
+        let take_over = ChaCha8Rng::seed_from_u64(5 ^ 7u64.wrapping_mul(TAKE_OVER_SEED)).next_u64();
+        for params in [r#"{}"#, r#"{"checkpoints": false}"#, r#"{"decline": true}"#] {
+            let host = Host::nb201(10, 0).seed(5).checkpoint_every(3).params(params);
+            let whole = host.run::<Counting>(score_by_index).unwrap();
+            assert_eq!(whole.policy.draw, first);
+            for how in [Resume::Retrace, Resume::Checkpoint, Resume::Replay] {
+                let resumed = host.resume(host.run_until::<Counting>(7, score_by_index).unwrap(), how, score_by_index).unwrap();
+                assert_eq!(resumed.evaluations, whole.evaluations, "{params} {how:?}");
+                assert_eq!(resumed.policy.told, 10, "{params} {how:?}");
+                // A retrace is the run's own instance again; a take-over gets a stream of its own.
+                assert_eq!(resumed.policy.draw, if how == Resume::Retrace { first } else { take_over }, "{params} {how:?}");
+                // The checkpoint taken after 6 results, then the seventh replayed; a policy
+                // without one, or declining it, is fed the whole history instead.
+                let restored = (how == Resume::Checkpoint && params == "{}").then_some(6);
+                assert_eq!(resumed.policy.restored, restored, "{params} {how:?}");
+            }
         }
     }
 
     #[test]
     fn answers_are_completed_as_the_host_completes_them() {
-        struct Trains;
+        /// Scores 1, trains 1 and 2, then trains 3 and scores it in one batch; keeps what
+        /// it is told.
+        struct Trains(usize, Vec<Evaluation>);
         impl Policy for Trains {
             fn new(_: Settings) -> Result<Self, String> {
-                Ok(Trains)
+                Ok(Trains(0, Vec::new()))
             }
-            fn propose(&mut self, remaining: Budget) -> Result<Proposal, String> {
+            fn observe(&mut self, results: Vec<Evaluation>) -> Result<(), String> {
+                self.1.extend(results);
+                Ok(())
+            }
+            fn propose(&mut self, _: Budget) -> Result<Proposal, String> {
                 let arch = |i| Arch::from_index(i).map_err(|e| e.to_string());
-                Ok(match remaining {
-                    Budget { scores: 1, .. } => Proposal::Evaluate(vec![Candidate::score(arch(1)?)]),
-                    Budget { trainings: 2, .. } => Proposal::Evaluate(vec![Candidate::train(arch(1)?, None), Candidate::train(arch(2)?, Some(3))]),
+                self.0 += 1;
+                Ok(match self.0 {
+                    1 => Proposal::Evaluate(vec![Candidate::score(arch(1)?)]),
+                    2 => Proposal::Evaluate(vec![Candidate::train(arch(1)?, None), Candidate::train(arch(2)?, Some(3))]),
+                    3 => Proposal::Evaluate(vec![Candidate::train(arch(3)?, None), Candidate::score(arch(3)?)]),
                     _ => Proposal::Done,
                 })
             }
         }
-        let run = Host::nb201(1, 2)
+        let run = Host::nb201(2, 3)
             .run::<Trains>(|c| match c.arch().map(|a| a.index()) {
                 Some(2) if c.fidelity.is_train() => failed(c, "diverged"),
                 Some(_) if c.fidelity.is_train() => trained(c, 0.5),
+                Some(3) => scored(c, 4.0, &[("params", 3.0)]),
                 _ => scored(c, f64::NAN, &[("params", 7.0)]),
             })
             .unwrap();
-        let [score, ran, diverged] = &run.evaluations[..] else { panic!("{:?}", run.evaluations) };
+        let told = &run.policy.1;
+        let [score, ran, diverged, later, _] = &told[..] else { panic!("{told:?}") };
         assert_eq!(score.error.as_deref(), Some("the score (aggregate) is not finite for this network"));
         assert_eq!(score.measure("params"), Some(7.0), "the measures are kept");
         assert_eq!((&ran.candidate.fidelity, ran.epochs), (&Fidelity::Train(crate::Training { epochs: Some(1) }), Some(1)));
         assert_eq!((&diverged.candidate.fidelity, diverged.epochs), (&Fidelity::Train(crate::Training { epochs: None }), None));
+        // Scored after its training, in the same batch: told with the score all the same.
+        assert_eq!((later.score, later.measure("params")), (Some(4.0), Some(3.0)), "{later:?}");
     }
 }

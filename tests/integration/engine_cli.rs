@@ -213,10 +213,11 @@ fn bad_inputs_fail_with_clear_messages() {
     knas().args(["select", "--candidates", "0"]).assert().failure().stderr(predicate::str::contains("--candidates must be at least 1, got 0"));
     knas().args(["select", "--candidates", "4", "--top-k", "5"]).assert().failure().stderr(predicate::str::contains("--top-k must be between 1 and --candidates (4), got 5"));
     knas()
-        .args(["score", "0", "--channels", "4096", "--measure", "params"])
+        .args(["score", "0", "--channels", "256", "--cells", "32", "--measure", "params"])
         .assert()
         .failure()
-        .stderr(predicate::str::contains("channels 4096 with cells 5 admit networks of up to 99824435200 weights"));
+        .stderr(predicate::str::contains("channels 256 with cells 32 admit networks of up to 2662259044 weights"))
+        .stderr(predicate::str::contains("(set by --channels and --cells)"));
     knas().args(["score", "0", "--workers", "100000"]).assert().failure().stderr(predicate::str::contains("100000 is not in 0..=256"));
     if !tch::Cuda::is_available() {
         knas()

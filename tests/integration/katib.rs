@@ -60,34 +60,30 @@ fn a_bad_scoring_flag_stops_the_service_before_it_listens() {
     }
 }
 
-/// With `--log-json` every line on stderr is a JSON record, the ports' one too.
+/// The ports are a JSON line on stdout whatever the logging; with `--log-json` every line
+/// on stderr is a JSON record.
 #[test]
-fn with_json_logs_the_ports_are_a_record_too() {
+fn the_ports_are_a_json_line_on_stdout_and_json_logs_stay_json() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_knas"))
-        .args(["katib", "--log-json", "--log", "info", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--device", "cpu", "--store"])
+        .args(["katib", "--log-json", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--device", "cpu", "--store"])
         .arg(dir.path().join("k.db"))
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut started = None;
-    for _ in 0..20 {
-        let mut line = String::new();
-        if stderr.read_line(&mut line).unwrap() == 0 {
-            break;
-        }
-        let record: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON record ({e}): {line}"));
-        if record["fields"]["message"] == "knas katib started" {
-            started = Some(record);
-            break;
-        }
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let ports: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    assert!(ports["grpc"].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")), "{ports}");
+    assert!(ports["metrics"].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")), "{ports}");
+    // Stopped, its stderr is read whole: records only.
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for line in stderr.lines() {
+        assert!(serde_json::from_str::<serde_json::Value>(line).is_ok(), "not a JSON record: {line}");
     }
-    let _ = child.kill();
-    let _ = child.wait();
-    let started = started.expect("a record of the start");
-    assert!(started["fields"]["grpc"].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")), "{started}");
-    assert!(started["fields"]["metrics"].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")), "{started}");
 }
 
 /// A running `knas katib` on free ports, stopped when dropped.
@@ -107,6 +103,7 @@ impl Service {
             .arg(policies)
             .arg("--store")
             .arg(store)
+            .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();

@@ -43,7 +43,7 @@ class Service:
         self.proc = subprocess.Popen(
             [KNAS, "katib", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
              "--policy-dir", POLICY_DIR, "--store", store, "--device", "cpu", "--threads", "1"],
-            stderr=subprocess.PIPE, text=True, env={**os.environ, "KNAS_LOG": "info"})
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "KNAS_LOG": "info"})
         line = self.proc.stderr.readline()
         found = re.search(r"suggestion service on (\S+) \(gRPC\), metrics on http://(\S+)/metrics", line)
         if not found:

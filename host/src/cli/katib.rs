@@ -1,5 +1,6 @@
 //! `knas katib`: the Kubeflow Katib suggestion service.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -59,8 +60,12 @@ pub fn run(args: &KatibArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     runtime.block_on(serve(service, args.listen, Some(args.metrics_listen), |grpc, http| {
         let metrics = http.map_or("-".into(), |h| h.to_string());
-        // Said first, whatever the log level, for a person or a script to find the ports;
-        // with JSON logs every line on stderr is a record, and the one below says it.
+        // One line on stdout for tools, as `knas serve` writes: the ports, whatever the
+        // logging. Written, not printed: a closed stdout must not panic the service.
+        if let Err(err) = writeln!(std::io::stdout(), "{}", serde_json::json!({ "grpc": grpc.to_string(), "metrics": metrics })) {
+            tracing::warn!(%err, "could not write the ports to stdout");
+        }
+        // And first on stderr for a person, unless every line there must be a JSON record.
         if !super::LOG_JSON.load(std::sync::atomic::Ordering::Relaxed) {
             eprintln!("knas katib: suggestion service on {grpc} (gRPC), metrics on http://{metrics}/metrics");
         }

@@ -360,15 +360,21 @@ impl ComputeArgs {
 /// written.
 pub(crate) fn invalid_experiment(problem: &str, config: Option<&std::path::Path>) -> anyhow::Error {
     let key = problem.split_whitespace().next().unwrap_or_default().trim_end_matches(':');
+    // The network-size bound is the two keys' together (`channels C with cells N admit …`).
+    let key = if key == "channels" && problem.contains(" with cells ") { "channels and cells" } else { key };
     let flag = match key {
         "channels" | "cells" | "reference" | "limit" | "holdout" => Some(format!("--{key}")),
+        "channels and cells" => Some("--channels and --cells".to_owned()),
         "score-batch" => Some("--batch-size".to_owned()),
         "train.epochs" => Some("--epochs".to_owned()),
         "train.batch-size" => Some("--train-batch-size".to_owned()),
         "train.learning-rate" => Some("--lr".to_owned()),
         _ => None,
     };
-    let file = config.map(|path| format!("experiment.{key} in {}", path.display()));
+    let file = config.map(|path| match key {
+        "channels and cells" => format!("experiment.channels and experiment.cells in {}", path.display()),
+        key => format!("experiment.{key} in {}", path.display()),
+    });
     let sources: Vec<String> = flag.into_iter().chain(file).collect();
     if sources.is_empty() {
         anyhow::anyhow!("invalid experiment: {problem}")

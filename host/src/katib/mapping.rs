@@ -29,7 +29,7 @@ pub const SETTINGS: [(&str, &str); 9] = [
     ("params", "the policy's parameters, a JSON object (default {})"),
     ("dataset", "scoring data: mnist5k, cifar10:DIR, … as `knas score --dataset` (default: --dataset, mnist5k)"),
     ("channels", "channels of the scored networks' first stage, C, 1 to 256 (default: --channels, 16)"),
-    ("cells", "cells per stage of the scored networks, N, 0 to 32 (default: --cells, 5)"),
+    ("cells", "cells per stage of the scored networks, N, 0 to 32 (default: --cells, 5); with channels, the space's largest network must stay within 10^9 weights (C 256: N at most 11)"),
     ("batch-size", "images in the scoring batch, 2 to 1024 (default: --batch-size, 64)"),
 ];
 

@@ -809,6 +809,7 @@ mod tests {
         assert_eq!(testing::REPLAY_CHUNK, REPLAY_CHUNK);
         assert_eq!(testing::CHECKPOINT_EVERY as i64, CHECKPOINT_EVERY);
         assert_eq!(testing::TAKE_OVER_SEED, super::resume::TAKE_OVER_SEED);
+        assert_eq!(testing::MAX_CHECKPOINT_BYTES, MAX_CHECKPOINT_BYTES);
 
         let simulated = testing::Host::nb201(7, 2).settings().clone();
         let experiment = Experiment::default();

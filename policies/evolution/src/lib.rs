@@ -282,8 +282,8 @@ mod tests {
     #[test]
     fn a_history_rebuilds_the_population_and_a_stopped_run_resumes_by_every_route() {
         let target = Arch::from_index(4_242).unwrap();
-        // A checkpoint every 20 results: the take-over by checkpoint restores the latest one
-        // before the stop and is told what came after it.
+        // A checkpoint every 20 results, so that the take-over by checkpoint has one to
+        // restore before it is told the rest (the SDK's own tests check that route).
         let host = Host::nb201(80, 2).max_batch(4).seed(3).checkpoint_every(20);
         let whole = host.run::<Evolution>(matches(target)).unwrap();
 

@@ -151,8 +151,8 @@ mod tests {
 
     #[test]
     fn a_stopped_run_resumes_by_every_route_without_scoring_twice() {
-        // A checkpoint every 20 results: the take-over by checkpoint restores the latest one
-        // before the stop and is told what came after it.
+        // A checkpoint every 20 results, so that the take-over by checkpoint has one to
+        // restore before it is told the rest (the SDK's own tests check that route).
         let host = Host::nb201(60, 3).max_batch(8).seed(7).checkpoint_every(20);
         let whole = host.run::<Knas>(by_index).unwrap();
         let stopped = host.run_until::<Knas>(27, by_index).unwrap();
