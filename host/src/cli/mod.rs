@@ -375,11 +375,17 @@ pub(crate) fn invalid_experiment(problem: &str, config: Option<&std::path::Path>
         "channels and cells" => format!("experiment.channels and experiment.cells in {}", path.display()),
         key => format!("experiment.{key} in {}", path.display()),
     });
+    set_by("invalid experiment", problem, flag, file)
+}
+
+/// `WHAT: PROBLEM (set by FLAG or FILE KEY)`: a bad value's error, naming where it can have
+/// been written.
+pub(crate) fn set_by(what: &str, problem: &str, flag: Option<String>, file: Option<String>) -> anyhow::Error {
     let sources: Vec<String> = flag.into_iter().chain(file).collect();
     if sources.is_empty() {
-        anyhow::anyhow!("invalid experiment: {problem}")
+        anyhow::anyhow!("{what}: {problem}")
     } else {
-        anyhow::anyhow!("invalid experiment: {problem} (set by {})", sources.join(" or "))
+        anyhow::anyhow!("{what}: {problem} (set by {})", sources.join(" or "))
     }
 }
 

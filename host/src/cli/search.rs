@@ -99,12 +99,7 @@ impl LimitArgs {
             _ => None,
         };
         let file = config.map(|path| format!("limits.{key} in {}", path.display()));
-        let sources: Vec<String> = flag.map(str::to_owned).into_iter().chain(file).collect();
-        if sources.is_empty() {
-            anyhow::anyhow!("invalid policy limits: {problem}")
-        } else {
-            anyhow::anyhow!("invalid policy limits: {problem} (set by {})", sources.join(" or "))
-        }
+        super::set_by("invalid policy limits", problem, flag.map(str::to_owned), file)
     }
 
     pub fn apply(&self, base: PolicyLimits) -> PolicyLimits {
