@@ -262,9 +262,10 @@ impl Engine {
         self.suite.measure(candidate, measures)
     }
 
-    /// The measures a score evaluation computes (see [`Experiment::score_measures`]).
-    pub fn score_measures(&self) -> Vec<Measure> {
-        self.experiment.score_measures()
+    /// The measures a score evaluation of `candidate` computes (see
+    /// [`Experiment::score_measures_for`]).
+    pub fn score_measures_for(&self, candidate: &Candidate) -> Vec<Measure> {
+        self.experiment.score_measures_for(candidate)
     }
 
     /// Whether the score needs a reference sample that is not set yet.
@@ -350,10 +351,10 @@ impl Engine {
 
     /// Measures a candidate and scores it.
     pub fn score(&self, candidate: &Candidate) -> Result<Scored, EngineError> {
-        self.score_measured(self.suite.measure(candidate, &self.score_measures())?)
+        self.score_measured(self.suite.measure(candidate, &self.score_measures_for(candidate))?)
     }
 
-    /// Scores a candidate measured (with [`Self::score_measures`]) beforehand, for example
+    /// Scores a candidate measured (with [`Self::score_measures_for`]) beforehand, for example
     /// by [`Self::measure_all`].
     pub fn score_measured(&self, measured: Measured) -> Result<Scored, EngineError> {
         let score = self.score_of(&measured.values)?;

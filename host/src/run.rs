@@ -46,19 +46,41 @@ pub struct Experiment {
 }
 
 impl Experiment {
-    /// The measures a score evaluation computes: what the score reads, and the network's
-    /// size.
+    /// The measures score evaluations compute and policies are offered: what the score
+    /// reads, the network's size, and the gradient norm at initialisation. The last is for
+    /// fine selection, so a supernet's evaluation leaves it out unless the score reads it
+    /// (see [`Self::score_measures_for`]).
     pub fn score_measures(&self) -> Vec<Measure> {
-        let mut measures = match self.score {
-            ScoreChoice::Aggregate => self.aggregate.measures(),
-            ScoreChoice::Measure(m) => vec![m],
-        };
-        for m in [Measure::Params, Measure::Flops] {
+        let mut measures = self.score_reads();
+        for m in [Measure::Params, Measure::Flops, Measure::GradNorm] {
             if !measures.contains(&m) {
                 measures.push(m);
             }
         }
         measures
+    }
+
+    /// The measures a score evaluation of `candidate` computes. A single architecture gets
+    /// every measure of [`Self::score_measures`]. A supernet does without the gradient norm
+    /// (unless the score reads it): it tells a policy which trainable cells start with
+    /// exploding gradients, which a short training cannot tame (the pruning policy trains
+    /// the tamest scored cell among its finalists; `host/benches/demo_task.md`), and it
+    /// needs a backward pass through the whole network, which made a pruning search's
+    /// scoring half as slow again when supernets paid for it too.
+    pub fn score_measures_for(&self, candidate: &Candidate) -> Vec<Measure> {
+        let mut measures = self.score_measures();
+        if !candidate.is_single() && !self.score_reads().contains(&Measure::GradNorm) {
+            measures.retain(|m| *m != Measure::GradNorm);
+        }
+        measures
+    }
+
+    /// The measures the score itself reads.
+    fn score_reads(&self) -> Vec<Measure> {
+        match self.score {
+            ScoreChoice::Aggregate => self.aggregate.measures(),
+            ScoreChoice::Measure(m) => vec![m],
+        }
     }
 
     /// The weight of `measure` in the score: its aggregate weight, 1 for the score's own
@@ -376,6 +398,23 @@ mod tests {
     #[test]
     fn a_budget_total_does_not_overflow() {
         assert_eq!(Budget { scores: u32::MAX, trainings: u32::MAX }.total(), 2 * u64::from(u32::MAX));
+    }
+
+    #[test]
+    fn supernets_are_scored_without_the_gradient_norm_unless_the_score_reads_it() {
+        let single = Candidate::from(crate::space::Arch::from_index(0).unwrap());
+        let supernet = Candidate::full();
+        let aggregate = Experiment::default();
+        let offered = aggregate.score_measures();
+        assert!(offered.ends_with(&[Measure::Params, Measure::Flops, Measure::GradNorm]), "{offered:?}");
+        assert_eq!(aggregate.score_measures_for(&single), offered);
+        let for_supernet = aggregate.score_measures_for(&supernet);
+        assert_eq!(for_supernet, offered[..offered.len() - 1], "everything else, in the same order");
+        // A score that reads it needs it from every candidate.
+        let read = Experiment { score: ScoreChoice::Measure(Measure::GradNorm), ..Experiment::default() };
+        assert_eq!(read.score_measures_for(&supernet), [Measure::GradNorm, Measure::Params, Measure::Flops]);
+        let weighted: Experiment = serde_yaml::from_str("aggregate: [{measure: grad-norm, weight: 1}]\n").unwrap();
+        assert!(weighted.score_measures_for(&supernet).contains(&Measure::GradNorm));
     }
 
     #[test]

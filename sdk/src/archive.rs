@@ -247,21 +247,42 @@ impl Archive {
             .max_by(|a, b| a.accuracy.unwrap_or(0.0).total_cmp(&b.accuracy.unwrap_or(0.0)).then(b.order.cmp(&a.order)))
     }
 
-    /// Fine selection: train those of the `k` best under `ranking` not trained yet, as many
-    /// as the training budget and `max_batch` allow; `Done` once none is left. Only
-    /// architectures the ranking has a value for are finalists: one whose score or measure
-    /// is missing is not worth a training on that evidence. (Under the aggregate every
-    /// scored architecture has one: its missing measures rank lowest.)
-    pub fn train_best(&self, k: usize, ranking: &Ranking, remaining: &Budget, max_batch: usize, epochs: Option<u32>) -> Proposal {
+    /// The architecture with the smallest value of measure `name` among the scored ones
+    /// that pass `keep` (ties to the earliest); `None` when none has a finite value.
+    pub fn least(&self, name: &str, keep: impl Fn(&Entry) -> bool) -> Option<Arch> {
+        self.entries
+            .iter()
+            .filter(|e| e.scored && !e.score_failed && keep(e))
+            .filter_map(|e| e.measure(name).filter(|v| v.is_finite()).map(|v| (v, e.order, e.arch)))
+            .min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)))
+            .map(|(_, _, arch)| arch)
+    }
+
+    /// The finalists of a fine selection: the `k` best under `ranking`, only architectures
+    /// the ranking has a value for (one whose score or measure is missing is not worth a
+    /// training on that evidence; under the aggregate every scored architecture has one:
+    /// its missing measures rank lowest).
+    pub fn finalists(&self, k: usize, ranking: &Ranking) -> Vec<Arch> {
         let keys = self.keys(ranking);
-        let batch: Vec<Candidate> = self
-            .top(k, ranking, |e| keys[e.order] > f64::NEG_INFINITY)
-            .into_iter()
+        self.top(k, ranking, |e| keys[e.order] > f64::NEG_INFINITY)
+    }
+
+    /// Fine selection of `finalists`: train those not trained yet, in their order, as many
+    /// as the training budget and `max_batch` allow; `Done` once none is left.
+    pub fn train(&self, finalists: &[Arch], remaining: &Budget, max_batch: usize, epochs: Option<u32>) -> Proposal {
+        let batch: Vec<Candidate> = finalists
+            .iter()
             .filter(|arch| !self.get(arch).is_some_and(|e| e.trained))
             .take((remaining.trainings as usize).min(max_batch))
-            .map(|arch| Candidate::train(arch, epochs))
+            .map(|&arch| Candidate::train(arch, epochs))
             .collect();
         if batch.is_empty() { Proposal::Done } else { Proposal::Evaluate(batch) }
+    }
+
+    /// Fine selection: train the [`Self::finalists`] (the `k` best under `ranking`) not
+    /// trained yet; see [`Self::train`].
+    pub fn train_best(&self, k: usize, ranking: &Ranking, remaining: &Budget, max_batch: usize, epochs: Option<u32>) -> Proposal {
+        self.train(&self.finalists(k, ranking), remaining, max_batch, epochs)
     }
 }
 
@@ -393,6 +414,13 @@ mod tests {
         assert_eq!(trained(archive.train_best(5, &Ranking::Score, &budget, 8, None)), vec![arch(2), arch(4)]);
         let by_aggregate = trained(archive.train_best(5, &Ranking::Aggregate(vec![("a".into(), 1.0)]), &budget, 8, None));
         assert_eq!(by_aggregate, vec![arch(4), arch(2), arch(1)]);
+        // The smallest value of a measure: never a failed score, never a missing value.
+        assert_eq!(archive.least("a", |_| true), Some(arch(2)));
+        assert_eq!(archive.least("a", |e| e.arch != arch(2)), Some(arch(4)));
+        assert_eq!(archive.least("b", |_| true), None);
+        // Fine selection of given finalists: in their order, the trained ones skipped,
+        // within the training budget.
+        assert_eq!(trained(archive.train(&[arch(4), arch(1), arch(2)], &Budget { scores: 0, trainings: 2 }, 8, None)), vec![arch(4), arch(1)]);
         // An archive checkpointed before `score_failed` existed still reads.
         let mut stored: serde_json::Value = serde_json::from_slice(&archive.to_bytes()).unwrap();
         for entry in stored["entries"].as_array_mut().unwrap() {

@@ -124,7 +124,10 @@ pub fn noisy(seed: u64) -> impl FnMut(&Candidate) -> Evaluation {
         }
         let mut value = || if unit() < 0.1 { f64::NAN } else { unit() * 100.0 - 50.0 };
         let score = value();
-        let measures: Vec<(&str, f64)> = DEFAULT_MEASURES.iter().map(|&(name, _, _)| (name, value())).collect();
+        // As on the host, a supernet's evaluation goes without the gradient norm.
+        let single = candidate.arch().is_some();
+        let measures: Vec<(&str, f64)> =
+            DEFAULT_MEASURES.iter().filter(|&&(name, _, _)| single || name != "grad-norm").map(|&(name, _, _)| (name, value())).collect();
         let size = (unit() * 1e6) as u64;
         Evaluation { params: Some(size), flops: Some(size * 100), ..scored(candidate, score, &measures) }
     }
@@ -161,7 +164,7 @@ fn blank(candidate: &Candidate) -> Evaluation {
 
 /// The measures the knas host offers by default, with their weights in its default
 /// aggregate score.
-const DEFAULT_MEASURES: [(&str, &str, f64); 7] = [
+const DEFAULT_MEASURES: [(&str, &str, f64); 8] = [
     ("synflow", "saliency", 1.0),
     ("meco", "features", 1.0),
     ("expressivity", "features", 1.0),
@@ -169,6 +172,7 @@ const DEFAULT_MEASURES: [(&str, &str, f64); 7] = [
     ("trainability", "features", 1.0),
     ("params", "size", 1.0),
     ("flops", "size", 0.0),
+    ("grad-norm", "saliency", 0.0),
 ];
 
 /// A simulated host: the settings a run starts with, and its seed.
@@ -655,6 +659,10 @@ mod tests {
         let missing = a.iter().filter(|e| e.error.is_none() && e.score.is_none()).count();
         assert!((5..40).contains(&failed) && (15..80).contains(&missing), "{failed} failed, {missing} missing of 400");
         assert!(a.iter().filter(|e| e.error.is_none()).all(|e| e.measures.len() == DEFAULT_MEASURES.len()));
+        let supernet = Candidate { ops: vec![vec![0, 1]; 6], fidelity: Fidelity::Score };
+        let answer = (0..20).map(|seed| noisy(seed)(&supernet)).find(|e| e.error.is_none()).unwrap();
+        assert_eq!(answer.measures.len(), DEFAULT_MEASURES.len() - 1);
+        assert!(answer.measures.iter().all(|m| m.name != "grad-norm"));
         // A policy that repeats itself does not pass.
         let idle = Host::nb201(9, 0).params("[[1], [1], [2]]").run_noisy::<Scripted>().err().unwrap();
         assert_eq!(idle, "1 of 4 proposals brought nothing new");

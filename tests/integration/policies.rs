@@ -111,6 +111,23 @@ fn pruning_policy_prunes_the_supernet_to_one_architecture() {
     let (_dir, path) = store();
     let r = report(search("pruning", &path, &["--budget", "120", "--top-k", "2", "--max-batch", "30"]).assert().success());
     assert_eq!(r["recorded"], json!({"scores": 120, "trainings": 2}));
+    // Single architectures are scored with the gradient norm, supernets without it; the
+    // best-scored cell is trained, and so is the one with the smallest gradient.
+    let s = knas::store::RunStore::open(&path).unwrap();
+    let run = s.run("pruning").unwrap().unwrap();
+    let evaluations = s.evaluations(run.id).unwrap();
+    let (mut best, mut tamest) = (None::<(f64, knas::space::Candidate)>, None::<(f64, knas::space::Candidate)>);
+    for e in evaluations.iter().filter(|e| e.fidelity == knas::run::Fidelity::Score) {
+        let norm = e.measures.as_ref().unwrap().get(&knas::measures::Measure::GradNorm).copied();
+        assert_eq!(norm.is_some(), e.candidate.is_single(), "{}: {norm:?}", e.candidate);
+        if let (Some(score), Some(Some(norm))) = (e.score, norm) {
+            best = best.filter(|b| b.0 >= score).or(Some((score, e.candidate)));
+            tamest = tamest.filter(|t| t.0 <= norm).or(Some((norm, e.candidate)));
+        }
+    }
+    let trained: Vec<_> = evaluations.iter().filter(|e| e.fidelity == knas::run::Fidelity::Train).map(|e| e.candidate).collect();
+    let (best, tamest) = (best.unwrap().1, tamest.unwrap().1);
+    assert!(trained.contains(&best) && trained.contains(&tamest), "trained {trained:?}, best {best}, tamest {tamest}");
 }
 
 #[test]

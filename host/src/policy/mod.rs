@@ -21,7 +21,8 @@ pub use validate::validate;
 use crate::measures::Measure;
 use crate::run::{Budget, Fidelity};
 
-/// A measure the host computes for every score evaluation, as a policy is told of it.
+/// A measure the host computes for score evaluations, as a policy is told of it (see
+/// [`crate::run::Experiment::score_measures_for`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct OfferedMeasure {
     pub measure: Measure,
@@ -38,7 +39,7 @@ pub struct Settings {
     pub params: serde_json::Value,
     /// What a score is: `aggregate` or a measure's name.
     pub score: String,
-    /// The measures every score evaluation carries.
+    /// The measures score evaluations carry.
     pub measures: Vec<OfferedMeasure>,
     /// Epochs of a training whose request names none.
     pub epochs: u32,

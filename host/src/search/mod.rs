@@ -570,11 +570,17 @@ impl Search {
         }
         let start = Instant::now();
         let mut ahead = Vec::with_capacity(fresh.len());
-        // The only error is the interruption, which the record loop reports.
-        let _ = engine.measure_all(&fresh, &engine.score_measures(), &mut |i, measured| {
-            ahead.push((fresh[i], measured));
-            if observer.interrupted() { Err(()) } else { Ok(()) }
-        });
+        // Single architectures and supernets compute different measures
+        // (`Experiment::score_measures_for`): one batch each.
+        let (singles, supernets): (Vec<Candidate>, Vec<Candidate>) = fresh.iter().partition(|c| c.is_single());
+        for batch in [singles, supernets] {
+            let Some(first) = batch.first().filter(|_| !observer.interrupted()) else { continue };
+            // The only error is the interruption, which the record loop reports.
+            let _ = engine.measure_all(&batch, &engine.score_measures_for(first), &mut |i, measured| {
+                ahead.push((batch[i], measured));
+                if observer.interrupted() { Err(()) } else { Ok(()) }
+            });
+        }
         // Counted once here, as wall time; the records carry each architecture's own.
         self.evaluation_time += start.elapsed();
         tracing::debug!(run = %self.run.name, architectures = ahead.len(), workers = engine.workers(), "measured the proposal's new scores together");
