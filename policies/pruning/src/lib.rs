@@ -24,8 +24,8 @@
 //!
 //! Parameters: `rank_by` (`aggregate`, `score` or a measure's name), `refine` (true),
 //! `hedge` (true), `top_k` (the run's training budget; 0 trains none), `epochs` (the run's).
-//! The procedure is deterministic given the results, so a fresh instance fed a run's history retraces it
-//! and re-proposes nothing the run already scored.
+//! The procedure is deterministic given the results, so a fresh instance fed a run's
+//! history retraces it and re-proposes nothing the run already scored.
 
 use std::collections::HashMap;
 
